@@ -1,0 +1,1 @@
+"""Nipype interfaces over the numerical core of :mod:`asl_pipeline`."""

@@ -1,0 +1,1 @@
+"""Nipype workflows (``init_*_wf``) composing :mod:`asl_pipeline.interfaces`."""
