@@ -1,0 +1,131 @@
+"""Quality-control metrics of a processed ASL run (methods spec, section 7).
+
+Plain NumPy functions; the motion figures (FD, RMSD) live in
+:mod:`asl_pipeline.motion` and the image-quality metrics used to evaluate
+denoising (PSNR, SSIM, ...) in :mod:`asl_pipeline.metrics`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+#: Constants of the quality evaluation index (Dolui et al. 2024).
+QEI_CONSTANTS = {
+    "alpha": -3.0126,
+    "beta": 2.4419,
+    "gamma": 0.054,
+    "delta": 0.9272,
+    "epsilon": 2.8478,
+    "zeta": 0.5196,
+}
+
+
+def dice(a, b) -> float:
+    """Dice coefficient of two binary masks (1.0 when both are empty)."""
+    a = np.asarray(a, dtype=bool)
+    b = np.asarray(b, dtype=bool)
+    total = a.sum() + b.sum()
+    if total == 0:
+        return 1.0
+    return float(2.0 * np.logical_and(a, b).sum() / total)
+
+
+def dvars(series, mask, *, percent=True):
+    """DVARS of a 4D series: RMS over the mask of the volume-to-volume change.
+
+    Parameters
+    ----------
+    series
+        4D array (x, y, z, t).
+    mask
+        3D brain mask.
+    percent
+        Express the change in percent of the series' mean in the mask, which
+        makes the figure comparable across scanners and intensity scalings.
+
+    Returns
+    -------
+    ndarray of length t; the first value is 0 (no previous volume).
+
+    Notes
+    -----
+    On an ASL series the change from a control to a label volume contains the
+    perfusion signal itself, so DVARS carries a small baseline zig-zag; spikes
+    well above it mark motion or artefacts.
+    """
+    series = np.asarray(series, dtype=float)
+    mask = np.asarray(mask, dtype=bool)
+    data = series[mask]  # (n_voxels, t)
+    diff = np.diff(data, axis=1)
+    out = np.zeros(series.shape[-1])
+    out[1:] = np.sqrt(np.mean(diff**2, axis=0))
+    if percent:
+        scale = np.abs(data.mean())
+        out = 100.0 * out / scale if scale > 0 else out
+    return out
+
+
+def tissue_cbf_stats(cbf, gm, wm, *, threshold=0.7):
+    """Mean GM and WM CBF, their ratio, and the percentage of negative GM CBF.
+
+    Tissue masks are probability maps above ``threshold`` (partial volume at
+    ASL resolution makes 0.7 a practical choice; pass 0.9 for purer tissue).
+    """
+    cbf = np.asarray(cbf, dtype=float)
+    gm_mask = np.asarray(gm) > threshold
+    wm_mask = np.asarray(wm) > threshold
+    gm_mean = float(cbf[gm_mask].mean()) if gm_mask.any() else float("nan")
+    wm_mean = float(cbf[wm_mask].mean()) if wm_mask.any() else float("nan")
+    ratio = gm_mean / wm_mean if wm_mask.any() and wm_mean != 0 else float("nan")
+    neg = 100.0 * float((cbf[gm_mask] < 0).mean()) if gm_mask.any() else float("nan")
+    return {
+        "gm_cbf_mean": gm_mean,
+        "wm_cbf_mean": wm_mean,
+        "gm_wm_ratio": ratio,
+        "gm_negative_percent": neg,
+    }
+
+
+def _fwhm_to_sigma_vox(fwhm_mm, zooms):
+    return [fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / z for z in zooms]
+
+
+def qei(cbf, gm, wm, csf, *, zooms=(1.0, 1.0, 1.0), gm_wm_ratio=2.5, threshold=0.9):
+    """Quality evaluation index of a CBF map (Dolui et al. 2024), in [0, 1].
+
+    ``QEI = cbrt((1 - exp(alpha * rho**beta)) * exp(-(gamma * DI**delta
+    + epsilon * nGM**zeta)))`` on the CBF map smoothed with a 5 mm FWHM
+    Gaussian, where ``rho`` is the spatial correlation with the tissue-based
+    pseudo-CBF ``gm_wm_ratio * GM + WM`` inside the tissue, ``DI`` the
+    dispersion index (pooled within-tissue variance of CBF over the absolute
+    mean GM CBF) and ``nGM`` the fraction of negative GM voxels. Tissue masks
+    are the probability maps above ``threshold``. A negative correlation
+    counts as zero structure.
+    """
+    c = QEI_CONSTANTS
+    cbf = ndimage.gaussian_filter(
+        np.nan_to_num(np.asarray(cbf, dtype=float)), _fwhm_to_sigma_vox(5.0, zooms)
+    )
+    gm = np.asarray(gm, dtype=float)
+    wm = np.asarray(wm, dtype=float)
+    csf = np.asarray(csf, dtype=float)
+    tissue = (gm + wm + csf) > threshold
+    pseudo = gm_wm_ratio * gm + wm
+    rho = max(float(np.corrcoef(cbf[tissue], pseudo[tissue])[0, 1]), 0.0)
+    pooled, dof = 0.0, 0
+    for prob in (gm, wm, csf):
+        sel = prob > threshold
+        n = int(sel.sum())
+        if n > 1:
+            pooled += (n - 1) * float(np.var(cbf[sel], ddof=1))
+            dof += n - 1
+    gm_sel = gm > threshold
+    if dof == 0 or not gm_sel.any():
+        return float("nan")
+    gm_mean = abs(float(cbf[gm_sel].mean()))
+    di = (pooled / dof) / gm_mean if gm_mean > 0 else np.inf
+    n_gm = float((cbf[gm_sel] < 0).mean())
+    structure = 1.0 - np.exp(c["alpha"] * rho ** c["beta"])
+    penalty = np.exp(-(c["gamma"] * di ** c["delta"] + c["epsilon"] * n_gm ** c["zeta"]))
+    return float(np.cbrt(structure * penalty))
