@@ -1,0 +1,91 @@
+"""QC, confounds and report interfaces run on small synthetic images."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from asl_pipeline.interfaces.reports import ComputeQC, ConfoundsTable, SubjectReport
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(1)
+    shape = (12, 12, 6)
+    affine = np.diag([3.0, 3.0, 5.0, 1.0])
+    x = np.indices(shape)[0]
+    gm = (x % 4 < 2).astype(float)
+    wm = 1 - gm
+    csf = np.zeros(shape)
+    mask = np.ones(shape)
+    cbf = 60 * gm + 20 * wm + rng.normal(0, 2, shape)
+    series = 1000 + rng.normal(0, 5, shape + (8,))
+    files = {}
+    for name, arr in dict(gm=gm, wm=wm, csf=csf, mask=mask, cbf=cbf, series=series).items():
+        files[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(arr.astype(np.float32), affine), files[name])
+    files["motion"] = str(tmp_path / "motion.tsv")
+    with open(files["motion"], "w") as fh:
+        fh.write("trans_x\ttrans_y\ttrans_z\trot_x\trot_y\trot_z\tframewise_displacement\trmsd\n")
+        for i in range(8):
+            fh.write("\t".join(["0.1"] * 6 + ["n/a" if i == 0 else "0.2", "0.3"]) + "\n")
+    files["aslcontext"] = str(tmp_path / "aslcontext.tsv")
+    with open(files["aslcontext"], "w") as fh:
+        fh.write("volume_type\n" + "control\nlabel\n" * 4)
+    files["outliers"] = str(tmp_path / "outliers.tsv")
+    mat = np.zeros((6, 4), int)
+    mat[2, 1] = 1
+    mat[:, 3] = 1
+    with open(files["outliers"], "w") as fh:
+        fh.write("slice\t" + "\t".join(f"pair_{i}" for i in range(4)) + "\n")
+        for z in range(6):
+            fh.write(f"{z}\t" + "\t".join(map(str, mat[z])) + "\n")
+    return files
+
+
+def test_qc_and_report(images, tmp_path):
+    conf = ConfoundsTable(
+        asl_file=images["series"],
+        mask=images["mask"],
+        motion_confounds=images["motion"],
+        aslcontext=images["aslcontext"],
+    ).run(cwd=tmp_path)
+    header = open(conf.outputs.confounds).readline().split()
+    assert header[-1] == "dvars" and "framewise_displacement" in header
+
+    res = ComputeQC(
+        cbf=images["cbf"],
+        gm=images["gm"],
+        wm=images["wm"],
+        csf=images["csf"],
+        asl_mask=images["mask"],
+        t1w_mask=images["mask"],
+        confounds=conf.outputs.confounds,
+        outlier_matrix=images["outliers"],
+    ).run(cwd=tmp_path)
+    qc = json.loads(open(res.outputs.qc_json).read())
+    assert qc["cbf_gm_cbf_mean"] == pytest.approx(60, abs=1)
+    assert qc["cbf_wm_cbf_mean"] == pytest.approx(20, abs=1)
+    assert qc["coreg_dice"] == 1.0
+    assert qc["framewise_displacement_mean"] == pytest.approx(0.2)
+    assert qc["outlier_slice_volumes"] == 7
+    assert qc["outlier_volumes_all_slices"] == 1
+
+    rep = SubjectReport(
+        subject="01",
+        run_name="sub-01_asl",
+        mean_cbf=images["cbf"],
+        ref_image=images["series"].replace("series", "cbf"),
+        t1w_mask_asl=images["mask"],
+        asl_series=images["series"],
+        asl_mask=images["mask"],
+        confounds=conf.outputs.confounds,
+        outlier_matrix=images["outliers"],
+        qc_json=res.outputs.qc_json,
+        methods="CBF was quantified.",
+        warnings=["RepetitionTimePreparation unknown"],
+    ).run(cwd=tmp_path)
+    page = open(rep.outputs.out_report).read()
+    assert page.count("<img") == 5
+    assert "CBF was quantified." in page and "coreg_dice" in page
