@@ -1,0 +1,1228 @@
+"""Read and validate BIDS ASL runs.
+
+Section 1 of the methods spec (``shared/specs/asl-methods.md``). One
+:class:`ASLRun` describes one ``*_asl.nii[.gz]`` with everything the pipeline
+needs to process it: the volume types of ``aslcontext.tsv``, the control/label
+pairing, the post-labeling delays per volume, the labeling and bolus
+parameters, the M0 source, the acquisition geometry and the anatomical
+reference. Every problem with the data is raised as an
+:class:`~asl_pipeline.errors.ASLInputError` naming the file, the field and the
+fix; recoverable oddities (for instance ``RepetitionTimePreparation: 0``) are
+recorded in :attr:`ASLRun.warnings` and logged.
+
+The reader only reads: pybids is run without a database file and nothing is
+ever written inside the input dataset.
+
+Choices left open by the spec and made here (all documented in the fields):
+
+* Control/label pairing is strictly adjacent: after dropping ``m0scan`` and
+  ``noRF`` volumes, the remaining ``control``/``label`` volumes are taken two
+  by two, each couple holding exactly one of each, in either order (so
+  label-first and control-first series, and a mix, are accepted, and a series
+  such as ``control control label label`` is refused as unpaired).
+* The two volumes of a pair must share their post-labeling delay (and
+  labeling duration): a subtraction across delays is refused.
+* A ``MagneticFieldStrength`` that is missing is taken as 3 T with a warning.
+* A separate M0 must be on the voxel grid (shape) of the ASL series; an affine
+  that differs is only a warning (the M0 is registered to the ASL series).
+* An ``m0scan`` in ``fmap/`` whose ``IntendedFor`` names the ASL series or its
+  M0 is a reverse phase-encoding reference (:attr:`ASLRun.m0_pepolar_files`);
+  it becomes the M0 itself only when ``perf/`` holds none.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from asl_pipeline.errors import ASLInputError
+from asl_pipeline.kinetics import labeling_efficiency as _labeling_efficiency
+
+LOGGER = logging.getLogger("asl_pipeline.bids")
+
+#: Volume types allowed in ``aslcontext.tsv`` (BIDS 1.5+).
+VOLUME_TYPES = ("control", "label", "m0scan", "deltam", "cbf", "noRF")
+#: Labeling types of ``ArterialSpinLabelingType``.
+LABELING_TYPES = ("PCASL", "CASL", "PASL")
+#: Values of ``M0Type``.
+M0_TYPES = ("Separate", "Included", "Estimate", "Absent")
+#: Values of ``BolusCutOffTechnique`` (spaces and case ignored when read).
+BOLUS_CUTOFF_TECHNIQUES = ("QUIPSS", "QUIPSSII", "Q2TIPS")
+#: Field strength assumed when ``MagneticFieldStrength`` is missing (T).
+DEFAULT_FIELD_STRENGTH = 3.0
+
+_NIFTI_EXT = (".nii.gz", ".nii")
+_SKIP_DIRS = ("derivatives", "sourcedata", "code", "stimuli", "models")
+
+
+@dataclass(frozen=True, eq=False)
+class ASLRun:
+    """One validated BIDS ASL run.
+
+    Indices are 0-based volume indices of the ASL series; times are seconds.
+    """
+
+    #: Subject label (without ``sub-``).
+    subject: str
+    #: Session label (without ``ses-``), or None.
+    session: str | None
+    #: ``run`` entity, or None.
+    run: str | None
+    #: ``acq`` entity, or None.
+    acq: str | None
+    #: The ASL series (4D NIfTI).
+    asl_file: Path
+    #: Its ``aslcontext.tsv``.
+    aslcontext_file: Path
+    #: The run's own JSON sidecar (the file named in errors about fields).
+    sidecar_file: Path
+    #: Merged sidecar (BIDS inheritance applied by pybids).
+    metadata: dict
+    #: Volume type of each volume, in series order.
+    volume_types: tuple[str, ...]
+    #: Number of volumes (rows of aslcontext, 4th image dimension).
+    n_volumes: int
+    #: Image shape (4D, or 3D for a single-volume series).
+    shape: tuple[int, ...]
+    #: Voxel size in mm (first three zooms).
+    voxel_size: tuple[float, float, float]
+    #: ``(n_pairs, 2)`` int array of ``(control_index, label_index)``, in
+    #: aslcontext order; empty ``(0, 2)`` for deltam-/cbf-only series.
+    control_label_pairs: np.ndarray
+    #: Indices of ``m0scan`` volumes inside the series.
+    m0_volumes: tuple[int, ...]
+    #: Indices of ``deltam`` volumes.
+    deltam_volumes: tuple[int, ...]
+    #: Indices of ``cbf`` volumes.
+    cbf_volumes: tuple[int, ...]
+    #: Indices of ``noRF`` volumes.
+    norf_volumes: tuple[int, ...]
+    #: Post-labeling delay of each volume (for PASL the inversion time TI).
+    plds: np.ndarray
+    #: PCASL, CASL or PASL.
+    labeling_type: str
+    #: ``LabelingDuration`` (tau): a float, a per-volume array, or None (PASL).
+    labeling_duration: float | np.ndarray | None
+    #: ``BolusCutOffFlag`` (None when absent, as for most (P)CASL sidecars).
+    bolus_cutoff_flag: bool | None
+    #: QUIPSS, QUIPSSII or Q2TIPS (PASL with bolus cut-off), else None.
+    bolus_cutoff_technique: str | None
+    #: ``BolusCutOffDelayTime`` as a tuple (one value, or two for Q2TIPS).
+    bolus_cutoff_delay_time: tuple[float, ...] | None
+    #: Separate, Included, Estimate or Absent.
+    m0_type: str
+    #: Separate M0 image (Separate only).
+    m0_file: Path | None
+    #: Merged sidecar of the separate M0 ({} otherwise).
+    m0_metadata: dict
+    #: ``M0Estimate`` (Estimate only).
+    m0_estimate: float | None
+    #: Reverse phase-encoding M0 images found in ``fmap/`` for this run.
+    m0_pepolar_files: tuple[Path, ...]
+    #: ``BackgroundSuppression``.
+    background_suppression: bool
+    #: ``BackgroundSuppressionNumberPulses`` (0 without background
+    #: suppression, None when suppression is on but the count is unknown).
+    background_suppression_pulses: int | None
+    #: ``LabelingEfficiency`` as given, or None (use the default by type).
+    labeling_efficiency: float | None
+    #: ``MagneticFieldStrength`` in tesla (3 T assumed when missing).
+    field_strength: float
+    #: ``MRAcquisitionType``: "2D" or "3D".
+    acquisition: str
+    #: Slice acquisition times (2D), or None.
+    slice_timing: np.ndarray | None
+    #: Repetition time of the M0 (s), None when unknown (never 0).
+    m0_repetition_time: float | None
+    #: ``TotalAcquiredPairs`` or None.
+    total_acquired_pairs: int | None
+    #: The anatomical reference, or None when not required and absent.
+    t1w_file: Path | None
+    #: Recoverable oddities found while reading.
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def n_pairs(self) -> int:
+        """Number of control/label pairs."""
+        return int(self.control_label_pairs.shape[0])
+
+    @property
+    def pair_plds(self) -> np.ndarray:
+        """Post-labeling delay of each control/label pair."""
+        return self.plds[self.control_label_pairs[:, 1]] if self.n_pairs else np.zeros(0)
+
+    @property
+    def perfusion_volumes(self) -> tuple[int, ...]:
+        """Indices of all volumes carrying perfusion (control, label, deltam, cbf)."""
+        keep = {"control", "label", "deltam", "cbf"}
+        return tuple(i for i, t in enumerate(self.volume_types) if t in keep)
+
+    @property
+    def unique_plds(self) -> np.ndarray:
+        """Distinct post-labeling delays of the perfusion volumes."""
+        idx = list(self.perfusion_volumes)
+        return np.unique(np.round(self.plds[idx], 6)) if idx else np.zeros(0)
+
+    @property
+    def is_multi_pld(self) -> bool:
+        """True when the perfusion volumes use more than one delay."""
+        return self.unique_plds.size > 1
+
+    @property
+    def bolus_duration(self) -> float | None:
+        """TI1 for PASL with bolus cut-off (first ``BolusCutOffDelayTime``)."""
+        if self.bolus_cutoff_delay_time is None:
+            return None
+        return float(self.bolus_cutoff_delay_time[0])
+
+    @property
+    def effective_labeling_efficiency(self) -> float:
+        """Alpha with the background-suppression loss applied (see kinetics)."""
+        return _labeling_efficiency(
+            self.labeling_type,
+            self.labeling_efficiency,
+            self.background_suppression_pulses or 0,
+        )
+
+    @property
+    def label_first(self) -> bool | None:
+        """True when every pair starts with its label, False when every pair
+        starts with its control, None when mixed or without pairs."""
+        if not self.n_pairs:
+            return None
+        first = self.control_label_pairs[:, 1] < self.control_label_pairs[:, 0]
+        if first.all():
+            return True
+        if not first.any():
+            return False
+        return None
+
+
+# --------------------------------------------------------------------------
+# Small readers and field checks
+# --------------------------------------------------------------------------
+
+
+def _strip_ext(path: Path) -> str:
+    name = path.name
+    for ext in _NIFTI_EXT:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def _sibling(asl_file: Path, suffix_ext: str) -> Path:
+    """``sub-X_asl.nii.gz`` -> ``sub-X_<suffix_ext>`` in the same folder."""
+    base = _strip_ext(asl_file)
+    return asl_file.with_name(base[: -len("_asl")] + "_" + suffix_ext)
+
+
+def _find_nifti(path_without_ext: Path) -> Path | None:
+    for ext in _NIFTI_EXT:
+        candidate = path_without_ext.with_name(path_without_ext.name + ext)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _is_number(value) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def _number(
+    md,
+    key,
+    file,
+    *,
+    what="a number in seconds",
+    required=False,
+    minimum=None,
+    strict_min=False,
+    fix=None,
+):
+    """A scalar numeric sidecar field, validated."""
+    if key not in md or md[key] is None:
+        if required:
+            raise ASLInputError(
+                f"is missing; it is required here ({what}).",
+                file=file,
+                field=key,
+                fix=fix or f'add "{key}" to the sidecar.',
+            )
+        return None
+    value = md[key]
+    if not _is_number(value):
+        raise ASLInputError(
+            f"must be {what}, got {value!r} ({type(value).__name__}).",
+            file=file,
+            field=key,
+            fix=f"write {key} as a plain JSON number (no quotes, no units).",
+        )
+    value = float(value)
+    if minimum is not None and (value < minimum or (strict_min and value == minimum)):
+        bound = f"> {minimum}" if strict_min else f">= {minimum}"
+        raise ASLInputError(
+            f"must be {bound}, got {value}.",
+            file=file,
+            field=key,
+            fix=fix or f"correct {key} from the scanner protocol.",
+        )
+    return value
+
+
+def _per_volume(md, key, file, n_volumes, *, required, fix):
+    """A field that is a scalar or a list with one value per volume."""
+    if key not in md or md[key] is None:
+        if required:
+            raise ASLInputError(
+                "is missing; it is required for this labeling type.",
+                file=file,
+                field=key,
+                fix=fix,
+            )
+        return None
+    value = md[key]
+    if isinstance(value, list):
+        if len(value) != n_volumes:
+            raise ASLInputError(
+                f"has {len(value)} values but the series has {n_volumes} volumes.",
+                file=file,
+                field=key,
+                fix=f"give one {key} per volume (aslcontext row), or a single number "
+                "when it is the same for all volumes.",
+            )
+        bad = [v for v in value if not _is_number(v)]
+        if bad:
+            raise ASLInputError(
+                f"must contain numbers only, got {bad[0]!r}.",
+                file=file,
+                field=key,
+                fix=f"write every {key} entry as a plain JSON number.",
+            )
+        return np.asarray(value, dtype=float)
+    if not _is_number(value):
+        raise ASLInputError(
+            f"must be a number or a list of numbers, got {value!r}.",
+            file=file,
+            field=key,
+            fix=f"write {key} as a plain JSON number in seconds (no quotes, no units).",
+        )
+    return float(value)
+
+
+def _boolean(md, key, file):
+    if key not in md or md[key] is None:
+        return None
+    value = md[key]
+    if not isinstance(value, bool):
+        raise ASLInputError(
+            f"must be true or false, got {value!r}.",
+            file=file,
+            field=key,
+            fix=f"write {key} as a JSON boolean: true or false (no quotes).",
+        )
+    return value
+
+
+def _read_aslcontext(path: Path, warnings: list[str]) -> tuple[str, ...]:
+    if not path.exists():
+        raise ASLInputError(
+            "is missing: every ASL series needs its aslcontext.tsv.",
+            file=path,
+            field="volume_type",
+            fix="add a TSV with a 'volume_type' column and one row per volume "
+            "(control, label, m0scan, deltam, cbf or noRF).",
+        )
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fobj:
+            rows = [r for r in csv.reader(fobj, delimiter="\t") if any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ASLInputError(
+            f"cannot be read ({exc}).",
+            file=path,
+            field="volume_type",
+            fix="save it as a UTF-8 tab-separated file.",
+        ) from None
+    header = [c.strip() for c in rows[0]] if rows else []
+    if "volume_type" not in header:
+        raise ASLInputError(
+            f"has no 'volume_type' column (header: {header}).",
+            file=path,
+            field="volume_type",
+            fix="make the first line the header 'volume_type' (tab-separated).",
+        )
+    col = header.index("volume_type")
+    lookup = {t.lower(): t for t in VOLUME_TYPES}
+    types = []
+    for lineno, row in enumerate(rows[1:], start=2):
+        raw = row[col].strip() if col < len(row) else ""
+        canonical = lookup.get(raw.lower())
+        if canonical is None:
+            raise ASLInputError(
+                f"line {lineno} has the unknown volume type {raw!r}.",
+                file=path,
+                field="volume_type",
+                fix=f"use one of {', '.join(VOLUME_TYPES)}.",
+            )
+        if raw != canonical:
+            warnings.append(
+                f"{path.name} line {lineno}: volume type {raw!r} read as {canonical!r}"
+            )
+        types.append(canonical)
+    if not types:
+        raise ASLInputError(
+            "lists no volumes.",
+            file=path,
+            field="volume_type",
+            fix="add one row per volume of the ASL series.",
+        )
+    return tuple(types)
+
+
+def _pair(types: tuple[str, ...], path: Path) -> np.ndarray:
+    """Adjacent control/label pairs, in either order (see module docstring)."""
+    seq = [(i, t) for i, t in enumerate(types) if t in ("control", "label")]
+    n_control = sum(t == "control" for _, t in seq)
+    n_label = len(seq) - n_control
+    if n_control != n_label:
+        raise ASLInputError(
+            f"has {n_control} control and {n_label} label volumes: they cannot be paired.",
+            file=path,
+            field="volume_type",
+            fix="list as many control as label volumes, each label next to its control "
+            "(drop the unpaired volume from the series and from aslcontext).",
+        )
+    pairs = []
+    for k in range(0, len(seq), 2):
+        (i, ti), (j, tj) = seq[k], seq[k + 1]
+        if ti == tj:
+            raise ASLInputError(
+                f"volumes {i} and {j} are both '{ti}': control and label volumes must "
+                "alternate to form pairs.",
+                file=path,
+                field="volume_type",
+                fix="order the series so that each label is next to its control "
+                "(label-first and control-first orders are both accepted).",
+            )
+        pairs.append((i, j) if ti == "control" else (j, i))
+    return np.asarray(pairs, dtype=int).reshape(-1, 2)
+
+
+def _load_image(path: Path):
+    import nibabel as nb
+
+    try:
+        return nb.load(str(path))
+    except Exception as exc:  # nibabel raises many types on corrupt files
+        raise ASLInputError(
+            f"cannot be read as a NIfTI image ({exc}).",
+            file=path,
+            field="image",
+            fix="re-export the image (e.g. with dcm2niix) as a valid NIfTI file.",
+        ) from None
+
+
+def _check_finite(img, path: Path) -> None:
+    if not np.issubdtype(img.get_data_dtype(), np.floating):
+        return  # integer storage cannot hold NaN
+    data = np.asanyarray(img.dataobj)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        raise ASLInputError(
+            f"contains {int(bad.sum())} NaN or infinite voxel values.",
+            file=path,
+            field="image data",
+            fix="re-export the image from the scanner data; do not mask with NaN "
+            "(the pipeline computes its own brain mask).",
+        )
+
+
+def _intended_for(md: dict) -> list[str]:
+    value = md.get("IntendedFor", [])
+    return [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
+
+
+def _targets(path: Path, root: Path, subject: str) -> set[str]:
+    """The spellings IntendedFor may use for ``path``."""
+    rel_root = path.relative_to(root).as_posix()
+    rel_sub = path.relative_to(root / f"sub-{subject}").as_posix()
+    return {rel_root, rel_sub, "bids::" + rel_root}
+
+
+# --------------------------------------------------------------------------
+# Dataset-level access
+# --------------------------------------------------------------------------
+
+
+def _bad_json(root: Path) -> tuple[Path, str] | None:
+    for path in sorted(root.rglob("*.json")):
+        parts = path.relative_to(root).parts
+        if parts[0] in _SKIP_DIRS or any(p.startswith(".") for p in parts):
+            continue
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            return path, str(exc)
+    return None
+
+
+def _layout(bids_dir: Path):
+    from bids import BIDSLayout
+
+    description = bids_dir / "dataset_description.json"
+    if not description.exists():
+        raise ASLInputError(
+            "is missing: the input is not a BIDS dataset root.",
+            file=description,
+            field="dataset_description.json",
+            fix="point to the dataset root, or add a dataset_description.json with at "
+            'least {"Name": ..., "BIDSVersion": "1.8.0"}.',
+        )
+    bad = _bad_json(bids_dir)
+    if bad is not None:
+        raise ASLInputError(
+            f"is not valid JSON ({bad[1]}).",
+            file=bad[0],
+            field="JSON syntax",
+            fix="correct the JSON syntax (e.g. check commas and quotes with a JSON linter).",
+        )
+    try:
+        # pybids' default ignore list skips derivatives/, sourcedata/, code/
+        # and dot files; no database file is written.
+        return BIDSLayout(str(bids_dir), validate=False, derivatives=False)
+    except Exception as exc:  # pybids wraps many failures; report them as input errors
+        raise ASLInputError(
+            f"cannot be indexed as BIDS ({exc}).",
+            file=bids_dir,
+            field="dataset",
+            fix="check the dataset with the BIDS validator (bids-validator-deno).",
+        ) from None
+
+
+def _normalise_labels(labels, prefix: str) -> list[str] | None:
+    if labels is None:
+        return None
+    if isinstance(labels, str):
+        labels = [labels]
+    out = []
+    for label in labels:
+        label = str(label).strip()
+        if label.startswith(prefix):
+            label = label[len(prefix) :]
+        out.append(label)
+    return out
+
+
+def collect_runs(
+    bids_dir,
+    participant_label=None,
+    *,
+    session=None,
+    require_t1w: bool = True,
+) -> list[ASLRun]:
+    """Find and validate every ASL run of a BIDS dataset.
+
+    Parameters
+    ----------
+    bids_dir
+        Root of the BIDS dataset (holding ``dataset_description.json``).
+    participant_label
+        A label or list of labels, with or without ``sub-``; None for all.
+    session
+        A session label or list of labels, with or without ``ses-``; None for all.
+    require_t1w
+        Refuse a run whose subject has no T1w image (the pipeline registers
+        to it). With False the run gets ``t1w_file=None``.
+
+    Returns
+    -------
+    list of ASLRun, sorted by subject, session and file name.
+
+    Raises
+    ------
+    ASLInputError
+        On the first problem found; nothing is written anywhere.
+    """
+    root = Path(bids_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise ASLInputError(
+            "does not exist or is not a directory.",
+            file=root,
+            field="bids_dir",
+            fix="give the path of the BIDS dataset root.",
+        )
+    layout = _layout(root)
+    subjects = sorted(layout.get_subjects())
+    wanted = _normalise_labels(participant_label, "sub-")
+    if wanted is not None:
+        missing = [s for s in wanted if s not in subjects]
+        if missing:
+            raise ASLInputError(
+                f"participant(s) {', '.join(missing)} not found; the dataset has: "
+                f"{', '.join(subjects) or 'no subjects'}.",
+                file=root,
+                field="participant_label",
+                fix="pass labels of existing sub-<label> folders (with or without 'sub-').",
+            )
+    sessions = _normalise_labels(session, "ses-")
+    if sessions is not None:
+        known = sorted(layout.get_sessions())
+        missing = [s for s in sessions if s not in known]
+        if missing:
+            raise ASLInputError(
+                f"session(s) {', '.join(missing)} not found; the dataset has: "
+                f"{', '.join(known) or 'no sessions'}.",
+                file=root,
+                field="session_label",
+                fix="pass labels of existing ses-<label> folders (with or without 'ses-').",
+            )
+    query = {"suffix": "asl", "extension": [".nii", ".nii.gz"], "datatype": "perf"}
+    if wanted is not None:
+        query["subject"] = wanted
+    if sessions is not None:
+        query["session"] = sessions
+    files = sorted(layout.get(**query), key=lambda f: f.path)
+    if not files:
+        where = f" for participant(s) {', '.join(wanted)}" if wanted else ""
+        raise ASLInputError(
+            f"holds no ASL series (sub-*/[ses-*/]perf/*_asl.nii[.gz]){where}.",
+            file=root,
+            field="perf/*_asl.nii.gz",
+            fix="add the ASL NIfTI files, or point to the right dataset.",
+        )
+    return [_read_run(layout, root, Path(f.path), require_t1w=require_t1w) for f in files]
+
+
+def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRun:
+    warnings: list[str] = []
+    entities = layout.parse_file_entities(str(asl_file))
+    subject = entities["subject"]
+    session = entities.get("session")
+    run = entities.get("run")
+    run = None if run is None else str(run)
+    acq = entities.get("acquisition")
+    sidecar = asl_file.with_name(_strip_ext(asl_file) + ".json")
+    md = dict(layout.get_metadata(str(asl_file)))
+    if not md:
+        raise ASLInputError(
+            "has no JSON sidecar (none next to it and none inherited).",
+            file=sidecar,
+            field="sidecar",
+            fix="add the sidecar written by the converter (dcm2niix) with the ASL fields.",
+        )
+    # A field may be inherited from a top-level sidecar: errors about fields
+    # still name the run's own sidecar path, where the user would override it.
+
+    # ---- aslcontext and image -------------------------------------------
+    context_file = _sibling(asl_file, "aslcontext.tsv")
+    types = _read_aslcontext(context_file, warnings)
+    n_rows = len(types)
+    img = _load_image(asl_file)
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 3 and n_rows > 1:
+        raise ASLInputError(
+            f"is a 3D image (one volume, shape {shape}) but {context_file.name} lists "
+            f"{n_rows} volumes.",
+            file=asl_file,
+            field="image dimensions",
+            fix="store the ASL series as one 4D NIfTI with all volumes (e.g. merge the "
+            "3D files with fslmerge -t or nibabel.concat_images).",
+        )
+    if len(shape) not in (3, 4):
+        raise ASLInputError(
+            f"has {len(shape)} dimensions (shape {shape}); an ASL series is 4D.",
+            file=asl_file,
+            field="image dimensions",
+            fix="store the ASL series as one 4D NIfTI (x, y, z, volumes).",
+        )
+    n_volumes = shape[3] if len(shape) == 4 else 1
+    if n_volumes != n_rows:
+        raise ASLInputError(
+            f"lists {n_rows} volumes but {asl_file.name} has {n_volumes}.",
+            file=context_file,
+            field="volume_type",
+            fix="write exactly one aslcontext row per volume of the series, in order.",
+        )
+    voxel_size = tuple(float(z) for z in img.header.get_zooms()[:3])
+    _check_finite(img, asl_file)
+
+    pairs = _pair(types, context_file)
+    idx = {t: tuple(i for i, x in enumerate(types) if x == t) for t in VOLUME_TYPES}
+    if not (pairs.size or idx["deltam"] or idx["cbf"]):
+        raise ASLInputError(
+            "has no perfusion volumes (no control/label pair, deltam or cbf).",
+            file=context_file,
+            field="volume_type",
+            fix="check that the aslcontext describes the ASL series and not only its M0.",
+        )
+    if pairs.size and (idx["deltam"] or idx["cbf"]):
+        warnings.append(
+            "series mixes control/label pairs with deltam/cbf volumes; the pairs are used"
+        )
+
+    # ---- labeling ---------------------------------------------------------
+    asl_type = md.get("ArterialSpinLabelingType")
+    if asl_type is None:
+        raise ASLInputError(
+            "is missing.",
+            file=sidecar,
+            field="ArterialSpinLabelingType",
+            fix='add "ArterialSpinLabelingType": "PCASL", "CASL" or "PASL".',
+        )
+    if not isinstance(asl_type, str) or asl_type.strip().upper() not in LABELING_TYPES:
+        raise ASLInputError(
+            f"has the unknown value {asl_type!r}.",
+            file=sidecar,
+            field="ArterialSpinLabelingType",
+            fix="use one of PCASL, CASL, PASL (pseudo-continuous, continuous, pulsed).",
+        )
+    labeling_type = asl_type.strip().upper()
+
+    plds = _per_volume(
+        md,
+        "PostLabelingDelay",
+        sidecar,
+        n_volumes,
+        required=True,
+        fix='add "PostLabelingDelay" in seconds (for PASL: the inversion time TI), '
+        "one number or one per volume.",
+    )
+    plds = np.full(n_volumes, plds) if np.isscalar(plds) else plds
+    perf_idx = [i for i, t in enumerate(types) if t not in ("m0scan", "noRF")]
+    if (plds < 0).any() or (labeling_type == "PASL" and (plds[perf_idx] <= 0).any()):
+        bad = int(np.flatnonzero((plds < 0) | ((plds <= 0) & (labeling_type == "PASL")))[0])
+        raise ASLInputError(
+            f"is {plds[bad]} s for volume {bad}: delays must be positive (for PASL, TI > 0).",
+            file=sidecar,
+            field="PostLabelingDelay",
+            fix="give the delay in seconds as a positive number (check for a sign or "
+            "unit error: milliseconds must be divided by 1000).",
+        )
+    if (plds[perf_idx] > 10).any():
+        warnings.append(
+            f"PostLabelingDelay up to {plds[perf_idx].max()} s: is it in milliseconds?"
+        )
+    if pairs.size:
+        differ = np.flatnonzero(~np.isclose(plds[pairs[:, 0]], plds[pairs[:, 1]]))
+        if differ.size:
+            c, lbl = pairs[differ[0]]
+            raise ASLInputError(
+                f"differs within a control/label pair (volume {c}: {plds[c]} s, volume "
+                f"{lbl}: {plds[lbl]} s).",
+                file=sidecar,
+                field="PostLabelingDelay",
+                fix="give both volumes of each pair the same delay, in aslcontext order.",
+            )
+
+    tau = None
+    if labeling_type in ("PCASL", "CASL"):
+        tau = _per_volume(
+            md,
+            "LabelingDuration",
+            sidecar,
+            n_volumes,
+            required=True,
+            fix='add "LabelingDuration" in seconds (the duration of the labeling pulse '
+            "train, e.g. 1.8).",
+        )
+        tau_arr = np.full(n_volumes, tau) if np.isscalar(tau) else tau
+        if (tau_arr[perf_idx] <= 0).any() or (tau_arr < 0).any():
+            raise ASLInputError(
+                f"must be positive for labeled volumes, got {tau}.",
+                file=sidecar,
+                field="LabelingDuration",
+                fix="give the labeling duration in seconds (e.g. 1.8).",
+            )
+        if pairs.size and not np.allclose(tau_arr[pairs[:, 0]], tau_arr[pairs[:, 1]]):
+            raise ASLInputError(
+                "differs within a control/label pair.",
+                file=sidecar,
+                field="LabelingDuration",
+                fix="give both volumes of each pair the same labeling duration.",
+            )
+
+    bolus_flag = _boolean(md, "BolusCutOffFlag", sidecar)
+    technique = None
+    bolus_times = None
+    if labeling_type == "PASL":
+        if not bolus_flag:
+            raise ASLInputError(
+                "is false or missing: PASL without bolus cut-off (QUIPSS, QUIPSS II, "
+                "Q2TIPS) has an unknown bolus duration and cannot be quantified.",
+                file=sidecar,
+                field="BolusCutOffFlag",
+                fix='if a bolus cut-off was used, set "BolusCutOffFlag": true with '
+                '"BolusCutOffTechnique" and "BolusCutOffDelayTime"; otherwise this PASL '
+                "data cannot be quantified by this pipeline.",
+            )
+        raw = md.get("BolusCutOffTechnique")
+        key = raw.replace(" ", "").replace("_", "").upper() if isinstance(raw, str) else None
+        if key not in BOLUS_CUTOFF_TECHNIQUES:
+            raise ASLInputError(
+                f"is {raw!r}; with BolusCutOffFlag true it must be one of "
+                f"{', '.join(BOLUS_CUTOFF_TECHNIQUES)}.",
+                file=sidecar,
+                field="BolusCutOffTechnique",
+                fix='set "BolusCutOffTechnique" to "QUIPSS", "QUIPSSII" or "Q2TIPS".',
+            )
+        technique = key
+        raw_t = md.get("BolusCutOffDelayTime")
+        values = raw_t if isinstance(raw_t, list) else [raw_t]
+        n_expected = 2 if technique == "Q2TIPS" else 1
+        ok = (
+            len(values) == n_expected
+            and all(_is_number(v) and v > 0 for v in values)
+            and (n_expected == 1 or values[1] > values[0])
+        )
+        if not ok:
+            shape_txt = (
+                "a list [TI1, TI1s] (start and end of the saturation train, TI1s > TI1)"
+                if technique == "Q2TIPS"
+                else "one positive number (TI1)"
+            )
+            raise ASLInputError(
+                f"is {raw_t!r}; for {technique} it must be {shape_txt}, in seconds.",
+                file=sidecar,
+                field="BolusCutOffDelayTime",
+                fix=f'write "BolusCutOffDelayTime" as {shape_txt}.',
+            )
+        bolus_times = tuple(float(v) for v in values)
+
+    # ---- background suppression, efficiency, field ------------------------
+    bs = _boolean(md, "BackgroundSuppression", sidecar)
+    if bs is None:
+        warnings.append("BackgroundSuppression missing: assumed false")
+        bs = False
+    n_pulses: int | None = 0
+    if bs:
+        value = md.get("BackgroundSuppressionNumberPulses")
+        if value is None:
+            n_pulses = None
+            warnings.append(
+                "BackgroundSuppressionNumberPulses missing: labeling efficiency not "
+                "corrected for background suppression"
+            )
+        elif not (_is_number(value) and float(value) >= 0 and float(value).is_integer()):
+            raise ASLInputError(
+                f"must be a non-negative integer, got {value!r}.",
+                file=sidecar,
+                field="BackgroundSuppressionNumberPulses",
+                fix="write the number of background-suppression pulses as a JSON integer.",
+            )
+        else:
+            n_pulses = int(value)
+    efficiency = _number(
+        md,
+        "LabelingEfficiency",
+        sidecar,
+        what="a fraction between 0 and 1",
+        minimum=0,
+        strict_min=True,
+    )
+    if efficiency is not None and efficiency > 1:
+        raise ASLInputError(
+            f"must be a fraction in (0, 1], got {efficiency}.",
+            file=sidecar,
+            field="LabelingEfficiency",
+            fix="write the efficiency as a fraction (0.85, not 85), or remove the field "
+            "to use the default for the labeling type.",
+        )
+    field_strength = _number(
+        md,
+        "MagneticFieldStrength",
+        sidecar,
+        what="a number in tesla",
+        minimum=0,
+        strict_min=True,
+    )
+    if field_strength is None:
+        field_strength = DEFAULT_FIELD_STRENGTH
+        warnings.append(f"MagneticFieldStrength missing: {DEFAULT_FIELD_STRENGTH:g} T assumed")
+
+    # ---- geometry and timing ----------------------------------------------
+    acquisition = md.get("MRAcquisitionType")
+    if acquisition is None:
+        acquisition = "2D" if "SliceTiming" in md else "3D"
+        warnings.append(f"MRAcquisitionType missing: {acquisition} assumed")
+    elif not isinstance(acquisition, str) or acquisition.strip().upper() not in ("2D", "3D"):
+        raise ASLInputError(
+            f"has the unknown value {acquisition!r}.",
+            file=sidecar,
+            field="MRAcquisitionType",
+            fix='use "2D" (slice by slice, e.g. EPI) or "3D" (e.g. GRASE, spiral).',
+        )
+    acquisition = acquisition.strip().upper()
+    slice_timing = None
+    if "SliceTiming" in md:
+        values = md["SliceTiming"]
+        if not isinstance(values, list) or not all(_is_number(v) for v in values):
+            raise ASLInputError(
+                f"must be a list of numbers (seconds), got {values!r}.",
+                file=sidecar,
+                field="SliceTiming",
+                fix="write SliceTiming as a JSON list with one time per slice.",
+            )
+        if acquisition == "2D":
+            if len(values) != shape[2]:
+                raise ASLInputError(
+                    f"has {len(values)} values but {asl_file.name} has {shape[2]} slices.",
+                    file=sidecar,
+                    field="SliceTiming",
+                    fix="give one acquisition time per slice (third image dimension).",
+                )
+            if min(values) < 0:
+                raise ASLInputError(
+                    "contains negative times.",
+                    file=sidecar,
+                    field="SliceTiming",
+                    fix="give slice times in seconds from the start of the readout (>= 0).",
+                )
+            slice_timing = np.asarray(values, dtype=float)
+        else:
+            warnings.append("SliceTiming ignored for a 3D acquisition")
+    elif acquisition == "2D":
+        warnings.append(
+            "2D acquisition without SliceTiming: every slice is taken at the nominal "
+            "PostLabelingDelay (CBF of later slices will be overestimated)"
+        )
+
+    total_pairs = md.get("TotalAcquiredPairs")
+    if total_pairs is not None:
+        if not (_is_number(total_pairs) and float(total_pairs).is_integer() and total_pairs > 0):
+            raise ASLInputError(
+                f"must be a positive integer, got {total_pairs!r}.",
+                file=sidecar,
+                field="TotalAcquiredPairs",
+                fix="write the number of acquired control/label pairs as a JSON integer.",
+            )
+        total_pairs = int(total_pairs)
+        if pairs.size and total_pairs != pairs.shape[0]:
+            warnings.append(
+                f"TotalAcquiredPairs is {total_pairs} but the series holds {pairs.shape[0]} pairs"
+            )
+
+    # ---- M0 ---------------------------------------------------------------
+    m0_type_raw = md.get("M0Type")
+    lookup = {t.lower(): t for t in M0_TYPES}
+    m0_type = lookup.get(m0_type_raw.strip().lower()) if isinstance(m0_type_raw, str) else None
+    if m0_type is None:
+        raise ASLInputError(
+            "is missing." if m0_type_raw is None else f"has the unknown value {m0_type_raw!r}.",
+            file=sidecar,
+            field="M0Type",
+            fix='set "M0Type" to "Separate" (an _m0scan file), "Included" (m0scan volumes '
+            'in the series), "Estimate" (with "M0Estimate") or "Absent".',
+        )
+    m0_file = None
+    m0_md: dict = {}
+    m0_estimate = None
+    m0_tr = None
+    pepolar = _pepolar_m0(layout, root, subject, session, asl_file)
+    if m0_type == "Separate":
+        m0_file = _find_nifti(_sibling(asl_file, "m0scan"))
+        if m0_file is None and pepolar:
+            m0_file = pepolar[0][0]
+            pepolar = pepolar[1:]
+            warnings.append(
+                f"no M0 in perf/: using {m0_file.relative_to(root)} (its IntendedFor names "
+                "this series)"
+            )
+        if m0_file is None:
+            expected = _sibling(asl_file, "m0scan.nii.gz")
+            raise ASLInputError(
+                f"is 'Separate' but no M0 image was found (expected {expected.name}).",
+                file=sidecar,
+                field="M0Type",
+                fix=f"add {expected.name} (with its JSON sidecar), or set M0Type to what "
+                "was acquired (Included, Estimate or Absent).",
+            )
+        m0_img = _load_image(m0_file)
+        if len(m0_img.shape) not in (3, 4) or tuple(m0_img.shape[:3]) != shape[:3]:
+            raise ASLInputError(
+                f"has shape {tuple(m0_img.shape)} but the ASL series has the voxel grid "
+                f"{shape[:3]}.",
+                file=m0_file,
+                field="image dimensions",
+                fix="acquire or reconstruct the M0 on the ASL grid (same matrix and slices), "
+                "or resample it onto the ASL grid before running the pipeline.",
+            )
+        if not np.allclose(m0_img.affine, img.affine, atol=1e-3):
+            warnings.append(
+                f"{m0_file.name} and {asl_file.name} have different affines; the M0 will be "
+                "registered to the ASL series"
+            )
+        _check_finite(m0_img, m0_file)
+        m0_md = dict(layout.get_metadata(str(m0_file)))
+        m0_sidecar = m0_file.with_name(_strip_ext(m0_file) + ".json")
+        m0_tr = _repetition_time(m0_md, m0_sidecar, None, warnings)
+    elif m0_type == "Included":
+        if not idx["m0scan"]:
+            raise ASLInputError(
+                "is 'Included' but the aslcontext lists no m0scan volume.",
+                file=sidecar,
+                field="M0Type",
+                fix=f"mark the M0 volumes as 'm0scan' in {context_file.name}, or set M0Type "
+                "to Separate, Estimate or Absent.",
+            )
+        m0_tr = _repetition_time(md, sidecar, idx["m0scan"], warnings)
+    elif m0_type == "Estimate":
+        m0_estimate = _number(
+            md,
+            "M0Estimate",
+            sidecar,
+            what="a positive number (the M0 signal, in the image's units)",
+            required=True,
+            minimum=0,
+            strict_min=True,
+            fix='add "M0Estimate" (a single M0 value in the units of the ASL images) or '
+            "change M0Type.",
+        )
+    else:  # Absent
+        if bs:
+            raise ASLInputError(
+                "is 'Absent' with BackgroundSuppression true: without an M0 the control "
+                "image stands in for M0, which background suppression makes invalid.",
+                file=sidecar,
+                field="M0Type",
+                fix="provide an M0 (Separate, Included or M0Estimate), or use "
+                "--quantification asltbx knowingly, after correcting BackgroundSuppression "
+                "if it is wrong.",
+            )
+        m0_tr = _repetition_time(md, sidecar, None, warnings)
+    if idx["m0scan"] and m0_type != "Included":
+        warnings.append(
+            f"{len(idx['m0scan'])} m0scan volume(s) in the series are ignored (M0Type is "
+            f"{m0_type})"
+        )
+
+    t1w = _find_t1w(layout, subject, session)
+    if t1w is None and require_t1w:
+        anat = root / f"sub-{subject}" / (f"ses-{session}/anat" if session else "anat")
+        raise ASLInputError(
+            f"holds no T1-weighted image for sub-{subject}; the pipeline needs one for "
+            "registration and tissue segmentation.",
+            file=anat,
+            field="T1w",
+            fix=f"add {anat.relative_to(root)}/sub-{subject}_T1w.nii.gz (from dcm2niix).",
+        )
+
+    for message in warnings:
+        LOGGER.warning("%s: %s", asl_file.name, message)
+    return ASLRun(
+        subject=subject,
+        session=session,
+        run=run,
+        acq=acq,
+        asl_file=asl_file,
+        aslcontext_file=context_file,
+        sidecar_file=sidecar,
+        metadata=md,
+        volume_types=types,
+        n_volumes=n_volumes,
+        shape=shape,
+        voxel_size=voxel_size,
+        control_label_pairs=pairs,
+        m0_volumes=idx["m0scan"],
+        deltam_volumes=idx["deltam"],
+        cbf_volumes=idx["cbf"],
+        norf_volumes=idx["noRF"],
+        plds=plds,
+        labeling_type=labeling_type,
+        labeling_duration=tau,
+        bolus_cutoff_flag=bolus_flag,
+        bolus_cutoff_technique=technique,
+        bolus_cutoff_delay_time=bolus_times,
+        m0_type=m0_type,
+        m0_file=m0_file,
+        m0_metadata=m0_md,
+        m0_estimate=m0_estimate,
+        m0_pepolar_files=tuple(p for p, _ in pepolar),
+        background_suppression=bs,
+        background_suppression_pulses=n_pulses,
+        labeling_efficiency=efficiency,
+        field_strength=field_strength,
+        acquisition=acquisition,
+        slice_timing=slice_timing,
+        m0_repetition_time=m0_tr,
+        total_acquired_pairs=total_pairs,
+        t1w_file=t1w,
+        warnings=tuple(warnings),
+    )
+
+
+def _repetition_time(md, file, volumes, warnings) -> float | None:
+    """The M0's repetition time; None (with a warning) when unknown or 0.
+
+    ``RepetitionTimePreparation`` wins over ``RepetitionTime``; a per-volume
+    list is read at ``volumes`` (the included M0 volumes).
+    """
+    key = "RepetitionTimePreparation" if "RepetitionTimePreparation" in md else "RepetitionTime"
+    value = md.get(key)
+    if isinstance(value, list) and volumes is not None and len(value) > max(volumes):
+        value = [value[i] for i in volumes]
+    if isinstance(value, list):
+        if not value or not all(_is_number(v) for v in value):
+            raise ASLInputError(
+                f"must be a number or a list of numbers, got {value!r}.",
+                file=file,
+                field=key,
+                fix=f"write {key} in seconds as a plain JSON number.",
+            )
+        if len(set(value)) > 1:
+            warnings.append(f"{key} differs between M0 volumes {sorted(set(value))}: unknown")
+            return None
+        value = value[0]
+    if value is None:
+        warnings.append(
+            f"M0 repetition time unknown ({file.name} has no RepetitionTimePreparation): "
+            "no correction for incomplete M0 recovery"
+        )
+        return None
+    if not _is_number(value):
+        raise ASLInputError(
+            f"must be a number in seconds, got {value!r}.",
+            file=file,
+            field=key,
+            fix=f"write {key} as a plain JSON number (no quotes, no units).",
+        )
+    if value <= 0:
+        warnings.append(
+            f"{key} is {value} in {file.name}: treated as unknown, no correction for "
+            "incomplete M0 recovery"
+        )
+        return None
+    return float(value)
+
+
+def _pepolar_m0(layout, root, subject, session, asl_file) -> list[tuple[Path, dict]]:
+    """M0 images in ``fmap/`` whose IntendedFor names this series or its M0."""
+    query = {
+        "subject": subject,
+        "suffix": "m0scan",
+        "datatype": "fmap",
+        "extension": [".nii", ".nii.gz"],
+    }
+    if session:
+        query["session"] = session
+    targets = _targets(asl_file, root, subject)
+    m0 = _find_nifti(_sibling(asl_file, "m0scan"))
+    if m0 is not None:
+        targets |= _targets(m0, root, subject)
+    found = []
+    for f in sorted(layout.get(**query), key=lambda f: f.path):
+        md = layout.get_metadata(f.path)
+        if targets & set(_intended_for(md)):
+            found.append((Path(f.path), dict(md)))
+    return found
+
+
+def _find_t1w(layout, subject, session) -> Path | None:
+    query = {
+        "subject": subject,
+        "suffix": "T1w",
+        "datatype": "anat",
+        "extension": [".nii", ".nii.gz"],
+    }
+    files = []
+    if session:
+        files = layout.get(session=session, **query)
+    if not files:
+        files = layout.get(**query)
+    files = sorted(f.path for f in files)
+    return Path(files[0]) if files else None
+
+
+# --------------------------------------------------------------------------
+# Human summary
+# --------------------------------------------------------------------------
+
+
+def _fmt_times(values) -> str:
+    values = np.unique(np.round(np.asarray(values, dtype=float), 4))
+    if values.size == 1:
+        return f"{values[0]:g} s"
+    if values.size <= 6:
+        return ", ".join(f"{v:g}" for v in values) + " s"
+    return f"{values.min():g}-{values.max():g} s ({values.size} values)"
+
+
+def describe(run: ASLRun) -> str:
+    """A few lines that tell a user what the pipeline understood of a run."""
+    ident = f"sub-{run.subject}"
+    for key, value in (("ses", run.session), ("acq", run.acq), ("run", run.run)):
+        if value is not None:
+            ident += f"_{key}-{value}"
+    grid = "x".join(str(s) for s in run.shape[:3])
+    vox = "x".join(f"{v:g}" for v in run.voxel_size)
+    lines = [f"{ident}: {run.asl_file}"]
+    lines.append(
+        f"  {run.labeling_type}, {run.acquisition}, {run.field_strength:g} T, {grid} voxels "
+        f"of {vox} mm, {run.n_volumes} volumes"
+    )
+    content = []
+    if run.n_pairs:
+        order = {True: "label first", False: "control first", None: "mixed order"}
+        content.append(f"{run.n_pairs} control/label pairs ({order[run.label_first]})")
+    for name, idx in (
+        ("deltam", run.deltam_volumes),
+        ("cbf", run.cbf_volumes),
+        ("m0scan", run.m0_volumes),
+        ("noRF", run.norf_volumes),
+    ):
+        if idx:
+            content.append(f"{len(idx)} {name}")
+    lines.append("  volumes: " + ", ".join(content))
+    perf = list(run.perfusion_volumes)
+    pld_name = "TI" if run.labeling_type == "PASL" else "PLD"
+    timing = f"  {pld_name}: {_fmt_times(run.plds[perf])}"
+    if run.is_multi_pld:
+        timing += " (multi-delay)"
+    if run.labeling_duration is not None:
+        tau = np.asarray(run.labeling_duration, dtype=float)
+        timing += f"; labeling duration {_fmt_times(tau if tau.ndim == 0 else tau[perf])}"
+    if run.bolus_cutoff_technique:
+        times = ", ".join(f"{t:g}" for t in run.bolus_cutoff_delay_time)
+        timing += f"; bolus cut-off {run.bolus_cutoff_technique} at {times} s"
+    if run.slice_timing is not None:
+        timing += f"; slice times 0-{run.slice_timing.max():g} s"
+    lines.append(timing)
+    m0 = f"  M0: {run.m0_type}"
+    if run.m0_file is not None:
+        m0 += f" ({run.m0_file.name})"
+    elif run.m0_type == "Included":
+        m0 += f" (volumes {', '.join(map(str, run.m0_volumes))})"
+    elif run.m0_estimate is not None:
+        m0 += f" (M0Estimate {run.m0_estimate:g})"
+    tr = run.m0_repetition_time
+    m0 += f", TR {tr:g} s" if tr is not None else ", TR unknown"
+    if run.m0_pepolar_files:
+        m0 += "; reverse-PE M0: " + ", ".join(p.name for p in run.m0_pepolar_files)
+    lines.append(m0)
+    bs = (
+        (
+            f"{run.background_suppression_pulses} pulses"
+            if run.background_suppression_pulses is not None
+            else "pulses unknown"
+        )
+        if run.background_suppression
+        else "none"
+    )
+    given = "" if run.labeling_efficiency is None else f"given {run.labeling_efficiency:g}, "
+    lines.append(
+        f"  background suppression: {bs}; labeling efficiency {given}"
+        f"effective {run.effective_labeling_efficiency:.3f}"
+    )
+    lines.append(f"  T1w: {run.t1w_file if run.t1w_file is not None else 'none'}")
+    for message in run.warnings:
+        lines.append(f"  WARNING: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,332 @@
+"""Command-line parser of the ``asl-pipeline`` BIDS App.
+
+``asl-pipeline bids_dir output_dir participant [options]``, with the argument
+groups BIDS-App users expect (filtering, performance, workflow, other).
+:func:`parse_args` validates the arguments and calls ``parser.error`` (exit
+status 2, one line on stderr) on a usage error: a nonexistent ``bids_dir``, an
+output or work directory inside the input dataset (``derivatives/`` excepted),
+a participant label holding a path separator or ``..``, an unreadable
+``--plugin-config``. It reads files but never creates any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+from asl_pipeline.config import (
+    OUTLIER_METHODS,
+    OUTPUT_SPACES,
+    PLUGINS,
+    QUANTIFICATIONS,
+    REGISTRATION_BACKENDS,
+)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def _float(minimum: float, strict: bool):
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be {'>' if strict else '>='} {minimum:g}"
+            )
+        return value
+
+    return convert
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file {text!r} does not exist")
+    return path.resolve()
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit 2), without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (no validation across arguments: see parse_args)."""
+    from asl_pipeline import __version__
+
+    parser = _Parser(
+        prog="asl-pipeline",
+        description="ASL perfusion MRI pipeline: BIDS ASL in, CBF (mL/100 g/min) out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset")
+    parser.add_argument(
+        "output_dir",
+        type=Path,
+        help="where the derivatives go (outside bids_dir, or under its derivatives/)",
+    )
+    parser.add_argument(
+        "analysis_level", choices=["participant"], help="processing stage (participant only)"
+    )
+    parser.add_argument("--version", action="version", version=f"asl-pipeline {__version__}")
+
+    g = parser.add_argument_group("filtering")
+    g.add_argument(
+        "--participant-label",
+        "--participant_label",
+        dest="participant_label",
+        nargs="+",
+        metavar="LABEL",
+        help="subjects to process, with or without 'sub-' (default: all)",
+    )
+    g.add_argument(
+        "--session-label",
+        "--session_label",
+        dest="session_label",
+        nargs="+",
+        metavar="LABEL",
+        help="sessions to process, with or without 'ses-' (default: all)",
+    )
+
+    g = parser.add_argument_group("performance")
+    g.add_argument(
+        "--nprocs",
+        "--n-cpus",
+        dest="nprocs",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="processes in parallel (MultiProc)",
+    )
+    g.add_argument(
+        "--omp-nthreads",
+        type=_positive_int,
+        default=None,
+        help="threads per process (default: min(nprocs, 8))",
+    )
+    g.add_argument(
+        "--mem-gb", type=_float(0, True), default=None, help="memory limit of the run, GB"
+    )
+    g.add_argument(
+        "--plugin",
+        choices=PLUGINS,
+        default=None,
+        help="nipype execution plugin (default: the --plugin-config's, else MultiProc)",
+    )
+    g.add_argument(
+        "--plugin-config",
+        type=_existing_file,
+        default=None,
+        metavar="FILE",
+        help="YAML or JSON file with the plugin arguments, either a mapping of "
+        "plugin_args or {plugin: ..., plugin_args: {...}}",
+    )
+
+    g = parser.add_argument_group("workflow")
+    g.add_argument(
+        "--registration-backend",
+        choices=REGISTRATION_BACKENDS,
+        default="embedded",
+        help="motion correction/registration engine: embedded (Python) or spm (SPM12)",
+    )
+    g.add_argument("--spm-cmd", default=None, help="command that runs SPM12 (spm backend)")
+    g.add_argument(
+        "--outlier-method",
+        choices=OUTLIER_METHODS,
+        default="paocsl",
+        help="outlier cleaning of the CBF series",
+    )
+    g.add_argument(
+        "--outlier-threshold",
+        type=_float(0, False),
+        default=None,
+        help="threshold of the outlier method (default: paocsl 2, score 2.5, aoc 0.17)",
+    )
+    g.add_argument(
+        "--no-denoise", dest="denoise", action="store_false", help="skip DWAN denoising"
+    )
+    g.add_argument(
+        "--dwan-weights",
+        type=_existing_file,
+        default=None,
+        metavar="FILE",
+        help="DWAN weights (.pt) instead of the packaged ones",
+    )
+    g.add_argument(
+        "--smoothing-fwhm",
+        type=_float(0, False),
+        default=3.0,
+        help="Gaussian smoothing FWHM in mm (3 as in the source study; 0 disables)",
+    )
+    g.add_argument(
+        "--no-nuisance-regression",
+        dest="nuisance_regression",
+        action="store_false",
+        help="skip the regression of motion, CSF and global signals",
+    )
+    g.add_argument(
+        "--output-spaces",
+        nargs="+",
+        choices=OUTPUT_SPACES,
+        default=["asl"],
+        help="spaces of the CBF outputs",
+    )
+    g.add_argument(
+        "--m0-scale",
+        type=_float(0, True),
+        default=1.0,
+        help="factor applied to M0 (e.g. a vendor scaling between M0 and ASL images)",
+    )
+    g.add_argument(
+        "--quantification",
+        choices=QUANTIFICATIONS,
+        default="white-paper",
+        help="white-paper: M0 from the run's M0; asltbx: each pair's control image as M0",
+    )
+
+    g = parser.add_argument_group("other")
+    g.add_argument(
+        "-w", "--work-dir", type=Path, default=None, help="working directory (default: ./work)"
+    )
+    g.add_argument(
+        "--validate-only",
+        action="store_true",
+        help="check the input and print what was understood, then stop",
+    )
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="random seed")
+    resume = g.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume",
+        dest="clean_workdir",
+        action="store_false",
+        help="reuse results cached in the work directory (default)",
+    )
+    resume.add_argument(
+        "--clean-workdir",
+        dest="clean_workdir",
+        action="store_true",
+        help="empty the work directory before running",
+    )
+    parser.set_defaults(clean_workdir=False)
+    g.add_argument(
+        "-v", "--verbose", dest="verbosity", action="count", default=0, help="more output"
+    )
+    return parser
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _load_plugin_config(path: Path) -> dict:
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError("it must hold a mapping")
+    return data
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and validate ``argv`` (default ``sys.argv[1:]``).
+
+    Paths come back absolute; ``participant_label``/``session_label`` without
+    their ``sub-``/``ses-`` prefixes; ``plugin_args`` holds the parsed plugin
+    configuration. Usage errors exit with status 2.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    bids_dir = args.bids_dir.expanduser().resolve()
+    if not bids_dir.is_dir():
+        parser.error(f"bids_dir {args.bids_dir} does not exist or is not a directory")
+    args.bids_dir = bids_dir
+    args.output_dir = args.output_dir.expanduser().resolve()
+    args.work_dir = (args.work_dir or Path("work")).expanduser().resolve()
+    derivatives = bids_dir / "derivatives"
+    for name in ("output_dir", "work_dir"):
+        path = getattr(args, name)
+        if _inside(path, bids_dir) and not (path != derivatives and _inside(path, derivatives)):
+            parser.error(
+                f"{name} {path} is inside the input dataset {bids_dir}: the input must stay "
+                f"untouched; use a folder outside it, or under {derivatives}/<name>"
+            )
+    if _inside(bids_dir, args.output_dir):
+        parser.error(f"output_dir {args.output_dir} contains the input dataset {bids_dir}")
+
+    for name, prefix in (("participant_label", "sub-"), ("session_label", "ses-")):
+        labels = getattr(args, name)
+        if labels is None:
+            continue
+        clean = []
+        for label in labels:
+            label = label.strip()
+            label = label[len(prefix) :] if label.startswith(prefix) else label
+            if not label or "/" in label or "\\" in label or ".." in label:
+                parser.error(
+                    f"--{name.replace('_', '-')} {label!r}: a label is alphanumeric, "
+                    "without path separators or '..'"
+                )
+            clean.append(label)
+        setattr(args, name, list(dict.fromkeys(clean)))
+
+    args.plugin_args = {}
+    if args.plugin_config is not None:
+        try:
+            data = _load_plugin_config(args.plugin_config)
+        except Exception as exc:  # yaml and json errors
+            msg = " ".join(str(exc).split())
+            parser.error(f"--plugin-config {args.plugin_config} cannot be read: {msg}")
+        if "plugin_args" in data or "plugin" in data:
+            if args.plugin is None and data.get("plugin") is not None:
+                if data["plugin"] not in PLUGINS:
+                    parser.error(
+                        f"--plugin-config {args.plugin_config}: unknown plugin "
+                        f"{data['plugin']!r} (choose from {', '.join(PLUGINS)})"
+                    )
+                args.plugin = data["plugin"]
+            data = data.get("plugin_args") or {}
+            if not isinstance(data, dict):
+                parser.error(f"--plugin-config {args.plugin_config}: plugin_args is no mapping")
+        args.plugin_args = data
+    if args.plugin is None:
+        args.plugin = "MultiProc"
+
+    if args.omp_nthreads is None:
+        args.omp_nthreads = min(args.nprocs, 8)
+    elif args.omp_nthreads > args.nprocs:
+        parser.error(
+            f"--omp-nthreads {args.omp_nthreads} exceeds --nprocs {args.nprocs}: a process "
+            "cannot use more threads than the run has CPUs"
+        )
+    if args.registration_backend == "spm" and not args.spm_cmd:
+        parser.error("--registration-backend spm needs --spm-cmd (the command that runs SPM12)")
+    return args

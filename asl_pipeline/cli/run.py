@@ -1,0 +1,104 @@
+"""The ``asl-pipeline`` command (BIDS App).
+
+``main`` parses the command line, builds the :class:`~asl_pipeline.config.Config`,
+reads and validates every selected ASL run before any work starts, prints what
+it understood of each run, and then either stops (``--validate-only``) or hands
+over to :func:`_run_workflow`.
+
+Exit status: 0 success, 1 bad input data (one line on stderr naming the file,
+the field and the fix), 2 usage error, 3 processing not available.
+Nothing is created when validation fails or with ``--validate-only``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+
+EXIT_OK = 0
+EXIT_DATA_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_AVAILABLE = 3
+
+
+def _run_workflow(config, runs) -> int:
+    """Build and run the processing workflow for validated ``runs``.
+
+    To be implemented when the top-level workflow lands: create
+    ``config.output_dir`` and ``config.work_dir``, write
+    ``config.to_toml(output_dir / "asl_pipeline.toml")``, build the workflow
+    and run it with ``**config.plugin_settings``; return the exit status.
+    """
+    print(
+        "asl-pipeline: the processing workflow is not available yet in this version; "
+        "the input was validated but NO output was produced (use --validate-only to "
+        "only check the input).",
+        file=sys.stderr,
+    )
+    return EXIT_NOT_AVAILABLE
+
+
+@contextlib.contextmanager
+def _quiet_reader(verbosity: int):
+    """Hold back the reader's logged warnings: :func:`describe` prints them."""
+    logger = logging.getLogger("asl_pipeline.bids")
+    previous = logger.level
+    if verbosity == 0:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def main(argv=None) -> int:
+    """Entry point; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit status."""
+    from asl_pipeline.bids import collect_runs, describe
+    from asl_pipeline.cli.parser import parse_args
+    from asl_pipeline.config import Config
+    from asl_pipeline.errors import ASLInputError
+
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    config = Config.from_args(args)
+    if config.verbosity:
+        logging.basicConfig(
+            level=logging.INFO if config.verbosity == 1 else logging.DEBUG,
+            format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        )
+    try:
+        with _quiet_reader(config.verbosity):
+            runs = collect_runs(
+                config.bids_dir, config.participant_label, session=config.session_label
+            )
+    except ASLInputError as exc:
+        print(f"asl-pipeline: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    except Exception as exc:  # an unexpected failure: one line unless -vv
+        if config.verbosity > 1:
+            raise
+        print(
+            f"asl-pipeline: error: {type(exc).__name__}: {_one_line(exc)} "
+            "(run with -vv for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_DATA_ERROR
+
+    for run in runs:
+        print(describe(run))
+    n_warn = sum(len(r.warnings) for r in runs)
+    print(f"{len(runs)} ASL run(s) valid, {n_warn} warning(s).")
+    if config.validate_only:
+        return EXIT_OK
+    return _run_workflow(config, runs)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The run configuration of the ``asl-pipeline`` command.
+
+One :class:`Config` is built from the parsed command line
+(:meth:`Config.from_args`), handed to the top-level workflow, and written as
+TOML next to the outputs (:meth:`Config.to_toml`) so that a run can be
+reproduced (:meth:`Config.from_toml`). Only the CLI and the top-level workflow
+read it; everything below takes plain keyword arguments.
+
+Importing this module has no side effect (no file, no logging set-up, no
+environment change).
+
+Defaults chosen where the methods spec leaves a choice open:
+
+* ``smoothing_fwhm`` = 3 mm, the source study's value (ASLtbx uses 6 mm);
+  0 disables smoothing.
+* ``outlier_threshold`` = None means the method's own default
+  (:data:`OUTLIER_THRESHOLDS`): PAOCSL 2 (the study's batch), SCORE 2.5
+  (robust SD), AOC 0.17 (correlation).
+* ``output_spaces`` = ``["asl"]``: CBF in the native ASL space; T1w and
+  MNI152NLin2009cAsym are opt-in.
+* ``quantification`` = "white-paper" (M0 from the M0 source of the run);
+  "asltbx" uses each pair's control image as M0, voxel by voxel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+#: Default threshold of each outlier-cleaning method (see the methods spec, §5).
+OUTLIER_THRESHOLDS = {"paocsl": 2.0, "score": 2.5, "aoc": 0.17, "none": None}
+#: Choices shared with the parser.
+PLUGINS = ("Linear", "MultiProc", "SLURM", "SLURMGraph")
+REGISTRATION_BACKENDS = ("embedded", "spm")
+OUTLIER_METHODS = tuple(OUTLIER_THRESHOLDS)
+OUTPUT_SPACES = ("asl", "T1w", "MNI152NLin2009cAsym")
+QUANTIFICATIONS = ("white-paper", "asltbx")
+
+_PATH_FIELDS = ("bids_dir", "output_dir", "work_dir", "plugin_config", "dwan_weights")
+
+
+@dataclass
+class Config:
+    """Settings of one ``asl-pipeline`` run (see the module docstring)."""
+
+    bids_dir: Path
+    output_dir: Path
+    analysis_level: str = "participant"
+    # filtering
+    participant_label: list[str] | None = None
+    session_label: list[str] | None = None
+    # performance
+    nprocs: int = 1
+    omp_nthreads: int = 1
+    mem_gb: float | None = None
+    plugin: str = "MultiProc"
+    plugin_config: Path | None = None
+    plugin_args: dict = field(default_factory=dict)
+    # workflow
+    registration_backend: str = "embedded"
+    spm_cmd: str | None = None
+    outlier_method: str = "paocsl"
+    outlier_threshold: float | None = None
+    denoise: bool = True
+    dwan_weights: Path | None = None
+    smoothing_fwhm: float = 3.0
+    nuisance_regression: bool = True
+    output_spaces: list[str] = field(default_factory=lambda: ["asl"])
+    m0_scale: float = 1.0
+    quantification: str = "white-paper"
+    # other
+    work_dir: Path | None = None
+    validate_only: bool = False
+    seed: int = 0
+    clean_workdir: bool = False
+    verbosity: int = 0
+
+    def __post_init__(self):
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                setattr(self, name, Path(value))
+        if self.outlier_method not in OUTLIER_THRESHOLDS:
+            raise ValueError(f"unknown outlier method {self.outlier_method!r}")
+        if self.plugin not in PLUGINS:
+            raise ValueError(f"unknown plugin {self.plugin!r}")
+        if self.quantification not in QUANTIFICATIONS:
+            raise ValueError(f"unknown quantification {self.quantification!r}")
+        if self.registration_backend not in REGISTRATION_BACKENDS:
+            raise ValueError(f"unknown registration backend {self.registration_backend!r}")
+        unknown = [s for s in self.output_spaces if s not in OUTPUT_SPACES]
+        if unknown:
+            raise ValueError(f"unknown output space(s) {unknown}")
+
+    @property
+    def effective_outlier_threshold(self) -> float | None:
+        """The threshold given, or the method's default."""
+        if self.outlier_threshold is not None:
+            return self.outlier_threshold
+        return OUTLIER_THRESHOLDS[self.outlier_method]
+
+    @property
+    def plugin_settings(self) -> dict:
+        """``{"plugin": ..., "plugin_args": ...}`` for ``Workflow.run(**...)``.
+
+        ``nprocs`` and ``mem_gb`` fill ``n_procs``/``memory_gb`` for MultiProc
+        unless the plugin configuration file sets them.
+        """
+        args = dict(self.plugin_args)
+        if self.plugin == "MultiProc":
+            args.setdefault("n_procs", self.nprocs)
+            if self.mem_gb is not None:
+                args.setdefault("memory_gb", self.mem_gb)
+        return {"plugin": self.plugin, "plugin_args": args}
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Config:
+        """Build from :func:`asl_pipeline.cli.parser.parse_args` output."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in vars(args).items() if k in names}
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        """Plain TOML-able values: paths as strings, None left out."""
+        out = {}
+        for key, value in asdict(self).items():
+            if value is None:
+                continue  # TOML has no null; from_toml restores the default None
+            out[key] = str(value) if isinstance(value, Path) else value
+        return out
+
+    def to_toml(self, path) -> Path:
+        """Write the configuration as TOML; returns the path written."""
+        import tomli_w
+
+        path = Path(path)
+        with path.open("wb") as fobj:
+            tomli_w.dump({"asl_pipeline": self.to_dict()}, fobj)
+        return path
+
+    @classmethod
+    def from_toml(cls, path) -> Config:
+        """Read a file written by :meth:`to_toml`."""
+        with Path(path).open("rb") as fobj:
+            data = tomllib.load(fobj)
+        section = data.get("asl_pipeline", data)
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - names)
+        if unknown:
+            raise ValueError(f"{path}: unknown configuration key(s) {unknown}")
+        return cls(**section)
