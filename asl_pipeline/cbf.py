@@ -1,0 +1,1373 @@
+"""CBF quantification: from control/label series to CBF in mL/100 g/min.
+
+Section 2 of the methods spec (``shared/specs/asl-methods.md``). Plain NumPy,
+vectorised over voxels; the forward models and constants come from
+:mod:`asl_pipeline.kinetics` and are inverted here, never re-derived.
+
+The steps, each a function:
+
+1. :func:`quant_params_from_metadata` reads a BIDS ``_asl.json`` dictionary
+   into a frozen :class:`QuantParams` (every constant used, with overrides).
+2. :func:`deltam_series` pairs the volumes in ``aslcontext`` order and returns
+   ΔM = control - label per pair (or per volume with surround subtraction).
+3. :func:`compute_m0` builds the M0 image for the ``M0Type`` (or the ASLtbx
+   pair-wise control variant), scaled and corrected for incomplete recovery.
+4. :func:`cbf_single_pld` applies the white-paper equations per pair and
+   slice; :func:`fit_multi_pld` fits CBF and arterial transit time (ATT) to
+   multi-PLD / multi-TI data with the Buxton general kinetic model.
+
+Conventions
+-----------
+* Arrays are ``(x, y, z)`` images or ``(x, y, z, n)`` series; the slice axis of
+  2D readouts is the **third** array axis (``z``), and ``SliceTiming[k]`` is the
+  acquisition time of slice ``k`` along that axis, so that slice ``k`` has the
+  effective delay ``PLD + SliceTiming[k]``. Reorient images so that this holds
+  (it does for the scanner's native slice order stored by dcm2niix).
+* Times are in seconds, CBF in mL/100 g/min.
+* Voxels whose M0 is below ``m0_fraction`` times the brain-mask mean M0 (and
+  voxels with non-finite data) are not quantified: their CBF is 0 and they are
+  reported in a mask, so outputs never contain NaN or inf.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from os import PathLike
+
+import numpy as np
+
+from asl_pipeline import kinetics
+from asl_pipeline.errors import ASLInputError
+
+LOGGER = logging.getLogger(__name__)
+
+#: Volume types of a BIDS ``aslcontext.tsv``.
+VOLUME_TYPES = ("control", "label", "m0scan", "deltam", "cbf", "noRF")
+
+#: Labeling types understood (BIDS ``ArterialSpinLabelingType``).
+LABELING_TYPES = ("PCASL", "CASL", "PASL")
+
+#: M0 types (BIDS ``M0Type``), plus the ASLtbx variant offered as an option.
+M0_TYPES = ("Separate", "Included", "Estimate", "Absent")
+PAIRWISE_CONTROL = "pairwise-control"
+
+#: Beyond this repetition time (s) the M0 is taken as fully relaxed.
+M0_TR_FULL_RECOVERY = 5.0
+
+#: Default fraction of the brain-mean M0 under which a voxel is not quantified.
+M0_FRACTION_DEFAULT = 0.1
+
+
+class InputWarning(UserWarning):
+    """An input is incomplete but can still be processed (a default was used)."""
+
+
+def _warn(message: str) -> None:
+    LOGGER.warning(message)
+    warnings.warn(message, InputWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------
+# Parameters
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Every constant used to quantify CBF, in SI units (s, T).
+
+    Attributes
+    ----------
+    labeling_type
+        ``"PCASL"``, ``"CASL"`` or ``"PASL"``.
+    pld
+        Post-labeling delay (s); for PASL the inversion time TI. A float, or a
+        tuple with one value per volume of the series (BIDS allows both).
+    tau
+        Labeling duration (s) for (P)CASL; ``None`` for PASL.
+    ti1
+        Bolus duration TI1 (s) for PASL (``BolusCutOffDelayTime``; for Q2TIPS,
+        whose field is the list ``[start, end]`` of the saturation train, the
+        first value is TI1, the time the bolus is cut off); ``None`` otherwise.
+    alpha
+        Effective labeling efficiency, background-suppression loss included
+        (:func:`asl_pipeline.kinetics.labeling_efficiency`).
+    t1b
+        Blood T1 (s).
+    lam
+        Blood-brain partition coefficient (mL/g).
+    slice_timing
+        Per-slice acquisition times (s) along the third array axis for 2D
+        readouts; ``None`` for 3D readouts.
+    field_strength
+        Main field (T).
+    tr
+        Repetition time of the ASL series (``RepetitionTimePreparation``, s) or
+        ``None`` when unknown; used for M0 from the series itself (Included,
+        Absent, pair-wise control).
+    m0_tr
+        Repetition time of the M0 image used for ``m0_type`` (the separate M0
+        scan's sidecar for ``Separate``, else the series' TR); ``None`` when
+        unknown, in which case no recovery correction is applied.
+    t1_tissue
+        Tissue T1 (s) for the M0 recovery correction.
+    m0_type
+        BIDS ``M0Type``.
+    m0_estimate
+        BIDS ``M0Estimate`` (``Estimate`` only).
+    background_suppression, n_bs_pulses
+        Whether background suppression was on, and with how many pulses.
+    labeling_efficiency
+        The labeling efficiency before the background-suppression factor.
+    bolus_cutoff_technique
+        PASL ``BolusCutOffTechnique``.
+    source
+        The sidecar the parameters came from (for error messages).
+    """
+
+    labeling_type: str
+    pld: float | tuple[float, ...]
+    alpha: float
+    t1b: float
+    tau: float | None = None
+    ti1: float | None = None
+    lam: float = kinetics.LAMBDA
+    slice_timing: tuple[float, ...] | None = None
+    field_strength: float = 3.0
+    tr: float | None = None
+    m0_tr: float | None = None
+    t1_tissue: float = kinetics.T1_TISSUE[3.0]
+    m0_type: str = "Separate"
+    m0_estimate: float | None = None
+    background_suppression: bool = False
+    n_bs_pulses: int = 0
+    labeling_efficiency: float | None = None
+    bolus_cutoff_technique: str | None = None
+    source: str | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        where = {"file": self.source}
+        if self.labeling_type not in LABELING_TYPES:
+            raise ASLInputError(
+                f"unknown labeling type {self.labeling_type!r}.",
+                field="ArterialSpinLabelingType",
+                fix=f"use one of {', '.join(LABELING_TYPES)}.",
+                **where,
+            )
+        plds = np.atleast_1d(np.asarray(self.pld, dtype=float))
+        if plds.size == 0 or np.any(~np.isfinite(plds)) or np.any(plds < 0):
+            raise ASLInputError(
+                f"post-labeling delay must be finite and >= 0, got {self.pld!r}.",
+                field="PostLabelingDelay",
+                fix="give the delay in seconds (for PASL: the inversion time TI).",
+                **where,
+            )
+        if self.labeling_type == "PASL":
+            if self.ti1 is None or not self.ti1 > 0:
+                raise ASLInputError(
+                    f"PASL needs a positive bolus duration TI1, got {self.ti1!r}.",
+                    field="BolusCutOffDelayTime",
+                    fix="use QUIPSS II or Q2TIPS data and set BolusCutOffFlag: true with "
+                    "BolusCutOffDelayTime (or pass ti1=...).",
+                    **where,
+                )
+        elif self.tau is None or not self.tau > 0:
+            raise ASLInputError(
+                f"labeling duration must be > 0 s, got {self.tau!r}.",
+                field="LabelingDuration",
+                fix="set LabelingDuration (s) to the duration of the labeling train.",
+                **where,
+            )
+        for name, value in (("alpha", self.alpha), ("t1b", self.t1b), ("lam", self.lam)):
+            if not (np.isfinite(value) and value > 0):
+                raise ASLInputError(
+                    f"{name} must be a positive number, got {value!r}.",
+                    field="LabelingEfficiency" if name == "alpha" else None,
+                    fix=f"pass a positive {name}.",
+                    **where,
+                )
+        if self.alpha > 1:
+            raise ASLInputError(
+                f"labeling efficiency must be <= 1, got {self.alpha!r}.",
+                field="LabelingEfficiency",
+                fix="give the efficiency as a fraction (e.g. 0.85), not a percentage.",
+                **where,
+            )
+
+    @property
+    def is_multi_pld(self) -> bool:
+        """Whether the series has more than one distinct PLD (TI)."""
+        return np.unique(np.atleast_1d(self.pld)).size > 1
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable dictionary of the parameters (for sidecars)."""
+        out = asdict(self)
+        out.pop("source")
+        for key in ("pld", "slice_timing"):
+            if isinstance(out[key], tuple):
+                out[key] = list(out[key])
+        return out
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
+def _number(value, fieldname: str, source, *, allow_list: bool = False):
+    """A float (or tuple of floats) from a sidecar value, or an ASLInputError."""
+    if allow_list and isinstance(value, list | tuple | np.ndarray):
+        if len(value) == 0 or not all(_is_number(v) for v in value):
+            raise ASLInputError(
+                f"expected a list of numbers, got {value!r}.",
+                file=source,
+                field=fieldname,
+                fix="write the values as JSON numbers (no quotes), in seconds.",
+            )
+        out = tuple(float(v) for v in value)
+        if not all(math.isfinite(v) for v in out):
+            raise ASLInputError(
+                f"non-finite value in {value!r}.", file=source, field=fieldname, fix="fix it."
+            )
+        return out
+    if not _is_number(value) or not math.isfinite(float(value)):
+        raise ASLInputError(
+            f"expected a number, got {value!r}.",
+            file=source,
+            field=fieldname,
+            fix="write the value as a JSON number (no quotes), in SI units (seconds, tesla).",
+        )
+    return float(value)
+
+
+def _repetition_time(metadata: Mapping, source, what: str) -> float | None:
+    value = metadata.get("RepetitionTimePreparation", metadata.get("RepetitionTime"))
+    if value is None:
+        _warn(
+            f"{source or 'metadata'}: RepetitionTimePreparation of the {what} is missing: "
+            "taken as unknown, no M0 recovery correction."
+        )
+        return None
+    if isinstance(value, list | tuple) and len(value) > 0:
+        # per-volume TRs: use them only when they agree
+        values = _number(value, "RepetitionTimePreparation", source, allow_list=True)
+        if len(set(values)) > 1:
+            _warn(
+                f"{source or 'metadata'}: RepetitionTimePreparation of the {what} varies "
+                f"({sorted(set(values))}): no M0 recovery correction."
+            )
+            return None
+        value = values[0]
+    value = _number(value, "RepetitionTimePreparation", source)
+    if value <= 0:
+        _warn(
+            f"{source or 'metadata'}: RepetitionTimePreparation of the {what} is {value}: "
+            "taken as unknown, no M0 recovery correction."
+        )
+        return None
+    return value
+
+
+def quant_params_from_metadata(
+    metadata: Mapping,
+    *,
+    m0_metadata: Mapping | None = None,
+    source: str | PathLike | None = None,
+    m0_source: str | PathLike | None = None,
+    labeling_efficiency: float | None = None,
+    n_bs_pulses: int | None = None,
+    alpha: float | None = None,
+    t1b: float | None = None,
+    lam: float | None = None,
+    t1_tissue: float | None = None,
+    field_strength: float | None = None,
+    tau: float | None = None,
+    ti1: float | None = None,
+    m0_tr: float | None = None,
+    m0_estimate: float | None = None,
+    slice_timing: Sequence[float] | None = None,
+) -> QuantParams:
+    """Read the quantification parameters from a BIDS ``_asl.json`` dictionary.
+
+    Parameters
+    ----------
+    metadata
+        The ASL sidecar as a dictionary.
+    m0_metadata
+        The separate M0 scan's sidecar (``M0Type: Separate``), for its
+        ``RepetitionTimePreparation``. Without it (and without ``m0_tr``) the
+        M0 recovery correction is skipped with a warning.
+    source, m0_source
+        The sidecars' paths, named in error messages.
+    labeling_efficiency
+        Overrides ``LabelingEfficiency`` (before the background-suppression
+        factor).
+    n_bs_pulses
+        Overrides ``BackgroundSuppressionNumberPulses``.
+    alpha
+        Overrides the effective labeling efficiency (no further factor).
+    t1b, lam, t1_tissue, field_strength, tau, ti1, m0_tr, m0_estimate
+        Override the blood T1, the partition coefficient, the tissue T1 of the
+        M0 correction, the field strength, the labeling duration, the PASL
+        bolus duration, the M0 repetition time and ``M0Estimate``.
+    slice_timing
+        Overrides ``SliceTiming``; an empty sequence forces 3D (no per-slice
+        delay).
+
+    Raises
+    ------
+    ASLInputError
+        Unknown labeling type; PASL without bolus cut-off; labeling duration
+        <= 0; negative PLD; non-numeric values; ``M0Type: Estimate`` without a
+        positive ``M0Estimate``; a 2D readout without ``SliceTiming``.
+    """
+    src = None if source is None else str(source)
+    if not isinstance(metadata, Mapping):
+        raise ASLInputError(
+            "the ASL metadata is not a JSON object.", file=src, fix="check the sidecar."
+        )
+
+    ltype = metadata.get("ArterialSpinLabelingType")
+    if not isinstance(ltype, str) or ltype.upper() not in LABELING_TYPES:
+        raise ASLInputError(
+            f"missing or unknown labeling type {ltype!r}.",
+            file=src,
+            field="ArterialSpinLabelingType",
+            fix=f"set it to one of {', '.join(LABELING_TYPES)}.",
+        )
+    ltype = ltype.upper()
+
+    if "PostLabelingDelay" not in metadata:
+        raise ASLInputError(
+            "the post-labeling delay is missing.",
+            file=src,
+            field="PostLabelingDelay",
+            fix="add it in seconds (for PASL: the inversion time TI).",
+        )
+    pld = _number(metadata["PostLabelingDelay"], "PostLabelingDelay", src, allow_list=True)
+    if np.any(np.asarray(pld) < 0):
+        raise ASLInputError(
+            f"negative post-labeling delay {metadata['PostLabelingDelay']!r}.",
+            file=src,
+            field="PostLabelingDelay",
+            fix="give the delay in seconds, >= 0 (milliseconds or a sign error?).",
+        )
+    if isinstance(pld, tuple) and len(pld) == 1:
+        pld = pld[0]
+
+    if field_strength is None:
+        if "MagneticFieldStrength" in metadata:
+            field_strength = _number(
+                metadata["MagneticFieldStrength"], "MagneticFieldStrength", src
+            )
+        else:
+            _warn(f"{src or 'metadata'}: MagneticFieldStrength is missing: assuming 3 T.")
+            field_strength = 3.0
+    if t1b is None:
+        t1b = kinetics.t1_blood(field_strength)
+    if t1_tissue is None:
+        t1_tissue = kinetics.t1_tissue(field_strength)
+
+    # labeling duration / bolus duration
+    technique = metadata.get("BolusCutOffTechnique")
+    if ltype == "PASL":
+        tau = None
+        if ti1 is None:
+            if metadata.get("BolusCutOffFlag") is not True:
+                raise ASLInputError(
+                    "PASL without bolus cut-off (BolusCutOffFlag is not true): the bolus "
+                    "duration is unknown and CBF cannot be quantified.",
+                    file=src,
+                    field="BolusCutOffFlag",
+                    fix="use QUIPSS II / Q2TIPS data, or pass the bolus duration as ti1=.",
+                )
+            if "BolusCutOffDelayTime" not in metadata:
+                raise ASLInputError(
+                    "PASL with bolus cut-off but no BolusCutOffDelayTime.",
+                    file=src,
+                    field="BolusCutOffDelayTime",
+                    fix="add the bolus cut-off time TI1 in seconds.",
+                )
+            if isinstance(technique, str) and technique.upper() == "QUIPSS":
+                raise ASLInputError(
+                    "original QUIPSS (saturation of the imaging slab at TI1) is not supported: "
+                    "the single-compartment QUIPSS II equation does not apply.",
+                    file=src,
+                    field="BolusCutOffTechnique",
+                    fix="pass the bolus duration explicitly as ti1= if you accept the "
+                    "QUIPSS II equation.",
+                )
+            value = _number(
+                metadata["BolusCutOffDelayTime"], "BolusCutOffDelayTime", src, allow_list=True
+            )
+            # Q2TIPS: [start, end] of the saturation train; the bolus is cut at the start.
+            ti1 = value[0] if isinstance(value, tuple) else value
+        ti1 = float(ti1)
+        if not ti1 > 0:
+            raise ASLInputError(
+                f"bolus cut-off time must be > 0 s, got {ti1}.",
+                file=src,
+                field="BolusCutOffDelayTime",
+                fix="give TI1 in seconds.",
+            )
+    else:
+        ti1 = None
+        if tau is None:
+            if "LabelingDuration" not in metadata:
+                raise ASLInputError(
+                    "(P)CASL without a labeling duration.",
+                    file=src,
+                    field="LabelingDuration",
+                    fix="add LabelingDuration in seconds.",
+                )
+            tau = _number(metadata["LabelingDuration"], "LabelingDuration", src, allow_list=True)
+            if isinstance(tau, tuple):
+                if len(set(tau)) > 1:
+                    raise ASLInputError(
+                        "a per-volume LabelingDuration that varies is not supported.",
+                        file=src,
+                        field="LabelingDuration",
+                        fix="quantify each labeling duration separately.",
+                    )
+                tau = tau[0]
+        tau = float(tau)
+        if not tau > 0:
+            raise ASLInputError(
+                f"labeling duration must be > 0 s, got {tau}.",
+                file=src,
+                field="LabelingDuration",
+                fix="set LabelingDuration to the duration of the labeling train in seconds.",
+            )
+
+    # labeling efficiency and background suppression
+    bs = metadata.get("BackgroundSuppression", False)
+    if not isinstance(bs, bool | np.bool_):
+        raise ASLInputError(
+            f"expected true or false, got {bs!r}.",
+            file=src,
+            field="BackgroundSuppression",
+            fix="write a JSON boolean (no quotes).",
+        )
+    bs = bool(bs)
+    if n_bs_pulses is None:
+        if not bs:
+            n_bs_pulses = 0
+        elif "BackgroundSuppressionNumberPulses" in metadata:
+            n = _number(
+                metadata["BackgroundSuppressionNumberPulses"],
+                "BackgroundSuppressionNumberPulses",
+                src,
+            )
+            if n < 0 or n != int(n):
+                raise ASLInputError(
+                    f"expected a non-negative integer, got {n}.",
+                    file=src,
+                    field="BackgroundSuppressionNumberPulses",
+                    fix="give the number of background-suppression pulses.",
+                )
+            n_bs_pulses = int(n)
+        else:
+            _warn(
+                f"{src or 'metadata'}: BackgroundSuppression is true but "
+                "BackgroundSuppressionNumberPulses is missing: no efficiency loss applied "
+                "(pass n_bs_pulses= to correct)."
+            )
+            n_bs_pulses = 0
+    if labeling_efficiency is None and "LabelingEfficiency" in metadata:
+        labeling_efficiency = _number(metadata["LabelingEfficiency"], "LabelingEfficiency", src)
+    if labeling_efficiency is not None and not 0 < labeling_efficiency <= 1:
+        raise ASLInputError(
+            f"labeling efficiency must be in (0, 1], got {labeling_efficiency}.",
+            file=src,
+            field="LabelingEfficiency",
+            fix="give it as a fraction (e.g. 0.85).",
+        )
+    if alpha is None:
+        alpha = kinetics.labeling_efficiency(ltype, labeling_efficiency, n_bs_pulses)
+
+    # slice timing
+    acq = metadata.get("MRAcquisitionType", "3D")
+    if slice_timing is not None:
+        slice_timing = tuple(float(t) for t in slice_timing) or None
+    elif acq == "2D":
+        if "SliceTiming" not in metadata:
+            raise ASLInputError(
+                "2D readout without SliceTiming: each slice's delay is unknown.",
+                file=src,
+                field="SliceTiming",
+                fix="add SliceTiming (s), or pass slice_timing=() to ignore the readout delay.",
+            )
+        slice_timing = _number(metadata["SliceTiming"], "SliceTiming", src, allow_list=True)
+        if not isinstance(slice_timing, tuple):
+            slice_timing = (slice_timing,)
+        if min(slice_timing) < 0:
+            raise ASLInputError(
+                "negative slice time.", file=src, field="SliceTiming", fix="use times >= 0 s."
+            )
+    else:
+        slice_timing = None
+
+    # M0
+    m0_type = metadata.get("M0Type")
+    if m0_type not in M0_TYPES:
+        raise ASLInputError(
+            f"missing or unknown M0Type {m0_type!r}.",
+            file=src,
+            field="M0Type",
+            fix=f"set it to one of {', '.join(M0_TYPES)}.",
+        )
+    if m0_type == "Estimate" and m0_estimate is None:
+        if "M0Estimate" not in metadata:
+            raise ASLInputError(
+                "M0Type is Estimate but M0Estimate is missing.",
+                file=src,
+                field="M0Estimate",
+                fix="add the estimated M0 value (same units as the ASL images).",
+            )
+        m0_estimate = _number(metadata["M0Estimate"], "M0Estimate", src)
+    if m0_estimate is not None and not m0_estimate > 0:
+        raise ASLInputError(
+            f"M0Estimate must be > 0, got {m0_estimate}.",
+            file=src,
+            field="M0Estimate",
+            fix="give the estimated M0 in the units of the ASL images.",
+        )
+
+    tr = _repetition_time(metadata, src, "ASL series")
+    if m0_tr is None:
+        if m0_type == "Separate":
+            if m0_metadata is None:
+                _warn(
+                    f"{src or 'metadata'}: M0Type is Separate but no M0 sidecar was given: "
+                    "M0 repetition time unknown, no recovery correction."
+                )
+            else:
+                m0_tr = _repetition_time(
+                    m0_metadata, None if m0_source is None else str(m0_source), "M0 scan"
+                )
+        elif m0_type in ("Included", "Absent"):
+            m0_tr = tr
+
+    return QuantParams(
+        labeling_type=ltype,
+        pld=pld,
+        alpha=float(alpha),
+        t1b=float(t1b),
+        tau=tau,
+        ti1=ti1,
+        lam=float(kinetics.LAMBDA if lam is None else lam),
+        slice_timing=slice_timing,
+        field_strength=float(field_strength),
+        tr=tr,
+        m0_tr=None if m0_tr is None else float(m0_tr),
+        t1_tissue=float(t1_tissue),
+        m0_type=m0_type,
+        m0_estimate=m0_estimate,
+        background_suppression=bs,
+        n_bs_pulses=int(n_bs_pulses),
+        labeling_efficiency=labeling_efficiency,
+        bolus_cutoff_technique=technique if isinstance(technique, str) else None,
+        source=src,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Pairing
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeltaM:
+    """Perfusion-weighted differences of a series.
+
+    Attributes
+    ----------
+    deltam
+        ``(x, y, z, n)``: control - label per pair (or per volume with surround
+        subtraction), or the series' ``deltam`` / ``cbf`` volumes as given.
+    kind
+        ``"deltam"`` or ``"cbf"`` (a series of CBF volumes, passed through).
+    control
+        ``(x, y, z, n)``: the control image of each difference (``None`` when
+        the series has no control volumes); the ASLtbx M0.
+    mean_control
+        ``(x, y, z)``: mean of all control volumes, or ``None``.
+    plds
+        ``(n,)``: the PLD (TI) of each difference, when ``plds`` was given.
+    volumes
+        For each difference, the indices of the series volumes it came from.
+    """
+
+    deltam: np.ndarray
+    kind: str = "deltam"
+    control: np.ndarray | None = None
+    mean_control: np.ndarray | None = None
+    plds: np.ndarray | None = None
+    volumes: tuple[tuple[int, ...], ...] = ()
+
+
+def _check_volume_types(volume_types, n_volumes, source):
+    vtypes = [str(v).strip() for v in volume_types]
+    bad = sorted({v for v in vtypes if v not in VOLUME_TYPES})
+    if bad:
+        raise ASLInputError(
+            f"unknown volume types {bad}.",
+            file=source,
+            field="volume_type",
+            fix=f"use only {', '.join(VOLUME_TYPES)} (lower case, except noRF).",
+        )
+    if n_volumes is not None and len(vtypes) != n_volumes:
+        raise ASLInputError(
+            f"{len(vtypes)} rows in aslcontext but {n_volumes} volumes in the series.",
+            file=source,
+            field="volume_type",
+            fix="give one aslcontext row per volume of the 4D ASL image.",
+        )
+    return vtypes
+
+
+def _per_volume(values, n_volumes, fieldname, source):
+    """Broadcast a scalar or per-volume parameter to one value per volume."""
+    arr = np.atleast_1d(np.asarray(values, dtype=float))
+    if arr.size == 1:
+        return np.full(n_volumes, arr[0])
+    if arr.size != n_volumes:
+        raise ASLInputError(
+            f"{arr.size} values but {n_volumes} volumes in the series.",
+            file=source,
+            field=fieldname,
+            fix="give one value per volume (BIDS) or a single value.",
+        )
+    return arr
+
+
+def deltam_series(
+    series,
+    volume_types: Sequence[str],
+    *,
+    method: str = "pairwise",
+    plds=None,
+    source: str | PathLike | None = None,
+) -> DeltaM:
+    """Control - label differences of an ASL series, in ``aslcontext`` order.
+
+    Parameters
+    ----------
+    series
+        ``(x, y, z, n_volumes)`` array (any numeric dtype; computed in float64).
+    volume_types
+        One ``aslcontext`` volume type per volume.
+    method
+        ``"pairwise"``: the control and label volumes (other types skipped) are
+        taken two by two in order; each two must be one control and one label,
+        in either order (label-first and control-first both work, even mixed).
+        ``"surround"``: one difference per control/label volume, that volume
+        minus the mean of its two neighbours of the opposite type (one at the
+        ends), signed so that it estimates control - label; the control and
+        label volumes must alternate.
+    plds
+        PLD (TI) as a scalar or one value per volume; returned per difference.
+        A difference of volumes with different PLDs is an error.
+    source
+        The ``aslcontext`` file, named in error messages.
+
+    Series of ``deltam`` volumes (GE) or ``cbf`` volumes pass through.
+    """
+    src = None if source is None else str(source)
+    series = np.asarray(series)
+    if series.ndim != 4:
+        raise ASLInputError(
+            f"the ASL series must be 4D (x, y, z, volumes), got shape {series.shape}.",
+            file=src,
+            fix="pass the 4D ASL image.",
+        )
+    n_vol = series.shape[3]
+    vtypes = _check_volume_types(volume_types, n_vol, src)
+    vol_plds = None if plds is None else _per_volume(plds, n_vol, "PostLabelingDelay", src)
+    idx_cl = [i for i, v in enumerate(vtypes) if v in ("control", "label")]
+    idx_dm = [i for i, v in enumerate(vtypes) if v == "deltam"]
+    idx_cbf = [i for i, v in enumerate(vtypes) if v == "cbf"]
+
+    if not idx_cl:
+        if idx_dm and idx_cbf:
+            raise ASLInputError(
+                "the series mixes deltam and cbf volumes.",
+                file=src,
+                field="volume_type",
+                fix="quantify one kind of volume per run.",
+            )
+        idx = idx_dm or idx_cbf
+        if not idx:
+            raise ASLInputError(
+                "no control/label, deltam or cbf volumes in the series.",
+                file=src,
+                field="volume_type",
+                fix="check the aslcontext file.",
+            )
+        return DeltaM(
+            deltam=series[..., idx].astype(float),
+            kind="deltam" if idx_dm else "cbf",
+            plds=None if vol_plds is None else vol_plds[idx],
+            volumes=tuple((i,) for i in idx),
+        )
+    if idx_dm or idx_cbf:
+        raise ASLInputError(
+            "the series mixes control/label volumes with deltam or cbf volumes.",
+            file=src,
+            field="volume_type",
+            fix="keep one kind of perfusion volume per run.",
+        )
+
+    ctrl_idx = [i for i in idx_cl if vtypes[i] == "control"]
+    mean_control = series[..., ctrl_idx].astype(float).mean(axis=3) if ctrl_idx else None
+
+    if method == "pairwise":
+        if len(idx_cl) % 2:
+            raise ASLInputError(
+                f"odd number ({len(idx_cl)}) of control/label volumes: cannot pair them.",
+                file=src,
+                field="volume_type",
+                fix="remove the unpaired volume from the series and aslcontext.",
+            )
+        pairs = []
+        for a, b in zip(idx_cl[0::2], idx_cl[1::2], strict=True):
+            if {vtypes[a], vtypes[b]} != {"control", "label"}:
+                raise ASLInputError(
+                    f"volumes {a} and {b} ({vtypes[a]}, {vtypes[b]}) do not form a "
+                    "control/label pair.",
+                    file=src,
+                    field="volume_type",
+                    fix="control and label volumes must come in pairs (either order).",
+                )
+            c, lab = (a, b) if vtypes[a] == "control" else (b, a)
+            pairs.append((c, lab))
+        c_idx = [p[0] for p in pairs]
+        l_idx = [p[1] for p in pairs]
+        control = series[..., c_idx].astype(float)
+        deltam = control - series[..., l_idx].astype(float)
+        volumes = tuple(pairs)
+    elif method == "surround":
+        kinds = [vtypes[i] for i in idx_cl]
+        if len(idx_cl) < 2 or any(k1 == k2 for k1, k2 in zip(kinds[:-1], kinds[1:], strict=True)):
+            raise ASLInputError(
+                "surround subtraction needs alternating control and label volumes.",
+                file=src,
+                field="volume_type",
+                fix="use method='pairwise' for this series.",
+            )
+        data = series[..., idx_cl].astype(float)
+        n = len(idx_cl)
+        prev = np.concatenate([data[..., 1:2], data[..., :-1]], axis=3)
+        nxt = np.concatenate([data[..., 1:], data[..., -2:-1]], axis=3)
+        neigh = 0.5 * (prev + nxt)
+        sign = np.array([1.0 if k == "control" else -1.0 for k in kinds])
+        deltam = sign * (data - neigh)
+        control = np.where(sign > 0, data, neigh)
+        volumes = tuple(
+            tuple(idx_cl[k] for k in (j - 1, j, j + 1) if 0 <= k < n) for j in range(n)
+        )
+    else:
+        raise ValueError(f"method must be 'pairwise' or 'surround', got {method!r}")
+
+    pair_plds = None
+    if vol_plds is not None:
+        groups = [vol_plds[list(v)] for v in volumes]
+        if any(np.ptp(g) > 1e-9 for g in groups):
+            raise ASLInputError(
+                "a control-label difference mixes volumes with different PLDs.",
+                file=src,
+                field="PostLabelingDelay",
+                fix="check that the per-volume PostLabelingDelay matches aslcontext.",
+            )
+        pair_plds = np.array([g[0] for g in groups])
+    return DeltaM(
+        deltam=deltam,
+        control=control,
+        mean_control=mean_control,
+        plds=pair_plds,
+        volumes=volumes,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# M0
+# --------------------------------------------------------------------------------------
+
+
+def m0_recovery_factor(tr: float | None, t1_tissue: float) -> float:
+    """Factor dividing M0 for incomplete recovery, ``1 - exp(-TR/T1)``.
+
+    1.0 (no correction) when ``tr`` is unknown (``None``/0), or >= 5 s.
+    """
+    if tr is None or not tr > 0 or tr >= M0_TR_FULL_RECOVERY:
+        return 1.0
+    return float(1.0 - np.exp(-tr / t1_tissue))
+
+
+def compute_m0(
+    params: QuantParams,
+    *,
+    m0_volumes=None,
+    series=None,
+    volume_types: Sequence[str] | None = None,
+    control=None,
+    shape: tuple[int, int, int] | None = None,
+    method: str | None = None,
+    m0_scale: float = 1.0,
+    source: str | PathLike | None = None,
+) -> np.ndarray:
+    """The M0 image, scaled and corrected for incomplete recovery.
+
+    Parameters
+    ----------
+    params
+        Quantification parameters (``m0_type``, TRs, tissue T1, BS).
+    m0_volumes
+        ``Separate``: the (motion-corrected, coregistered) M0 image, 3D or 4D
+        (volumes averaged).
+    series, volume_types
+        ``Included``: the ``m0scan`` volumes of the series are averaged;
+        ``Absent``: the control volumes are averaged.
+    control
+        ``"pairwise-control"``: ``(x, y, z, n)`` control image of each pair
+        (:attr:`DeltaM.control`); the M0 is then 4D, one per pair.
+    shape
+        ``Estimate``: the spatial shape to broadcast ``M0Estimate`` to (taken
+        from the other inputs when they are given).
+    method
+        ``None`` (use ``params.m0_type``), one of the BIDS M0 types, or
+        ``"pairwise-control"`` (ASLtbx: each pair's control image, voxel by
+        voxel).
+    m0_scale
+        Multiplier applied to M0 (e.g. a vendor scaling between M0 and ASL
+        images).
+    source
+        The M0 or ASL file, named in error messages.
+
+    The recovery correction ``M0 / (1 - exp(-TR/T1tissue))`` uses
+    ``params.m0_tr`` (``Separate``, ``Included``) or ``params.tr`` (``Absent``,
+    pair-wise control); it is skipped, with a warning, when that TR is unknown,
+    and silently when it is >= 5 s. ``Estimate`` is taken as an equilibrium
+    value and not corrected.
+    """
+    src = None if source is None else str(source)
+    method = params.m0_type if method is None else method
+    if not (np.isfinite(m0_scale) and m0_scale > 0):
+        raise ASLInputError(
+            f"m0_scale must be > 0, got {m0_scale}.",
+            field="m0_scale",
+            fix="pass a positive value.",
+        )
+    tr = params.m0_tr
+    if method == "Separate":
+        if m0_volumes is None:
+            raise ASLInputError(
+                "M0Type is Separate but no M0 image was given.",
+                file=src,
+                field="M0Type",
+                fix="give the _m0scan image (or the M0 of the pipeline).",
+            )
+        m0 = np.asarray(m0_volumes, dtype=float)
+        if m0.ndim == 4:
+            m0 = m0.mean(axis=3)
+    elif method in ("Included", "Absent"):
+        if series is None or volume_types is None:
+            raise ValueError(f"M0Type {method} needs series and volume_types")
+        series = np.asarray(series)
+        vtypes = _check_volume_types(volume_types, series.shape[-1], src)
+        want = "m0scan" if method == "Included" else "control"
+        idx = [i for i, v in enumerate(vtypes) if v == want]
+        if not idx:
+            raise ASLInputError(
+                f"M0Type is {method} but the series has no {want} volume.",
+                file=src,
+                field="M0Type",
+                fix="correct M0Type or aslcontext.",
+            )
+        if method == "Absent":
+            _refuse_bs(params, src)
+            tr = params.tr
+        m0 = series[..., idx].astype(float).mean(axis=3)
+    elif method == "Estimate":
+        if params.m0_estimate is None:
+            raise ASLInputError(
+                "no M0Estimate.", file=src, field="M0Estimate", fix="add M0Estimate."
+            )
+        for arr in (m0_volumes, series, control):
+            if arr is not None:
+                shape = np.shape(arr)[:3]
+                break
+        if shape is None:
+            raise ValueError("M0Type Estimate needs the spatial shape (shape=...)")
+        return np.full(shape, params.m0_estimate * m0_scale)
+    elif method == PAIRWISE_CONTROL:
+        if control is None:
+            raise ValueError("pairwise-control M0 needs the control images (control=...)")
+        _refuse_bs(params, src)
+        tr = params.tr
+        m0 = np.asarray(control, dtype=float)
+    else:
+        raise ValueError(f"unknown M0 method {method!r}")
+
+    if not np.any(np.isfinite(m0) & (m0 > 0)):
+        raise ASLInputError(
+            "the M0 image has no positive value (all zero?).",
+            file=src,
+            field="M0",
+            fix="check the M0 image, its scaling (scl_slope) and M0Type.",
+        )
+    factor = m0_recovery_factor(tr, params.t1_tissue)
+    if tr is None:
+        _warn(
+            f"{src or 'M0'}: repetition time of the M0 unknown: no correction for "
+            "incomplete recovery."
+        )
+    return m0 * (m0_scale / factor)
+
+
+def _refuse_bs(params: QuantParams, src):
+    if params.background_suppression:
+        raise ASLInputError(
+            "the control images are not an M0 when background suppression is on.",
+            file=src or params.source,
+            field="BackgroundSuppression",
+            fix="use a separate M0 scan (M0Type Separate/Included) or an M0Estimate.",
+        )
+
+
+def low_m0_mask(m0, mask=None, *, fraction: float = M0_FRACTION_DEFAULT) -> np.ndarray:
+    """Voxels whose M0 is too low (or not finite) to divide by.
+
+    True where ``M0 < fraction * mean(M0 in mask)`` or M0 is not finite. The
+    mean is over the brain mask (all voxels with positive M0 without one). A
+    4D M0 (one per pair) is thresholded volume by volume.
+    """
+    m0 = np.asarray(m0, dtype=float)
+    finite = np.isfinite(m0)
+    if mask is None:
+        sel = finite & (m0 > 0)
+    else:
+        mask = np.asarray(mask, dtype=bool)
+        sel = finite & (mask[..., None] if m0.ndim == 4 else mask)
+    if m0.ndim == 4:
+        cnt = sel.sum(axis=(0, 1, 2))
+        ref = np.where(sel, m0, 0.0).sum(axis=(0, 1, 2)) / np.maximum(cnt, 1)
+    else:
+        cnt = sel.sum()
+        ref = np.where(sel, m0, 0.0).sum() / max(cnt, 1)
+    if np.any(np.asarray(ref) <= 0) or np.any(np.asarray(cnt) == 0):
+        raise ASLInputError(
+            "the M0 is zero or negative on average in the brain mask.",
+            field="M0",
+            fix="check the M0 image and the brain mask.",
+        )
+    with np.errstate(invalid="ignore"):
+        return ~finite | (m0 < fraction * ref)
+
+
+# --------------------------------------------------------------------------------------
+# Single PLD
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CBFResult:
+    """Single-PLD CBF.
+
+    Attributes
+    ----------
+    cbf_ts
+        ``(x, y, z, n)`` CBF of each difference, mL/100 g/min.
+    mean_cbf
+        ``(x, y, z)`` mean over the differences.
+    excluded
+        ``(x, y, z)`` bool: in the mask but not quantified (low or non-finite
+        M0, non-finite ΔM); their CBF is 0.
+    """
+
+    cbf_ts: np.ndarray
+    mean_cbf: np.ndarray
+    excluded: np.ndarray
+
+    def __iter__(self):  # allow ``cbf_ts, mean_cbf, excluded = cbf_single_pld(...)``
+        return iter((self.cbf_ts, self.mean_cbf, self.excluded))
+
+
+def effective_delays(params: QuantParams, plds, n_slices: int) -> np.ndarray:
+    """``(n_slices, n)`` delay (PLD or TI) of each slice and difference.
+
+    Adds ``params.slice_timing`` along the third array axis for 2D readouts.
+    """
+    plds = np.atleast_1d(np.asarray(plds, dtype=float))
+    if params.slice_timing is None:
+        return np.broadcast_to(plds, (n_slices, plds.size))
+    st = np.asarray(params.slice_timing, dtype=float)
+    if st.size != n_slices:
+        raise ASLInputError(
+            f"{st.size} slice times but {n_slices} slices along the third image axis.",
+            file=params.source,
+            field="SliceTiming",
+            fix="give one time per slice, and store slices along the third axis.",
+        )
+    return plds[None, :] + st[:, None]
+
+
+def quantification_factor(params: QuantParams, delays) -> np.ndarray:
+    """CBF per unit ΔM/M0 at the given delays (white paper), mL/100 g/min.
+
+    pCASL/CASL: ``6000 λ exp(PLD/T1b) / (2 α T1b (1 - exp(-τ/T1b)))``;
+    PASL (QUIPSS II/Q2TIPS): ``6000 λ exp(TI/T1b) / (2 α TI1)``.
+    """
+    delays = np.asarray(delays, dtype=float)
+    num = kinetics.CBF_UNITS * params.lam * np.exp(delays / params.t1b)
+    if params.labeling_type == "PASL":
+        return num / (2.0 * params.alpha * params.ti1)
+    return num / (2.0 * params.alpha * params.t1b * (1.0 - np.exp(-params.tau / params.t1b)))
+
+
+def cbf_single_pld(
+    deltam,
+    m0,
+    params: QuantParams,
+    *,
+    plds=None,
+    mask=None,
+    m0_fraction: float = M0_FRACTION_DEFAULT,
+) -> CBFResult:
+    """CBF from single-PLD differences (white paper / QUIPSS II equations).
+
+    Parameters
+    ----------
+    deltam
+        ``(x, y, z, n)`` control - label differences (or ``(x, y, z)``).
+    m0
+        ``(x, y, z)`` M0 image, ``(x, y, z, n)`` one M0 per difference (ASLtbx
+        pair-wise control, see :func:`compute_m0`), or a positive scalar; as
+        returned by :func:`compute_m0` (scaled, recovery-corrected).
+    params
+        Quantification parameters.
+    plds
+        PLD (TI) per difference; default ``params.pld``, which must then be a
+        single value. The delays may differ between differences (each is
+        quantified at its own), but use :func:`fit_multi_pld` for multi-PLD
+        data.
+    mask
+        Brain mask: CBF is 0 outside it, and the low-M0 threshold is relative
+        to the mean M0 inside it.
+    m0_fraction
+        Voxels with M0 below this fraction of the brain-mean M0 get CBF 0 and
+        are reported in ``excluded``.
+
+    For PASL, a TI shorter than TI1 is refused: the QUIPSS II equation assumes
+    the whole bolus has been delivered (TI > TI1 + ATT).
+    """
+    dm = np.asarray(deltam, dtype=float)
+    if dm.ndim == 3:
+        dm = dm[..., None]
+    if dm.ndim != 4:
+        raise ASLInputError(f"ΔM must be 3D or 4D, got shape {dm.shape}.", field="deltam")
+    n = dm.shape[3]
+    if plds is None:
+        if isinstance(params.pld, tuple) and len(set(params.pld)) > 1:
+            raise ASLInputError(
+                "several PLDs: pass the PLD of each difference (DeltaM.plds), or fit them "
+                "with fit_multi_pld.",
+                file=params.source,
+                field="PostLabelingDelay",
+            )
+        plds = np.atleast_1d(params.pld)[0]
+    plds = np.atleast_1d(np.asarray(plds, dtype=float))
+    if plds.size == 1:
+        plds = np.full(n, plds[0])
+    if plds.size != n:
+        raise ASLInputError(
+            f"{plds.size} PLDs for {n} differences.",
+            field="PostLabelingDelay",
+            fix="give one PLD per difference.",
+        )
+    if params.labeling_type == "PASL" and np.any(plds < params.ti1):
+        raise ASLInputError(
+            f"inversion time {plds.min()} s shorter than the bolus duration TI1 "
+            f"{params.ti1} s: the single-TI equation does not apply.",
+            file=params.source,
+            field="PostLabelingDelay",
+            fix="use fit_multi_pld for multi-TI data or check the units.",
+        )
+
+    m0 = np.asarray(m0, dtype=float)
+    if m0.ndim == 0:
+        if not (np.isfinite(m0) and m0 > 0):
+            raise ASLInputError(f"M0 must be > 0, got {float(m0)}.", field="M0")
+        m0 = np.full(dm.shape[:3], float(m0))
+    if m0.shape not in (dm.shape[:3], dm.shape):
+        raise ASLInputError(
+            f"M0 shape {m0.shape} does not match ΔM shape {dm.shape}.",
+            field="M0",
+            fix="resample the M0 image to the ASL grid.",
+        )
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != dm.shape[:3]:
+            raise ASLInputError(
+                f"mask shape {mask.shape} does not match the image shape {dm.shape[:3]}.",
+                field="mask",
+                fix="resample the brain mask to the ASL grid.",
+            )
+    low = low_m0_mask(m0, mask, fraction=m0_fraction)
+    if m0.ndim == 3:
+        low = low[..., None]
+    bad = low | ~np.isfinite(dm)
+    if mask is not None:
+        bad = bad & mask[..., None]
+        keep = mask[..., None] & ~bad
+    else:
+        keep = ~bad
+
+    delays = effective_delays(params, plds, dm.shape[2])  # (z, n)
+    factor = quantification_factor(params, delays)[None, None]  # (1, 1, z, n)
+    safe_m0 = np.where(keep, m0 if m0.ndim == 4 else m0[..., None], 1.0)
+    cbf_ts = np.where(keep, factor * np.where(keep, dm, 0.0) / safe_m0, 0.0)
+    return CBFResult(
+        cbf_ts=cbf_ts,
+        mean_cbf=cbf_ts.mean(axis=3),
+        excluded=bad.any(axis=3),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Multi-PLD / multi-TI
+# --------------------------------------------------------------------------------------
+
+
+def _model(params: QuantParams, att, delays):
+    """ΔM/M0 per unit CBF (mL/100 g/min) from the kinetics forward model."""
+    if params.labeling_type == "PASL":
+        return kinetics.pasl_deltam(
+            1.0, att, delays, params.ti1, 1.0, alpha=params.alpha, t1b=params.t1b, lam=params.lam
+        )
+    return kinetics.pcasl_deltam(
+        1.0, att, delays, params.tau, 1.0, alpha=params.alpha, t1b=params.t1b, lam=params.lam
+    )
+
+
+def average_repeats(deltam, plds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean ΔM at each distinct PLD: ``(mean (x, y, z, k), unique plds, counts)``.
+
+    Least squares on the means weighted by the counts equals least squares on
+    all the repeats, so the fit uses these.
+    """
+    dm = np.asarray(deltam, dtype=float)
+    plds = np.asarray(plds, dtype=float)
+    uniq, inverse, counts = np.unique(np.round(plds, 9), return_inverse=True, return_counts=True)
+    sums = np.zeros(dm.shape[:3] + (uniq.size,))
+    for k in range(uniq.size):
+        sums[..., k] = dm[..., inverse == k].sum(axis=3)
+    return sums / counts, uniq, counts
+
+
+def fit_multi_pld(
+    deltam,
+    plds,
+    m0,
+    params: QuantParams,
+    *,
+    mask=None,
+    att_bounds: tuple[float, float] = (0.1, 3.0),
+    cbf_bounds: tuple[float, float] = (0.0, 500.0),
+    att_step: float = 0.01,
+    n_iter: int = 30,
+    tol: float = 1e-7,
+    m0_fraction: float = M0_FRACTION_DEFAULT,
+    chunk: int = 16384,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit CBF and ATT to multi-PLD (pCASL) or multi-TI (PASL) data.
+
+    The model is the Buxton general kinetic model of :mod:`asl_pipeline.kinetics`
+    (``pcasl_deltam`` / ``pasl_deltam``) with the labeling constants of
+    ``params``; 2D readouts shift every delay by the slice's time. Vectorised
+    across voxels:
+
+    1. repeats at the same PLD are averaged (:func:`average_repeats`) and the
+       least-squares problem weighted by their counts;
+    2. a grid over ATT (``att_step``) with, at each ATT, the closed-form
+       least-squares CBF (clipped to ``cbf_bounds``); the best grid point starts
+    3. Levenberg-Marquardt on (CBF, ATT) for all voxels at once (2x2 normal
+       equations solved in closed form, per-voxel damping, finite-difference
+       ATT derivative), with the bounds enforced by clipping.
+
+    Parameters
+    ----------
+    deltam
+        ``(x, y, z, n)`` differences.
+    plds
+        ``(n,)`` PLD (TI for PASL) of each difference (:attr:`DeltaM.plds`).
+    m0
+        ``(x, y, z)`` M0 (or a scalar), as from :func:`compute_m0`.
+    params
+        Quantification parameters.
+    mask
+        Voxels to fit (all voxels without one).
+    att_bounds, cbf_bounds
+        Bounds on ATT (s) and CBF (mL/100 g/min).
+
+    Returns
+    -------
+    cbf, att, failed
+        ``(x, y, z)`` CBF (mL/100 g/min), ATT (s) and a bool map of failed fits.
+        A fit fails (CBF and ATT are still the best values found, finite) when
+        it did not converge, ATT or CBF ends at a bound, a value is not finite,
+        or ATT is not identifiable from the data (pCASL: ATT shorter than the
+        shortest delay; PASL: ATT shorter than the shortest TI - TI1, where
+        the signal does not depend on ATT). Voxels of the mask with low M0 or
+        non-finite data are not fitted: CBF = ATT = 0 and failed. Outside the
+        mask everything is 0.
+    """
+    dm = np.asarray(deltam, dtype=float)
+    if dm.ndim != 4:
+        raise ASLInputError(f"ΔM must be 4D, got shape {dm.shape}.", field="deltam")
+    plds = np.atleast_1d(np.asarray(plds, dtype=float))
+    if plds.size != dm.shape[3]:
+        raise ASLInputError(
+            f"{plds.size} PLDs for {dm.shape[3]} differences.",
+            file=params.source,
+            field="PostLabelingDelay",
+            fix="give one PLD per difference (DeltaM.plds).",
+        )
+    shape = dm.shape[:3]
+    m0 = np.asarray(m0, dtype=float)
+    if m0.ndim == 0:
+        m0 = np.full(shape, float(m0))
+    if m0.shape != shape:
+        raise ASLInputError(
+            f"M0 shape {m0.shape} does not match the image shape {shape}.",
+            field="M0",
+            fix="resample the M0 image to the ASL grid.",
+        )
+    if mask is None:
+        mask = np.ones(shape, dtype=bool)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != shape:
+        raise ASLInputError(
+            f"mask shape {mask.shape} does not match the image shape {shape}.",
+            field="mask",
+            fix="resample the brain mask to the ASL grid.",
+        )
+    lo_a, hi_a = map(float, att_bounds)
+    lo_f, hi_f = map(float, cbf_bounds)
+
+    mean_dm, uniq, counts = average_repeats(dm, plds)
+    if uniq.size < 2:
+        raise ASLInputError(
+            "a single PLD: ATT cannot be fitted.",
+            file=params.source,
+            field="PostLabelingDelay",
+            fix="use cbf_single_pld for single-PLD data.",
+        )
+    w = counts.astype(float)
+    low = low_m0_mask(m0, mask, fraction=m0_fraction)
+    fit = mask & ~low & np.all(np.isfinite(mean_dm), axis=3)
+
+    cbf = np.zeros(shape)
+    att = np.zeros(shape)
+    failed = mask & ~fit
+    delays = effective_delays(params, uniq, shape[2])  # (z, k)
+    grid = np.arange(lo_a, hi_a + 0.5 * att_step, att_step)
+    if params.labeling_type == "PASL":
+        ident = delays.min(axis=1) - params.ti1  # ATT must exceed this to matter
+    else:
+        ident = delays.min(axis=1)
+
+    vox = np.argwhere(fit)
+    zs = vox[:, 2]
+    y_all = mean_dm[fit] / m0[fit][:, None]  # (nvox, k), ΔM/M0
+    # voxels sharing a slice share their delays: group by slice, chunk within
+    for z in np.unique(zs):
+        in_z = np.flatnonzero(zs == z)
+        g_grid = _model(params, grid[:, None], delays[z][None, :])  # (n_att, k)
+        for start in range(0, in_z.size, chunk):
+            sel = in_z[start : start + chunk]
+            y = y_all[sel]
+            f, a, ok = _fit_block(
+                params, y, w, delays[z], g_grid, grid, (lo_f, hi_f), (lo_a, hi_a), n_iter, tol
+            )
+            f_ok = ok & (a > ident[z] + 0.5 * att_step)
+            ijk = tuple(vox[sel].T)
+            cbf[ijk] = f
+            att[ijk] = a
+            failed[ijk] = ~f_ok
+    return cbf, att, failed
+
+
+def _fit_block(params, y, w, delays, g_grid, grid, fbounds, abounds, n_iter, tol):
+    """Grid search + Levenberg-Marquardt for voxels sharing their delays."""
+    lo_f, hi_f = fbounds
+    lo_a, hi_a = abounds
+    # grid: closed-form CBF at each ATT, residual sum of squares
+    num = (y * w) @ g_grid.T  # (nvox, n_att)
+    den = (g_grid**2) @ w  # (n_att,)
+    f_grid = np.clip(num / np.where(den > 0, den, np.inf), lo_f, hi_f)
+    rss_grid = -2.0 * f_grid * num + f_grid**2 * den
+    best = np.argmin(rss_grid, axis=1)
+    rows = np.arange(y.shape[0])
+    f = f_grid[rows, best]
+    a = grid[best].astype(float)
+    yw2 = (w * y**2).sum(axis=1)
+
+    def rss(f_, a_):
+        r = y - f_[:, None] * _model(params, a_[:, None], delays[None, :])
+        return (w * r**2).sum(axis=1)
+
+    h = 1e-6
+    lam = np.full(y.shape[0], 1e-3)
+    cur = rss(f, a)
+    converged = np.zeros(y.shape[0], dtype=bool)
+    for _ in range(n_iter):
+        g = _model(params, a[:, None], delays[None, :])
+        dg = (
+            _model(params, a[:, None] + h, delays[None, :])
+            - _model(params, a[:, None] - h, delays[None, :])
+        ) / (2 * h)
+        jf, ja = g, f[:, None] * dg
+        r = y - f[:, None] * g
+        aff = (w * jf * jf).sum(1)
+        afa = (w * jf * ja).sum(1)
+        aaa = (w * ja * ja).sum(1)
+        bf = (w * jf * r).sum(1)
+        ba = (w * ja * r).sum(1)
+        a11 = aff * (1 + lam)
+        a22 = aaa * (1 + lam) + 1e-30
+        det = a11 * a22 - afa**2
+        det = np.where(np.abs(det) > 1e-300, det, np.inf)
+        df = (a22 * bf - afa * ba) / det
+        da = (a11 * ba - afa * bf) / det
+        f_new = np.clip(f + df, lo_f, hi_f)
+        a_new = np.clip(a + da, lo_a, hi_a)
+        new = rss(f_new, a_new)
+        better = np.isfinite(new) & (new <= cur)
+        step_small = (np.abs(a_new - a) < tol) & (np.abs(f_new - f) <= tol * np.maximum(1, f))
+        f = np.where(better, f_new, f)
+        a = np.where(better, a_new, a)
+        cur = np.where(better, new, cur)
+        lam = np.where(better, lam * 0.3, lam * 10.0)
+        converged |= better & step_small
+        # a voxel whose residual is already at rounding level has converged too
+        converged |= cur <= 1e-24 * np.maximum(yw2, 1e-300)
+        if converged.all():
+            break
+    ok = (
+        converged
+        & np.isfinite(f)
+        & np.isfinite(a)
+        & (a > lo_a + 1e-6)
+        & (a < hi_a - 1e-6)
+        & (f > lo_f)
+        & (f < hi_f)
+    )
+    f = np.where(np.isfinite(f), f, 0.0)
+    a = np.where(np.isfinite(a), a, 0.0)
+    return f, a, ok

@@ -1,0 +1,466 @@
+"""Nipype interfaces over :mod:`asl_pipeline.cbf`: M0, single-PLD CBF, multi-PLD fit.
+
+Each interface loads the images and the BIDS sidecar, calls the core functions
+and writes NIfTI outputs (float32, never NaN/inf) with a JSON sidecar that
+records the units and every parameter used.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+from nipype.utils.filemanip import fname_presuffix
+
+from asl_pipeline import cbf as core
+from asl_pipeline.errors import ASLInputError
+
+LOGGER = logging.getLogger("nipype.interface")
+
+CBF_UNITS = "mL/100 g/min"
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+def _sidecar_of(path: str) -> str:
+    p = str(path)
+    for ext in (".nii.gz", ".nii"):
+        if p.endswith(ext):
+            return p[: -len(ext)] + ".json"
+    return p + ".json"
+
+
+def _load_metadata(value, fallback_source: str | None) -> tuple[dict, str | None]:
+    """A sidecar given as a dict or a JSON file, and the path to name in errors."""
+    if isinstance(value, dict):
+        return value, fallback_source
+    try:
+        with open(value) as fobj:
+            return json.load(fobj), str(value)
+    except json.JSONDecodeError as err:
+        raise ASLInputError(
+            f"not valid JSON ({err}).", file=value, fix="fix the JSON syntax."
+        ) from err
+
+
+def read_aslcontext(path) -> list[str]:
+    """The ``volume_type`` column of a BIDS ``aslcontext.tsv``."""
+    with open(path, newline="") as fobj:
+        rows = list(csv.reader(fobj, delimiter="\t"))
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
+    if not rows or "volume_type" not in [c.strip() for c in rows[0]]:
+        raise ASLInputError(
+            "no 'volume_type' column header.",
+            file=path,
+            field="volume_type",
+            fix="the first line must be the tab-separated header with 'volume_type'.",
+        )
+    col = [c.strip() for c in rows[0]].index("volume_type")
+    return [r[col].strip() if col < len(r) else "" for r in rows[1:]]
+
+
+def _image(path, *, ndim: tuple[int, ...], what: str) -> tuple[nb.Nifti1Image, np.ndarray]:
+    img = nb.load(path)
+    data = np.asanyarray(img.dataobj).astype(float)
+    if data.ndim == 4 and 3 in ndim and 4 not in ndim and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim not in ndim:
+        raise ASLInputError(
+            f"the {what} must be {' or '.join(f'{n}D' for n in ndim)}, got {data.shape}.",
+            file=path,
+            fix=f"give a {ndim[0]}D image.",
+        )
+    return img, data
+
+
+def _same_grid(shape, other_shape, path, what):
+    if tuple(other_shape[:3]) != tuple(shape[:3]):
+        raise ASLInputError(
+            f"the {what} has shape {other_shape[:3]} but the ASL series {shape[:3]}.",
+            file=path,
+            fix=f"resample the {what} to the ASL grid.",
+        )
+
+
+def _save(data, ref_img, in_file, suffix, newpath, meta: dict) -> tuple[str, str]:
+    """Write ``data`` as float32 NIfTI on ``ref_img``'s grid, and its JSON sidecar."""
+    base = _stem(in_file)
+    if base.endswith("_asl"):
+        base = base[: -len("_asl")]
+    out = fname_presuffix(f"{base}{suffix}.nii.gz", newpath=newpath)
+    arr = np.nan_to_num(np.asarray(data, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    hdr = ref_img.header.copy()
+    hdr.set_data_dtype(np.float32)
+    img = nb.Nifti1Image(arr, ref_img.affine, hdr)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.to_filename(out)
+    sidecar = _sidecar_of(out)
+    Path(sidecar).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+    return out, sidecar
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def _stem(path) -> str:
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+class _Loaded:
+    """Series, context, parameters, mask: what every interface here starts from."""
+
+    def __init__(self, inputs):
+        self.img, self.series = _image(inputs.asl_file, ndim=(4,), what="ASL series")
+        self.vtypes = read_aslcontext(inputs.aslcontext)
+        meta, src = _load_metadata(inputs.metadata, _sidecar_of(inputs.asl_file))
+        m0_meta, m0_src = (None, None)
+        if isdefined(inputs.m0_metadata):
+            m0_fallback = _sidecar_of(inputs.m0_file) if isdefined(inputs.m0_file) else None
+            m0_meta, m0_src = _load_metadata(inputs.m0_metadata, m0_fallback)
+        self.params = core.quant_params_from_metadata(
+            meta, m0_metadata=m0_meta, source=src, m0_source=m0_src
+        )
+        self.mask = None
+        if isdefined(inputs.mask):
+            _, mask = _image(inputs.mask, ndim=(3,), what="brain mask")
+            _same_grid(self.series.shape, mask.shape, inputs.mask, "brain mask")
+            self.mask = mask > 0
+
+    def deltam(self, inputs, method="pairwise"):
+        return core.deltam_series(
+            self.series,
+            self.vtypes,
+            method=method,
+            plds=self.params.pld,
+            source=inputs.aslcontext,
+        )
+
+    def m0(self, inputs, *, dm=None, method=None):
+        """The final M0: ``m0_file`` as given, else computed for the M0Type."""
+        if method != core.PAIRWISE_CONTROL and isdefined(inputs.m0_file):
+            _, m0 = _image(inputs.m0_file, ndim=(3, 4), what="M0 image")
+            _same_grid(self.series.shape, m0.shape, inputs.m0_file, "M0 image")
+            if m0.ndim == 4:
+                m0 = m0.mean(axis=3)
+            return m0, {"M0File": str(inputs.m0_file), "M0Method": "given"}
+        m0 = core.compute_m0(
+            self.params,
+            series=self.series,
+            volume_types=self.vtypes,
+            control=None if dm is None else dm.control,
+            method=method,
+            m0_scale=inputs.m0_scale,
+            source=inputs.asl_file,
+        )
+        tr = self.params.tr if method == core.PAIRWISE_CONTROL else self.params.m0_tr
+        return m0, {
+            "M0Method": method or self.params.m0_type,
+            "M0Scale": inputs.m0_scale,
+            "M0RecoveryFactor": core.m0_recovery_factor(tr, self.params.t1_tissue),
+        }
+
+
+_METADATA_DESC = "BIDS _asl.json sidecar, as a dictionary or a JSON file"
+_M0_META_DESC = (
+    "sidecar of the separate M0 scan (dict or JSON file), for its RepetitionTimePreparation"
+)
+
+
+# --------------------------------------------------------------------------------------
+# ComputeM0
+# --------------------------------------------------------------------------------------
+
+
+class _ComputeM0InputSpec(BaseInterfaceInputSpec):
+    asl_file = File(exists=True, mandatory=True, desc="motion-corrected 4D ASL series")
+    aslcontext = File(exists=True, mandatory=True, desc="BIDS aslcontext.tsv of the series")
+    metadata = traits.Either(traits.Dict, File(exists=True), mandatory=True, desc=_METADATA_DESC)
+    m0_file = File(
+        exists=True, desc="separate M0 image (M0Type Separate), on the ASL grid, 3D or 4D"
+    )
+    m0_metadata = traits.Either(traits.Dict, File(exists=True), desc=_M0_META_DESC)
+    mask = File(exists=True, desc="brain mask on the ASL grid (reported statistics only)")
+    m0_scale = traits.Float(1.0, usedefault=True, desc="multiplier applied to the M0")
+
+
+class _ComputeM0OutputSpec(TraitedSpec):
+    m0_file = File(exists=True, desc="M0 image, scaled and corrected for incomplete recovery")
+    m0_json = File(exists=True, desc="JSON sidecar of m0_file with the parameters used")
+
+
+class ComputeM0(SimpleInterface):
+    """Build the M0 image for the sidecar's ``M0Type``.
+
+    Separate: mean of ``m0_file``; Included: mean of the ``m0scan`` volumes;
+    Estimate: ``M0Estimate`` everywhere; Absent: mean control image (refused
+    with background suppression). Then ``m0_scale`` and, when the TR is known
+    and < 5 s, ``M0 / (1 - exp(-TR/T1tissue))``.
+    """
+
+    input_spec = _ComputeM0InputSpec
+    output_spec = _ComputeM0OutputSpec
+
+    def _run_interface(self, runtime):
+        inp = _Loaded(self.inputs)
+        m0_vols = None
+        if isdefined(self.inputs.m0_file):
+            _, m0_vols = _image(self.inputs.m0_file, ndim=(3, 4), what="M0 image")
+            _same_grid(inp.series.shape, m0_vols.shape, self.inputs.m0_file, "M0 image")
+        m0 = core.compute_m0(
+            inp.params,
+            m0_volumes=m0_vols,
+            series=inp.series,
+            volume_types=inp.vtypes,
+            m0_scale=self.inputs.m0_scale,
+            source=self.inputs.m0_file if m0_vols is not None else self.inputs.asl_file,
+        )
+        if not np.all(np.isfinite(m0)):
+            LOGGER.warning("non-finite M0 voxels set to 0")
+            m0 = np.nan_to_num(m0, nan=0.0, posinf=0.0, neginf=0.0)
+        meta = {
+            "M0Type": inp.params.m0_type,
+            "M0Scale": self.inputs.m0_scale,
+            "RepetitionTimePreparation": inp.params.m0_tr,
+            "T1Tissue": inp.params.t1_tissue,
+            "M0RecoveryFactor": core.m0_recovery_factor(
+                None if inp.params.m0_type == "Estimate" else inp.params.m0_tr,
+                inp.params.t1_tissue,
+            ),
+            "Sources": [str(self.inputs.asl_file)]
+            + ([str(self.inputs.m0_file)] if m0_vols is not None else []),
+        }
+        if inp.mask is not None:
+            meta["MeanM0InMask"] = float(m0[inp.mask].mean())
+        out, js = _save(m0, inp.img, self.inputs.asl_file, "_desc-quant_m0scan", runtime.cwd, meta)
+        self._results["m0_file"], self._results["m0_json"] = out, js
+        return runtime
+
+
+# --------------------------------------------------------------------------------------
+# ComputeCBF (single PLD)
+# --------------------------------------------------------------------------------------
+
+
+class _ComputeCBFInputSpec(BaseInterfaceInputSpec):
+    asl_file = File(exists=True, mandatory=True, desc="motion-corrected 4D ASL series")
+    aslcontext = File(exists=True, mandatory=True, desc="BIDS aslcontext.tsv of the series")
+    metadata = traits.Either(traits.Dict, File(exists=True), mandatory=True, desc=_METADATA_DESC)
+    m0_file = File(
+        exists=True,
+        desc="final M0 on the ASL grid (ComputeM0's output), used as is; without it the M0 "
+        "is computed from the series for M0Type Included/Estimate/Absent",
+    )
+    m0_metadata = traits.Either(traits.Dict, File(exists=True), desc=_M0_META_DESC)
+    mask = File(exists=True, desc="brain mask on the ASL grid; CBF is 0 outside it")
+    quantification = traits.Enum(
+        "white-paper",
+        core.PAIRWISE_CONTROL,
+        usedefault=True,
+        desc="'white-paper': one M0 image; 'pairwise-control': ASLtbx, M0 = each pair's "
+        "control image voxel by voxel (refused with background suppression)",
+    )
+    subtraction = traits.Enum(
+        "pairwise", "surround", usedefault=True, desc="control - label subtraction scheme"
+    )
+    m0_scale = traits.Float(
+        1.0, usedefault=True, desc="multiplier of the M0 when it is computed here"
+    )
+    m0_fraction = traits.Float(
+        core.M0_FRACTION_DEFAULT,
+        usedefault=True,
+        desc="voxels with M0 below this fraction of the brain-mean M0 get CBF 0",
+    )
+
+
+class _ComputeCBFOutputSpec(TraitedSpec):
+    cbf_ts = File(exists=True, desc="4D CBF, one volume per difference, mL/100 g/min")
+    mean_cbf = File(exists=True, desc="mean CBF over the differences, mL/100 g/min")
+    deltam = File(exists=True, desc="4D control - label differences")
+    excluded_mask = File(exists=True, desc="voxels not quantified (low M0, non-finite data)")
+    cbf_ts_json = File(exists=True, desc="JSON sidecar of cbf_ts")
+    mean_cbf_json = File(exists=True, desc="JSON sidecar of mean_cbf")
+    deltam_json = File(exists=True, desc="JSON sidecar of deltam")
+
+
+class ComputeCBF(SimpleInterface):
+    """Single-PLD CBF (ASL white paper; QUIPSS II / Q2TIPS for PASL)."""
+
+    input_spec = _ComputeCBFInputSpec
+    output_spec = _ComputeCBFOutputSpec
+
+    def _run_interface(self, runtime):
+        inp = _Loaded(self.inputs)
+        dm = inp.deltam(self.inputs, self.inputs.subtraction)
+        if dm.plds is not None and np.unique(dm.plds).size > 1:
+            raise ASLInputError(
+                f"several PLDs ({np.unique(dm.plds).tolist()}): this is multi-PLD data.",
+                file=inp.params.source,
+                field="PostLabelingDelay",
+                fix="use ComputeMultiPLDCBF.",
+            )
+        params = inp.params.to_dict()
+        base = {"Sources": [str(self.inputs.asl_file)], "QuantificationParameters": params}
+        if dm.kind == "cbf":
+            cbf_ts = dm.deltam
+            res = core.CBFResult(cbf_ts, cbf_ts.mean(axis=3), np.zeros(cbf_ts.shape[:3], bool))
+            extra = {"Quantification": "passed through (the series holds cbf volumes)"}
+        else:
+            method = (
+                core.PAIRWISE_CONTROL
+                if self.inputs.quantification == core.PAIRWISE_CONTROL
+                else None
+            )
+            m0, extra = inp.m0(self.inputs, dm=dm, method=method)
+            res = core.cbf_single_pld(
+                dm.deltam,
+                m0,
+                inp.params,
+                plds=dm.plds,
+                mask=inp.mask,
+                m0_fraction=self.inputs.m0_fraction,
+            )
+            extra.update(
+                Quantification=self.inputs.quantification,
+                Subtraction=self.inputs.subtraction,
+                M0Fraction=self.inputs.m0_fraction,
+                ExcludedVoxels=int(res.excluded.sum()),
+            )
+        cbf_meta = {**base, "Units": CBF_UNITS, **extra}
+        if dm.plds is not None:
+            cbf_meta["PostLabelingDelay"] = dm.plds.tolist()
+        cwd, src = runtime.cwd, self.inputs.asl_file
+        r = self._results
+        r["cbf_ts"], r["cbf_ts_json"] = _save(
+            res.cbf_ts, inp.img, src, "_desc-timeseries_cbf", cwd, cbf_meta
+        )
+        r["mean_cbf"], r["mean_cbf_json"] = _save(
+            res.mean_cbf, inp.img, src, "_desc-mean_cbf", cwd, cbf_meta
+        )
+        r["deltam"], r["deltam_json"] = _save(
+            dm.deltam, inp.img, src, "_deltam", cwd, {**base, "Units": "arbitrary"}
+        )
+        r["excluded_mask"], _ = _save(
+            res.excluded.astype(np.uint8), inp.img, src, "_desc-excluded_mask", cwd, base
+        )
+        return runtime
+
+
+# --------------------------------------------------------------------------------------
+# ComputeMultiPLDCBF
+# --------------------------------------------------------------------------------------
+
+
+class _ComputeMultiPLDCBFInputSpec(BaseInterfaceInputSpec):
+    asl_file = File(exists=True, mandatory=True, desc="motion-corrected 4D ASL series")
+    aslcontext = File(exists=True, mandatory=True, desc="BIDS aslcontext.tsv of the series")
+    metadata = traits.Either(
+        traits.Dict,
+        File(exists=True),
+        mandatory=True,
+        desc=_METADATA_DESC + " (PostLabelingDelay: one value per volume)",
+    )
+    m0_file = File(
+        exists=True,
+        desc="final M0 on the ASL grid (ComputeM0's output), used as is; without it the M0 "
+        "is computed from the series for M0Type Included/Estimate/Absent",
+    )
+    m0_metadata = traits.Either(traits.Dict, File(exists=True), desc=_M0_META_DESC)
+    mask = File(exists=True, desc="brain mask on the ASL grid; only these voxels are fitted")
+    m0_scale = traits.Float(
+        1.0, usedefault=True, desc="multiplier of the M0 when it is computed here"
+    )
+    m0_fraction = traits.Float(
+        core.M0_FRACTION_DEFAULT,
+        usedefault=True,
+        desc="voxels with M0 below this fraction of the brain-mean M0 are not fitted",
+    )
+    att_bounds = traits.Tuple(
+        (0.1, 3.0), traits.Float, traits.Float, usedefault=True, desc="ATT bounds (s)"
+    )
+    cbf_bounds = traits.Tuple(
+        (0.0, 500.0),
+        traits.Float,
+        traits.Float,
+        usedefault=True,
+        desc="CBF bounds (mL/100 g/min)",
+    )
+
+
+class _ComputeMultiPLDCBFOutputSpec(TraitedSpec):
+    cbf = File(exists=True, desc="CBF, mL/100 g/min")
+    att = File(exists=True, desc="arterial transit time, s")
+    failed_mask = File(exists=True, desc="voxels whose fit failed or was not done")
+    cbf_json = File(exists=True, desc="JSON sidecar of cbf")
+    att_json = File(exists=True, desc="JSON sidecar of att")
+
+
+class ComputeMultiPLDCBF(SimpleInterface):
+    """CBF and arterial transit time from multi-PLD / multi-TI data (Buxton model)."""
+
+    input_spec = _ComputeMultiPLDCBFInputSpec
+    output_spec = _ComputeMultiPLDCBFOutputSpec
+
+    def _run_interface(self, runtime):
+        inp = _Loaded(self.inputs)
+        dm = inp.deltam(self.inputs)
+        if dm.kind != "deltam":
+            raise ASLInputError(
+                "the series holds cbf volumes: nothing to fit.",
+                file=self.inputs.aslcontext,
+                field="volume_type",
+            )
+        m0, extra = inp.m0(self.inputs, dm=dm)
+        cbf, att, failed = core.fit_multi_pld(
+            dm.deltam,
+            dm.plds,
+            m0,
+            inp.params,
+            mask=inp.mask,
+            att_bounds=tuple(self.inputs.att_bounds),
+            cbf_bounds=tuple(self.inputs.cbf_bounds),
+            m0_fraction=self.inputs.m0_fraction,
+        )
+        meta = {
+            "Sources": [str(self.inputs.asl_file)],
+            "QuantificationParameters": inp.params.to_dict(),
+            "Model": "Buxton general kinetic model, single compartment, blood T1",
+            "PostLabelingDelay": dm.plds.tolist(),
+            "ATTBounds": list(self.inputs.att_bounds),
+            "CBFBounds": list(self.inputs.cbf_bounds),
+            "M0Fraction": self.inputs.m0_fraction,
+            "FailedVoxels": int(failed.sum()),
+            **extra,
+        }
+        cwd, src, r = runtime.cwd, self.inputs.asl_file, self._results
+        r["cbf"], r["cbf_json"] = _save(
+            cbf, inp.img, src, "_cbf", cwd, {**meta, "Units": CBF_UNITS}
+        )
+        r["att"], r["att_json"] = _save(att, inp.img, src, "_att", cwd, {**meta, "Units": "s"})
+        r["failed_mask"], _ = _save(
+            failed.astype(np.uint8), inp.img, src, "_desc-failed_mask", cwd, meta
+        )
+        return runtime
