@@ -1,0 +1,564 @@
+"""ASL-aware rigid-body motion correction (methods spec, section 3; Wang 2012).
+
+Label and control images differ slightly in intensity, so a realignment to
+their mean picks the difference up as a spurious zig-zag in the motion
+parameters. :func:`realign_asl` therefore
+
+1. estimates six rigid-body parameters per volume (two passes as SPM does:
+   first against the first volume, then against the mean of the volumes
+   realigned by the first pass),
+2. removes the zig-zag regressor (+1 control, -1 label) from each parameter
+   time course by orthogonal projection, keeping the intercept,
+3. reslices every volume once with the cleaned parameters.
+
+Conventions (used by every function in this module)
+----------------------------------------------------
+``params`` is an ``(n, 6)`` array ``(tx, ty, tz, rx, ry, rz)``: translations
+in mm along the world (scanner RAS+) axes, rotations in radians about the world
+x, y and z axes through ``centre`` (default: the world coordinate of the
+centre of the voxel grid). The rigid matrix is
+
+``M = T(t) @ C @ Rx(rx) @ Ry(ry) @ Rz(rz) @ C^-1``
+
+(``C`` translates by ``centre``; the rotation order is SPM's ``spm_matrix``).
+``M`` maps a point ``x`` of the reference (world mm) to where the same piece of
+head lies in volume ``k``: ``volume_k(M_k x) = reference(x)``. The parameters
+therefore describe how the head moved in the scanner, and reslicing reads
+``volume_k`` at ``M_k x`` for every reference voxel ``x``.
+
+Estimation is a Gauss-Newton least-squares fit in the inverse-compositional
+form (Baker & Matthews 2004): the Jacobian comes from the gradient of the
+smoothed reference, so it and the normal matrix are computed once per pass
+and level; every iteration resamples all active volumes (trilinear, on
+smoothed images) and solves one 6x6 system per volume. A two-level pyramid
+(coarse: heavier smoothing, every second voxel) widens the capture range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from asl_pipeline.errors import ASLInputError
+
+#: Radius (mm) of the sphere on which rotations become displacements for the
+#: framewise displacement (Power et al. 2012).
+FD_RADIUS = 50.0
+
+#: Volume types of ``aslcontext.tsv`` that enter the zig-zag regressor.
+ZIGZAG_SIGN = {"control": 1.0, "label": -1.0}
+
+
+# --------------------------------------------------------------------------
+# Parameter <-> matrix conversions
+# --------------------------------------------------------------------------
+def _rot_x(a):
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[1, 0, 0], [0, c, s], [0, -s, c]], dtype=float)
+
+
+def _rot_y(a):
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]], dtype=float)
+
+
+def _rot_z(a):
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, s, 0], [-s, c, 0], [0, 0, 1]], dtype=float)
+
+
+def params_to_matrix(params, centre=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """4x4 world matrix (or an ``(n, 4, 4)`` stack) of rigid parameters.
+
+    See the module docstring for the conventions.
+    """
+    p = np.asarray(params, dtype=float)
+    single = p.ndim == 1
+    p = np.atleast_2d(p)
+    c = np.asarray(centre, dtype=float)
+    out = np.tile(np.eye(4), (len(p), 1, 1))
+    for i, (tx, ty, tz, rx, ry, rz) in enumerate(p):
+        rot = _rot_x(rx) @ _rot_y(ry) @ _rot_z(rz)
+        out[i, :3, :3] = rot
+        out[i, :3, 3] = np.array([tx, ty, tz]) + c - rot @ c
+    return out[0] if single else out
+
+
+def matrix_to_params(matrix, centre=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """Inverse of :func:`params_to_matrix` (rotations within +-pi/2)."""
+    m = np.asarray(matrix, dtype=float)
+    single = m.ndim == 2
+    m = m.reshape(-1, 4, 4)
+    c = np.asarray(centre, dtype=float)
+    out = np.zeros((len(m), 6))
+    for i, mat in enumerate(m):
+        rot = mat[:3, :3]
+        # rot = Rx Ry Rz: rot[0, 2] = sin(ry); rot[0,:2] and rot[1:,2] give rz, rx
+        ry = np.arcsin(np.clip(rot[0, 2], -1.0, 1.0))
+        rz = np.arctan2(rot[0, 1], rot[0, 0])
+        rx = np.arctan2(rot[1, 2], rot[2, 2])
+        t = mat[:3, 3] - c + rot @ c
+        out[i] = [*t, rx, ry, rz]
+    return out[0] if single else out
+
+
+def grid_centre(shape, affine) -> np.ndarray:
+    """World coordinate (mm) of the centre of a voxel grid."""
+    ijk = (np.asarray(shape[:3], dtype=float) - 1.0) / 2.0
+    return (np.asarray(affine, dtype=float) @ np.r_[ijk, 1.0])[:3]
+
+
+# --------------------------------------------------------------------------
+# Zig-zag regressor and its removal
+# --------------------------------------------------------------------------
+def zigzag_regressor(volume_types) -> np.ndarray:
+    """+1 for control, -1 for label, 0 for every other volume type."""
+    return np.array([ZIGZAG_SIGN.get(str(v).strip().lower(), 0.0) for v in volume_types])
+
+
+def remove_zigzag(params, zigzag) -> np.ndarray:
+    """Project the zig-zag out of each column of ``params``, keeping the intercept.
+
+    Only rows with a non-zero zig-zag value (control and label volumes) take
+    part in the fit and are changed; M0 and other volumes are returned as they
+    are. The design is ``[1, z]``; the fitted ``z`` component is subtracted
+    (the intercept stays), which is the orthogonal projection onto the
+    complement of the zig-zag within the span of ``[1, z]``.
+    """
+    p = np.asarray(params, dtype=float)
+    z = np.asarray(zigzag, dtype=float)
+    if z.shape[0] != p.shape[0]:
+        raise ValueError("zigzag and params must have the same number of rows")
+    rows = z != 0
+    out = p.copy()
+    if rows.sum() < 3 or np.ptp(z[rows]) == 0:
+        return out
+    design = np.column_stack([np.ones(rows.sum()), z[rows]])
+    beta, *_ = np.linalg.lstsq(design, p[rows], rcond=None)
+    out[rows] = p[rows] - np.outer(z[rows], beta[1])
+    return out
+
+
+def orthogonalize(regressors, against) -> np.ndarray:
+    """Columns of ``regressors`` made orthogonal to ``[1, against]``'s zig-zag part.
+
+    Removes the least-squares fit of the (centred) ``against`` columns from
+    every regressor, keeping each regressor's mean.
+    """
+    x = np.asarray(regressors, dtype=float)
+    a = np.atleast_2d(np.asarray(against, dtype=float).T).T
+    a = a - a.mean(axis=0)
+    keep = np.linalg.norm(a, axis=0) > 0
+    if not keep.any():
+        return x.copy()
+    a = a[:, keep]
+    beta, *_ = np.linalg.lstsq(a, x - x.mean(axis=0), rcond=None)
+    return x - a @ beta
+
+
+# --------------------------------------------------------------------------
+# Displacement summaries
+# --------------------------------------------------------------------------
+def framewise_displacement(params, radius: float = FD_RADIUS) -> np.ndarray:
+    """Power et al. (2012) framewise displacement, mm; 0 for the first volume.
+
+    Sum of the absolute backward differences of the three translations (mm)
+    and of the three rotations (rad) times ``radius`` (mm).
+    """
+    p = np.asarray(params, dtype=float)
+    d = np.abs(np.diff(p, axis=0))
+    fd = d[:, :3].sum(axis=1) + radius * d[:, 3:].sum(axis=1)
+    return np.r_[0.0, fd]
+
+
+def rms_displacement(params, centre=(0.0, 0.0, 0.0), radius: float = FD_RADIUS, relative=True):
+    """Jenkinson (2002) RMS displacement over a sphere of ``radius`` mm.
+
+    The sphere is centred on ``centre`` (the rotation centre). With
+    ``relative=True`` the displacement is between consecutive volumes (0 for
+    the first); otherwise against the reference (zero parameters).
+    """
+    mats = params_to_matrix(np.atleast_2d(params), centre)
+    c = np.asarray(centre, dtype=float)
+    out = np.zeros(len(mats))
+    for i, m in enumerate(mats):
+        if relative:
+            if i == 0:
+                continue
+            d = m @ np.linalg.inv(mats[i - 1]) - np.eye(4)
+        else:
+            d = m - np.eye(4)
+        a, t = d[:3, :3], d[:3, 3] + d[:3, :3] @ c
+        out[i] = np.sqrt(radius**2 / 5.0 * np.trace(a.T @ a) + t @ t)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Resampling helpers
+# --------------------------------------------------------------------------
+def _fwhm_to_sigma_vox(fwhm_mm, zooms):
+    return np.asarray(fwhm_mm, dtype=float) / np.sqrt(8 * np.log(2)) / np.asarray(zooms)
+
+
+def _voxel_matrix(world, affine, step=1):
+    """Voxel-to-voxel matrix: reference grid voxel (with ``step``) -> source voxel."""
+    inv = np.linalg.inv(affine)
+    scale = np.diag([step, step, step, 1.0])
+    return inv @ world @ affine @ scale
+
+
+def _sample(volume, vox_matrix, out_shape, order=1, cval=np.nan, mode="constant"):
+    return ndimage.affine_transform(
+        volume,
+        vox_matrix[:3, :3],
+        offset=vox_matrix[:3, 3],
+        output_shape=out_shape,
+        order=order,
+        mode=mode,
+        cval=cval,
+        prefilter=order > 1,
+    )
+
+
+def _small_rigid(dp, centre):
+    """Rigid matrix of a small update (same parameterisation)."""
+    return params_to_matrix(dp, centre)
+
+
+@dataclass
+class _Level:
+    step: int
+    fwhm_mm: float
+
+
+def _gauss_newton(
+    vols,
+    ref,
+    affine,
+    centre,
+    init,
+    *,
+    step,
+    max_iter,
+    tol,
+):
+    """Inverse-compositional Gauss-Newton of every volume against ``ref``.
+
+    ``vols`` (n, x, y, z) and ``ref`` are already smoothed. Returns the
+    world matrices (n, 4, 4).
+    """
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    sub = ref[::step, ::step, ::step]
+    out_shape = sub.shape
+    grad_vox = np.stack(np.gradient(ref, *[1.0] * 3), axis=-1)[::step, ::step, ::step]
+    # world gradient: dR/dy = A^-T dR/dijk
+    a_inv = np.linalg.inv(affine[:3, :3])
+    grad = grad_vox.reshape(-1, 3) @ a_inv
+    ijk = np.indices(out_shape).reshape(3, -1).T * step
+    xyz = ijk @ affine[:3, :3].T + affine[:3, 3] - centre
+    # d/d rotation about axis e of R(x): grad . (e x (x - c)) == ((x-c) x grad) . e
+    jac = np.concatenate([grad, np.cross(xyz, grad)], axis=1)  # (N, 6)
+    # spm_matrix's Rx and Rz turn against the right-hand rule, Ry with it:
+    # flip the x and z rotation columns accordingly.
+    jac[:, 3] *= -1.0
+    jac[:, 5] *= -1.0
+    r_flat = sub.reshape(-1)
+    # ignore voxels with no structure (background) to save time
+    weight = np.linalg.norm(grad, axis=1) > 1e-6 * np.abs(grad).max()
+    jac = jac[weight]
+    r_flat = r_flat[weight]
+    outer = np.einsum("ni,nj->nij", jac, jac).reshape(len(jac), 36)
+
+    mats = init.copy()
+    active = np.ones(len(vols), dtype=bool)
+    for _ in range(max_iter):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        for k in idx:
+            q = _voxel_matrix(mats[k], affine, step)
+            warped = _sample(vols[k], q, out_shape).reshape(-1)[weight]
+            valid = np.isfinite(warped)
+            res = np.where(valid, warped - r_flat, 0.0)
+            h = (valid.astype(float) @ outer).reshape(6, 6)
+            g = jac.T @ res
+            try:
+                dp = np.linalg.solve(h, g)
+            except np.linalg.LinAlgError:
+                active[k] = False
+                continue
+            mats[k] = mats[k] @ np.linalg.inv(_small_rigid(dp, centre))
+            # convergence: largest displacement of the update on a 50 mm sphere
+            if np.abs(dp[:3]).max() + FD_RADIUS * np.abs(dp[3:]).max() < tol:
+                active[k] = False
+    del zooms
+    return mats
+
+
+def estimate_motion(
+    volumes,
+    affine,
+    *,
+    reference=None,
+    centre=None,
+    n_passes: int = 2,
+    fwhm_mm: float | None = None,
+    levels=((2, 2.0), (1, 1.0)),
+    max_iter: int = 20,
+    tol: float = 1e-3,
+    init=None,
+):
+    """Rigid-body parameters of every volume of a 4D series.
+
+    Parameters
+    ----------
+    volumes
+        ``(x, y, z, n)`` array on the grid of ``affine``.
+    affine
+        4x4 voxel-to-world matrix (mm).
+    reference
+        3D reference image; ``None`` gives SPM's two-pass scheme: the first
+        volume, then the mean of the series realigned by the first pass.
+    centre
+        Rotation centre (world mm); default the centre of the grid.
+    n_passes
+        Passes when ``reference`` is None (1: first volume only).
+    fwhm_mm
+        Base smoothing of the images before estimation (mm); default one
+        in-plane voxel size. ``levels`` multiplies it per pyramid level.
+    levels
+        ``(step, fwhm_factor)`` per pyramid level, coarse to fine.
+    max_iter, tol
+        Gauss-Newton iterations per level and convergence threshold (mm of
+        displacement on a 50 mm sphere).
+    init
+        Optional ``(n, 6)`` starting parameters.
+
+    Returns
+    -------
+    params : ``(n, 6)`` array (see the module docstring for conventions)
+    reference : the 3D reference image of the last pass
+    """
+    data = np.asarray(volumes, dtype=np.float32)
+    if data.ndim != 4:
+        raise ValueError("volumes must be 4D (x, y, z, n)")
+    affine = np.asarray(affine, dtype=float)
+    if centre is None:
+        centre = grid_centre(data.shape, affine)
+    centre = np.asarray(centre, dtype=float)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if fwhm_mm is None:
+        fwhm_mm = float(min(zooms[:2]))
+    vols = np.moveaxis(data, -1, 0)
+    n = len(vols)
+    # normalise the global intensity of every volume (label/control and M0
+    # differ in mean intensity; the fit is a plain least squares)
+    means = np.array([v[v > 0.1 * v.max()].mean() if v.max() > 0 else 1.0 for v in vols])
+    vols = vols / means[:, None, None, None].astype(np.float32)
+
+    mats = (
+        np.tile(np.eye(4), (n, 1, 1))
+        if init is None
+        else params_to_matrix(np.atleast_2d(init), centre)
+    )
+    passes = [reference] if reference is not None else [None] * max(1, n_passes)
+    ref_img = None
+    for i_pass, ref in enumerate(passes):
+        if ref is not None:
+            ref_img = np.asarray(ref, dtype=np.float32)
+            ref_img = ref_img / ref_img[ref_img > 0.1 * ref_img.max()].mean()
+        elif i_pass == 0:
+            ref_img = vols[0]
+        else:
+            ref_img = np.mean(
+                [
+                    _sample(v, _voxel_matrix(m, affine), v.shape, order=3, mode="nearest")
+                    for v, m in zip(vols, mats, strict=True)
+                ],
+                axis=0,
+            )
+            # pass 2 reference is in the space of the first volume; keep the
+            # pass-1 estimates as a starting point
+        for step, factor in levels:
+            sigma = _fwhm_to_sigma_vox(fwhm_mm * factor, zooms)
+            svols = np.stack([ndimage.gaussian_filter(v, sigma) for v in vols])
+            sref = ndimage.gaussian_filter(ref_img, sigma)
+            mats = _gauss_newton(
+                svols, sref, affine, centre, mats, step=step, max_iter=max_iter, tol=tol
+            )
+    return matrix_to_params(mats, centre), ref_img * 1.0
+
+
+def reslice(volumes, affine, params, *, centre=None, order: int = 3) -> np.ndarray:
+    """Reslice each volume of ``(x, y, z, n)`` once onto the reference grid.
+
+    ``out[..., k](x) = volumes[..., k](M_k x)``; points outside the field of
+    view take the nearest edge value (no zeros appear at the borders, which
+    would otherwise show up in control - label differences).
+    """
+    data = np.asarray(volumes, dtype=np.float64)
+    affine = np.asarray(affine, dtype=float)
+    if centre is None:
+        centre = grid_centre(data.shape, affine)
+    mats = params_to_matrix(np.atleast_2d(params), centre)
+    out = np.empty(data.shape, dtype=np.float32)
+    for k in range(data.shape[-1]):
+        q = _voxel_matrix(mats[k], affine)
+        out[..., k] = _sample(data[..., k], q, data.shape[:3], order=order, mode="nearest")
+    return out
+
+
+@dataclass
+class RealignResult:
+    """Outputs of :func:`realign_asl`."""
+
+    corrected: np.ndarray  #: (x, y, z, n) resliced ASL series
+    m0_corrected: np.ndarray | None  #: (x, y, z, n_m0) resliced separate M0, or None
+    reference: np.ndarray  #: 3D reference (mean of the realigned series)
+    params_raw: np.ndarray  #: (n, 6) estimated parameters
+    params: np.ndarray  #: (n, 6) parameters after zig-zag removal
+    m0_params: np.ndarray | None  #: (n_m0, 6) parameters of the separate M0
+    zigzag: np.ndarray  #: (n,) +1 control, -1 label, 0 other
+    fd: np.ndarray  #: (n,) framewise displacement (mm) of the cleaned params
+    rmsd: np.ndarray  #: (n,) relative RMS displacement (mm) of the cleaned params
+    centre: np.ndarray  #: rotation centre (world mm)
+
+
+def _check_image(data, name, file, ndim):
+    if data.size == 0 or 0 in data.shape:
+        raise ASLInputError(
+            f"the {name} image is empty (shape {data.shape}).",
+            file=file,
+            field="dim",
+            fix=f"provide a non-empty {ndim}D NIfTI {name} image.",
+        )
+    if not np.isfinite(data).all():
+        raise ASLInputError(
+            f"the {name} image contains NaN or infinite values.",
+            file=file,
+            field="data",
+            fix="replace non-finite voxels (e.g. with 0) or re-export the image.",
+        )
+
+
+def realign_asl(
+    asl,
+    affine,
+    volume_types,
+    *,
+    m0=None,
+    m0_affine=None,
+    asl_file=None,
+    m0_file=None,
+    aslcontext_file=None,
+    n_passes: int = 2,
+    fwhm_mm: float | None = None,
+    order: int = 3,
+    remove_zigzag_from_params: bool = True,
+    fd_radius: float = FD_RADIUS,
+) -> RealignResult:
+    """ASL-aware realignment of a series (and of a separate M0) to one reference.
+
+    Parameters
+    ----------
+    asl
+        4D array ``(x, y, z, n)``.
+    affine
+        Its voxel-to-world matrix.
+    volume_types
+        ``aslcontext`` volume types, one per volume.
+    m0, m0_affine
+        Optional separate M0 image (3D or 4D) on the same grid.
+    asl_file, m0_file, aslcontext_file
+        File names used only in error messages.
+    n_passes, fwhm_mm
+        See :func:`estimate_motion`.
+    order
+        Spline order of the final reslice (1 trilinear, 3 cubic).
+    remove_zigzag_from_params
+        Apply the ASL-aware correction (Wang 2012); ``False`` reslices with
+        the raw estimates (plain realignment).
+    fd_radius
+        Sphere radius (mm) for FD and RMSD.
+    """
+    data = np.asarray(asl)
+    _check_image(data, "ASL", asl_file, 4)
+    if data.ndim != 4:
+        raise ASLInputError(
+            f"the ASL series must be 4D (x, y, z, volumes); got {data.ndim}D {data.shape}.",
+            file=asl_file,
+            field="dim",
+            fix="provide the ASL run as one 4D NIfTI with one volume per aslcontext row.",
+        )
+    volume_types = list(volume_types)
+    if len(volume_types) != data.shape[-1]:
+        raise ASLInputError(
+            f"aslcontext has {len(volume_types)} rows but the ASL series has "
+            f"{data.shape[-1]} volumes.",
+            file=aslcontext_file or asl_file,
+            field="volume_type",
+            fix="write one aslcontext row per volume, in acquisition order.",
+        )
+    if min(data.shape[:3]) < 2:
+        raise ASLInputError(
+            f"the ASL volumes are too small to realign ({data.shape[:3]}).",
+            file=asl_file,
+            field="dim",
+            fix="provide 3D volumes with at least 2 voxels along every axis.",
+        )
+    affine = np.asarray(affine, dtype=float)
+    m0_data = None
+    if m0 is not None:
+        m0_data = np.asarray(m0)
+        _check_image(m0_data, "M0", m0_file, 3)
+        if m0_data.ndim == 3:
+            m0_data = m0_data[..., None]
+        if m0_data.ndim != 4:
+            raise ASLInputError(
+                f"the M0 image must be 3D or 4D; got {m0_data.ndim}D.",
+                file=m0_file,
+                field="dim",
+                fix="provide the M0 scan as a 3D or 4D NIfTI.",
+            )
+        m0_aff = affine if m0_affine is None else np.asarray(m0_affine, dtype=float)
+        if m0_data.shape[:3] != data.shape[:3] or not np.allclose(m0_aff, affine, atol=1e-3):
+            raise ASLInputError(
+                f"the M0 field of view (shape {m0_data.shape[:3]}) differs from the "
+                f"ASL series' (shape {data.shape[:3]}) or their affines differ.",
+                file=m0_file,
+                field="dim/affine (field of view)",
+                fix="acquire or resample the M0 on the ASL grid (same matrix, voxel size "
+                "and orientation).",
+            )
+
+    zig = zigzag_regressor(volume_types)
+    centre = grid_centre(data.shape, affine)
+    series = data.astype(np.float32)
+    if m0_data is not None:
+        series = np.concatenate([series, m0_data.astype(np.float32)], axis=-1)
+    params_all, _ = estimate_motion(
+        series, affine, centre=centre, n_passes=n_passes, fwhm_mm=fwhm_mm
+    )
+    n = data.shape[-1]
+    raw = params_all[:n]
+    clean = remove_zigzag(raw, zig) if remove_zigzag_from_params else raw.copy()
+    corrected = reslice(data, affine, clean, centre=centre, order=order)
+    m0_corr = m0_params = None
+    if m0_data is not None:
+        m0_params = params_all[n:]
+        m0_corr = reslice(m0_data, affine, m0_params, centre=centre, order=order)
+    ref = corrected[..., zig != 0].mean(axis=-1) if (zig != 0).any() else corrected.mean(-1)
+    return RealignResult(
+        corrected=corrected,
+        m0_corrected=m0_corr,
+        reference=ref,
+        params_raw=raw,
+        params=clean,
+        m0_params=m0_params,
+        zigzag=zig,
+        fd=framewise_displacement(clean, fd_radius),
+        rmsd=rms_displacement(clean, centre, fd_radius),
+        centre=centre,
+    )
