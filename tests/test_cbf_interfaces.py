@@ -1,0 +1,190 @@
+"""The CBF interfaces run via ``.run(cwd=tmp_path)`` on small synthetic BIDS runs."""
+
+import json
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from asl_pipeline import kinetics as K
+from asl_pipeline.errors import ASLInputError
+from asl_pipeline.interfaces.cbf import (
+    ComputeCBF,
+    ComputeM0,
+    ComputeMultiPLDCBF,
+    read_aslcontext,
+)
+
+SHAPE = (6, 5, 4)
+AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
+
+
+def _write_run(root, deltam, vtypes_order, meta, *, m0=None, m0_meta=None, rng):
+    """A BIDS perf folder: 4D int16-like series, aslcontext, sidecars, optional M0."""
+    perf = root / "sub-01" / "perf"
+    perf.mkdir(parents=True)
+    n = deltam.shape[3]
+    control = rng.uniform(400.0, 600.0, deltam.shape)
+    label = control - deltam
+    series = np.empty(SHAPE + (2 * n,))
+    if vtypes_order == "label-first":
+        series[..., 0::2], series[..., 1::2] = label, control
+        vtypes = ["label", "control"] * n
+    else:
+        series[..., 0::2], series[..., 1::2] = control, label
+        vtypes = ["control", "label"] * n
+    nb.Nifti1Image(series.astype(np.float32), AFFINE).to_filename(perf / "sub-01_asl.nii.gz")
+    (perf / "sub-01_aslcontext.tsv").write_text("volume_type\n" + "\n".join(vtypes) + "\n")
+    (perf / "sub-01_asl.json").write_text(json.dumps(meta))
+    files = {
+        "asl_file": str(perf / "sub-01_asl.nii.gz"),
+        "aslcontext": str(perf / "sub-01_aslcontext.tsv"),
+        "metadata": str(perf / "sub-01_asl.json"),
+    }
+    if m0 is not None:
+        nb.Nifti1Image(m0.astype(np.float32), AFFINE).to_filename(perf / "sub-01_m0scan.nii.gz")
+        (perf / "sub-01_m0scan.json").write_text(json.dumps(m0_meta))
+        files["m0_file"] = str(perf / "sub-01_m0scan.nii.gz")
+        files["m0_metadata"] = str(perf / "sub-01_m0scan.json")
+    return files
+
+
+def _listing(root):
+    return sorted((p.relative_to(root), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+META = {
+    "ArterialSpinLabelingType": "PCASL",
+    "PostLabelingDelay": 1.8,
+    "LabelingDuration": 1.8,
+    "M0Type": "Separate",
+    "MagneticFieldStrength": 3,
+    "MRAcquisitionType": "3D",
+    "BackgroundSuppression": True,
+    "BackgroundSuppressionNumberPulses": 2,
+    "RepetitionTimePreparation": 4.0,
+}
+
+
+@pytest.fixture
+def pcasl_run(tmp_path):
+    rng = np.random.default_rng(20)
+    cbf = rng.uniform(20.0, 80.0, SHAPE)
+    m0 = rng.uniform(900.0, 1100.0, SHAPE)
+    alpha = 0.85 * 0.95**2
+    dm = K.pcasl_deltam(cbf, 1.0, 1.8, 1.8, m0, alpha=alpha, t1b=1.65)
+    dm = np.repeat(dm[..., None], 4, axis=3)
+    bids = tmp_path / "bids"
+    raw_m0 = m0 * (1 - np.exp(-3.0 / 1.4))  # TR 3 s
+    files = _write_run(
+        bids,
+        dm,
+        "label-first",
+        META,
+        m0=raw_m0,
+        m0_meta={"RepetitionTimePreparation": 3.0},
+        rng=rng,
+    )
+    mask = np.ones(SHAPE, np.uint8)
+    mask[0] = 0
+    nb.Nifti1Image(mask, AFFINE).to_filename(tmp_path / "mask.nii.gz")
+    return files, str(tmp_path / "mask.nii.gz"), cbf, m0, bids
+
+
+def test_compute_m0_and_cbf(tmp_path, pcasl_run):
+    files, mask, cbf, m0, bids = pcasl_run
+    before = _listing(bids)
+    work = tmp_path / "work"
+    work.mkdir()
+    res_m0 = ComputeM0(**files, mask=mask).run(cwd=work)
+    m0_out = nb.load(res_m0.outputs.m0_file).get_fdata()
+    np.testing.assert_allclose(m0_out, m0, rtol=1e-5)  # float32 output
+    side = json.loads(open(res_m0.outputs.m0_json).read())
+    assert side["M0RecoveryFactor"] == pytest.approx(1 - np.exp(-3.0 / 1.4))
+    assert side["RepetitionTimePreparation"] == 3.0
+
+    inputs = {k: v for k, v in files.items() if k != "m0_file"}
+    res = ComputeCBF(**inputs, m0_file=res_m0.outputs.m0_file, mask=mask).run(cwd=work)
+    out = res.outputs
+    mean = nb.load(out.mean_cbf).get_fdata()
+    ts = nb.load(out.cbf_ts).get_fdata()
+    assert ts.shape == SHAPE + (4,)
+    np.testing.assert_allclose(mean[1:], cbf[1:], rtol=1e-5)
+    assert np.all(mean[0] == 0)  # outside the mask
+    assert np.all(np.isfinite(ts))
+    expected_dm = K.pcasl_deltam(cbf, 1.0, 1.8, 1.8, m0, alpha=0.85 * 0.95**2, t1b=1.65)
+    dm_out = nb.load(out.deltam).get_fdata()
+    assert dm_out.shape == SHAPE + (4,)
+    np.testing.assert_allclose(dm_out[..., 2], expected_dm, rtol=1e-4)
+    side = json.loads(open(out.mean_cbf_json).read())
+    assert side["Units"] == "mL/100 g/min"
+    q = side["QuantificationParameters"]
+    assert q["alpha"] == pytest.approx(0.85 * 0.95**2) and q["tau"] == 1.8 and q["t1b"] == 1.65
+    assert side["PostLabelingDelay"] == [1.8] * 4
+    assert out.cbf_ts.endswith("sub-01_desc-timeseries_cbf.nii.gz")
+    assert _listing(bids) == before  # nothing written in the input dataset
+
+
+def test_compute_cbf_pairwise_control_refused_with_bs(tmp_path, pcasl_run):
+    files, mask, *_ = pcasl_run
+    with pytest.raises(ASLInputError, match="BackgroundSuppression"):
+        ComputeCBF(**files, quantification="pairwise-control").run(cwd=tmp_path)
+
+
+def test_compute_cbf_absent_m0_pairwise_control(tmp_path):
+    """Without BS and without M0 image: ASLtbx M0 = each pair's control image."""
+    rng = np.random.default_rng(21)
+    cbf = rng.uniform(20.0, 80.0, SHAPE)
+    meta = dict(META, BackgroundSuppression=False, M0Type="Absent", RepetitionTimePreparation=6)
+    perf_files = _write_run(
+        tmp_path / "bids", np.zeros(SHAPE + (3,)), "control-first", meta, rng=rng
+    )
+    # rebuild the series so that each pair's control is its own M0
+    img = nb.load(perf_files["asl_file"])
+    series = img.get_fdata()
+    control = series[..., 0::2]
+    dm = K.pcasl_deltam(cbf[..., None], 1.0, 1.8, 1.8, control, alpha=0.85, t1b=1.65)
+    series[..., 1::2] = control - dm
+    nb.Nifti1Image(series, AFFINE).to_filename(perf_files["asl_file"])
+    res = ComputeCBF(**perf_files, quantification="pairwise-control").run(cwd=tmp_path)
+    np.testing.assert_allclose(nb.load(res.outputs.mean_cbf).get_fdata(), cbf, rtol=1e-6)
+    side = json.loads(open(res.outputs.cbf_ts_json).read())
+    assert side["M0Method"] == "pairwise-control" and side["M0RecoveryFactor"] == 1.0
+
+
+def test_compute_cbf_refuses_multi_pld_and_multi_pld_interface(tmp_path):
+    rng = np.random.default_rng(22)
+    plds = np.repeat([0.5, 1.0, 1.5, 2.0, 2.5], 2)
+    cbf = np.where(np.arange(SHAPE[0])[:, None, None] < 3, 60.0, 20.0) * np.ones(SHAPE)
+    att = np.where(cbf > 30, 1.2, 1.6)
+    m0 = np.full(SHAPE, 1000.0)
+    dm = K.pcasl_deltam(cbf[..., None], att[..., None], plds, 1.8, m0[..., None], alpha=0.85)
+    meta = dict(
+        META,
+        PostLabelingDelay=np.repeat(plds, 2).tolist(),
+        BackgroundSuppression=False,
+        M0Type="Estimate",
+        M0Estimate=1000.0,
+    )
+    meta.pop("BackgroundSuppressionNumberPulses")
+    files = _write_run(tmp_path / "bids", dm, "control-first", meta, rng=rng)
+    with pytest.raises(ASLInputError, match="ComputeMultiPLDCBF"):
+        ComputeCBF(**files).run(cwd=tmp_path)
+    res = ComputeMultiPLDCBF(**files).run(cwd=tmp_path)
+    # the series is stored as float32: ~1e-5 relative rounding of small differences
+    np.testing.assert_allclose(nb.load(res.outputs.cbf).get_fdata(), cbf, rtol=1e-4)
+    np.testing.assert_allclose(nb.load(res.outputs.att).get_fdata(), att, rtol=1e-4)
+    assert not nb.load(res.outputs.failed_mask).get_fdata().any()
+    assert json.loads(open(res.outputs.att_json).read())["Units"] == "s"
+    assert json.loads(open(res.outputs.cbf_json).read())["Units"] == "mL/100 g/min"
+
+
+def test_read_aslcontext_errors(tmp_path):
+    bad = tmp_path / "sub-01_aslcontext.tsv"
+    bad.write_text("type\ncontrol\nlabel\n")
+    with pytest.raises(ASLInputError, match="volume_type") as err:
+        read_aslcontext(bad)
+    assert str(bad) in str(err.value)
+    good = tmp_path / "ok_aslcontext.tsv"
+    good.write_text("volume_type\r\nm0scan\r\ndeltam\r\n\r\n")
+    assert read_aslcontext(good) == ["m0scan", "deltam"]
