@@ -1,0 +1,284 @@
+"""``asl-train``: train a CBF denoising network by learning from noise.
+
+Sources of per-pair CBF series (exactly one):
+
+``--derivatives DIR``
+    The pipeline's derivatives: 4-D per-pair CBF NIfTIs (``*_cbf.nii.gz`` or
+    ``*desc-timeseries*.nii[.gz]``, found recursively), each with a brain mask
+    next to it (``*mask.nii[.gz]`` sharing the subject/session/run prefix).
+``--simulate N``
+    ``N`` subjects from :func:`asl_pipeline.simulate.simulate_cbf_series`,
+    with varied resolutions, SNR, readouts, labeling and outliers.
+
+A BIDS ASL dataset is turned into per-pair CBF series by the pipeline
+(``asl-pipeline``); run it first and point ``--derivatives`` at its output.
+
+Examples::
+
+    asl-train --simulate 40 --epochs 20 --out dwan_run
+    asl-train --derivatives derivatives/asl_pipeline --init-weights shipped \\
+        --epochs 5 --out finetuned          # adapt the shipped weights
+
+Outputs in ``--out``: ``model.pt`` (final weights, loadable with
+:func:`asl_pipeline.models.load_model`), ``checkpoint.pt`` (for
+``--resume``), ``history.json`` (per-epoch figures), ``train_config.toml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from asl_pipeline.errors import ASLInputError
+
+LOGGER = logging.getLogger("asl_pipeline.training")
+
+#: Glob patterns of per-pair CBF series in a derivatives folder (4-D files only are used).
+TIMESERIES_PATTERNS = ("*_cbf.nii*", "*desc-timeseries*.nii*")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The ``asl-train`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="asl-train",
+        description="Train a CBF denoising network (DWAN, U-Net, DilatedNet) from noisy "
+        "per-pair CBF series, without clean references (learning from noise).",
+    )
+    src = parser.add_argument_group("training data (exactly one)")
+    ex = src.add_mutually_exclusive_group(required=True)
+    ex.add_argument(
+        "--derivatives",
+        type=Path,
+        help="folder with 4-D per-pair CBF NIfTIs (*_cbf.nii.gz, *desc-timeseries*) "
+        "and their brain masks",
+    )
+    ex.add_argument(
+        "--simulate",
+        type=int,
+        metavar="N",
+        help="train on N simulated subjects (asl_pipeline.simulate)",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", choices=("dwan", "unet", "dilatednet"), default="dwan")
+    model.add_argument(
+        "--init-weights",
+        help="start from these weights (a model file, or 'shipped' for the default DWAN); "
+        "the architecture comes from the file",
+    )
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--scheme", choices=("lfn", "pseudo-gt"), default="lfn")
+    opt.add_argument("--loss", choices=("l1", "l2"), default="l1")
+    opt.add_argument("--epochs", type=int, default=20)
+    opt.add_argument("--batch-size", type=int, default=64)
+    opt.add_argument("--lr", type=float, default=1e-3)
+    opt.add_argument(
+        "--patch-size",
+        type=int,
+        default=48,
+        help="train on random square crops of this side (0: whole slices)",
+    )
+    opt.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="optimizer steps per epoch (default: one pass over the training slices)",
+    )
+    opt.add_argument("--val-fraction", type=float, default=0.1)
+    opt.add_argument("--seed", type=int, default=0)
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", type=Path, required=True, help="output folder")
+    run.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
+    run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sim = parser.add_argument_group("simulation (--simulate)")
+    sim.add_argument(
+        "--sim-n-pairs", type=int, default=40, help="pairs per simulated subject (40)"
+    )
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and check the command line."""
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.simulate is not None and args.simulate < 2:
+        parser.error("--simulate needs at least 2 subjects (one for validation)")
+    if not 0.0 <= args.val_fraction < 1.0:
+        parser.error("--val-fraction must be in [0, 1)")
+    if args.epochs < 1 or args.batch_size < 1:
+        parser.error("--epochs and --batch-size must be positive")
+    return args
+
+
+def _mask_for(path: Path) -> Path:
+    """The brain mask next to a per-pair CBF NIfTI (same entity prefix)."""
+    name = path.name
+    prefix = re.split(r"_(?:desc|space|res|cbf)[-_.]", name, maxsplit=1)[0]
+    candidates = sorted(p for p in path.parent.glob(f"{prefix}_*mask.nii*") if p != path)
+    space = re.search(r"_space-[A-Za-z0-9]+", name)
+    if space:
+        same = [p for p in candidates if space.group(0) in p.name]
+        candidates = same or candidates
+    brain = [p for p in candidates if "brain" in p.name]
+    if brain or candidates:
+        return (brain or candidates)[0]
+    raise ASLInputError(
+        "no brain mask found next to the per-pair CBF series.",
+        file=path,
+        field="brain mask",
+        fix=f"write the mask as {prefix}_desc-brain_mask.nii.gz in the same folder",
+    )
+
+
+def load_derivatives(root) -> list:
+    """Subjects (:class:`~asl_pipeline.training.Subject`) from a derivatives folder."""
+    import nibabel as nb
+
+    from asl_pipeline.models.inference import axial_axis
+    from asl_pipeline.training import Subject
+
+    root = Path(root)
+    if not root.is_dir():
+        raise ASLInputError(
+            "derivatives folder not found.",
+            file=root,
+            field="--derivatives",
+            fix="pass the output folder of asl-pipeline",
+        )
+    files = sorted({p for pat in TIMESERIES_PATTERNS for p in root.rglob(pat)})
+    subjects = []
+    for path in files:
+        img = nb.load(path)
+        if img.ndim != 4 or img.shape[3] < 4:
+            continue  # a mean CBF map, not a per-pair series
+        mask_path = _mask_for(path)
+        mimg = nb.load(mask_path)
+        if mimg.shape[:3] != img.shape[:3]:
+            raise ASLInputError(
+                f"mask shape {mimg.shape[:3]} differs from the series' {img.shape[:3]}.",
+                file=mask_path,
+                field="shape",
+                fix="resample the mask to the CBF series' grid",
+            )
+        axis = axial_axis(img.affine)
+        series = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), axis, 2)
+        mask = np.moveaxis(np.asarray(mimg.dataobj) > 0, axis, 2)
+        zooms = list(img.header.get_zooms()[:3])
+        zooms.insert(2, zooms.pop(axis))
+        subjects.append(
+            Subject(
+                name=path.name,
+                series=np.nan_to_num(series),
+                mask=mask,
+                voxel_size=tuple(float(z) for z in zooms),
+                info={"file": str(path), "mask": str(mask_path)},
+            )
+        )
+    if len(subjects) < 2:
+        raise ASLInputError(
+            f"found {len(subjects)} 4-D per-pair CBF series (at least 2 are needed).",
+            file=root,
+            field="--derivatives",
+            fix="point --derivatives at a folder holding *_cbf.nii.gz or "
+            "*desc-timeseries* 4-D NIfTIs of several subjects",
+        )
+    return subjects
+
+
+def _hardware(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def main(argv=None) -> int:
+    """Entry point of ``asl-train``."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import tomli_w
+    import torch
+
+    from asl_pipeline.models import build_model, load_model, save_model
+    from asl_pipeline.training import TrainConfig, split_subjects, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    try:
+        if args.simulate is not None:
+            from asl_pipeline.training import simulate_subjects
+
+            subjects = simulate_subjects(args.simulate, seed=args.seed, n_pairs=args.sim_n_pairs)
+            source = {
+                "simulate": args.simulate,
+                "subject_seeds": [s.info["seed"] for s in subjects],
+            }
+        else:
+            subjects = load_derivatives(args.derivatives)
+            source = {"derivatives": str(args.derivatives)}
+        if args.init_weights:
+            path = None if args.init_weights == "shipped" else args.init_weights
+            model, init_info = load_model(path, device="cpu")
+            source["init_weights"] = {"path": init_info["path"], "sha256": init_info["sha256"]}
+        else:
+            model = build_model(args.model)
+    except ASLInputError as err:
+        print(f"asl-train: error: {err}", file=sys.stderr)
+        return 2
+    prep_seconds = time.time() - t0
+    train_subj, val_subj = split_subjects(subjects, args.val_fraction, args.seed)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        loss=args.loss,
+        scheme=args.scheme,
+        patch_size=args.patch_size or None,
+        steps_per_epoch=args.steps_per_epoch,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    (args.out / "train_config.toml").write_text(
+        tomli_w.dumps({k: v for k, v in settings.items() if v is not None})
+    )
+    history = train(model, train_subj, val_subj, cfg, args.out, resume=args.resume)
+    seconds = sum(r["train_seconds"] for r in history)
+    metadata = {
+        "command": "asl-train " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
+        "arch": model.arch,
+        "scheme": args.scheme,
+        "loss": args.loss,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "source": source,
+        "train_subjects": [s.name for s in train_subj],
+        "val_subjects": [s.name for s in val_subj],
+        "hardware": _hardware(args.device),
+        "train_seconds": round(seconds, 1),
+        "data_seconds": round(prep_seconds, 1),
+        "validation": history[-1] if history else {},
+        "torch": torch.__version__,
+    }
+    sha = save_model(model, args.out / "model.pt", metadata=metadata)
+    (args.out / "model.json").write_text(json.dumps({"sha256": sha, **metadata}, indent=2))
+    print(f"wrote {args.out / 'model.pt'} (sha256 {sha})")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""2-D U-Net baseline for CBF denoising (methods spec, section 6.2).
+
+A standard encoder-decoder (Ronneberger et al. 2015) with two conv-BN-ReLU
+layers per level, max-pooling down, transposed convs up, skip
+concatenations, and a residual output (the network predicts the correction
+added to the input), as in the denoising U-Nets the study compares against.
+Inputs of any size work: they are zero-padded to a multiple of
+``2**(levels-1)`` and cropped back.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asl_pipeline.models.dwan import CBF_SCALE
+
+
+def _double_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """U-Net with ``levels`` resolution levels and ``width * 2**k`` features at level k.
+
+    Parameters
+    ----------
+    in_channels
+        Input channels (1: a CBF slice).
+    width
+        Features at the finest level.
+    levels
+        Resolution levels (3: two poolings).
+    residual
+        Add the input to the output (predict the noise correction).
+    cbf_scale
+        Divisor applied to the input CBF (mL/100 g/min) inside the model.
+    """
+
+    arch = "unet"
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        width: int = 32,
+        levels: int = 3,
+        residual: bool = True,
+        cbf_scale: float = CBF_SCALE,
+    ):
+        super().__init__()
+        self.config = {
+            "in_channels": in_channels,
+            "width": width,
+            "levels": levels,
+            "residual": residual,
+            "cbf_scale": float(cbf_scale),
+        }
+        self.register_buffer("cbf_scale", torch.tensor(float(cbf_scale)))
+        widths = [width * 2**k for k in range(levels)]
+        self.down = nn.ModuleList()
+        cin = in_channels
+        for w in widths:
+            self.down.append(_double_conv(cin, w))
+            cin = w
+        self.up = nn.ModuleList()
+        self.up_conv = nn.ModuleList()
+        for w in reversed(widths[:-1]):
+            self.up.append(nn.ConvTranspose2d(cin, w, 2, stride=2))
+            self.up_conv.append(_double_conv(2 * w, w))
+            cin = w
+        self.out = nn.Conv2d(cin, 1, 1)
+        self.residual = residual
+
+    def forward(self, x):
+        """Denoise a batch ``(n, in_channels, h, w)`` of CBF slices (mL/100 g/min)."""
+        x = x / self.cbf_scale
+        h, w = x.shape[-2:]
+        mult = 2 ** (len(self.down) - 1)
+        ph, pw = (-h) % mult, (-w) % mult
+        y = F.pad(x, (0, pw, 0, ph))
+        skips = []
+        for k, block in enumerate(self.down):
+            if k:
+                y = F.max_pool2d(y, 2)
+            y = block(y)
+            skips.append(y)
+        for up, conv, skip in zip(self.up, self.up_conv, reversed(skips[:-1]), strict=True):
+            y = conv(torch.cat([up(y), skip], dim=1))
+        y = self.out(y)[..., :h, :w]
+        if self.residual:
+            y = y + x[:, :1]
+        return y * self.cbf_scale
