@@ -266,24 +266,24 @@ def pair_motion(motion, n_pairs: int, motion_pairs=None) -> tuple[np.ndarray, np
         ``(n_pairs, 6)`` arrays: ``|control - label|`` and
         ``(control + label) / 2``.
     """
-    mot = np.asarray(motion, dtype=np.float64)
-    if mot.ndim != 2 or mot.shape[1] < 6:
+    params = np.asarray(motion, dtype=np.float64)
+    if params.ndim != 2 or params.shape[1] < 6:
         raise ASLInputError(
-            f"motion parameters must be n_volumes rows x 6 columns, got shape {mot.shape}",
+            f"motion parameters must be n_volumes rows x 6 columns, got shape {params.shape}",
             field="motion",
             fix="pass the 6 rigid-body parameters (3 translations, 3 rotations) of every volume",
         )
-    mot = mot[:, :6]
-    if not np.isfinite(mot).all():
+    params = params[:, :6]
+    if not np.isfinite(params).all():
         raise ASLInputError(
             "motion parameters contain NaN or infinite values",
             field="motion",
             fix="re-run motion correction or leave the motion parameters out",
         )
     if motion_pairs is None:
-        if mot.shape[0] != 2 * n_pairs:
+        if params.shape[0] != 2 * n_pairs:
             raise ASLInputError(
-                f"{mot.shape[0]} motion rows for {n_pairs} pairs: expected {2 * n_pairs} "
+                f"{params.shape[0]} motion rows for {n_pairs} pairs: expected {2 * n_pairs} "
                 "(control and label interleaved)",
                 field="motion",
                 fix="pass motion_pairs (e.g. from pairs_from_aslcontext) to say which rows "
@@ -298,13 +298,13 @@ def pair_motion(motion, n_pairs: int, motion_pairs=None) -> tuple[np.ndarray, np
                 field="motion_pairs",
                 fix="give one (control, label) row pair per CBF map",
             )
-        if idx.min() < 0 or idx.max() >= mot.shape[0]:
+        if idx.min() < 0 or idx.max() >= params.shape[0]:
             raise ASLInputError(
-                f"motion_pairs refers to rows outside the {mot.shape[0]} motion rows",
+                f"motion_pairs refers to rows outside the {params.shape[0]} motion rows",
                 field="motion",
                 fix="pass the motion parameters of every volume of the ASL series",
             )
-    a, b = mot[idx[:, 0]], mot[idx[:, 1]]
+    a, b = params[idx[:, 0]], params[idx[:, 1]]
     return np.abs(a - b), (a + b) / 2.0
 
 
