@@ -1,0 +1,839 @@
+"""Simulated ASL subjects (full scanner-like series) and fast CBF series.
+
+Signal model (both paths)
+-------------------------
+For every ASL voxel, tissue fractions ``f_k`` (GM, WM, CSF, skull, scalp) are
+the mean of the MNI tissue model over ``subsample`` points inside the voxel,
+pulled back through the subject's true mappings (see
+:mod:`asl_pipeline.simulate.anatomy`). Then
+
+* true CBF ``= f_GM * CBF_GM(x) + f_WM * CBF_WM(x)`` (mL/100 g/min), with
+  ``CBF_GM`` in 40-80 and ``CBF_WM`` in 15-30: a subject level times a smooth
+  regional field, optionally times a hypoperfused lesion;
+* true ATT = flow-weighted mean of the GM and WM transit times, 0.7-1.8 s,
+  longer in WM and posteriorly (+0.4 s and slower flow inside a lesion);
+* ``m0_true = M0_SCALE * sum_k f_k PD_k`` (fully relaxed equilibrium
+  magnetisation of the voxel, what quantification should divide by);
+* static (control) signal ``= M0_SCALE * sum_k f_k PD_k (1 - exp(-TR/T1_k))``
+  times, with background suppression, a residual fraction per tissue
+  (:data:`BS_RESIDUAL`);
+* ΔM from :func:`asl_pipeline.kinetics.pcasl_deltam` /
+  :func:`~asl_pipeline.kinetics.pasl_deltam` with the voxel's CBF, ATT and
+  ``m0_true``, the slice's PLD (``PLD + SliceTiming[z]`` for 2D readouts) and
+  ``alpha = labeling_efficiency(type, LabelingEfficiency, n_BS_pulses)``;
+  ``label = control - ΔM``.
+
+Each volume is then multiplied by ``1 + physiological fluctuation`` and
+corrupted by outliers if any, and complex Gaussian noise is added before the
+magnitude is taken (Rician). ``noise_scale`` scales the thermal and the
+physiological noise together (0 gives noise-free images).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from asl_pipeline import kinetics
+from asl_pipeline.errors import ASLInputError
+from asl_pipeline.simulate import anatomy, noise
+from asl_pipeline.simulate.anatomy import (
+    PROTON_DENSITY,
+    T1_3T,
+    TISSUES,
+    SmoothField,
+    SubjectDeformation,
+    apply_affine,
+    grid_affine,
+    load_mni_model,
+    rigid_matrix,
+)
+from asl_pipeline.simulate.motion import (
+    displacement_field,
+    random_motion,
+    resample_moved,
+)
+
+#: M0 of pure CSF in scanner units.
+M0_SCALE = 1000.0
+
+#: Fraction of the static signal left by background suppression, per tissue.
+BS_RESIDUAL = {"gm": 0.09, "wm": 0.06, "csf": 0.20, "skull": 0.05, "scalp": 0.05}
+
+#: Number of background-suppression pulses written to the sidecar (and used in
+#: the true labeling efficiency) when background suppression is on.
+BS_PULSES = 2
+
+#: Box (mm, T1w world) the deformation control grid covers.
+_DEFORM_BOX = ((-115.0, -150.0, -105.0), (115.0, 120.0, 135.0))
+
+#: MNI point the ASL field of view is centred on (before jitter), and the
+#: centre of the head for the T1w field of view.
+_ASL_TARGET_MNI = np.array([0.0, -15.0, 14.0])
+_HEAD_CENTRE_MNI = np.array([0.0, -18.0, 12.0])
+
+
+def _check_choice(value, choices, field_name):
+    v = str(value).upper()
+    if v not in choices:
+        raise ASLInputError(
+            f"{value!r} is not a supported value.",
+            field=field_name,
+            fix=f"use one of {', '.join(choices)}.",
+        )
+    return v
+
+
+@dataclass
+class ASLProtocol:
+    """Acquisition parameters of a simulated ASL run (the sidecar's content)."""
+
+    labeling: str
+    readout: str
+    n_pairs: int
+    n_slices: int
+    pld: float
+    labeling_duration: float
+    bolus_cutoff: float
+    background_suppression: bool
+    labeling_efficiency: float | None
+    slice_duration: float
+    label_first: bool
+    m0_tr: float | None = None
+
+    @property
+    def slice_timing(self) -> np.ndarray:
+        if self.readout == "3D":
+            return np.zeros(self.n_slices)
+        return np.arange(self.n_slices) * self.slice_duration
+
+    @property
+    def slice_pld(self) -> np.ndarray:
+        """Effective PLD (PCASL) or TI (PASL) of each slice, s."""
+        return self.pld + self.slice_timing
+
+    @property
+    def readout_time(self) -> float:
+        return self.n_slices * self.slice_duration if self.readout == "2D" else 0.6
+
+    @property
+    def tr(self) -> float:
+        bolus = self.labeling_duration if self.labeling == "PCASL" else 0.0
+        return round(bolus + self.pld + self.readout_time + 0.1, 4)
+
+    @property
+    def n_bs_pulses(self) -> int:
+        return BS_PULSES if self.background_suppression else 0
+
+    @property
+    def alpha(self) -> float:
+        return kinetics.labeling_efficiency(
+            self.labeling, self.labeling_efficiency, self.n_bs_pulses
+        )
+
+    @property
+    def aslcontext(self) -> list[str]:
+        pair = ["label", "control"] if self.label_first else ["control", "label"]
+        return pair * self.n_pairs
+
+    def deltam(self, cbf, att, m0, t1b=kinetics.T1_BLOOD[3.0]):
+        """ΔM for the protocol, broadcasting the per-slice PLD along z."""
+        pld = self.slice_pld[None, None, :]
+        if self.labeling == "PCASL":
+            return kinetics.pcasl_deltam(
+                cbf, att, pld, self.labeling_duration, m0, alpha=self.alpha, t1b=t1b
+            )
+        return kinetics.pasl_deltam(
+            cbf, att, pld, self.bolus_cutoff, m0, alpha=self.alpha, t1b=t1b
+        )
+
+    def metadata(self, voxel_size) -> dict:
+        """The ``_asl.json`` sidecar a scanner would write."""
+        md = {
+            "Manufacturer": "asl_pipeline simulator",
+            "ManufacturersModelName": "asl_pipeline.simulate",
+            "MagneticFieldStrength": 3,
+            "MRAcquisitionType": self.readout,
+            "PulseSequenceType": "EPI" if self.readout == "2D" else "GRASE",
+            "EchoTime": 0.014 if self.readout == "2D" else 0.0106,
+            "FlipAngle": 90,
+            "RepetitionTimePreparation": self.tr,
+            "ArterialSpinLabelingType": self.labeling,
+            "PostLabelingDelay": float(self.pld),
+            "BackgroundSuppression": bool(self.background_suppression),
+            "M0Type": "Separate",
+            "TotalAcquiredPairs": int(self.n_pairs),
+            "VascularCrushing": False,
+            "AcquisitionVoxelSize": [float(v) for v in voxel_size],
+            "LabelingLocationDescription": "simulated, below the circle of Willis",
+        }
+        if self.readout == "2D":
+            md["SliceTiming"] = [round(float(t), 6) for t in self.slice_timing]
+            md["SliceEncodingDirection"] = "k"
+        if self.labeling == "PCASL":
+            md["LabelingDuration"] = float(self.labeling_duration)
+            md["PCASLType"] = "balanced"
+        else:
+            md["PASLType"] = "FAIR"
+            md["BolusCutOffFlag"] = True
+            md["BolusCutOffTechnique"] = "QUIPSSII"
+            md["BolusCutOffDelayTime"] = float(self.bolus_cutoff)
+            md["LabelingSlabThickness"] = 100.0
+        if self.background_suppression:
+            md["BackgroundSuppressionNumberPulses"] = self.n_bs_pulses
+            md["BackgroundSuppressionPulseTime"] = [
+                round(
+                    self.pld * 0.55
+                    + (self.labeling_duration if self.labeling == "PCASL" else 0.0),
+                    4,
+                ),
+                round(
+                    self.pld * 0.85
+                    + (self.labeling_duration if self.labeling == "PCASL" else 0.0),
+                    4,
+                ),
+            ]
+        if self.labeling_efficiency is not None:
+            md["LabelingEfficiency"] = float(self.labeling_efficiency)
+        return md
+
+    def m0_metadata(self, voxel_size) -> dict:
+        """The ``_m0scan.json`` sidecar (IntendedFor is added by the writer)."""
+        md = {
+            "Manufacturer": "asl_pipeline simulator",
+            "MagneticFieldStrength": 3,
+            "MRAcquisitionType": self.readout,
+            "EchoTime": 0.014 if self.readout == "2D" else 0.0106,
+            "FlipAngle": 90,
+            "RepetitionTimePreparation": float(self.m0_tr),
+            "AcquisitionVoxelSize": [float(v) for v in voxel_size],
+        }
+        if self.readout == "2D":
+            md["SliceTiming"] = [round(float(t), 6) for t in self.slice_timing]
+            md["SliceEncodingDirection"] = "k"
+        return md
+
+
+def _make_protocol(
+    *,
+    labeling,
+    readout,
+    n_pairs,
+    n_slices,
+    pld,
+    labeling_duration,
+    bolus_cutoff,
+    background_suppression,
+    labeling_efficiency,
+    slice_duration,
+    label_first,
+    m0_tr,
+) -> ASLProtocol:
+    labeling = _check_choice(labeling, ("PCASL", "PASL"), "labeling")
+    readout = _check_choice(readout, ("2D", "3D"), "readout")
+    if int(n_pairs) < 1:
+        raise ASLInputError(
+            f"n_pairs={n_pairs} gives no control/label pair.",
+            field="n_pairs",
+            fix="use n_pairs >= 1.",
+        )
+    if pld is None:
+        pld = 1.8
+    if labeling == "PASL" and not 0 < bolus_cutoff < pld:
+        raise ASLInputError(
+            f"bolus_cutoff={bolus_cutoff} must lie between 0 and the TI ({pld}).",
+            field="bolus_cutoff",
+            fix="use e.g. bolus_cutoff=0.7 with pld (TI)=1.8.",
+        )
+    proto = ASLProtocol(
+        labeling=labeling,
+        readout=readout,
+        n_pairs=int(n_pairs),
+        n_slices=int(n_slices),
+        pld=float(pld),
+        labeling_duration=float(labeling_duration),
+        bolus_cutoff=float(bolus_cutoff),
+        background_suppression=bool(background_suppression),
+        labeling_efficiency=labeling_efficiency,
+        slice_duration=float(slice_duration),
+        label_first=bool(label_first),
+    )
+    proto.m0_tr = float(proto.tr if m0_tr is None else m0_tr)
+    return proto
+
+
+# --------------------------------------------------------------------------
+# anatomy and perfusion on the ASL grid
+
+
+@dataclass
+class _ASLAnatomy:
+    affine: np.ndarray
+    fractions: dict
+    brain_mask: np.ndarray
+    cbf: np.ndarray
+    att: np.ndarray
+    lesion: np.ndarray | None
+    deformation: SubjectDeformation
+    asl_to_t1w: np.ndarray
+    t1w_centre: np.ndarray
+
+
+def _unit_field(rng, spacing):
+    """A smooth field with SD about 1 over the MNI head box."""
+    # cubic B-spline interpolation shrinks the coefficient SD by ~0.33
+    return SmoothField(rng, (-100, -140, -80), (100, 100, 110), spacing, 3.0)
+
+
+def _asl_anatomy(rng, *, shape, voxel_size, resolution, subsample, lesion) -> _ASLAnatomy:
+    model = load_mni_model(resolution)
+    deformation = SubjectDeformation(rng, lower=_DEFORM_BOX[0], upper=_DEFORM_BOX[1])
+    inv_pose = np.linalg.inv(deformation.affine)
+    head_t1w = apply_affine(inv_pose, _HEAD_CENTRE_MNI[None])[0]
+    asl_to_t1w = rigid_matrix(
+        np.r_[rng.uniform(-6, 6, 3), np.deg2rad(rng.uniform(-5, 5, 3))], head_t1w
+    )
+    target_t1w = apply_affine(inv_pose, _ASL_TARGET_MNI[None])[0]
+    centre = apply_affine(np.linalg.inv(asl_to_t1w), target_t1w[None])[0]
+    centre = centre + rng.uniform(-3, 3, 3)
+    affine = grid_affine(shape, voxel_size, centre)
+
+    # sub-voxel sample points -> MNI
+    offsets = np.stack(
+        np.meshgrid(*[(np.arange(n) + 0.5) / n - 0.5 for n in subsample], indexing="ij"), -1
+    ).reshape(-1, 3)
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).reshape(-1, 3)
+    centres_t1w = apply_affine(asl_to_t1w @ affine, ijk)
+    centres_mni = deformation(centres_t1w)
+    sums = np.zeros((len(TISSUES) + 1, ijk.shape[0]))
+    maps = list(model.maps) + [model.brain]
+    for off in offsets:
+        pts = deformation(apply_affine(asl_to_t1w @ affine, ijk + off))
+        sums += anatomy.sample_model(model, pts, maps=maps)
+    sums /= len(offsets)
+    fractions = {name: sums[k].reshape(shape).astype(np.float32) for k, name in enumerate(TISSUES)}
+    brain_mask = sums[-1].reshape(shape) > 0.5
+
+    # tissue perfusion and transit time, smooth functions of MNI position
+    gm_level = rng.uniform(50, 68)
+    wm_level = gm_level / rng.uniform(2.2, 2.8)
+    f_gm, f_wm, f_att = (_unit_field(rng, s)(centres_mni) for s in (30.0, 40.0, 35.0))
+    cbf_gm = np.clip(gm_level * (1 + 0.12 * f_gm), 40, 80)
+    cbf_wm = np.clip(wm_level * (1 + 0.10 * f_wm), 15, 30)
+    posterior = np.clip((20.0 - centres_mni[:, 1]) / 120.0, 0, 1)
+    att_gm = 0.9 + rng.uniform(-0.1, 0.1) + 0.35 * posterior + 0.06 * f_att
+    att_wm = att_gm + 0.3
+    lesion_map = None
+    if lesion:
+        side = rng.choice([-1.0, 1.0])
+        c = np.array([side * rng.uniform(30, 50), rng.uniform(-60, 30), rng.uniform(10, 45)])
+        radius = rng.uniform(14, 22)
+        r = np.linalg.norm(centres_mni - c, axis=1)
+        w = 1.0 / (1.0 + np.exp((r - radius) / 3.0))
+        depth = rng.uniform(0.5, 0.8)
+        cbf_gm = cbf_gm * (1 - depth * w)
+        cbf_wm = cbf_wm * (1 - depth * w)
+        att_gm = att_gm + 0.4 * w
+        att_wm = att_wm + 0.4 * w
+        lesion_map = w.reshape(shape).astype(np.float32)
+    att_gm = np.clip(att_gm, 0.7, 1.8)
+    att_wm = np.clip(att_wm, 0.7, 1.8)
+    g = sums[0]
+    w_ = sums[1]
+    flow_gm = g * cbf_gm
+    flow_wm = w_ * cbf_wm
+    cbf = flow_gm + flow_wm
+    att = np.where(
+        cbf > 1e-6,
+        (flow_gm * att_gm + flow_wm * att_wm) / np.maximum(cbf, 1e-12),
+        0.5 * (att_gm + att_wm),
+    )
+    return _ASLAnatomy(
+        affine=affine,
+        fractions=fractions,
+        brain_mask=brain_mask,
+        cbf=cbf.reshape(shape),
+        att=att.reshape(shape),
+        lesion=lesion_map,
+        deformation=deformation,
+        asl_to_t1w=asl_to_t1w,
+        t1w_centre=head_t1w,
+    )
+
+
+def _m0_true(fr) -> np.ndarray:
+    return M0_SCALE * sum(fr[k].astype(float) * PROTON_DENSITY[k] for k in TISSUES)
+
+
+def _recovered(fr, tr) -> np.ndarray:
+    """Saturation-recovery signal ``M0 (1 - exp(-TR/T1))`` summed over tissues."""
+    return M0_SCALE * sum(
+        fr[k].astype(float) * PROTON_DENSITY[k] * (1 - np.exp(-tr / T1_3T[k])) for k in TISSUES
+    )
+
+
+def _static(fr, proto: ASLProtocol) -> np.ndarray:
+    out = 0.0
+    for k in TISSUES:
+        bs = BS_RESIDUAL[k] if proto.background_suppression else 1.0
+        out = (
+            out + fr[k].astype(float) * PROTON_DENSITY[k] * (1 - np.exp(-proto.tr / T1_3T[k])) * bs
+        )
+    return M0_SCALE * out
+
+
+def _physio_maps(rng, fr, affine, shape):
+    """Spatial weights of the physiological components (stronger near CSF)."""
+    lo = apply_affine(affine, np.zeros((1, 3)))[0] - 10
+    hi = apply_affine(affine, np.asarray(shape, float)[None] - 1)[0] + 10
+    weight = 1.0 + 2.0 * fr["csf"]
+    maps = {}
+    for name in ("cardiac", "respiratory", "drift"):
+        f = SmoothField(rng, lo, hi, 40.0, 3.0).on_grid(affine, shape)
+        maps[name] = (weight * np.clip(1 + 0.3 * f, 0.2, None)).astype(np.float32)
+    return maps
+
+
+def _pick_outliers(rng, n_units, n_slices, brain_slices, spike_rate, slice_rate, first=1):
+    """Spike units and (unit, slice, kind) single-slice corruptions."""
+    units = np.arange(first, n_units)
+    n_spk = min(len(units), max(1, rng.binomial(n_units, spike_rate)))
+    spikes = sorted(int(u) for u in rng.choice(units, n_spk, replace=False))
+    free = [u for u in units if u not in spikes]
+    cand = [(int(u), int(z)) for u in free for z in brain_slices]
+    n_sl = min(len(cand), max(1, rng.binomial(n_units * len(brain_slices), slice_rate)))
+    picks = sorted(cand[i] for i in rng.choice(len(cand), n_sl, replace=False)) if cand else []
+    kinds = [str(rng.choice(["drop", "ghost"])) for _ in picks]
+    return spikes, [(u, z, k) for (u, z), k in zip(picks, kinds, strict=True)]
+
+
+# --------------------------------------------------------------------------
+# full subject
+
+
+@dataclass
+class SimulatedSubject:
+    """A simulated subject: the images a scanner gives plus the ground truth.
+
+    Images are ``x, y, z[, t]`` arrays; ``asl_affine`` / ``t1w_affine`` are
+    RAS+ voxel-to-world (mm). ``motion`` follows the convention of
+    :mod:`asl_pipeline.simulate.motion` (rows per ASL volume, volume 0 = 0).
+    ``outlier_volumes`` and ``outlier_slices`` index ASL volumes (not pairs).
+    Use :meth:`subject_to_mni_points` (T1w world mm -> MNI mm) and
+    :meth:`asl_to_mni_points` to score registrations by displacement error.
+    """
+
+    asl: np.ndarray
+    aslcontext: list
+    m0: np.ndarray
+    asl_affine: np.ndarray
+    metadata: dict
+    m0_metadata: dict
+    cbf: np.ndarray
+    att: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+    csf: np.ndarray
+    brain_mask: np.ndarray
+    m0_true: np.ndarray
+    motion: np.ndarray
+    m0_motion: np.ndarray
+    outlier_volumes: list
+    outlier_slices: list
+    outlier_slice_kinds: list
+    motion_jerks: list
+    asl_to_t1w: np.ndarray
+    deformation: SubjectDeformation
+    t1w: np.ndarray | None = None
+    t1w_affine: np.ndarray | None = None
+    gm_t1w: np.ndarray | None = None
+    wm_t1w: np.ndarray | None = None
+    csf_t1w: np.ndarray | None = None
+    brain_mask_t1w: np.ndarray | None = None
+    lesion: np.ndarray | None = None
+    deltam: np.ndarray | None = None
+    static: np.ndarray | None = None
+    alpha: float = 0.85
+    slice_pld: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    seed: int = 0
+
+    @property
+    def t1w_to_mni_affine(self) -> np.ndarray:
+        """Affine part ``P`` of the T1w -> MNI mapping."""
+        return self.deformation.affine
+
+    def subject_to_mni_points(self, xyz_mm) -> np.ndarray:
+        """True T1w-world -> MNI mapping of ``(N, 3)`` points (mm)."""
+        return self.deformation(np.atleast_2d(xyz_mm))
+
+    def asl_to_mni_points(self, xyz_mm) -> np.ndarray:
+        """True ASL-world (reference head position) -> MNI mapping (mm)."""
+        return self.deformation(apply_affine(self.asl_to_t1w, np.atleast_2d(xyz_mm)))
+
+
+def simulate_subject(
+    seed: int,
+    *,
+    labeling: str = "PCASL",
+    n_pairs: int = 40,
+    shape=(64, 64, 20),
+    voxel_size=(3.4, 3.4, 6.0),
+    readout: str = "2D",
+    motion: bool = True,
+    outliers: bool = True,
+    lesion: bool = False,
+    noise_scale: float = 1.0,
+    background_suppression: bool = False,
+    t1w: bool = True,
+    label_first: bool = False,
+    pld: float | None = None,
+    labeling_duration: float = 1.8,
+    bolus_cutoff: float = 0.7,
+    labeling_efficiency: float | None = None,
+    slice_duration: float = 0.035,
+    m0_tr: float | None = None,
+    motion_scale: float = 1.0,
+    spike_rate: float = 0.03,
+    slice_outlier_rate: float = 0.02,
+    t1w_voxel_size: float = 1.0,
+    t1w_fov=(180.0, 220.0, 180.0),
+    resolution: int = 1,
+    subsample=(2, 2, 3),
+    dtype=np.float32,
+) -> SimulatedSubject:
+    """Simulate one subject's ASL run, separate M0 scan and T1w image.
+
+    Model: see the module docstring. Acquisition: PCASL (``LabelingDuration``
+    ``labeling_duration``, default 1.8 s, PLD 1.8 s) or PASL QUIPSS II
+    (``pld`` is the TI, default 1.8 s; ``bolus_cutoff`` TI1 = 0.7 s), 2D
+    ascending slices ``slice_duration`` apart (per-slice PLD) or 3D, optional
+    background suppression (2 pulses), control first unless ``label_first``.
+    The separate M0 scan has TR ``m0_tr`` (default: the ASL TR, so a pipeline
+    must correct for incomplete recovery), no background suppression, its own
+    small head position (``m0_motion``) and its own noise.
+
+    Motion (``motion``): drift, jitter, persistent jerks and one transient
+    jerk per spike volume (:func:`~asl_pipeline.simulate.motion.random_motion`,
+    scaled by ``motion_scale``), applied by cubic resampling of the reference
+    static image, of CBF x M0 and of ATT, so the ΔM of a moved voxel uses the
+    PLD of the slice it is acquired in.
+
+    Outliers (``outliers``): about ``spike_rate`` of the volumes get a global
+    gain change of 3-8% plus a motion jerk; about ``slice_outlier_rate`` of
+    the (volume, brain slice) pairs get a slice intensity drop or a N/2 ghost.
+    Volume 0 is never corrupted (it is the motion reference).
+
+    Noise: Rician thermal noise (SD :data:`~asl_pipeline.simulate.noise.THERMAL_SD`
+    x ``M0_SCALE`` per channel) and multiplicative physiological fluctuation,
+    both times ``noise_scale``.
+
+    ``resolution`` (1 or 2 mm) picks the MNI templates, ``subsample`` the
+    sub-voxel sample points per ASL voxel for partial volume; ``dtype`` is the
+    dtype of ``asl`` and ``m0`` (float64 for exact known-answer tests).
+    """
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or len(voxel_size) != 3:
+        raise ASLInputError(
+            f"shape {shape} / voxel_size {voxel_size} must have 3 entries.",
+            field="shape",
+            fix="pass e.g. shape=(64, 64, 20), voxel_size=(3.4, 3.4, 6.0).",
+        )
+    proto = _make_protocol(
+        labeling=labeling,
+        readout=readout,
+        n_pairs=n_pairs,
+        n_slices=shape[2],
+        pld=pld,
+        labeling_duration=labeling_duration,
+        bolus_cutoff=bolus_cutoff,
+        background_suppression=background_suppression,
+        labeling_efficiency=labeling_efficiency,
+        slice_duration=slice_duration,
+        label_first=label_first,
+        m0_tr=m0_tr,
+    )
+    anat = _asl_anatomy(
+        rng,
+        shape=shape,
+        voxel_size=voxel_size,
+        resolution=resolution,
+        subsample=subsample,
+        lesion=lesion,
+    )
+    fr = anat.fractions
+    m0_true = _m0_true(fr)
+    static = _static(fr, proto)
+    deltam = proto.deltam(anat.cbf, anat.att, m0_true)
+    n_vol = 2 * proto.n_pairs
+    is_label = np.array([c == "label" for c in proto.aslcontext])
+
+    # outliers and motion
+    brain_slices = np.flatnonzero(anat.brain_mask.sum((0, 1)) >= 10)
+    if outliers:
+        spikes, slices = _pick_outliers(
+            rng, n_vol, shape[2], brain_slices, spike_rate, slice_outlier_rate
+        )
+    else:
+        spikes, slices = [], []
+    if motion:
+        params, jerks = random_motion(rng, n_vol, spike_volumes=spikes, scale=motion_scale)
+        m0_motion = np.r_[rng.uniform(-0.5, 0.5, 3), np.deg2rad(rng.uniform(-0.3, 0.3, 3))]
+        m0_motion *= motion_scale
+    else:
+        params, jerks = np.zeros((n_vol, 6)), []
+        m0_motion = np.zeros(6)
+
+    physio_maps = _physio_maps(rng, fr, anat.affine, shape)
+    courses = noise.physio_timecourses(rng, n_vol, proto.tr)
+    sigma = noise.THERMAL_SD * M0_SCALE * noise_scale
+
+    moving = bool(np.any(params))
+    if moving:
+        static_c = ndimage.spline_filter(static, 3)
+        flow_c = ndimage.spline_filter(anat.cbf * m0_true, 3)
+        att_c = anat.att
+    asl = np.empty(shape + (n_vol,), dtype=dtype)
+    for t in range(n_vol):
+        if moving and np.any(params[t]):
+            s_t = resample_moved(static_c, anat.affine, params[t])
+            if is_label[t]:
+                flow_t = resample_moved(flow_c, anat.affine, params[t])
+                att_t = resample_moved(
+                    att_c, anat.affine, params[t], order=1, prefiltered=False, cval=1.2
+                )
+                s_t = s_t - proto.deltam(flow_t, att_t, 1.0)
+        else:
+            s_t = static - deltam if is_label[t] else static.copy()
+        if noise_scale:
+            phys = sum(noise.PHYSIO_SD[k] * courses[k][t] * physio_maps[k] for k in courses)
+            s_t = s_t * (1.0 + noise_scale * phys)
+        if t in spikes:
+            s_t = s_t * (1.0 + rng.choice([-1, 1]) * rng.uniform(0.03, 0.08))
+        for u, z, kind in slices:
+            if u == t:
+                noise.corrupt_slice(rng, s_t, z, kind)
+        asl[..., t] = anatomy.rician(rng, np.asarray(s_t, dtype), sigma)
+
+    m0_ref = _recovered(fr, proto.m0_tr)
+    if np.any(m0_motion):
+        m0_ref = resample_moved(m0_ref, anat.affine, m0_motion, prefiltered=False)
+    m0 = anatomy.rician(rng, np.asarray(m0_ref, dtype), sigma)
+
+    sub = SimulatedSubject(
+        asl=asl,
+        aslcontext=proto.aslcontext,
+        m0=m0,
+        asl_affine=anat.affine,
+        metadata=proto.metadata(voxel_size),
+        m0_metadata=proto.m0_metadata(voxel_size),
+        cbf=anat.cbf.astype(np.float32),
+        att=anat.att.astype(np.float32),
+        gm=fr["gm"],
+        wm=fr["wm"],
+        csf=fr["csf"],
+        brain_mask=anat.brain_mask,
+        m0_true=m0_true.astype(np.float32),
+        motion=params,
+        m0_motion=m0_motion,
+        outlier_volumes=list(spikes),
+        outlier_slices=[(u, z) for u, z, _ in slices],
+        outlier_slice_kinds=[k for _, _, k in slices],
+        motion_jerks=jerks,
+        asl_to_t1w=anat.asl_to_t1w,
+        deformation=anat.deformation,
+        lesion=anat.lesion,
+        deltam=deltam,
+        static=static,
+        alpha=proto.alpha,
+        slice_pld=proto.slice_pld,
+        seed=int(seed),
+    )
+    if t1w:
+        img, aff, probs = anatomy.synthesize_t1w(
+            rng,
+            anat.deformation,
+            load_mni_model(resolution),
+            voxel_size=t1w_voxel_size,
+            fov=t1w_fov,
+            centre=np.round(anat.t1w_centre, 1),
+            noise_sd=0.02 * max(noise_scale, 0.0) if noise_scale else 0.0,
+        )
+        sub.t1w, sub.t1w_affine = img, aff
+        sub.gm_t1w, sub.wm_t1w, sub.csf_t1w = probs["gm"], probs["wm"], probs["csf"]
+        sub.brain_mask_t1w = probs["brain_mask"]
+    return sub
+
+
+# --------------------------------------------------------------------------
+# fast per-pair CBF series
+
+
+@dataclass
+class SimulatedCBFSeries:
+    """Per-pair CBF maps and their ground truth (fast path).
+
+    ``cbf_series`` is ``(x, y, z, n_pairs)`` in mL/100 g/min. Outliers are
+    indexed in PAIR units: ``outlier_pairs`` are pairs corrupted in every
+    slice, ``outlier_slices`` lists ``(pair, slice)``. ``motion`` has one row
+    per volume (``2 * n_pairs``), same convention as :class:`SimulatedSubject`;
+    the spike pairs coincide with motion jerks.
+    """
+
+    cbf_series: np.ndarray
+    cbf: np.ndarray
+    att: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+    csf: np.ndarray
+    brain_mask: np.ndarray
+    motion: np.ndarray
+    outlier_pairs: list
+    outlier_slices: list
+    affine: np.ndarray
+    m0_true: np.ndarray | None = None
+    sensitivity: np.ndarray | None = None
+    lesion: np.ndarray | None = None
+    outlier_slice_kinds: list = field(default_factory=list)
+    aslcontext: list = field(default_factory=list)
+    metadata: dict = field(default_factory=dict)
+    seed: int = 0
+
+
+def simulate_cbf_series(
+    seed: int,
+    *,
+    n_pairs: int = 40,
+    shape=(64, 64, 20),
+    voxel_size=(3.4, 3.4, 6.0),
+    outliers: bool = True,
+    noise_scale: float = 1.0,
+    labeling: str = "PCASL",
+    readout: str = "2D",
+    lesion: bool = False,
+    background_suppression: bool = False,
+    motion_scale: float = 1.0,
+    spike_rate: float = 0.03,
+    slice_outlier_rate: float = 0.02,
+    pld: float | None = None,
+    labeling_duration: float = 1.8,
+    bolus_cutoff: float = 0.7,
+    slice_duration: float = 0.035,
+    resolution: int = 2,
+    subsample=(1, 1, 2),
+) -> SimulatedCBFSeries:
+    """Per-pair CBF maps from the same signal and noise model, fast.
+
+    Same anatomy, perfusion, physiological and thermal noise model as
+    :func:`simulate_subject` (2 mm templates, fewer sub-voxel samples), but
+    motion is not resampled: it enters to first order as
+    ``-grad(static) . d(x)`` with ``d`` the voxel displacement of each
+    volume's motion. Each pair's CBF is ``(control - label) / s`` with
+    ``s = ΔM(CBF=1, true ATT, slice PLD, true M0)`` the voxel's model
+    sensitivity, so ``E[cbf_series] = cbf`` wherever no outlier hits. Voxels
+    with ``s`` below 1e-3 of its brain maximum (outside the head) are 0.
+
+    Outliers, in pair units: about ``spike_rate`` of the pairs get a global
+    gain change of 2-6% on one of their two volumes plus a transient motion
+    jerk of that volume; about ``slice_outlier_rate`` of the (pair, brain
+    slice) combinations get a slice drop or ghost in one of the two volumes.
+    """
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(s) for s in shape)
+    proto = _make_protocol(
+        labeling=labeling,
+        readout=readout,
+        n_pairs=n_pairs,
+        n_slices=shape[2],
+        pld=pld,
+        labeling_duration=labeling_duration,
+        bolus_cutoff=bolus_cutoff,
+        background_suppression=background_suppression,
+        labeling_efficiency=None,
+        slice_duration=slice_duration,
+        label_first=False,
+        m0_tr=None,
+    )
+    anat = _asl_anatomy(
+        rng,
+        shape=shape,
+        voxel_size=voxel_size,
+        resolution=resolution,
+        subsample=subsample,
+        lesion=lesion,
+    )
+    fr = anat.fractions
+    m0_true = _m0_true(fr)
+    static = _static(fr, proto).astype(np.float32)
+    sens = proto.deltam(1.0, anat.att, m0_true)
+    deltam = (anat.cbf * sens).astype(np.float32)
+    n_vol = 2 * proto.n_pairs
+    brain_slices = np.flatnonzero(anat.brain_mask.sum((0, 1)) >= 10)
+    if outliers:
+        spike_pairs, slices = _pick_outliers(
+            rng,
+            proto.n_pairs,
+            shape[2],
+            brain_slices,
+            spike_rate,
+            slice_outlier_rate,
+            first=0,
+        )
+    else:
+        spike_pairs, slices = [], []
+    # the corrupted volume of a spike pair (never volume 0, the motion reference)
+    spike_vols = [max(1, 2 * p + int(rng.integers(2))) for p in spike_pairs]
+    params, _ = random_motion(rng, n_vol, spike_volumes=spike_vols, scale=motion_scale)
+    grad = np.stack(np.gradient(static, *np.asarray(voxel_size, float)), -1)
+
+    physio_maps = _physio_maps(rng, fr, anat.affine, shape)
+    courses = noise.physio_timecourses(rng, n_vol, proto.tr)
+    sigma = noise.THERMAL_SD * M0_SCALE * noise_scale
+    vols = np.empty((2,) + shape, np.float32)
+    series = np.empty(shape + (proto.n_pairs,), np.float32)
+    good = sens > 1e-3 * sens[anat.brain_mask].max() if anat.brain_mask.any() else sens > 0
+    inv_sens = np.where(good, 1.0 / np.where(good, sens, 1.0), 0.0).astype(np.float32)
+    slice_map = {}
+    for p, z, kind in slices:
+        slice_map.setdefault(p, []).append((z, kind))
+    for p in range(proto.n_pairs):
+        for j in range(2):
+            t = 2 * p + j
+            s_t = static.copy()
+            if j == 1:
+                s_t -= deltam
+            if np.any(params[t]):
+                disp = displacement_field(params[t], anat.affine, shape).astype(np.float32)
+                s_t += np.einsum("...k,...k->...", grad, disp)
+            if noise_scale:
+                phys = sum(noise.PHYSIO_SD[k] * courses[k][t] * physio_maps[k] for k in courses)
+                s_t *= 1.0 + noise_scale * phys
+            if t in spike_vols:
+                s_t *= 1.0 + rng.choice([-1, 1]) * rng.uniform(0.02, 0.06)
+            vols[j] = s_t
+        for z, kind in slice_map.get(p, []):
+            noise.corrupt_slice(rng, vols[int(rng.integers(2))], z, kind)
+        mag = anatomy.rician(rng, vols, sigma)
+        series[..., p] = (mag[0] - mag[1]) * inv_sens
+    return SimulatedCBFSeries(
+        cbf_series=series,
+        cbf=anat.cbf.astype(np.float32),
+        att=anat.att.astype(np.float32),
+        gm=fr["gm"],
+        wm=fr["wm"],
+        csf=fr["csf"],
+        brain_mask=anat.brain_mask,
+        motion=params,
+        outlier_pairs=list(spike_pairs),
+        outlier_slices=[(p, z) for p, z, _ in slices],
+        outlier_slice_kinds=[k for _, _, k in slices],
+        affine=anat.affine,
+        m0_true=m0_true.astype(np.float32),
+        sensitivity=sens.astype(np.float32),
+        lesion=anat.lesion,
+        aslcontext=proto.aslcontext,
+        metadata=proto.metadata(voxel_size),
+        seed=int(seed),
+    )
