@@ -746,10 +746,8 @@ def deltam_series(
                 )
             c, lab = (a, b) if vtypes[a] == "control" else (b, a)
             pairs.append((c, lab))
-        c_idx = [p[0] for p in pairs]
-        l_idx = [p[1] for p in pairs]
-        control = series[..., c_idx].astype(float)
-        deltam = control - series[..., l_idx].astype(float)
+        control = series[..., [p[0] for p in pairs]].astype(float)
+        deltam = control - series[..., [p[1] for p in pairs]]
         volumes = tuple(pairs)
     elif method == "surround":
         kinds = [vtypes[i] for i in idx_cl]
@@ -1118,25 +1116,33 @@ def cbf_single_pld(
                 field="mask",
                 fix="resample the brain mask to the ASL grid.",
             )
+    # A voxel is excluded (CBF 0 in every difference, so that its mean is not
+    # biased) when its M0 is low or non-finite in any difference, or any of
+    # its ΔM is non-finite.
     low = low_m0_mask(m0, mask, fraction=m0_fraction)
-    if m0.ndim == 3:
-        low = low[..., None]
-    bad = low | ~np.isfinite(dm)
+    finite_dm = np.isfinite(dm)
+    bad = low.any(axis=3) if m0.ndim == 4 else low
+    if not finite_dm.all():
+        bad = bad | ~finite_dm.all(axis=3)
+        dm = np.where(finite_dm, dm, 0.0)
     if mask is not None:
-        bad = bad & mask[..., None]
-        keep = mask[..., None] & ~bad
+        bad &= mask
+        keep = mask & ~bad
     else:
         keep = ~bad
 
     delays = effective_delays(params, plds, dm.shape[2])  # (z, n)
     factor = quantification_factor(params, delays)[None, None]  # (1, 1, z, n)
-    safe_m0 = np.where(keep, m0 if m0.ndim == 4 else m0[..., None], 1.0)
-    cbf_ts = np.where(keep, factor * np.where(keep, dm, 0.0) / safe_m0, 0.0)
-    return CBFResult(
-        cbf_ts=cbf_ts,
-        mean_cbf=cbf_ts.mean(axis=3),
-        excluded=bad.any(axis=3),
-    )
+    if m0.ndim == 3:
+        inv_m0 = np.zeros(m0.shape)
+        np.divide(1.0, m0, out=inv_m0, where=keep)
+        cbf_ts = dm * inv_m0[..., None]
+    else:
+        inv_m0 = np.zeros(m0.shape)
+        np.divide(1.0, m0, out=inv_m0, where=keep[..., None])
+        cbf_ts = dm * inv_m0
+    cbf_ts *= factor
+    return CBFResult(cbf_ts=cbf_ts, mean_cbf=cbf_ts.mean(axis=3), excluded=bad)
 
 
 # --------------------------------------------------------------------------------------
@@ -1318,47 +1324,56 @@ def _fit_block(params, y, w, delays, g_grid, grid, fbounds, abounds, n_iter, tol
     a = grid[best].astype(float)
     yw2 = (w * y**2).sum(axis=1)
 
-    def rss(f_, a_):
-        r = y - f_[:, None] * _model(params, a_[:, None], delays[None, :])
-        return (w * r**2).sum(axis=1)
+    def model(a_):
+        return _model(params, a_[:, None], delays[None, :])
+
+    def rss(y_, f_, a_):
+        return (w * (y_ - f_[:, None] * model(a_)) ** 2).sum(axis=1)
 
     h = 1e-6
     lam = np.full(y.shape[0], 1e-3)
-    cur = rss(f, a)
+    cur = rss(y, f, a)
     converged = np.zeros(y.shape[0], dtype=bool)
     for _ in range(n_iter):
-        g = _model(params, a[:, None], delays[None, :])
-        dg = (
-            _model(params, a[:, None] + h, delays[None, :])
-            - _model(params, a[:, None] - h, delays[None, :])
-        ) / (2 * h)
-        jf, ja = g, f[:, None] * dg
-        r = y - f[:, None] * g
+        act = np.flatnonzero(~converged)  # iterate only the voxels still moving
+        if act.size == 0:
+            break
+        ya, fa, aa, la = y[act], f[act], a[act], lam[act]
+        g = model(aa)
+        dg = (model(aa + h) - model(aa - h)) / (2 * h)
+        jf, ja = g, fa[:, None] * dg
+        r = ya - fa[:, None] * g
         aff = (w * jf * jf).sum(1)
         afa = (w * jf * ja).sum(1)
         aaa = (w * ja * ja).sum(1)
         bf = (w * jf * r).sum(1)
         ba = (w * ja * r).sum(1)
-        a11 = aff * (1 + lam)
-        a22 = aaa * (1 + lam) + 1e-30
+        a11 = aff * (1 + la)
+        a22 = aaa * (1 + la) + 1e-30
         det = a11 * a22 - afa**2
         det = np.where(np.abs(det) > 1e-300, det, np.inf)
-        df = (a22 * bf - afa * ba) / det
-        da = (a11 * ba - afa * bf) / det
-        f_new = np.clip(f + df, lo_f, hi_f)
-        a_new = np.clip(a + da, lo_a, hi_a)
-        new = rss(f_new, a_new)
-        better = np.isfinite(new) & (new <= cur)
-        step_small = (np.abs(a_new - a) < tol) & (np.abs(f_new - f) <= tol * np.maximum(1, f))
-        f = np.where(better, f_new, f)
-        a = np.where(better, a_new, a)
-        cur = np.where(better, new, cur)
-        lam = np.where(better, lam * 0.3, lam * 10.0)
-        converged |= better & step_small
-        # a voxel whose residual is already at rounding level has converged too
-        converged |= cur <= 1e-24 * np.maximum(yw2, 1e-300)
-        if converged.all():
-            break
+        f_new = np.clip(fa + (a22 * bf - afa * ba) / det, lo_f, hi_f)
+        a_new = np.clip(aa + (a11 * ba - afa * bf) / det, lo_a, hi_a)
+        new = rss(ya, f_new, a_new)
+        better = np.isfinite(new) & (new <= cur[act])
+        small = (np.abs(a_new - aa) < tol) & (np.abs(f_new - fa) <= tol * np.maximum(1, fa))
+        f[act] = np.where(better, f_new, fa)
+        a[act] = np.where(better, a_new, aa)
+        cur[act] = np.where(better, new, cur[act])
+        lam[act] = np.where(better, la * 0.3, la * 10.0)
+        converged[act] = (
+            (better & small)
+            # the residual is at rounding level
+            | (cur[act] <= 1e-24 * np.maximum(yw2[act], 1e-300))
+            # no descent left even with heavy damping: a (possibly non-smooth)
+            # minimum, e.g. ATT at a kink of the model where it equals a delay
+            | (lam[act] > 1e8)
+        )
+    # variable projection: the CBF is linear, so take its exact optimum at the final ATT
+    g = model(a)
+    gg = (w * g * g).sum(1)
+    f_proj = np.clip((w * g * y).sum(1) / np.where(gg > 0, gg, np.inf), lo_f, hi_f)
+    f = np.where(rss(y, f_proj, a) <= cur, f_proj, f)
     ok = (
         converged
         & np.isfinite(f)
