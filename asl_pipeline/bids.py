@@ -231,6 +231,16 @@ def _find_nifti(path_without_ext: Path) -> Path | None:
     return None
 
 
+def _did_you_mean(md: dict, key: str) -> str:
+    """A hint at a misspelt sidecar key (e.g. PostLabellingDelay)."""
+    import difflib
+
+    close = difflib.get_close_matches(key, [k for k in md if k != key], n=1, cutoff=0.8)
+    if not close:
+        close = [k for k in md if k != key and k.lower() == key.lower()]
+    return f' (the sidecar has "{close[0]}": a misspelling of "{key}"?)' if close else ""
+
+
 def _is_number(value) -> bool:
     return (
         isinstance(value, int | float)
@@ -257,7 +267,7 @@ def _number(
                 f"is missing; it is required here ({what}).",
                 file=file,
                 field=key,
-                fix=fix or f'add "{key}" to the sidecar.',
+                fix=(fix or f'add "{key}" to the sidecar.') + _did_you_mean(md, key),
             )
         return None
     value = md[key]
@@ -288,7 +298,7 @@ def _per_volume(md, key, file, n_volumes, *, required, fix):
                 "is missing; it is required for this labeling type.",
                 file=file,
                 field=key,
-                fix=fix,
+                fix=fix + _did_you_mean(md, key),
             )
         return None
     value = md[key]
@@ -464,6 +474,10 @@ def _targets(path: Path, root: Path, subject: str) -> set[str]:
 # --------------------------------------------------------------------------
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def _bad_json(root: Path) -> tuple[Path, str] | None:
     for path in sorted(root.rglob("*.json")):
         parts = path.relative_to(root).parts
@@ -488,21 +502,21 @@ def _layout(bids_dir: Path):
             fix="point to the dataset root, or add a dataset_description.json with at "
             'least {"Name": ..., "BIDSVersion": "1.8.0"}.',
         )
-    bad = _bad_json(bids_dir)
-    if bad is not None:
-        raise ASLInputError(
-            f"is not valid JSON ({bad[1]}).",
-            file=bad[0],
-            field="JSON syntax",
-            fix="correct the JSON syntax (e.g. check commas and quotes with a JSON linter).",
-        )
     try:
         # pybids' default ignore list skips derivatives/, sourcedata/, code/
         # and dot files; no database file is written.
         return BIDSLayout(str(bids_dir), validate=False, derivatives=False)
     except Exception as exc:  # pybids wraps many failures; report them as input errors
+        bad = _bad_json(bids_dir)  # pybids parses every sidecar: name the broken one
+        if bad is not None:
+            raise ASLInputError(
+                f"is not valid JSON ({bad[1]}).",
+                file=bad[0],
+                field="JSON syntax",
+                fix="correct the JSON syntax (e.g. check commas and quotes with a JSON linter).",
+            ) from None
         raise ASLInputError(
-            f"cannot be indexed as BIDS ({exc}).",
+            f"cannot be indexed as BIDS ({_one_line(exc)}).",
             file=bids_dir,
             field="dataset",
             fix="check the dataset with the BIDS validator (bids-validator-deno).",
@@ -620,8 +634,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
             field="sidecar",
             fix="add the sidecar written by the converter (dcm2niix) with the ASL fields.",
         )
-    # A field may be inherited from a top-level sidecar: errors about fields
-    # still name the run's own sidecar path, where the user would override it.
+    where = _field_source(layout, root, asl_file, sidecar, entities)
 
     # ---- aslcontext and image -------------------------------------------
     context_file = _sibling(asl_file, "aslcontext.tsv")
@@ -675,14 +688,15 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
     if asl_type is None:
         raise ASLInputError(
             "is missing.",
-            file=sidecar,
+            file=where("ArterialSpinLabelingType"),
             field="ArterialSpinLabelingType",
-            fix='add "ArterialSpinLabelingType": "PCASL", "CASL" or "PASL".',
+            fix='add "ArterialSpinLabelingType": "PCASL", "CASL" or "PASL".'
+            + _did_you_mean(md, "ArterialSpinLabelingType"),
         )
     if not isinstance(asl_type, str) or asl_type.strip().upper() not in LABELING_TYPES:
         raise ASLInputError(
             f"has the unknown value {asl_type!r}.",
-            file=sidecar,
+            file=where("ArterialSpinLabelingType"),
             field="ArterialSpinLabelingType",
             fix="use one of PCASL, CASL, PASL (pseudo-continuous, continuous, pulsed).",
         )
@@ -691,7 +705,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
     plds = _per_volume(
         md,
         "PostLabelingDelay",
-        sidecar,
+        where("PostLabelingDelay"),
         n_volumes,
         required=True,
         fix='add "PostLabelingDelay" in seconds (for PASL: the inversion time TI), '
@@ -703,7 +717,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
         bad = int(np.flatnonzero((plds < 0) | ((plds <= 0) & (labeling_type == "PASL")))[0])
         raise ASLInputError(
             f"is {plds[bad]} s for volume {bad}: delays must be positive (for PASL, TI > 0).",
-            file=sidecar,
+            file=where("PostLabelingDelay"),
             field="PostLabelingDelay",
             fix="give the delay in seconds as a positive number (check for a sign or "
             "unit error: milliseconds must be divided by 1000).",
@@ -719,7 +733,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
             raise ASLInputError(
                 f"differs within a control/label pair (volume {c}: {plds[c]} s, volume "
                 f"{lbl}: {plds[lbl]} s).",
-                file=sidecar,
+                file=where("PostLabelingDelay"),
                 field="PostLabelingDelay",
                 fix="give both volumes of each pair the same delay, in aslcontext order.",
             )
@@ -729,7 +743,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
         tau = _per_volume(
             md,
             "LabelingDuration",
-            sidecar,
+            where("LabelingDuration"),
             n_volumes,
             required=True,
             fix='add "LabelingDuration" in seconds (the duration of the labeling pulse '
@@ -739,19 +753,19 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
         if (tau_arr[perf_idx] <= 0).any() or (tau_arr < 0).any():
             raise ASLInputError(
                 f"must be positive for labeled volumes, got {tau}.",
-                file=sidecar,
+                file=where("LabelingDuration"),
                 field="LabelingDuration",
                 fix="give the labeling duration in seconds (e.g. 1.8).",
             )
         if pairs.size and not np.allclose(tau_arr[pairs[:, 0]], tau_arr[pairs[:, 1]]):
             raise ASLInputError(
                 "differs within a control/label pair.",
-                file=sidecar,
+                file=where("LabelingDuration"),
                 field="LabelingDuration",
                 fix="give both volumes of each pair the same labeling duration.",
             )
 
-    bolus_flag = _boolean(md, "BolusCutOffFlag", sidecar)
+    bolus_flag = _boolean(md, "BolusCutOffFlag", where("BolusCutOffFlag"))
     technique = None
     bolus_times = None
     if labeling_type == "PASL":
@@ -759,11 +773,12 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
             raise ASLInputError(
                 "is false or missing: PASL without bolus cut-off (QUIPSS, QUIPSS II, "
                 "Q2TIPS) has an unknown bolus duration and cannot be quantified.",
-                file=sidecar,
+                file=where("BolusCutOffFlag"),
                 field="BolusCutOffFlag",
                 fix='if a bolus cut-off was used, set "BolusCutOffFlag": true with '
                 '"BolusCutOffTechnique" and "BolusCutOffDelayTime"; otherwise this PASL '
-                "data cannot be quantified by this pipeline.",
+                "data cannot be quantified by this pipeline."
+                + _did_you_mean(md, "BolusCutOffFlag"),
             )
         raw = md.get("BolusCutOffTechnique")
         key = raw.replace(" ", "").replace("_", "").upper() if isinstance(raw, str) else None
@@ -771,7 +786,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
             raise ASLInputError(
                 f"is {raw!r}; with BolusCutOffFlag true it must be one of "
                 f"{', '.join(BOLUS_CUTOFF_TECHNIQUES)}.",
-                file=sidecar,
+                file=where("BolusCutOffTechnique"),
                 field="BolusCutOffTechnique",
                 fix='set "BolusCutOffTechnique" to "QUIPSS", "QUIPSSII" or "Q2TIPS".',
             )
@@ -792,14 +807,14 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
             )
             raise ASLInputError(
                 f"is {raw_t!r}; for {technique} it must be {shape_txt}, in seconds.",
-                file=sidecar,
+                file=where("BolusCutOffDelayTime"),
                 field="BolusCutOffDelayTime",
                 fix=f'write "BolusCutOffDelayTime" as {shape_txt}.',
             )
         bolus_times = tuple(float(v) for v in values)
 
     # ---- background suppression, efficiency, field ------------------------
-    bs = _boolean(md, "BackgroundSuppression", sidecar)
+    bs = _boolean(md, "BackgroundSuppression", where("BackgroundSuppression"))
     if bs is None:
         warnings.append("BackgroundSuppression missing: assumed false")
         bs = False
@@ -815,7 +830,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
         elif not (_is_number(value) and float(value) >= 0 and float(value).is_integer()):
             raise ASLInputError(
                 f"must be a non-negative integer, got {value!r}.",
-                file=sidecar,
+                file=where("BackgroundSuppressionNumberPulses"),
                 field="BackgroundSuppressionNumberPulses",
                 fix="write the number of background-suppression pulses as a JSON integer.",
             )
@@ -824,7 +839,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
     efficiency = _number(
         md,
         "LabelingEfficiency",
-        sidecar,
+        where("LabelingEfficiency"),
         what="a fraction between 0 and 1",
         minimum=0,
         strict_min=True,
@@ -832,7 +847,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
     if efficiency is not None and efficiency > 1:
         raise ASLInputError(
             f"must be a fraction in (0, 1], got {efficiency}.",
-            file=sidecar,
+            file=where("LabelingEfficiency"),
             field="LabelingEfficiency",
             fix="write the efficiency as a fraction (0.85, not 85), or remove the field "
             "to use the default for the labeling type.",
@@ -840,7 +855,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
     field_strength = _number(
         md,
         "MagneticFieldStrength",
-        sidecar,
+        where("MagneticFieldStrength"),
         what="a number in tesla",
         minimum=0,
         strict_min=True,
@@ -857,7 +872,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
     elif not isinstance(acquisition, str) or acquisition.strip().upper() not in ("2D", "3D"):
         raise ASLInputError(
             f"has the unknown value {acquisition!r}.",
-            file=sidecar,
+            file=where("MRAcquisitionType"),
             field="MRAcquisitionType",
             fix='use "2D" (slice by slice, e.g. EPI) or "3D" (e.g. GRASE, spiral).',
         )
@@ -868,7 +883,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
         if not isinstance(values, list) or not all(_is_number(v) for v in values):
             raise ASLInputError(
                 f"must be a list of numbers (seconds), got {values!r}.",
-                file=sidecar,
+                file=where("SliceTiming"),
                 field="SliceTiming",
                 fix="write SliceTiming as a JSON list with one time per slice.",
             )
@@ -876,14 +891,14 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
             if len(values) != shape[2]:
                 raise ASLInputError(
                     f"has {len(values)} values but {asl_file.name} has {shape[2]} slices.",
-                    file=sidecar,
+                    file=where("SliceTiming"),
                     field="SliceTiming",
                     fix="give one acquisition time per slice (third image dimension).",
                 )
             if min(values) < 0:
                 raise ASLInputError(
                     "contains negative times.",
-                    file=sidecar,
+                    file=where("SliceTiming"),
                     field="SliceTiming",
                     fix="give slice times in seconds from the start of the readout (>= 0).",
                 )
@@ -901,7 +916,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
         if not (_is_number(total_pairs) and float(total_pairs).is_integer() and total_pairs > 0):
             raise ASLInputError(
                 f"must be a positive integer, got {total_pairs!r}.",
-                file=sidecar,
+                file=where("TotalAcquiredPairs"),
                 field="TotalAcquiredPairs",
                 fix="write the number of acquired control/label pairs as a JSON integer.",
             )
@@ -918,10 +933,11 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
     if m0_type is None:
         raise ASLInputError(
             "is missing." if m0_type_raw is None else f"has the unknown value {m0_type_raw!r}.",
-            file=sidecar,
+            file=where("M0Type"),
             field="M0Type",
             fix='set "M0Type" to "Separate" (an _m0scan file), "Included" (m0scan volumes '
-            'in the series), "Estimate" (with "M0Estimate") or "Absent".',
+            'in the series), "Estimate" (with "M0Estimate") or "Absent".'
+            + _did_you_mean(md, "M0Type"),
         )
     m0_file = None
     m0_md: dict = {}
@@ -941,7 +957,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
             expected = _sibling(asl_file, "m0scan.nii.gz")
             raise ASLInputError(
                 f"is 'Separate' but no M0 image was found (expected {expected.name}).",
-                file=sidecar,
+                file=where("M0Type"),
                 field="M0Type",
                 fix=f"add {expected.name} (with its JSON sidecar), or set M0Type to what "
                 "was acquired (Included, Estimate or Absent).",
@@ -969,17 +985,17 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
         if not idx["m0scan"]:
             raise ASLInputError(
                 "is 'Included' but the aslcontext lists no m0scan volume.",
-                file=sidecar,
+                file=where("M0Type"),
                 field="M0Type",
                 fix=f"mark the M0 volumes as 'm0scan' in {context_file.name}, or set M0Type "
                 "to Separate, Estimate or Absent.",
             )
-        m0_tr = _repetition_time(md, sidecar, idx["m0scan"], warnings)
+        m0_tr = _repetition_time(md, where("RepetitionTimePreparation"), idx["m0scan"], warnings)
     elif m0_type == "Estimate":
         m0_estimate = _number(
             md,
             "M0Estimate",
-            sidecar,
+            where("M0Estimate"),
             what="a positive number (the M0 signal, in the image's units)",
             required=True,
             minimum=0,
@@ -992,20 +1008,29 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
             raise ASLInputError(
                 "is 'Absent' with BackgroundSuppression true: without an M0 the control "
                 "image stands in for M0, which background suppression makes invalid.",
-                file=sidecar,
+                file=where("M0Type"),
                 field="M0Type",
                 fix="provide an M0 (Separate, Included or M0Estimate), or use "
                 "--quantification asltbx knowingly, after correcting BackgroundSuppression "
                 "if it is wrong.",
             )
-        m0_tr = _repetition_time(md, sidecar, None, warnings)
+        m0_tr = _repetition_time(md, where("RepetitionTimePreparation"), None, warnings)
     if idx["m0scan"] and m0_type != "Included":
         warnings.append(
             f"{len(idx['m0scan'])} m0scan volume(s) in the series are ignored (M0Type is "
             f"{m0_type})"
         )
 
-    t1w = _find_t1w(layout, subject, session)
+    t1w = _find_t1w(layout, subject, session, warnings)
+    if t1w is not None:
+        t1w_img = _load_image(t1w)
+        if len(t1w_img.shape) != 3 and not (len(t1w_img.shape) == 4 and t1w_img.shape[3] == 1):
+            raise ASLInputError(
+                f"has shape {tuple(t1w_img.shape)}; a T1w image is one 3D volume.",
+                file=t1w,
+                field="image dimensions",
+                fix="keep a single 3D T1w volume (e.g. the first run, or an average).",
+            )
     if t1w is None and require_t1w:
         anat = root / f"sub-{subject}" / (f"ses-{session}/anat" if session else "anat")
         raise ASLInputError(
@@ -1018,6 +1043,9 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
 
     for message in warnings:
         LOGGER.warning("%s: %s", asl_file.name, message)
+    for array in (pairs, plds, slice_timing, tau):
+        if isinstance(array, np.ndarray):
+            array.flags.writeable = False  # the run description is immutable
     return ASLRun(
         subject=subject,
         session=session,
@@ -1058,6 +1086,43 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
         t1w_file=t1w,
         warnings=tuple(warnings),
     )
+
+
+def _field_source(layout, root: Path, asl_file: Path, own: Path, entities: dict):
+    """``where(key)``: the sidecar a field comes from under BIDS inheritance.
+
+    The most specific ``*asl.json`` holding ``key``, from the run's folder up to
+    the dataset root; the run's own sidecar when no file holds it (that is where
+    a missing field belongs).
+    """
+    keep = {"subject", "session", "run", "acquisition", "direction", "reconstruction"}
+    chain = []
+    folder = asl_file.parent
+    while True:
+        found = []
+        for path in folder.glob("*asl.json"):
+            ents = layout.parse_file_entities(str(path))
+            ents = {k: str(v) for k, v in ents.items() if k in keep}
+            if ents.items() <= {k: str(v) for k, v in entities.items()}.items():
+                found.append((-len(ents), path))
+        chain += [p for _, p in sorted(found)]
+        if folder == root or root not in folder.parents:
+            break
+        folder = folder.parent
+    cache: dict[Path, dict] = {}
+
+    def where(key: str) -> Path:
+        for path in chain:
+            if path not in cache:
+                try:
+                    cache[path] = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    cache[path] = {}
+            if key in cache[path]:
+                return path
+        return own
+
+    return where
 
 
 def _repetition_time(md, file, volumes, warnings) -> float | None:
@@ -1126,7 +1191,7 @@ def _pepolar_m0(layout, root, subject, session, asl_file) -> list[tuple[Path, di
     return found
 
 
-def _find_t1w(layout, subject, session) -> Path | None:
+def _find_t1w(layout, subject, session, warnings) -> Path | None:
     query = {
         "subject": subject,
         "suffix": "T1w",
@@ -1139,6 +1204,9 @@ def _find_t1w(layout, subject, session) -> Path | None:
     if not files:
         files = layout.get(**query)
     files = sorted(f.path for f in files)
+    if len(files) > 1:
+        names = ", ".join(Path(f).name for f in files)
+        warnings.append(f"several T1w images ({names}): the first is used")
     return Path(files[0]) if files else None
 
 

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _bidsfactory import NX, NY, make_dataset, snapshot, write_context, write_json
+from _bidsfactory import (
+    NX,
+    NY,
+    make_dataset,
+    snapshot,
+    write_context,
+    write_json,
+    write_nifti,
+)
 
 from asl_pipeline.bids import collect_runs
 from asl_pipeline.cli.run import main
@@ -36,6 +44,22 @@ def _edit_json(rel, **changes):
 def _write(rel, text):
     def edit(root: Path):
         (root / rel).write_text(text)
+
+    return edit
+
+
+def _inherit_bad_pld(root: Path):
+    """The subject sidecar lacks PostLabelingDelay; a top-level asl.json has a bad one."""
+    path = root / ASL_JSON
+    md = json.loads(path.read_text())
+    del md["PostLabelingDelay"]
+    path.write_text(json.dumps(md))
+    write_json(root / "asl.json", {"PostLabelingDelay": -2.0})
+
+
+def _image(rel, shape, **kwargs):
+    def edit(root: Path):
+        write_nifti(root / rel, shape, **kwargs)
 
     return edit
 
@@ -87,6 +111,10 @@ CASES = [
      "PostLabelingDelay", "positive"),
     ("pld-missing", dict(drop=("PostLabelingDelay",)), None, None, ASL_JSON, "PostLabelingDelay",
      "add \"PostLabelingDelay\""),
+    ("pld-typo", dict(drop=("PostLabelingDelay",), sidecar={"PostLabellingDelay": 1.8}), None,
+     None, ASL_JSON, "PostLabelingDelay", 'has "PostLabellingDelay": a misspelling'),
+    ("inherited-field", dict(), _inherit_bad_pld, None, "asl.json", "PostLabelingDelay",
+     "positive"),
     ("pld-differs-in-pair", dict(sidecar={"PostLabelingDelay": [1.5, 1.8] * 3}), None, None,
      ASL_JSON, "PostLabelingDelay", "same delay"),
     ("labeling-duration-missing", dict(drop=("LabelingDuration",)), None, None, ASL_JSON,
@@ -107,6 +135,10 @@ CASES = [
      None, None, ASL_JSON, "SliceTiming", "one acquisition time per slice"),
     ("missing-t1w", dict(t1w=False), None, None, "sub-01/anat", "T1w", "sub-01_T1w.nii.gz"),
     ("3d-image", dict(n_volumes=0), None, None, ASL_NII, "image dimensions", "4D NIfTI"),
+    ("t1w-4d", dict(), _image("sub-01/anat/sub-01_T1w.nii.gz", (6, 6, 6, 2)), None,
+     "sub-01/anat/sub-01_T1w.nii.gz", "image dimensions", "single 3D T1w"),
+    ("nan-in-m0", dict(), _image(M0_NII, (NX, NY, 3), nan=True), None, M0_NII, "image data",
+     "re-export"),
     ("nan-in-asl", dict(nan=True), None, None, ASL_NII, "image data", "re-export"),
     ("corrupt-nifti", dict(), _write(ASL_NII, "not a nifti"), None, ASL_NII, "image",
      "valid NIfTI"),
@@ -235,8 +267,6 @@ def test_defaults_behind_the_warnings(tmp_path):
 
 def test_m0_with_other_affine_warns(tmp_path):
     root = make_dataset(tmp_path)
-    from _bidsfactory import write_nifti
-
     write_nifti(root / M0_NII, (NX, NY, 3), affine=np.diag([3.0, 3.0, 4.5, 1.0]))
     run = _one(root)
     assert any("different affines" in w for w in run.warnings)
@@ -258,3 +288,19 @@ def test_cli_validates_with_warnings_and_exit_zero(tmp_path, capsys):
     assert "WARNING: 2D acquisition without SliceTiming" in stdout
     assert "1 ASL run(s) valid, 1 warning(s)." in stdout
     assert not out.exists()
+
+
+def test_several_t1w_warn_and_first_is_used(tmp_path):
+    root = make_dataset(tmp_path)
+    write_nifti(root / "sub-01" / "anat" / "sub-01_run-2_T1w.nii.gz", (6, 6, 6))
+    run = _one(root)
+    assert run.t1w_file.name == "sub-01_T1w.nii.gz"
+    assert any("several T1w images" in w for w in run.warnings)
+
+
+def test_run_arrays_are_read_only(tmp_path):
+    run = _one(make_dataset(tmp_path, sidecar={"PostLabelingDelay": [1.8] * 6}))
+    with pytest.raises(ValueError):
+        run.plds[0] = 0.0
+    with pytest.raises(ValueError):
+        run.control_label_pairs[0, 0] = 1
