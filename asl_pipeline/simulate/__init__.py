@@ -14,6 +14,7 @@ Conventions (spaces, motion parameters) are documented in
 """
 
 from asl_pipeline.simulate.anatomy import TEMPLATE_SPACE, rigid_matrix
+from asl_pipeline.simulate.dataset import load_true_mapping, simulate_dataset, write_subject
 from asl_pipeline.simulate.motion import motion_matrix, resample_moved
 from asl_pipeline.simulate.series import (
     M0_SCALE,
@@ -31,6 +32,9 @@ __all__ = [
     "motion_matrix",
     "resample_moved",
     "rigid_matrix",
+    "load_true_mapping",
     "simulate_cbf_series",
+    "simulate_dataset",
+    "write_subject",
     "simulate_subject",
 ]

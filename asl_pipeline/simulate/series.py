@@ -172,6 +172,8 @@ class ASLProtocol:
         if self.readout == "2D":
             md["SliceTiming"] = [round(float(t), 6) for t in self.slice_timing]
             md["SliceEncodingDirection"] = "k"
+        md["PhaseEncodingDirection"] = "j"
+        md["TotalReadoutTime"] = 0.0245
         if self.labeling == "PCASL":
             md["LabelingDuration"] = float(self.labeling_duration)
             md["PCASLType"] = "balanced"
@@ -203,8 +205,12 @@ class ASLProtocol:
         """The ``_m0scan.json`` sidecar (IntendedFor is added by the writer)."""
         md = {
             "Manufacturer": "asl_pipeline simulator",
+            "ManufacturersModelName": "asl_pipeline.simulate",
             "MagneticFieldStrength": 3,
             "MRAcquisitionType": self.readout,
+            "PulseSequenceType": "EPI" if self.readout == "2D" else "GRASE",
+            "PhaseEncodingDirection": "j",
+            "TotalReadoutTime": 0.0245,
             "EchoTime": 0.014 if self.readout == "2D" else 0.0106,
             "FlipAngle": 90,
             "RepetitionTimePreparation": float(self.m0_tr),

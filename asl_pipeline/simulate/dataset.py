@@ -1,0 +1,356 @@
+"""Write simulated subjects as a BIDS dataset with the ground truth alongside.
+
+Layout of ``out_dir``::
+
+    dataset_description.json  README  participants.tsv  participants.json
+    sub-XX/anat/sub-XX_T1w.nii.gz (+ .json)
+    sub-XX/perf/sub-XX_asl.nii.gz (+ _asl.json, _aslcontext.tsv)
+    sub-XX/perf/sub-XX_m0scan.nii.gz (+ .json, IntendedFor the ASL run)
+    derivatives/simulation/            (DatasetType "derivative")
+        sub-XX/perf/sub-XX_desc-true_cbf.nii.gz     true CBF, ASL space
+        sub-XX/perf/sub-XX_desc-true_att.nii.gz     true ATT (s), ASL space
+        sub-XX/perf/sub-XX_desc-true_m0.nii.gz      fully relaxed M0, ASL space
+        sub-XX/perf/sub-XX_label-{GM,WM,CSF}_probseg.nii.gz, _desc-brain_mask
+        sub-XX/perf/sub-XX_desc-lesion_mask.nii.gz  (with ``lesion=True``)
+        sub-XX/perf/sub-XX_desc-true_motion.tsv     true motion (+ .json)
+        sub-XX/perf/sub-XX_desc-true_outliers.tsv   corrupted volumes/slices
+        sub-XX/perf/sub-XX_from-ASL_to-T1w_mode-image_xfm.txt
+        sub-XX/anat/sub-XX_label-{GM,WM,CSF}_probseg.nii.gz, _desc-brain_mask
+        sub-XX/anat/sub-XX_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.json
+        sub-XX/anat/sub-XX_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.nii.gz
+
+Storage, as scanners do: the ASL series, M0 scan and T1w are int16 with a
+``scl_slope`` chosen by nibabel to use the int16 range (so values are
+quantised to about 1e-4 of the image maximum); truth maps are float32 and
+masks uint8. All NIfTI files are gzip-compressed with a zero timestamp, so a
+given seed gives byte-identical files.
+
+The transforms: ``..._from-ASL_to-T1w_mode-image_xfm.txt`` is the 4x4 RAS+
+world-to-world matrix mapping a point of the ASL scan (head at the position of
+volume 0) to the same tissue point in the T1w scan (``x_t1w = M @ x_asl``).
+The ``..._to-MNI152NLin2009aSym_mode-image_xfm.json`` stores the exact T1w->MNI
+mapping (affine part and B-spline coefficients of the displacement, see
+:func:`load_true_mapping`); the ``.nii.gz`` of the same name samples its
+displacement ``x_mni - x_t1w`` (mm, 4D, last axis x/y/z) on a grid of twice
+the T1w voxel size, for viewers and non-Python tools.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from asl_pipeline import __version__
+from asl_pipeline.errors import ASLInputError
+from asl_pipeline.simulate.anatomy import TEMPLATE_SPACE, SmoothField, SubjectDeformation
+from asl_pipeline.simulate.series import SimulatedSubject, simulate_subject
+
+BIDS_VERSION = "1.10.0"
+
+_T1W_SIDECAR = {
+    "Manufacturer": "asl_pipeline simulator",
+    "ManufacturersModelName": "asl_pipeline.simulate",
+    "MagneticFieldStrength": 3,
+    "MRAcquisitionType": "3D",
+    "PulseSequenceType": "MPRAGE",
+    "RepetitionTime": 2.3,
+    "EchoTime": 0.00296,
+    "InversionTime": 0.9,
+    "FlipAngle": 9,
+}
+
+
+def subject_seed(seed: int, index: int) -> int:
+    """Seed of subject ``index`` (0-based) of a dataset simulated with ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _write_json(path: Path, obj) -> None:
+    _write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def _write_tsv(path: Path, header, rows) -> None:
+    lines = ["\t".join(header)] + ["\t".join(str(v) for v in r) for r in rows]
+    _write_bytes(path, ("\n".join(lines) + "\n").encode())
+
+
+def _write_nifti(path: Path, data, affine, *, dtype, tr=None) -> None:
+    """Write a NIfTI-1 image gzip-compressed with a zero timestamp (reproducible)."""
+    data = np.asarray(data)
+    img = nib.Nifti1Image(data, affine)
+    hdr = img.header
+    hdr.set_data_dtype(dtype)
+    hdr.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    if tr is not None and data.ndim == 4:
+        zooms = list(hdr.get_zooms()[:3]) + [float(tr)]
+        hdr.set_zooms(zooms)
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=6, filename="") as gz:
+        gz.write(img.to_bytes())
+    _write_bytes(path, buf.getvalue())
+
+
+def mapping_to_dict(deformation: SubjectDeformation) -> dict:
+    """JSON-serialisable exact description of a T1w -> MNI mapping."""
+    return {
+        "Description": (
+            "True mapping from T1w world coordinates (RAS+, mm) to "
+            f"{TEMPLATE_SPACE} (mm): x_mni = A @ x + u(x), u a cubic B-spline "
+            "(scipy.ndimage.map_coordinates(coef, (x - Origin) / Spacing, order=3, "
+            "prefilter=False, mode='grid-constant')) per component."
+        ),
+        "FromSpace": "T1w",
+        "ToSpace": TEMPLATE_SPACE,
+        "Affine": np.round(deformation.affine, 12).tolist(),
+        "Origin": [float(v) for v in deformation.fields[0].origin],
+        "Spacing": float(deformation.fields[0].spacing),
+        "Shape": list(deformation.fields[0].coef.shape),
+        "Coefficients": [np.round(f.coef, 9).ravel().tolist() for f in deformation.fields],
+    }
+
+
+def load_true_mapping(path) -> Callable[[np.ndarray], np.ndarray]:
+    """Load a ``..._to-MNI152NLin2009aSym_mode-image_xfm.json`` as a function.
+
+    Returns ``f(points)`` mapping ``(N, 3)`` T1w-world points (mm) to MNI (mm),
+    identical to :meth:`SimulatedSubject.subject_to_mni_points` up to the
+    9-decimal rounding of the stored coefficients.
+    """
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())
+        shape = tuple(spec["Shape"])
+        fields = []
+        for coef in spec["Coefficients"]:
+            f = SmoothField.__new__(SmoothField)
+            f.origin = np.asarray(spec["Origin"], float)
+            f.spacing = float(spec["Spacing"])
+            f.coef = np.asarray(coef, float).reshape(shape)
+            fields.append(f)
+        deform = SubjectDeformation.__new__(SubjectDeformation)
+        deform.affine = np.asarray(spec["Affine"], float)
+        deform.fields = fields
+    except (OSError, KeyError, ValueError) as exc:
+        raise ASLInputError(
+            f"cannot read the true mapping ({exc}).",
+            file=path,
+            field="Coefficients",
+            fix="pass a *_mode-image_xfm.json written by asl_pipeline.simulate.",
+        ) from exc
+    return deform
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ASLInputError(
+            "the output path exists and is not a directory.",
+            file=out_dir,
+            field="out_dir",
+            fix="choose a new directory name.",
+        )
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ASLInputError(
+            "the output directory is not empty; the simulator never writes into "
+            "existing (possibly input) datasets.",
+            file=out_dir,
+            field="out_dir",
+            fix="choose a new or empty directory, or pass overwrite=True "
+            "(asl-simulate --overwrite) to replace a previous simulation.",
+        )
+
+
+def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
+    """Write one simulated subject (raw files and derivatives); returns the paths."""
+    root = Path(out_dir)
+    s = f"sub-{label}"
+    perf = root / s / "perf"
+    anat = root / s / "anat"
+    deriv = root / "derivatives" / "simulation" / s
+    written = []
+
+    def nii(path, data, affine, dtype, **kw):
+        _write_nifti(path, data, affine, dtype=dtype, **kw)
+        written.append(path)
+
+    tr = sub.metadata["RepetitionTimePreparation"]
+    nii(perf / f"{s}_asl.nii.gz", sub.asl, sub.asl_affine, np.int16, tr=tr)
+    _write_json(perf / f"{s}_asl.json", sub.metadata)
+    _write_tsv(perf / f"{s}_aslcontext.tsv", ["volume_type"], [[c] for c in sub.aslcontext])
+    nii(perf / f"{s}_m0scan.nii.gz", sub.m0, sub.asl_affine, np.int16)
+    m0_md = dict(sub.m0_metadata)
+    m0_md["IntendedFor"] = f"bids::{s}/perf/{s}_asl.nii.gz"
+    _write_json(perf / f"{s}_m0scan.json", m0_md)
+    written += [perf / f"{s}_asl.json", perf / f"{s}_aslcontext.tsv", perf / f"{s}_m0scan.json"]
+    if sub.t1w is not None:
+        nii(anat / f"{s}_T1w.nii.gz", sub.t1w, sub.t1w_affine, np.int16)
+        _write_json(anat / f"{s}_T1w.json", _T1W_SIDECAR)
+        written.append(anat / f"{s}_T1w.json")
+
+    # ground truth
+    dp, da = deriv / "perf", deriv / "anat"
+    aff = sub.asl_affine
+    nii(dp / f"{s}_desc-true_cbf.nii.gz", sub.cbf, aff, np.float32)
+    nii(dp / f"{s}_desc-true_att.nii.gz", sub.att, aff, np.float32)
+    nii(dp / f"{s}_desc-true_m0.nii.gz", sub.m0_true, aff, np.float32)
+    for name in ("gm", "wm", "csf"):
+        nii(dp / f"{s}_label-{name.upper()}_probseg.nii.gz", getattr(sub, name), aff, np.float32)
+    nii(dp / f"{s}_desc-brain_mask.nii.gz", sub.brain_mask.astype(np.uint8), aff, np.uint8)
+    if sub.lesion is not None:
+        nii(dp / f"{s}_desc-lesion_probseg.nii.gz", sub.lesion, aff, np.float32)
+    cols = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+    _write_tsv(
+        dp / f"{s}_desc-true_motion.tsv",
+        cols,
+        [[f"{v:.9f}" for v in row] for row in sub.motion],
+    )
+    _write_json(
+        dp / f"{s}_desc-true_motion.json",
+        {
+            "Description": (
+                "True head motion of each ASL volume relative to volume 0: "
+                "x -> R (x - c) + c + t with R = Rz @ Ry @ Rx, c the world "
+                "coordinate of the centre of the ASL field of view; maps the "
+                "reference head position to the moved one (scanner RAS+ mm)."
+            ),
+            "FOVCentre": [
+                float(v) for v in (aff @ np.r_[(np.array(sub.asl.shape[:3]) - 1) / 2, 1])[:3]
+            ],
+            "M0ScanMotion": [float(v) for v in sub.m0_motion],
+            **{c: {"Units": "mm"} for c in cols[:3]},
+            **{c: {"Units": "rad"} for c in cols[3:]},
+        },
+    )
+    rows = [[t, "n/a", t // 2, "spike"] for t in sub.outlier_volumes]
+    rows += [
+        [t, z, t // 2, kind]
+        for (t, z), kind in zip(sub.outlier_slices, sub.outlier_slice_kinds, strict=True)
+    ]
+    rows.sort(key=lambda r: (r[0], -1 if r[1] == "n/a" else r[1]))
+    _write_tsv(dp / f"{s}_desc-true_outliers.tsv", ["volume", "slice", "pair", "type"], rows)
+    xfm = dp / f"{s}_from-ASL_to-T1w_mode-image_xfm.txt"
+    _write_bytes(
+        xfm, ("\n".join(" ".join(f"{v:.12g}" for v in r) for r in sub.asl_to_t1w) + "\n").encode()
+    )
+    written += [dp / f"{s}_desc-true_motion.tsv", dp / f"{s}_desc-true_outliers.tsv", xfm]
+    if sub.t1w is not None:
+        taff = sub.t1w_affine
+        for name in ("gm", "wm", "csf"):
+            nii(
+                da / f"{s}_label-{name.upper()}_probseg.nii.gz",
+                getattr(sub, f"{name}_t1w"),
+                taff,
+                np.float32,
+            )
+        nii(
+            da / f"{s}_desc-brain_mask.nii.gz", sub.brain_mask_t1w.astype(np.uint8), taff, np.uint8
+        )
+        stem = f"{s}_from-T1w_to-{TEMPLATE_SPACE}_mode-image_xfm"
+        _write_json(da / f"{stem}.json", mapping_to_dict(sub.deformation))
+        coarse = np.diag([2.0, 2.0, 2.0, 1.0])
+        caff = taff @ coarse
+        cshape = tuple(int(np.ceil(n / 2)) for n in sub.t1w.shape)
+        disp = sub.deformation.displacement_on_grid(caff, cshape)
+        ijk = np.stack(np.meshgrid(*[np.arange(n) for n in cshape], indexing="ij"), -1)
+        world = ijk @ caff[:3, :3].T + caff[:3, 3]
+        lin = world @ sub.deformation.affine[:3, :3].T + sub.deformation.affine[:3, 3]
+        nii(da / f"{stem}.nii.gz", (lin + disp - world).astype(np.float32), caff, np.float32)
+        written.append(da / f"{stem}.json")
+    return written
+
+
+def simulate_dataset(
+    out_dir,
+    n_subjects: int = 3,
+    seed: int = 0,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int, int, str, SimulatedSubject], None] | None = None,
+    **subject_kwargs,
+) -> Path:
+    """Simulate ``n_subjects`` subjects and write them as a BIDS dataset.
+
+    Subject ``i`` (label ``01``, ``02``, ...) is
+    ``simulate_subject(subject_seed(seed, i), **subject_kwargs)``, so the
+    dataset is deterministic for a given ``seed`` (byte-identical files).
+    ``progress(i, n, label, subject)`` is called after each subject is
+    written. Refuses a non-empty ``out_dir`` unless ``overwrite``. Returns the
+    dataset root. See the module docstring for the layout.
+    """
+    out = Path(out_dir)
+    if int(n_subjects) < 1:
+        raise ASLInputError(
+            f"n_subjects={n_subjects} would write an empty dataset.",
+            field="n_subjects",
+            fix="ask for at least one subject.",
+        )
+    _check_out_dir(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    width = max(2, len(str(n_subjects)))
+    labels = [f"{i + 1:0{width}d}" for i in range(int(n_subjects))]
+    generated = {
+        "Name": "asl_pipeline.simulate",
+        "Version": __version__,
+        "Description": f"simulate_dataset(seed={int(seed)}, n_subjects={int(n_subjects)})",
+    }
+    _write_json(
+        out / "dataset_description.json",
+        {
+            "Name": "Simulated ASL dataset (asl_pipeline)",
+            "BIDSVersion": BIDS_VERSION,
+            "DatasetType": "raw",
+            "License": "CC0",
+            "Authors": ["asl_pipeline simulator"],
+            "GeneratedBy": [generated],
+        },
+    )
+    _write_bytes(
+        out / "README",
+        (
+            "Simulated arterial spin labeling dataset written by asl_pipeline.simulate "
+            f"(seed {int(seed)}).\nAnatomy from the MNI152 2009a templates with a random "
+            "smooth deformation per subject; perfusion, motion, noise and outliers are "
+            "simulated and their ground truth is in derivatives/simulation.\n"
+        ).encode(),
+    )
+    _write_json(
+        out / "participants.json",
+        {
+            "age": {"Description": "simulated age", "Units": "year"},
+            "sex": {"Description": "simulated sex", "Levels": {"F": "female", "M": "male"}},
+        },
+    )
+    deriv = out / "derivatives" / "simulation"
+    _write_json(
+        deriv / "dataset_description.json",
+        {
+            "Name": "Ground truth of the simulated ASL dataset",
+            "BIDSVersion": BIDS_VERSION,
+            "DatasetType": "derivative",
+            "GeneratedBy": [generated],
+            "SourceDatasets": [{"URL": "../.."}],
+        },
+    )
+    rows = []
+    for i, label in enumerate(labels):
+        sseed = subject_seed(seed, i)
+        sub = simulate_subject(sseed, **subject_kwargs)
+        write_subject(out, label, sub)
+        meta_rng = np.random.default_rng(sseed)
+        rows.append([f"sub-{label}", int(meta_rng.integers(20, 80)), meta_rng.choice(["F", "M"])])
+        if progress is not None:
+            progress(i, len(labels), label, sub)
+    _write_tsv(out / "participants.tsv", ["participant_id", "age", "sex"], rows)
+    return out

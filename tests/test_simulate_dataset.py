@@ -1,0 +1,125 @@
+"""The simulated BIDS dataset: validity, determinism, ground-truth files."""
+
+import json
+import shutil
+import subprocess
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from asl_pipeline.errors import ASLInputError
+from asl_pipeline.simulate import load_true_mapping, simulate_dataset, simulate_subject
+from asl_pipeline.simulate.dataset import subject_seed
+
+TINY = dict(
+    n_pairs=3,
+    shape=(24, 24, 8),
+    voxel_size=(8.0, 8.0, 14.0),
+    resolution=2,
+    subsample=(1, 1, 1),
+    t1w_voxel_size=4.0,
+)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim") / "ds"
+    return simulate_dataset(root, n_subjects=1, seed=5, **TINY)
+
+
+def _files(root):
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+def test_dataset_layout_and_sidecars(dataset):
+    files = {str(p) for p in _files(dataset)}
+    for name in (
+        "dataset_description.json",
+        "README",
+        "participants.tsv",
+        "sub-01/anat/sub-01_T1w.nii.gz",
+        "sub-01/anat/sub-01_T1w.json",
+        "sub-01/perf/sub-01_asl.nii.gz",
+        "sub-01/perf/sub-01_asl.json",
+        "sub-01/perf/sub-01_aslcontext.tsv",
+        "sub-01/perf/sub-01_m0scan.nii.gz",
+        "sub-01/perf/sub-01_m0scan.json",
+        "derivatives/simulation/dataset_description.json",
+        "derivatives/simulation/sub-01/perf/sub-01_desc-true_cbf.nii.gz",
+        "derivatives/simulation/sub-01/perf/sub-01_desc-true_att.nii.gz",
+        "derivatives/simulation/sub-01/perf/sub-01_desc-true_motion.tsv",
+        "derivatives/simulation/sub-01/perf/sub-01_desc-true_outliers.tsv",
+        "derivatives/simulation/sub-01/perf/sub-01_from-ASL_to-T1w_mode-image_xfm.txt",
+        "derivatives/simulation/sub-01/anat/sub-01_label-GM_probseg.nii.gz",
+        "derivatives/simulation/sub-01/anat/"
+        "sub-01_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.json",
+    ):
+        assert name in files, name
+    deriv = json.loads((dataset / "derivatives/simulation/dataset_description.json").read_text())
+    assert deriv["DatasetType"] == "derivative" and deriv["GeneratedBy"]
+    m0 = json.loads((dataset / "sub-01/perf/sub-01_m0scan.json").read_text())
+    assert m0["IntendedFor"] == "bids::sub-01/perf/sub-01_asl.nii.gz"
+    ctx = (dataset / "sub-01/perf/sub-01_aslcontext.tsv").read_text().split()
+    assert ctx == ["volume_type"] + ["control", "label"] * 3
+
+
+def test_dataset_matches_in_memory_subject(dataset):
+    sub = simulate_subject(subject_seed(5, 0), **TINY)
+    asl = nib.load(dataset / "sub-01/perf/sub-01_asl.nii.gz")
+    assert asl.get_data_dtype() == np.int16
+    data = asl.get_fdata()
+    # int16 with scaling: quantisation below 1e-4 of the maximum
+    assert np.abs(data - sub.asl).max() <= 1e-4 * np.abs(sub.asl).max()
+    np.testing.assert_allclose(asl.affine, sub.asl_affine, atol=1e-5)
+    assert asl.header.get_zooms()[3] == pytest.approx(sub.metadata["RepetitionTimePreparation"])
+    cbf = nib.load(dataset / "derivatives/simulation/sub-01/perf/sub-01_desc-true_cbf.nii.gz")
+    np.testing.assert_array_equal(cbf.get_fdata(dtype=np.float32), sub.cbf)
+    motion = np.loadtxt(
+        dataset / "derivatives/simulation/sub-01/perf/sub-01_desc-true_motion.tsv", skiprows=1
+    )
+    np.testing.assert_allclose(motion, sub.motion, atol=1e-8)
+    xfm = np.loadtxt(
+        dataset / "derivatives/simulation/sub-01/perf/sub-01_from-ASL_to-T1w_mode-image_xfm.txt"
+    )
+    np.testing.assert_allclose(xfm, sub.asl_to_t1w, atol=1e-9)
+    mapping = load_true_mapping(
+        dataset / "derivatives/simulation/sub-01/anat/"
+        "sub-01_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.json"
+    )
+    pts = np.random.default_rng(0).uniform(-60, 60, (50, 3))
+    np.testing.assert_allclose(mapping(pts), sub.subject_to_mni_points(pts), atol=1e-6)
+    rows = (
+        (dataset / "derivatives/simulation/sub-01/perf/sub-01_desc-true_outliers.tsv")
+        .read_text()
+        .strip()
+        .splitlines()[1:]
+    )
+    assert len(rows) == len(sub.outlier_volumes) + len(sub.outlier_slices)
+
+
+def test_dataset_is_deterministic(dataset, tmp_path):
+    again = simulate_dataset(tmp_path / "again", n_subjects=1, seed=5, **TINY)
+    files = _files(dataset)
+    assert files == _files(again)
+    for rel in files:
+        assert (dataset / rel).read_bytes() == (again / rel).read_bytes(), rel
+
+
+def test_refuses_non_empty_output(dataset):
+    with pytest.raises(ASLInputError, match="not empty"):
+        simulate_dataset(dataset, n_subjects=1, **TINY)
+
+
+@pytest.mark.skipif(shutil.which("bids-validator-deno") is None, reason="validator absent")
+def test_dataset_passes_bids_validator(dataset):
+    proc = subprocess.run(
+        ["bids-validator-deno", "--format", "json", str(dataset)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(proc.stdout)
+    errors = [i for i in report["issues"]["issues"] if i["severity"] == "error"]
+    assert errors == [], errors
+    assert proc.returncode == 0
