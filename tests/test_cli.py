@@ -107,7 +107,6 @@ def _usage_error(tmp_path, capsys, argv, words):
         (["--outlier-method", "median"], "invalid choice"),
         (["--output-spaces", "fsaverage"], "invalid choice"),
         (["--quantification", "fancy"], "invalid choice"),
-        (["--registration-backend", "spm"], "needs --spm-cmd"),
         (["--resume", "--clean-workdir"], "not allowed with"),
         (["--dwan-weights", "/nonexistent/w.pt"], "does not exist"),
         (["--plugin-config", "/nonexistent/p.yml"], "does not exist"),
@@ -173,6 +172,14 @@ def test_output_under_derivatives_is_allowed(tmp_path):
     assert args.output_dir == out
     assert main([str(root), str(out), "participant", "--validate-only"]) == 0
     assert not out.exists()
+
+
+def test_spm_backend(dataset, tmp_path):
+    args = parse_args(_argv(dataset, tmp_path, "--registration-backend", "spm"))
+    assert args.registration_backend == "spm" and args.spm_cmd is None
+    cmd = "/opt/spm12/run_spm12.sh /opt/mcr/v97 script"
+    args = parse_args(_argv(dataset, tmp_path, "--registration-backend", "spm", "--spm-cmd", cmd))
+    assert args.spm_cmd == cmd
 
 
 def test_help_and_version(capsys):

@@ -153,7 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="embedded",
         help="motion correction/registration engine: embedded (Python) or spm (SPM12)",
     )
-    g.add_argument("--spm-cmd", default=None, help="command that runs SPM12 (spm backend)")
+    g.add_argument(
+        "--spm-cmd",
+        default=None,
+        help="command that runs SPM12 for the spm backend, e.g. "
+        "'/opt/spm12/run_spm12.sh /opt/mcr/v97 script' (default: nipype's, i.e. "
+        "'matlab' with SPM12 on its path)",
+    )
     g.add_argument(
         "--outlier-method",
         choices=OUTLIER_METHODS,
@@ -327,6 +333,4 @@ def parse_args(argv=None) -> argparse.Namespace:
             f"--omp-nthreads {args.omp_nthreads} exceeds --nprocs {args.nprocs}: a process "
             "cannot use more threads than the run has CPUs"
         )
-    if args.registration_backend == "spm" and not args.spm_cmd:
-        parser.error("--registration-backend spm needs --spm-cmd (the command that runs SPM12)")
     return args
