@@ -245,30 +245,33 @@ def _number(value, fieldname: str, source, *, allow_list: bool = False):
     return float(value)
 
 
-def _repetition_time(metadata: Mapping, source, what: str) -> float | None:
+def _repetition_time(metadata: Mapping, source, what: str, warn: bool = True) -> float | None:
     value = metadata.get("RepetitionTimePreparation", metadata.get("RepetitionTime"))
     if value is None:
-        _warn(
-            f"{source or 'metadata'}: RepetitionTimePreparation of the {what} is missing: "
-            "taken as unknown, no M0 recovery correction."
-        )
+        if warn:
+            _warn(
+                f"{source or 'metadata'}: RepetitionTimePreparation of the {what} is missing: "
+                "taken as unknown, no M0 recovery correction."
+            )
         return None
     if isinstance(value, list | tuple) and len(value) > 0:
         # per-volume TRs: use them only when they agree
         values = _number(value, "RepetitionTimePreparation", source, allow_list=True)
         if len(set(values)) > 1:
-            _warn(
-                f"{source or 'metadata'}: RepetitionTimePreparation of the {what} varies "
-                f"({sorted(set(values))}): no M0 recovery correction."
-            )
+            if warn:
+                _warn(
+                    f"{source or 'metadata'}: RepetitionTimePreparation of the {what} varies "
+                    f"({sorted(set(values))}): no M0 recovery correction."
+                )
             return None
         value = values[0]
     value = _number(value, "RepetitionTimePreparation", source)
     if value <= 0:
-        _warn(
-            f"{source or 'metadata'}: RepetitionTimePreparation of the {what} is {value}: "
-            "taken as unknown, no M0 recovery correction."
-        )
+        if warn:
+            _warn(
+                f"{source or 'metadata'}: RepetitionTimePreparation of the {what} is {value}: "
+                "taken as unknown, no M0 recovery correction."
+            )
         return None
     return value
 
@@ -538,18 +541,15 @@ def quant_params_from_metadata(
             fix="give the estimated M0 in the units of the ASL images.",
         )
 
-    tr = _repetition_time(metadata, src, "ASL series")
+    # The series' TR matters for an M0 taken from the series itself; a separate M0
+    # has its own. Warn about an unknown TR only where it is needed (compute_m0
+    # warns again when it skips the correction).
+    tr = _repetition_time(metadata, src, "ASL series", warn=m0_type in ("Included", "Absent"))
     if m0_tr is None:
-        if m0_type == "Separate":
-            if m0_metadata is None:
-                _warn(
-                    f"{src or 'metadata'}: M0Type is Separate but no M0 sidecar was given: "
-                    "M0 repetition time unknown, no recovery correction."
-                )
-            else:
-                m0_tr = _repetition_time(
-                    m0_metadata, None if m0_source is None else str(m0_source), "M0 scan"
-                )
+        if m0_type == "Separate" and m0_metadata is not None:
+            m0_tr = _repetition_time(
+                m0_metadata, None if m0_source is None else str(m0_source), "M0 scan"
+            )
         elif m0_type in ("Included", "Absent"):
             m0_tr = tr
 

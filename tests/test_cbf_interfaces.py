@@ -188,3 +188,59 @@ def test_read_aslcontext_errors(tmp_path):
     good = tmp_path / "ok_aslcontext.tsv"
     good.write_text("volume_type\r\nm0scan\r\ndeltam\r\n\r\n")
     assert read_aslcontext(good) == ["m0scan", "deltam"]
+
+
+def test_ge_deltam_with_included_m0_int16(tmp_path):
+    """GE layout (asl001): one m0scan and a deltam volume, int16 with a scale factor."""
+    rng = np.random.default_rng(23)
+    cbf = rng.uniform(20.0, 80.0, SHAPE)
+    m0 = rng.uniform(900.0, 1100.0, SHAPE)
+    alpha = 0.85 * 0.95**4
+    tr = 4.886
+    dm = K.pcasl_deltam(cbf, 1.0, 2.025, 1.45, m0, alpha=alpha, t1b=1.65)
+    series = np.stack([m0 * (1 - np.exp(-tr / 1.4)), dm], axis=3)
+    img = nb.Nifti1Image(np.round(series / 0.05).astype(np.int16), AFFINE)
+    img.header.set_slope_inter(0.05, 0.0)
+    perf = tmp_path / "bids" / "sub-01" / "perf"
+    perf.mkdir(parents=True)
+    img.to_filename(perf / "sub-01_asl.nii.gz")
+    (perf / "sub-01_aslcontext.tsv").write_text("volume_type\nm0scan\ndeltam\n")
+    meta = dict(
+        META,
+        PostLabelingDelay=2.025,
+        LabelingDuration=1.45,
+        BackgroundSuppressionNumberPulses=4,
+        M0Type="Included",
+        RepetitionTimePreparation=tr,
+    )
+    files = {
+        "asl_file": str(perf / "sub-01_asl.nii.gz"),
+        "aslcontext": str(perf / "sub-01_aslcontext.tsv"),
+        "metadata": meta,
+    }
+    stored = nb.load(files["asl_file"]).get_fdata()  # what the int16 file really holds
+    res = ComputeCBF(**files).run(cwd=tmp_path)
+    m0_used = stored[..., 0] / (1 - np.exp(-tr / 1.4))
+    expected = stored[..., 1] / m0_used * 6000 * 0.9 * np.exp(2.025 / 1.65)
+    expected /= 2 * alpha * 1.65 * (1 - np.exp(-1.45 / 1.65))
+    out = nb.load(res.outputs.mean_cbf).get_fdata()
+    np.testing.assert_allclose(out, expected, rtol=1e-5)
+    np.testing.assert_allclose(out, cbf, rtol=0.02)  # int16 rounding of ΔM only
+    assert nb.load(res.outputs.cbf_ts).shape == SHAPE + (1,)
+
+
+def test_cbf_volumes_pass_through(tmp_path):
+    rng = np.random.default_rng(24)
+    vols = rng.uniform(10.0, 90.0, SHAPE + (3,))
+    perf = tmp_path / "bids"
+    perf.mkdir()
+    nb.Nifti1Image(vols.astype(np.float32), AFFINE).to_filename(perf / "sub-01_asl.nii.gz")
+    (perf / "sub-01_aslcontext.tsv").write_text("volume_type\ncbf\ncbf\ncbf\n")
+    res = ComputeCBF(
+        asl_file=str(perf / "sub-01_asl.nii.gz"),
+        aslcontext=str(perf / "sub-01_aslcontext.tsv"),
+        metadata=dict(META, M0Type="Estimate", M0Estimate=1.0),
+    ).run(cwd=tmp_path)
+    np.testing.assert_allclose(
+        nb.load(res.outputs.mean_cbf).get_fdata(), vols.mean(axis=3), rtol=1e-6
+    )
