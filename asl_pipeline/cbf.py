@@ -1035,6 +1035,7 @@ def cbf_single_pld(
     *,
     plds=None,
     mask=None,
+    control=None,
     m0_fraction: float = M0_FRACTION_DEFAULT,
 ) -> CBFResult:
     """CBF from single-PLD differences (white paper / QUIPSS II equations).
@@ -1046,7 +1047,9 @@ def cbf_single_pld(
     m0
         ``(x, y, z)`` M0 image, ``(x, y, z, n)`` one M0 per difference (ASLtbx
         pair-wise control, see :func:`compute_m0`), or a positive scalar; as
-        returned by :func:`compute_m0` (scaled, recovery-corrected).
+        returned by :func:`compute_m0` (scaled, recovery-corrected). The string
+        ``"pairwise-control"`` is a shortcut for
+        ``compute_m0(params, control=control, method="pairwise-control")``.
     params
         Quantification parameters.
     plds
@@ -1057,6 +1060,9 @@ def cbf_single_pld(
     mask
         Brain mask: CBF is 0 outside it, and the low-M0 threshold is relative
         to the mean M0 inside it.
+    control
+        ``(x, y, z, n)`` control image of each difference (:attr:`DeltaM.control`),
+        for ``m0="pairwise-control"``.
     m0_fraction
         Voxels with M0 below this fraction of the brain-mean M0 get CBF 0 and
         are reported in ``excluded``.
@@ -1097,6 +1103,10 @@ def cbf_single_pld(
             fix="use fit_multi_pld for multi-TI data or check the units.",
         )
 
+    if isinstance(m0, str):
+        if m0 != PAIRWISE_CONTROL or control is None:
+            raise ValueError("m0 must be an array, a scalar or 'pairwise-control' with control=")
+        m0 = compute_m0(params, control=control, method=PAIRWISE_CONTROL)
     m0 = np.asarray(m0, dtype=float)
     if m0.ndim == 0:
         if not (np.isfinite(m0) and m0 > 0):

@@ -227,6 +227,8 @@ def test_asltbx_pairwise_control_m0():
     assert m0.shape == SHAPE + (4,)
     res = C.cbf_single_pld(pairs.deltam, m0, params)
     np.testing.assert_allclose(res.cbf_ts, np.repeat(cbf[..., None], 4, axis=3), rtol=1e-6)
+    short = C.cbf_single_pld(pairs.deltam, "pairwise-control", params, control=pairs.control)
+    np.testing.assert_array_equal(short.cbf_ts, res.cbf_ts)
 
 
 def test_surround_subtraction_cancels_linear_drift():
