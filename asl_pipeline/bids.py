@@ -614,6 +614,17 @@ def collect_runs(
             field="perf/*_asl.nii.gz",
             fix="add the ASL NIfTI files, or point to the right dataset.",
         )
+    if wanted is not None:
+        found = {f.get_entities()["subject"] for f in files}
+        without = [s for s in wanted if s not in found]
+        if without:
+            raise ASLInputError(
+                f"participant(s) {', '.join(without)} have no ASL series "
+                "(sub-<label>/[ses-*/]perf/*_asl.nii[.gz]).",
+                file=root,
+                field="participant_label",
+                fix="leave these participants out of --participant-label, or add their ASL data.",
+            )
     return [_read_run(layout, root, Path(f.path), require_t1w=require_t1w) for f in files]
 
 
@@ -1249,6 +1260,8 @@ def describe(run: ASLRun) -> str:
     ):
         if idx:
             content.append(f"{len(idx)} {name}")
+    if run.total_acquired_pairs and not run.n_pairs:
+        content.append(f"from {run.total_acquired_pairs} acquired pairs")
     lines.append("  volumes: " + ", ".join(content))
     perf = list(run.perfusion_volumes)
     pld_name = "TI" if run.labeling_type == "PASL" else "PLD"

@@ -118,6 +118,7 @@ def test_describe_names_what_matters(examples):
     assert "TI:" in text and "Q2TIPS at 0.7, 1.6 s" in text
     text = describe(examples["asl001"][1])
     assert "1 deltam" in text and "1 m0scan" in text and "Included (volumes 0)" in text
+    assert "from 3 acquired pairs" in text
 
 
 def test_fmap_m0_used_when_perf_has_none(bids_examples_dir, tmp_path):

@@ -164,3 +164,29 @@ def test_slice_timing_2d(tmp_path):
     (run,) = collect_runs(root)
     np.testing.assert_allclose(run.slice_timing, times)
     assert run.shape == (NX, NY, 4, 6) and run.voxel_size == (3.0, 3.0, 4.0)
+
+
+def test_requested_participant_without_asl_is_refused(tmp_path):
+    from asl_pipeline.errors import ASLInputError
+
+    root = make_dataset(tmp_path)
+    write_nifti(root / "sub-02" / "anat" / "sub-02_T1w.nii.gz", (6, 6, 6))
+    assert [r.subject for r in collect_runs(root)] == ["01"]
+    with pytest.raises(ASLInputError, match="02 have no ASL series") as info:
+        collect_runs(root, ["01", "02"])
+    assert info.value.field == "participant_label"
+
+
+def test_fmap_m0_with_bids_uri(tmp_path):
+    root = make_dataset(tmp_path)
+    fmap = root / "sub-01" / "fmap"
+    write_nifti(fmap / "sub-01_dir-PA_m0scan.nii.gz", (NX, NY, 3))
+    write_json(
+        fmap / "sub-01_dir-PA_m0scan.json",
+        {"IntendedFor": ["bids::sub-01/perf/sub-01_m0scan.nii.gz"], "PhaseEncodingDirection": "j"},
+    )
+    write_nifti(fmap / "sub-01_dir-AP_m0scan.nii.gz", (NX, NY, 3))
+    write_json(fmap / "sub-01_dir-AP_m0scan.json", {"IntendedFor": "perf/sub-99_asl.nii.gz"})
+    (run,) = collect_runs(root)
+    assert run.m0_file.name == "sub-01_m0scan.nii.gz"
+    assert [p.name for p in run.m0_pepolar_files] == ["sub-01_dir-PA_m0scan.nii.gz"]
