@@ -724,8 +724,11 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
     )
     plds = np.full(n_volumes, plds) if np.isscalar(plds) else plds
     perf_idx = [i for i, t in enumerate(types) if t not in ("m0scan", "noRF")]
-    if (plds < 0).any() or (labeling_type == "PASL" and (plds[perf_idx] <= 0).any()):
-        bad = int(np.flatnonzero((plds < 0) | ((plds <= 0) & (labeling_type == "PASL")))[0])
+    invalid = plds < 0
+    if labeling_type == "PASL":  # TI = 0 is no inversion time (m0scan volumes may hold 0)
+        invalid[perf_idx] |= plds[perf_idx] <= 0
+    if invalid.any():
+        bad = int(np.flatnonzero(invalid)[0])
         raise ASLInputError(
             f"is {plds[bad]} s for volume {bad}: delays must be positive (for PASL, TI > 0).",
             file=where("PostLabelingDelay"),

@@ -190,3 +190,22 @@ def test_fmap_m0_with_bids_uri(tmp_path):
     (run,) = collect_runs(root)
     assert run.m0_file.name == "sub-01_m0scan.nii.gz"
     assert [p.name for p in run.m0_pepolar_files] == ["sub-01_dir-PA_m0scan.nii.gz"]
+
+
+def test_pasl_zero_ti_is_named_by_volume(tmp_path):
+    from asl_pipeline.errors import ASLInputError
+
+    md = {
+        "ArterialSpinLabelingType": "PASL",
+        "M0Type": "Included",
+        "PostLabelingDelay": [0.0, 1.0, 1.0, 0.0, 0.0],
+        "BolusCutOffFlag": True,
+        "BolusCutOffTechnique": "QUIPSSII",
+        "BolusCutOffDelayTime": 0.7,
+        "TotalAcquiredPairs": 2,
+    }
+    context = ("m0scan", "label", "control", "label", "control")
+    root = make_dataset(tmp_path, context=context, sidecar=md, m0=False)
+    with pytest.raises(ASLInputError, match="is 0.0 s for volume 3") as info:
+        collect_runs(root)
+    assert info.value.field == "PostLabelingDelay"
