@@ -1024,9 +1024,9 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
                 "image stands in for M0, which background suppression makes invalid.",
                 file=where("M0Type"),
                 field="M0Type",
-                fix="provide an M0 (Separate, Included or M0Estimate), or use "
-                "--quantification asltbx knowingly, after correcting BackgroundSuppression "
-                "if it is wrong.",
+                fix="provide an M0 (an _m0scan file with M0Type Separate, m0scan volumes "
+                "with Included, or M0Estimate); if background suppression was in fact off, "
+                "set BackgroundSuppression to false.",
             )
         m0_tr = _repetition_time(md, where("RepetitionTimePreparation"), None, warnings)
     if idx["m0scan"] and m0_type != "Included":

@@ -252,3 +252,15 @@ def test_module_is_runnable(dataset, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1
     assert "participant(s) nope not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_asltbx_with_background_suppression_warns(tmp_path, capsys):
+    root = make_dataset(
+        tmp_path / "ds",
+        sidecar={"BackgroundSuppression": True, "BackgroundSuppressionNumberPulses": 2},
+    )
+    argv = [str(root), str(tmp_path / "o"), "participant", "--validate-only"]
+    assert main(argv + ["--quantification", "asltbx"]) == 0
+    assert "CBF will be overestimated" in capsys.readouterr().err
+    assert main(argv) == 0
+    assert capsys.readouterr().err == ""

@@ -93,6 +93,14 @@ def main(argv=None) -> int:
 
     for run in runs:
         print(describe(run))
+    suppressed = [r.asl_file.name for r in runs if r.background_suppression]
+    if config.quantification == "asltbx" and suppressed:
+        print(
+            "asl-pipeline: warning: --quantification asltbx takes each pair's control image "
+            "as M0, but background suppression lowers the control signal of "
+            f"{', '.join(suppressed)}: CBF will be overestimated; prefer white-paper.",
+            file=sys.stderr,
+        )
     n_warn = sum(len(r.warnings) for r in runs)
     print(f"{len(runs)} ASL run(s) valid, {n_warn} warning(s).")
     if config.validate_only:
