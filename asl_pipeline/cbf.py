@@ -723,9 +723,6 @@ def deltam_series(
             fix="keep one kind of perfusion volume per run.",
         )
 
-    ctrl_idx = [i for i in idx_cl if vtypes[i] == "control"]
-    mean_control = series[..., ctrl_idx].astype(float).mean(axis=3) if ctrl_idx else None
-
     if method == "pairwise":
         if len(idx_cl) % 2:
             raise ASLInputError(
@@ -748,6 +745,7 @@ def deltam_series(
             pairs.append((c, lab))
         control = series[..., [p[0] for p in pairs]].astype(float)
         deltam = control - series[..., [p[1] for p in pairs]]
+        mean_control = control.mean(axis=3)
         volumes = tuple(pairs)
     elif method == "surround":
         kinds = [vtypes[i] for i in idx_cl]
@@ -766,6 +764,7 @@ def deltam_series(
         sign = np.array([1.0 if k == "control" else -1.0 for k in kinds])
         deltam = sign * (data - neigh)
         control = np.where(sign > 0, data, neigh)
+        mean_control = data[..., sign > 0].mean(axis=3)
         volumes = tuple(
             tuple(idx_cl[k] for k in (j - 1, j, j + 1) if 0 <= k < n) for j in range(n)
         )
@@ -780,7 +779,8 @@ def deltam_series(
                 "a control-label difference mixes volumes with different PLDs.",
                 file=src,
                 field="PostLabelingDelay",
-                fix="check that the per-volume PostLabelingDelay matches aslcontext.",
+                fix="check that the per-volume PostLabelingDelay matches aslcontext "
+                "(surround subtraction cannot cross a change of PLD: use pairwise).",
             )
         pair_plds = np.array([g[0] for g in groups])
     return DeltaM(

@@ -244,6 +244,8 @@ def test_surround_subtraction_cancels_linear_drift():
     assert sur.deltam.shape == SHAPE + (2 * n_pairs,)
     np.testing.assert_allclose(sur.deltam[..., 1:-1], np.broadcast_to(dm[..., None], SHAPE + (8,)))
     pair = C.deltam_series(series, vtypes)
+    for res in (sur, pair):
+        np.testing.assert_allclose(res.mean_control, series[..., 0::2].mean(axis=3))
     np.testing.assert_allclose(pair.deltam, np.broadcast_to(dm[..., None] - 3.0, SHAPE + (5,)))
 
 
