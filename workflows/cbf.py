@@ -1,0 +1,221 @@
+"""CBF sub-workflow: M0, quantification, outlier cleaning, denoising."""
+
+from __future__ import annotations
+
+import numpy as np
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from asl_pipeline.interfaces.cbf import ComputeCBF, ComputeM0, ComputeMultiPLDCBF
+from asl_pipeline.interfaces.denoise import DWANDenoise
+from asl_pipeline.interfaces.outliers import CleanCBF
+
+#: Fewest label/control pairs for which outlier cleaning is meaningful.
+MIN_PAIRS_FOR_CLEANING = 4
+
+
+def is_multi_pld(plds, volume_types) -> bool:
+    """True when the perfusion-weighted volumes were acquired at several PLDs/TIs."""
+    plds = np.asarray(plds, dtype=float)
+    sel = [i for i, t in enumerate(volume_types) if t in ("control", "label", "deltam")]
+    return len(np.unique(np.round(plds[sel], 6))) > 1 if sel else False
+
+
+def init_cbf_wf(
+    *,
+    metadata: dict,
+    m0_metadata: dict | None = None,
+    multi_pld: bool = False,
+    n_pairs: int,
+    quantification: str = "white-paper",
+    m0_scale: float = 1.0,
+    outlier_method: str = "paocsl",
+    outlier_threshold: float | None = None,
+    denoise: bool = True,
+    dwan_weights: str | None = None,
+    has_m0_file: bool = True,
+    mem_gb: float = 1.0,
+    omp_nthreads: int = 1,
+    name: str = "cbf_wf",
+) -> pe.Workflow:
+    """Quantify CBF, clean outliers and denoise.
+
+    .. workflow::
+        :graph2use: orig
+        :simple_form: yes
+
+        from asl_pipeline.workflows.cbf import init_cbf_wf
+        wf = init_cbf_wf(metadata={"ArterialSpinLabelingType": "PCASL"}, n_pairs=40)
+
+    Parameters
+    ----------
+    metadata, m0_metadata
+        The run's ASL sidecar and the separate M0's sidecar (merged, as read).
+    multi_pld
+        Fit the general kinetic model (CBF and ATT) instead of the single-PLD
+        equation; outlier cleaning and denoising are then skipped (both are
+        defined on single-PLD pair series).
+    n_pairs
+        Number of label/control pairs; cleaning needs at least
+        :data:`MIN_PAIRS_FOR_CLEANING`.
+    quantification
+        ``"white-paper"`` or ``"asltbx"`` (each pair's control image as M0).
+    outlier_method, outlier_threshold
+        ``paocsl``, ``score``, ``aoc`` or ``none``; threshold None = the
+        method's default.
+    denoise, dwan_weights
+        Apply DWAN to the cleaned mean CBF, with the shipped or given weights.
+    has_m0_file
+        Whether a separate M0 image is connected to ``inputnode.m0_file``.
+
+    Inputs
+    ------
+    asl_file
+        Motion-corrected (and nuisance-regressed) 4D ASL series.
+    asl_m0_source
+        Motion-corrected series used for the M0 (no smoothing or regression).
+    aslcontext, m0_file, mask, gm, wm, csf, motion
+        Volume types, realigned M0, ASL brain mask, tissue maps in ASL space,
+        motion parameters TSV.
+
+    Outputs
+    -------
+    m0, cbf_ts, mean_cbf, att, cleaned_cbf, outlier_matrix, volume_status,
+    denoised_cbf, final_cbf, and the JSON sidecars of the maps.
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(
+        niu.IdentityInterface(
+            fields=[
+                "asl_file",
+                "asl_m0_source",
+                "aslcontext",
+                "m0_file",
+                "mask",
+                "gm",
+                "wm",
+                "csf",
+                "motion",
+            ]
+        ),
+        name="inputnode",
+    )
+    outputnode = pe.Node(
+        niu.IdentityInterface(
+            fields=[
+                "m0",
+                "m0_json",
+                "cbf_ts",
+                "cbf_ts_json",
+                "mean_cbf",
+                "mean_cbf_json",
+                "att",
+                "att_json",
+                "cleaned_cbf",
+                "cleaned_cbf_json",
+                "outlier_matrix",
+                "volume_status",
+                "denoised_cbf",
+                "denoised_cbf_json",
+                "final_cbf",
+            ]
+        ),
+        name="outputnode",
+    )
+    m0_kwargs = {"m0_metadata": m0_metadata} if m0_metadata else {}
+    compute_m0 = pe.Node(
+        ComputeM0(metadata=metadata, m0_scale=m0_scale, **m0_kwargs),
+        name="compute_m0",
+        mem_gb=mem_gb,
+    )
+    workflow.connect([
+        (inputnode, compute_m0, [("asl_m0_source", "asl_file"), ("aslcontext", "aslcontext"),
+                                 ("mask", "mask")]),
+        (compute_m0, outputnode, [("m0_file", "m0"), ("m0_json", "m0_json")]),
+    ])  # fmt: skip
+    if has_m0_file:
+        workflow.connect(inputnode, "m0_file", compute_m0, "m0_file")
+
+    if multi_pld:
+        fit = pe.Node(
+            ComputeMultiPLDCBF(metadata=metadata), name="fit_multi_pld", mem_gb=2 * mem_gb
+        )
+        workflow.__desc__ = (
+            "CBF and arterial transit time (ATT) were estimated voxel by voxel by fitting "
+            "the general kinetic model (Buxton et al. 1998) to the control-label "
+            "differences at all post-labeling delays."
+        )
+        workflow.connect([
+            (inputnode, fit, [("asl_file", "asl_file"), ("aslcontext", "aslcontext"),
+                              ("mask", "mask")]),
+            (compute_m0, fit, [("m0_file", "m0_file")]),
+            (fit, outputnode, [("cbf", "mean_cbf"), ("cbf_json", "mean_cbf_json"),
+                               ("att", "att"), ("att_json", "att_json"),
+                               ("cbf", "final_cbf")]),
+        ])  # fmt: skip
+        return workflow
+
+    quant = "white-paper" if quantification == "white-paper" else "pairwise-control"
+    compute_cbf = pe.Node(
+        ComputeCBF(metadata=metadata, quantification=quant), name="compute_cbf", mem_gb=mem_gb
+    )
+    workflow.connect([
+        (inputnode, compute_cbf, [("asl_file", "asl_file"), ("aslcontext", "aslcontext"),
+                                  ("mask", "mask")]),
+        (compute_m0, compute_cbf, [("m0_file", "m0_file")]),
+        (compute_cbf, outputnode, [("cbf_ts", "cbf_ts"), ("cbf_ts_json", "cbf_ts_json"),
+                                   ("mean_cbf", "mean_cbf"),
+                                   ("mean_cbf_json", "mean_cbf_json")]),
+    ])  # fmt: skip
+    desc = (
+        "Perfusion-weighted images were obtained by pair-wise control-label subtraction "
+        "and converted to CBF (mL/100 g/min) with the single-compartment model of the ASL "
+        "white paper (Alsop et al. 2015)"
+        + (", using each pair's control image as M0 (ASLtbx)" if quant != "white-paper" else "")
+        + "."
+    )
+    best = (compute_cbf, "mean_cbf")
+
+    if outlier_method != "none" and n_pairs >= MIN_PAIRS_FOR_CLEANING:
+        kwargs = {} if outlier_threshold is None else {"th": float(outlier_threshold)}
+        clean = pe.Node(CleanCBF(method=outlier_method, **kwargs), name="clean_cbf", mem_gb=mem_gb)
+        workflow.connect([
+            (inputnode, clean, [("gm", "gm"), ("wm", "wm"), ("csf", "csf"), ("mask", "mask"),
+                                ("motion", "motion"), ("aslcontext", "aslcontext")]),
+            (compute_cbf, clean, [("cbf_ts", "cbf_ts")]),
+            (clean, outputnode, [("mean_cbf", "cleaned_cbf"),
+                                 ("mean_cbf_json", "cleaned_cbf_json"),
+                                 ("outlier_matrix", "outlier_matrix"),
+                                 ("volume_status", "volume_status")]),
+        ])  # fmt: skip
+        names = {
+            "paocsl": "PAOCSL, the prior-guided slice-wise adaptive outlier cleaning "
+            "(Li et al. 2018)",
+            "score": "SCORE (Dolui et al. 2017)",
+            "aoc": "adaptive outlier cleaning (AOC, Wang 2013)",
+        }
+        desc += f" Outlier label/control pairs were removed with {names[outlier_method]}."
+        best = (clean, "mean_cbf")
+
+    if denoise:
+        kwargs = {"weights": str(dwan_weights)} if dwan_weights else {}
+        dwan = pe.Node(
+            DWANDenoise(num_threads=omp_nthreads, **kwargs),
+            name="dwan_denoise",
+            mem_gb=2.0,
+            n_procs=omp_nthreads,
+        )
+        workflow.connect([
+            (best[0], dwan, [(best[1], "in_file")]),
+            (inputnode, dwan, [("mask", "mask_file")]),
+            (dwan, outputnode, [("out_file", "denoised_cbf"),
+                                ("out_sidecar", "denoised_cbf_json")]),
+        ])  # fmt: skip
+        desc += (
+            " The mean CBF map was denoised slice by slice with DWAN, a dilated "
+            "wide-activation network trained from noisy data alone (learning from noise)."
+        )
+        best = (dwan, "out_file")
+    workflow.connect(best[0], best[1], outputnode, "final_cbf")
+    workflow.__desc__ = desc
+    return workflow
