@@ -33,7 +33,13 @@ def _white_paper_cbf(dm, m0, md, slice_pld, alpha):
     "kwargs",
     [
         dict(labeling="PCASL", readout="2D"),
-        dict(labeling="PCASL", readout="3D", background_suppression=True, label_first=True),
+        dict(
+            labeling="PCASL",
+            readout="3D",
+            background_suppression=True,
+            label_first=True,
+            z_blur_fwhm=0.0,
+        ),
         dict(labeling="PASL", readout="2D"),
     ],
 )

@@ -43,8 +43,10 @@ TEMPLATE_SPACE = "MNI152NLin2009aSym"
 #: Tissue classes of the head model, in the order of the MNI model maps.
 TISSUES = ("gm", "wm", "csf", "skull", "scalp")
 
-#: Relative proton density per tissue (M0 of pure tissue / M0 of pure CSF).
-PROTON_DENSITY = {"gm": 0.82, "wm": 0.70, "csf": 1.00, "skull": 0.05, "scalp": 0.75}
+#: Apparent proton density per tissue in the ASL/M0 readout (M0 of pure
+#: tissue / M0 of pure CSF); scalp fat is mostly suppressed by the EPI/GRASE
+#: fat saturation, hence its low value.
+PROTON_DENSITY = {"gm": 0.82, "wm": 0.70, "csf": 1.00, "skull": 0.05, "scalp": 0.30}
 
 #: Longitudinal relaxation time T1 (s) per tissue at 3 T.
 T1_3T = {"gm": 1.60, "wm": 0.85, "csf": 4.00, "skull": 0.30, "scalp": 0.40}

@@ -22,7 +22,8 @@ Layout of ``out_dir``::
 Storage, as scanners do: the ASL series, M0 scan and T1w are int16 with a
 ``scl_slope`` chosen by nibabel to use the int16 range (so values are
 quantised to about 1e-4 of the image maximum); truth maps are float32 and
-masks uint8. All NIfTI files are gzip-compressed with a zero timestamp, so a
+masks uint8, except the 1 mm T1w-space probability maps: uint8 with
+``scl_slope = 1/255``. All NIfTI files are gzip-compressed with a zero timestamp, so a
 given seed gives byte-identical files.
 
 The transforms: ``..._from-ASL_to-T1w_mode-image_xfm.txt`` is the 4x4 RAS+
@@ -85,12 +86,19 @@ def _write_tsv(path: Path, header, rows) -> None:
     _write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
-def _write_nifti(path: Path, data, affine, *, dtype, tr=None) -> None:
-    """Write a NIfTI-1 image gzip-compressed with a zero timestamp (reproducible)."""
+def _write_nifti(path: Path, data, affine, *, dtype, tr=None, slope=None) -> None:
+    """Write a NIfTI-1 image gzip-compressed with a zero timestamp (reproducible).
+
+    Float data stored as an integer ``dtype`` get nibabel's automatic
+    ``scl_slope``/``scl_inter``; ``slope`` instead stores ``data`` (already
+    integer) with that fixed slope.
+    """
     data = np.asarray(data)
     img = nib.Nifti1Image(data, affine)
     hdr = img.header
     hdr.set_data_dtype(dtype)
+    if slope is not None:
+        hdr.set_slope_inter(slope, 0.0)
     hdr.set_xyzt_units("mm", "sec")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
@@ -248,11 +256,14 @@ def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
     if sub.t1w is not None:
         taff = sub.t1w_affine
         for name in ("gm", "wm", "csf"):
+            # uint8 with scl_slope 1/255: 0.4% steps, 4x smaller files at 1 mm
+            prob = np.round(np.clip(getattr(sub, f"{name}_t1w"), 0, 1) * 255).astype(np.uint8)
             nii(
                 da / f"{s}_label-{name.upper()}_probseg.nii.gz",
-                getattr(sub, f"{name}_t1w"),
+                prob,
                 taff,
-                np.float32,
+                np.uint8,
+                slope=1 / 255,
             )
         nii(
             da / f"{s}_desc-brain_mask.nii.gz", sub.brain_mask_t1w.astype(np.uint8), taff, np.uint8
