@@ -172,6 +172,8 @@ def _method_kwargs(inp, pairs) -> dict:
         }
         if isdefined(inp.min_drop_z):
             kwargs["min_drop_z"] = inp.min_drop_z
+        if inp.noise_aware:
+            kwargs.update(core.PAOCSL_NOISE_AWARE)
     elif inp.method == "aoc":
         kwargs = {"motion_pairs": pairs}
     elif inp.method == "score":
@@ -228,6 +230,13 @@ class _CleanCBFInputSpec(BaseInterfaceInputSpec):
     min_drop_z = traits.Float(
         desc="PAOCSL: if set, a greedy removal must lower the cost by this many robust SDs "
         "more than the median removal (noise-aware stop); unset = spec rule (any drop)"
+    )
+    noise_aware = traits.Bool(
+        False,
+        usedefault=True,
+        desc="PAOCSL: use the noise-aware stop and keep single-slice flags "
+        "(min_drop_z=4, min_slices=1, isolated_frac=0; overrides those inputs) instead of "
+        "the spec rules",
     )
     tissue_threshold = traits.Float(
         0.9, usedefault=True, desc="SCORE: probability threshold of the tissue masks"

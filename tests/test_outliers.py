@@ -50,7 +50,7 @@ def _run_paocsl(d, ts=None, **kw):
 
 
 # Slice-level detection without the spec's consolidation of single-slice flags.
-SLICEWISE = {"min_drop_z": 4.0, "min_slices": 1, "isolated_frac": 0.0}
+SLICEWISE = ol.PAOCSL_NOISE_AWARE
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +344,7 @@ def test_interface_runs(nifti_inputs, tmp_path, method):
         **{k: f[k] for k in ("cbf_ts", "gm", "wm", "csf", "mask", "motion", "aslcontext")},
     )
     if method == "paocsl":
-        node.inputs.min_drop_z = 4.0
+        node.inputs.noise_aware = True
     res = node.run(cwd=tmp_path)
     out = res.outputs
     meta = json.loads(open(out.mean_cbf_json).read())
