@@ -507,3 +507,20 @@ def test_malformed_arrays():
     with pytest.raises(ASLInputError, match="TI1"):
         pasl = C.QuantParams(labeling_type="PASL", pld=0.5, ti1=0.7, alpha=0.98, t1b=1.65)
         C.cbf_single_pld(dm, np.ones(SHAPE), pasl)
+
+
+@pytest.mark.parametrize("field, t1b, t1t", [(1.5, 1.35, 1.2), (3, 1.65, 1.4), (7, 2.087, 1.6)])
+def test_field_strength_constants_and_overrides(field, t1b, t1t):
+    p = C.quant_params_from_metadata(_meta(MagneticFieldStrength=field), m0_tr=4.0)
+    assert (p.t1b, p.t1_tissue, p.field_strength) == (t1b, t1t, field)
+    q = C.quant_params_from_metadata(
+        _meta(MagneticFieldStrength=field, LabelingEfficiency=0.9),
+        m0_tr=4.0,
+        t1b=1.5,
+        lam=0.98,
+        n_bs_pulses=3,
+    )
+    assert (q.t1b, q.lam) == (1.5, 0.98) and q.alpha == pytest.approx(0.9 * 0.95**3)
+    with pytest.warns(C.InputWarning, match="MagneticFieldStrength"):
+        r = C.quant_params_from_metadata(_meta(MagneticFieldStrength=None), m0_tr=4.0)
+    assert r.t1b == 1.65
