@@ -41,6 +41,16 @@ QUANTIFICATIONS = ("white-paper", "asltbx")
 _PATH_FIELDS = ("bids_dir", "output_dir", "work_dir", "plugin_config", "dwan_weights")
 
 
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
 @dataclass
 class Config:
     """Settings of one ``asl-pipeline`` run (see the module docstring)."""
@@ -123,13 +133,9 @@ class Config:
         return cls(**values)
 
     def to_dict(self) -> dict:
-        """Plain TOML-able values: paths as strings, None left out."""
-        out = {}
-        for key, value in asdict(self).items():
-            if value is None:
-                continue  # TOML has no null; from_toml restores the default None
-            out[key] = str(value) if isinstance(value, Path) else value
-        return out
+        """Plain TOML-able values: paths as strings, None left out (TOML has no
+        null; :meth:`from_toml` restores the default None)."""
+        return _plain(asdict(self))
 
     def to_toml(self, path) -> Path:
         """Write the configuration as TOML; returns the path written."""

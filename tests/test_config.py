@@ -108,3 +108,19 @@ def test_import_has_no_side_effects(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_option_reaches_the_config(dataset, tmp_path):
+    from dataclasses import fields
+
+    args = parse_args([str(dataset), str(tmp_path / "o"), "participant"])
+    names = {f.name for f in fields(Config)}
+    assert set(vars(args)) <= names, set(vars(args)) - names
+
+
+def test_nested_nulls_are_dropped_from_toml(tmp_path):
+    config = Config(
+        bids_dir="b", output_dir="o", plugin="SLURM", plugin_args={"sbatch_args": None, "x": 1}
+    )
+    again = Config.from_toml(config.to_toml(tmp_path / "c.toml"))
+    assert again.plugin_args == {"x": 1} and again.bids_dir == Path("b")
