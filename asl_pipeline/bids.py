@@ -546,6 +546,35 @@ def collect_runs(
 ) -> list[ASLRun]:
     """Find and validate every ASL run of a BIDS dataset.
 
+    See :func:`validate_dataset` for the parameters; this raises the first
+    problem instead of collecting them all.
+
+    Returns
+    -------
+    list of ASLRun, sorted by file path (subject, session, run).
+
+    Raises
+    ------
+    ASLInputError
+        On the first problem found; nothing is written anywhere.
+    """
+    runs, errors = validate_dataset(
+        bids_dir, participant_label, session=session, require_t1w=require_t1w
+    )
+    if errors:
+        raise errors[0]
+    return runs
+
+
+def validate_dataset(
+    bids_dir,
+    participant_label=None,
+    *,
+    session=None,
+    require_t1w: bool = True,
+) -> tuple[list[ASLRun], list[ASLInputError]]:
+    """Read every selected ASL run and collect the problems of each.
+
     Parameters
     ----------
     bids_dir
@@ -560,12 +589,16 @@ def collect_runs(
 
     Returns
     -------
-    list of ASLRun, sorted by subject, session and file name.
+    runs, errors
+        The valid runs and one :class:`ASLInputError` per invalid run (the
+        first problem of that run), both in file-path order.
 
     Raises
     ------
     ASLInputError
-        On the first problem found; nothing is written anywhere.
+        For problems of the dataset as a whole (no dataset_description.json,
+        broken JSON, unknown participant or session, no ASL series). Nothing
+        is written anywhere.
     """
     root = Path(bids_dir).expanduser().resolve()
     if not root.is_dir():
@@ -625,7 +658,13 @@ def collect_runs(
                 field="participant_label",
                 fix="leave these participants out of --participant-label, or add their ASL data.",
             )
-    return [_read_run(layout, root, Path(f.path), require_t1w=require_t1w) for f in files]
+    runs, errors = [], []
+    for f in files:
+        try:
+            runs.append(_read_run(layout, root, Path(f.path), require_t1w=require_t1w))
+        except ASLInputError as exc:
+            errors.append(exc)
+    return runs, errors
 
 
 def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRun:

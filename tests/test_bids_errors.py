@@ -19,7 +19,7 @@ from _bidsfactory import (
     write_nifti,
 )
 
-from asl_pipeline.bids import collect_runs
+from asl_pipeline.bids import collect_runs, validate_dataset
 from asl_pipeline.cli.run import main
 from asl_pipeline.errors import ASLInputError
 
@@ -169,12 +169,14 @@ def test_bad_input(tmp_path, capsys, monkeypatch, kwargs, edit, label, rel, fiel
 
     def spy(*args, **kwargs):
         try:
-            return collect_runs(*args, **kwargs)
-        except ASLInputError as exc:
+            runs, errors = validate_dataset(*args, **kwargs)
+        except ASLInputError as exc:  # a problem of the whole dataset
             raised.append(exc)
             raise
+        raised.extend(errors)  # problems of single runs
+        return runs, errors
 
-    monkeypatch.setattr("asl_pipeline.bids.collect_runs", spy)
+    monkeypatch.setattr("asl_pipeline.bids.validate_dataset", spy)
     out, work = tmp_path / "out", tmp_path / "work"
     argv = [str(root), str(out), "participant", "-w", str(work)]
     if label:
@@ -314,3 +316,20 @@ def test_run_arrays_are_read_only(tmp_path):
         run.plds[0] = 0.0
     with pytest.raises(ValueError):
         run.control_label_pairs[0, 0] = 1
+
+
+def test_every_invalid_run_is_reported_at_once(tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", subject="01")
+    make_dataset(root, subject="02", drop=("M0Type",))
+    make_dataset(root, subject="03", n_volumes=5)
+    runs, errors = validate_dataset(root)
+    assert [r.subject for r in runs] == ["01"]
+    assert [e.field for e in errors] == ["M0Type", "volume_type"]
+    assert "sub-02_asl.json" in errors[0].file and "sub-03_aslcontext.tsv" in errors[1].file
+    with pytest.raises(ASLInputError, match="M0Type"):
+        collect_runs(root)
+    assert main([str(root), str(tmp_path / "o"), "participant", "--validate-only"]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 2 and all(x.startswith("asl-pipeline: error: ") for x in lines)
+    assert "sub-01:" not in captured.out  # no partial report, nothing processed

@@ -224,7 +224,7 @@ def test_unexpected_error_is_one_line(dataset, tmp_path, capsys, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk\nfull")
 
-    monkeypatch.setattr("asl_pipeline.bids.collect_runs", boom)
+    monkeypatch.setattr("asl_pipeline.bids.validate_dataset", boom)
     assert main(_argv(dataset, tmp_path)) == 1
     err = capsys.readouterr().err
     assert err == "asl-pipeline: error: RuntimeError: disk full (run with -vv for the traceback)\n"

@@ -5,8 +5,9 @@ reads and validates every selected ASL run before any work starts, prints what
 it understood of each run, and then either stops (``--validate-only``) or hands
 over to :func:`_run_workflow`.
 
-Exit status: 0 success, 1 bad input data (one line on stderr naming the file,
-the field and the fix), 2 usage error, 3 processing not available.
+Exit status: 0 success, 1 bad input data (one line on stderr per invalid run,
+naming the file, the field and the fix; no run is processed while any is
+invalid), 2 usage error, 3 processing not available.
 Nothing is created when validation fails or with ``--validate-only``.
 """
 
@@ -58,7 +59,7 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv=None) -> int:
     """Entry point; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit status."""
-    from asl_pipeline.bids import collect_runs, describe
+    from asl_pipeline.bids import describe, validate_dataset
     from asl_pipeline.cli.parser import parse_args
     from asl_pipeline.config import Config
     from asl_pipeline.errors import ASLInputError
@@ -75,12 +76,11 @@ def main(argv=None) -> int:
         )
     try:
         with _quiet_reader(config.verbosity):
-            runs = collect_runs(
+            runs, errors = validate_dataset(
                 config.bids_dir, config.participant_label, session=config.session_label
             )
-    except ASLInputError as exc:
-        print(f"asl-pipeline: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_DATA_ERROR
+    except ASLInputError as exc:  # a problem of the whole dataset
+        runs, errors = [], [exc]
     except Exception as exc:  # an unexpected failure: one line unless -vv
         if config.verbosity > 1:
             raise
@@ -89,6 +89,10 @@ def main(argv=None) -> int:
             "(run with -vv for the traceback)",
             file=sys.stderr,
         )
+        return EXIT_DATA_ERROR
+    if errors:  # every invalid run at once, one line each; nothing is processed
+        for exc in errors:
+            print(f"asl-pipeline: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_DATA_ERROR
 
     for run in runs:
