@@ -290,7 +290,7 @@ def _number(
     return value
 
 
-def _per_volume(md, key, file, n_volumes, *, required, fix):
+def _per_volume(md, key, file, n_volumes, *, required, fix, n_pairs=0):
     """A field that is a scalar or a list with one value per volume."""
     if key not in md or md[key] is None:
         if required:
@@ -309,7 +309,13 @@ def _per_volume(md, key, file, n_volumes, *, required, fix):
                 file=file,
                 field=key,
                 fix=f"give one {key} per volume (aslcontext row), or a single number "
-                "when it is the same for all volumes.",
+                "when it is the same for all volumes"
+                + (
+                    " (this list has one value per pair: repeat each value for the "
+                    "control and the label)."
+                    if n_pairs and len(value) == n_pairs
+                    else "."
+                ),
             )
         bad = [v for v in value if not _is_number(v)]
         if bad:
@@ -757,6 +763,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
         "PostLabelingDelay",
         where("PostLabelingDelay"),
         n_volumes,
+        n_pairs=pairs.shape[0],
         required=True,
         fix='add "PostLabelingDelay" in seconds (for PASL: the inversion time TI), '
         "one number or one per volume.",
@@ -798,6 +805,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
             "LabelingDuration",
             where("LabelingDuration"),
             n_volumes,
+            n_pairs=pairs.shape[0],
             required=True,
             fix='add "LabelingDuration" in seconds (the duration of the labeling pulse '
             "train, e.g. 1.8).",

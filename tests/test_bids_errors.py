@@ -115,6 +115,8 @@ CASES = [
      None, ASL_JSON, "PostLabelingDelay", 'has "PostLabellingDelay": a misspelling'),
     ("inherited-field", dict(), _inherit_bad_pld, None, "asl.json", "PostLabelingDelay",
      "positive"),
+    ("pld-one-per-pair", dict(sidecar={"PostLabelingDelay": [1.5, 1.8, 2.0]}), None, None,
+     ASL_JSON, "PostLabelingDelay", "repeat each value for the control and the label"),
     ("pld-differs-in-pair", dict(sidecar={"PostLabelingDelay": [1.5, 1.8] * 3}), None, None,
      ASL_JSON, "PostLabelingDelay", "same delay"),
     ("labeling-duration-missing", dict(drop=("LabelingDuration",)), None, None, ASL_JSON,
