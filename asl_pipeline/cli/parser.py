@@ -68,6 +68,22 @@ def _existing_file(text: str) -> Path:
     return path.resolve()
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where it says something (not None, not a flag's bool)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or isinstance(default, bool)
+            or (default is argparse.SUPPRESS)
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line on stderr (exit 2), without the usage block."""
 
@@ -82,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="asl-pipeline",
         description="ASL perfusion MRI pipeline: BIDS ASL in, CBF (mL/100 g/min) out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Formatter,
     )
     parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset")
     parser.add_argument(
@@ -120,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="nprocs",
         type=_positive_int,
         default=os.cpu_count() or 1,
-        help="processes in parallel (MultiProc)",
+        help="processes in parallel (MultiProc; default: all CPUs)",
     )
     g.add_argument(
         "--omp-nthreads",
