@@ -99,6 +99,23 @@ def test_volume_corrupted_in_every_slice_removed_everywhere(phantom):
     np.testing.assert_allclose(res.mean_cbf, np.delete(ts, 12, axis=-1).mean(-1))
 
 
+def test_slice_pulled_below_5_by_an_outlier_is_still_cleaned(phantom):
+    d = phantom
+    ts = d["cbf_ts"].copy()
+    ts[:, :, 7, 2] -= 3000.0 * d["mask"][:, :, 7]  # slice mean over pairs < 5
+    assert ts[:, :, 7][d["mask"][:, :, 7]].mean() < 5
+    # (no global pre-rejection here: the phantom has no global noise, so the
+    # -3000 would be caught there first)
+    res = _run_paocsl(d, ts, global_sd=np.inf, **SLICEWISE)
+    assert 7 in res.details["evaluated_slices"]
+    assert res.outliers[7, 2] and res.outliers.sum() == 1
+    ref = _run_paocsl(
+        d, ts, global_sd=np.inf, skip_statistic="mean", **SLICEWISE
+    )  # the reference's test
+    assert ref.details["skipped_slices"]["7"] == "low_cbf"
+    assert not ref.outliers[7].any()
+
+
 def test_global_spike_prerejected(phantom):
     d = phantom
     ts = d["cbf_ts"].copy()
