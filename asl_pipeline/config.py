@@ -16,8 +16,9 @@ Defaults chosen where the methods spec leaves a choice open:
 * ``outlier_threshold`` = None means the method's own default
   (:data:`OUTLIER_THRESHOLDS`): PAOCSL 2 (the study's batch), SCORE 2.5
   (robust SD), AOC 0.17 (correlation).
-* ``output_spaces`` = ``["asl"]``: CBF in the native ASL space; T1w and
-  MNI152NLin2009cAsym are opt-in.
+* ``output_spaces`` = ``["asl", "MNI152NLin2009cAsym"]``: CBF in the native
+  ASL space and in the MNI template space (nilearn's bundled MNI152); T1w is
+  opt-in.
 * ``quantification`` = "white-paper" (M0 from the M0 source of the run);
   "asltbx" uses each pair's control image as M0, voxel by voxel.
 """
@@ -77,7 +78,7 @@ class Config:
     dwan_weights: Path | None = None
     smoothing_fwhm: float = 3.0
     nuisance_regression: bool = True
-    output_spaces: list[str] = field(default_factory=lambda: ["asl"])
+    output_spaces: list[str] = field(default_factory=lambda: ["asl", "MNI152NLin2009cAsym"])
     m0_scale: float = 1.0
     quantification: str = "white-paper"
     # other
