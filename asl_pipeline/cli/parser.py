@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-spaces",
         nargs="+",
         choices=OUTPUT_SPACES,
-        default=["asl", "MNI152NLin2009cAsym"],
+        default=["asl", "MNI152NLin2009aAsym"],
         help="spaces of the CBF outputs",
     )
     g.add_argument(
