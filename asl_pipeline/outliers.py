@@ -799,8 +799,8 @@ def paocsl(
         limit = np.median(diff, axis=0) + motion_sd * diff.std(axis=0, ddof=1)
         rej_motion = (diff > limit).any(axis=1)
     kept0 = ~(rej_global | rej_motion)
-    if kept0.sum() < 3:
-        kept0 = np.ones(n, bool) if kept0.sum() == 0 else kept0
+    if not kept0.any():  # cannot happen with SD-based limits; never leave nothing
+        kept0[:] = True
 
     # Step 3: per-slice candidates (they depend on the prior only, not on the pass).
     h = int(slab_half_width)
