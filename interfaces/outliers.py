@@ -314,8 +314,11 @@ class CleanCBF(SimpleInterface):
             result = core.clean(method, cbf_ts, motion=motion, **maps, **kwargs)
         except ASLInputError as err:
             if err.file is None and err.field in files:
+                fix = err.fix
+                if err.field == "motion" and not isdefined(inp.aslcontext):
+                    fix = "connect the aslcontext input so that motion rows map to pairs"
                 raise ASLInputError(
-                    err.problem, file=files[err.field], field=err.field, fix=err.fix
+                    err.problem, file=files[err.field], field=err.field, fix=fix
                 ) from err
             raise
 

@@ -396,3 +396,43 @@ def test_interface_error_names_the_file(nifti_inputs, tmp_path):
     node = CleanCBF(method="score", cbf_ts=f["cbf_ts"], gm=f["gm"], wm=f["wm"], mask=f["mask"])
     with pytest.raises(ASLInputError, match="csf"):
         node.run(cwd=tmp_path)
+
+
+def test_read_motion_formats(tmp_path):
+    from asl_pipeline.interfaces.outliers import read_motion
+
+    table = np.arange(18.0).reshape(3, 6) / 10
+    spm = tmp_path / "rp_asl.txt"
+    spm.write_text("\n".join("  ".join(f"{v:.2f}" for v in row) for row in table) + "\n")
+    np.testing.assert_allclose(read_motion(spm), table)
+    tsv = tmp_path / "confounds.tsv"
+    cols = ["rot_z", "trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "dvars"]
+    order = [5, 0, 1, 2, 3, 4]
+    rows = ["\t".join(cols)] + [
+        "\t".join(f"{row[i]:.2f}" for i in order) + "\tn/a" for row in table
+    ]
+    tsv.write_text("\n".join(rows) + "\n")
+    np.testing.assert_allclose(read_motion(tsv), table)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("trans_x\ttrans_y\n1\t2\n")
+    with pytest.raises(ASLInputError, match="rot_z") as err:
+        read_motion(bad)
+    assert err.value.file == str(bad)
+    short = tmp_path / "short.txt"
+    short.write_text("1 2 3\n")
+    with pytest.raises(ASLInputError, match="motion"):
+        read_motion(short)
+
+
+def test_interface_motion_rows_error_names_the_file(nifti_inputs, tmp_path):
+    from asl_pipeline.interfaces.outliers import CleanCBF
+
+    f = nifti_inputs
+    node = CleanCBF(
+        method="paocsl", cbf_ts=f["cbf_ts"], gm=f["gm"], wm=f["wm"], mask=f["mask"],
+        motion=f["motion"],
+    )  # fmt: skip
+    # 61 motion rows (M0 + 30 pairs) and no aslcontext: which rows are which?
+    with pytest.raises(ASLInputError, match="motion.tsv") as err:
+        node.run(cwd=tmp_path)
+    assert "aslcontext" in err.value.fix
