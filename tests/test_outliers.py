@@ -116,6 +116,40 @@ def test_slice_pulled_below_5_by_an_outlier_is_still_cleaned(phantom):
     assert not ref.outliers[7].any()
 
 
+def test_reference_denominator_cannot_reach_90_percent(phantom):
+    # fraction_of="all" (the reference's rule): the edge slices are never
+    # evaluated, so a pair corrupted everywhere stays a partial outlier
+    d = phantom
+    ts = d["cbf_ts"].copy()
+    ts[..., 12] += 150 * np.random.default_rng(2).standard_normal(ts.shape[:3]) * d["mask"]
+    res = _run_paocsl(d, ts, fraction_of="all", **SLICEWISE)
+    evaluated = res.details["evaluated_slices"]
+    assert len(evaluated) / ts.shape[2] < 0.9
+    np.testing.assert_array_equal(np.flatnonzero(res.outliers[:, 12]), evaluated)
+    assert res.status[12] == ol.PARTIAL
+
+
+def test_cost_matches_direct_sd():
+    rng = np.random.default_rng(9)
+    centre = [rng.normal(50, 10, (40, 12)), rng.normal(20, 5, (15, 12))]
+    nbs = [rng.normal(50, 10, 90), rng.normal(20, 5, 30)]
+    greedy = ol._SliceGreedy(centre, nbs)
+    kept = np.ones(12, bool)
+    kept[3] = False
+    sums = [x[:, kept].sum(1) for x in centre]
+    direct = sum(
+        np.concatenate([x[:, kept].mean(1), nb]).std(ddof=1)
+        for x, nb in zip(centre, nbs, strict=True)
+    )
+    assert greedy.cost(sums, 11)[0] == pytest.approx(direct, rel=1e-12)
+    kept[5] = False
+    direct5 = sum(
+        np.concatenate([x[:, kept].mean(1), nb]).std(ddof=1)
+        for x, nb in zip(centre, nbs, strict=True)
+    )
+    assert greedy.cost(sums, 11, np.array([5]))[0] == pytest.approx(direct5, rel=1e-12)
+
+
 def test_global_spike_prerejected(phantom):
     d = phantom
     ts = d["cbf_ts"].copy()
