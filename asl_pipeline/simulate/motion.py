@@ -30,7 +30,18 @@ def motion_matrix(params, affine, shape) -> np.ndarray:
     return rigid_matrix(params, voxel_centre_world(affine, shape))
 
 
-def resample_moved(coef, affine, params, *, order=3, cval=0.0, prefiltered=True):
+def resample_moved(
+    coef,
+    affine,
+    params,
+    *,
+    order=3,
+    cval=0.0,
+    prefiltered=True,
+    mode="constant",
+    out_shape=None,
+    out_affine=None,
+):
     """Resample a reference-position image as seen after the head moved.
 
     Parameters
@@ -39,20 +50,26 @@ def resample_moved(coef, affine, params, *, order=3, cval=0.0, prefiltered=True)
         The reference image, or its spline coefficients
         (``scipy.ndimage.spline_filter(img, order)``) if ``prefiltered``.
     affine
-        Voxel-to-world affine of the grid.
+        Voxel-to-world affine of ``coef``.
     params
         One motion row (see the module docstring).
+    out_shape, out_affine
+        The grid of the moved image (default: the input grid); the rotation
+        centre is the centre of this grid. A reference image on a grid padded
+        around the output grid lets tissue move into the field of view.
     """
-    shape = coef.shape
-    mat = motion_matrix(params, affine, shape)
+    out_shape = tuple(coef.shape) if out_shape is None else tuple(out_shape)
+    out_affine = affine if out_affine is None else out_affine
+    mat = motion_matrix(params, out_affine, out_shape)
     # voxel of the moved image -> world -> reference world -> reference voxel
-    vox = np.linalg.inv(affine) @ np.linalg.inv(mat) @ affine
+    vox = np.linalg.inv(affine) @ np.linalg.inv(mat) @ out_affine
     return ndimage.affine_transform(
         coef,
         vox[:3, :3],
         offset=vox[:3, 3],
+        output_shape=out_shape,
         order=order,
-        mode="constant",
+        mode=mode,
         cval=cval,
         prefilter=not prefiltered,
     )

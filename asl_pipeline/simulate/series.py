@@ -285,6 +285,7 @@ class _ASLAnatomy:
     deformation: SubjectDeformation
     asl_to_t1w: np.ndarray
     t1w_centre: np.ndarray
+    padded: dict = field(default_factory=dict)
 
 
 def _unit_field(rng, spacing):
@@ -293,8 +294,20 @@ def _unit_field(rng, spacing):
     return SmoothField(rng, (-100, -140, -80), (100, 100, 110), spacing, 3.0)
 
 
-def _asl_anatomy(rng, *, shape, voxel_size, resolution, subsample, lesion) -> _ASLAnatomy:
+def _asl_anatomy(
+    rng, *, shape, voxel_size, resolution, subsample, lesion, pad=(0, 0, 0)
+) -> _ASLAnatomy:
+    """Tissue fractions, CBF and ATT on the ASL grid (see the module docstring).
+
+    With ``pad``, everything is also computed on a grid extended by ``pad``
+    voxels on each side (``padded``: ``affine``, ``fractions``, ``cbf``,
+    ``att``), so that resampling for head motion brings real tissue into the
+    field of view instead of zeros.
+    """
     model = load_mni_model(resolution)
+    out_shape = tuple(shape)
+    pad = np.asarray(pad, int)
+    shape = tuple(int(n) for n in np.asarray(out_shape) + 2 * pad)
     deformation = SubjectDeformation(rng, lower=_DEFORM_BOX[0], upper=_DEFORM_BOX[1])
     inv_pose = np.linalg.inv(deformation.affine)
     head_t1w = apply_affine(inv_pose, _HEAD_CENTRE_MNI[None])[0]
@@ -332,6 +345,7 @@ def _asl_anatomy(rng, *, shape, voxel_size, resolution, subsample, lesion) -> _A
     att_gm = 0.9 + rng.uniform(-0.1, 0.1) + 0.35 * posterior + 0.06 * f_att
     att_wm = att_gm + 0.3
     lesion_map = None
+    crop = tuple(slice(p, p + n) for p, n in zip(pad, out_shape, strict=True))
     if lesion:
         side = rng.choice([-1.0, 1.0])
         c = np.array([side * rng.uniform(30, 50), rng.uniform(-60, 30), rng.uniform(10, 45)])
@@ -343,7 +357,7 @@ def _asl_anatomy(rng, *, shape, voxel_size, resolution, subsample, lesion) -> _A
         cbf_wm = cbf_wm * (1 - depth * w)
         att_gm = att_gm + 0.4 * w
         att_wm = att_wm + 0.4 * w
-        lesion_map = w.reshape(shape).astype(np.float32)
+        lesion_map = w.reshape(shape).astype(np.float32)[crop]
     att_gm = np.clip(att_gm, 0.7, 1.8)
     att_wm = np.clip(att_wm, 0.7, 1.8)
     g = sums[0]
@@ -356,16 +370,21 @@ def _asl_anatomy(rng, *, shape, voxel_size, resolution, subsample, lesion) -> _A
         (flow_gm * att_gm + flow_wm * att_wm) / np.maximum(cbf, 1e-12),
         0.5 * (att_gm + att_wm),
     )
+    cbf = cbf.reshape(shape)
+    att = att.reshape(shape)
+    shift = np.eye(4)
+    shift[:3, 3] = pad
     return _ASLAnatomy(
-        affine=affine,
-        fractions=fractions,
-        brain_mask=brain_mask,
-        cbf=cbf.reshape(shape),
-        att=att.reshape(shape),
+        affine=affine @ shift,
+        fractions={k: v[crop] for k, v in fractions.items()},
+        brain_mask=brain_mask[crop],
+        cbf=cbf[crop],
+        att=att[crop],
         lesion=lesion_map,
         deformation=deformation,
         asl_to_t1w=asl_to_t1w,
         t1w_centre=head_t1w,
+        padded={"affine": affine, "fractions": fractions, "cbf": cbf, "att": att},
     )
 
 
@@ -574,6 +593,7 @@ def simulate_subject(
         resolution=resolution,
         subsample=subsample,
         lesion=lesion,
+        pad=(3, 3, 3) if motion else (0, 0, 0),
     )
     fr = anat.fractions
     m0_true = _m0_true(fr)
@@ -613,18 +633,32 @@ def simulate_subject(
 
     moving = bool(np.any(params))
     if moving:
-        static_c = ndimage.spline_filter(static, 3)
-        flow_c = ndimage.spline_filter(anat.cbf * m0_true, 3)
-        att_c = anat.att
+        # reference images on the padded grid, so tissue moves into the FOV
+        pad_fr = anat.padded["fractions"]
+        pad_aff = anat.padded["affine"]
+        static_c = ndimage.spline_filter(_static(pad_fr, proto), 3, mode="nearest")
+        flow_c = ndimage.spline_filter(anat.padded["cbf"] * _m0_true(pad_fr), 3, mode="nearest")
+        att_c = anat.padded["att"]
+
+        def _move(img, t, **kw):
+            return resample_moved(
+                img,
+                pad_aff,
+                params[t],
+                mode="nearest",
+                out_shape=shape,
+                out_affine=anat.affine,
+                **kw,
+            )
+
     asl = np.empty(shape + (n_vol,), dtype=dtype)
     for t in range(n_vol):
         if moving and np.any(params[t]):
-            s_t = resample_moved(static_c, anat.affine, params[t])
+            # cubic resampling undershoots at sharp edges: signals are >= 0
+            s_t = np.maximum(_move(static_c, t), 0.0)
             if is_label[t]:
-                flow_t = resample_moved(flow_c, anat.affine, params[t])
-                att_t = resample_moved(
-                    att_c, anat.affine, params[t], order=1, prefiltered=False, cval=1.2
-                )
+                flow_t = np.maximum(_move(flow_c, t), 0.0)
+                att_t = _move(att_c, t, order=1, prefiltered=False)
                 s_t = s_t - proto.deltam(flow_t, att_t, 1.0)
         else:
             s_t = static - deltam if is_label[t] else static.copy()
@@ -640,7 +674,16 @@ def simulate_subject(
 
     m0_ref = _recovered(fr, proto.m0_tr)
     if np.any(m0_motion):
-        m0_ref = resample_moved(m0_ref, anat.affine, m0_motion, prefiltered=False)
+        m0_ref = resample_moved(
+            _recovered(anat.padded["fractions"], proto.m0_tr),
+            anat.padded["affine"],
+            m0_motion,
+            prefiltered=False,
+            mode="nearest",
+            out_shape=shape,
+            out_affine=anat.affine,
+        )
+    m0_ref = np.maximum(m0_ref, 0.0)
     m0 = anatomy.rician(rng, np.asarray(_readout(m0_ref), dtype), sigma)
 
     sub = SimulatedSubject(
