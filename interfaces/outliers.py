@@ -168,6 +168,7 @@ def _method_kwargs(inp, pairs) -> dict:
             "min_slices": inp.min_slices,
             "isolated_frac": inp.isolated_frac,
             "n_passes": inp.n_passes,
+            "motion_sd": inp.motion_sd,
             "motion_pairs": pairs,
         }
         if isdefined(inp.min_drop_z):
@@ -230,6 +231,12 @@ class _CleanCBFInputSpec(BaseInterfaceInputSpec):
     min_drop_z = traits.Float(
         desc="PAOCSL: if set, a greedy removal must lower the cost by this many robust SDs "
         "more than the median removal (noise-aware stop); unset = spec rule (any drop)"
+    )
+    motion_sd = traits.Float(
+        3.0,
+        usedefault=True,
+        desc="PAOCSL: a pair whose control-label motion difference exceeds median + this many "
+        "SD in any parameter is removed everywhere (spec: 3)",
     )
     noise_aware = traits.Bool(
         False,
