@@ -74,6 +74,7 @@ class Config:
     spm_cmd: str | None = None
     outlier_method: str = "paocsl"
     outlier_threshold: float | None = None
+    paocsl_spec_rules: bool = False
     denoise: bool = True
     dwan_weights: Path | None = None
     smoothing_fwhm: float = 3.0

@@ -31,6 +31,7 @@ def init_cbf_wf(
     m0_scale: float = 1.0,
     outlier_method: str = "paocsl",
     outlier_threshold: float | None = None,
+    paocsl_spec_rules: bool = False,
     denoise: bool = True,
     dwan_weights: str | None = None,
     has_m0_file: bool = True,
@@ -63,6 +64,13 @@ def init_cbf_wf(
     outlier_method, outlier_threshold
         ``paocsl``, ``score``, ``aoc`` or ``none``; threshold None = the
         method's default.
+    paocsl_spec_rules
+        Run PAOCSL with the methods spec's literal rules (greedy removal while
+        the cost drops at all, consolidation of single-slice flags, motion
+        pre-rejection). By default the noise-aware stop rule is used and the
+        motion pre-screen is off: on simulated data with known outliers the
+        literal rules flag clean pairs in most slices and release true
+        single-slice corruptions (see benchmarks/RESULTS.md).
     denoise, dwan_weights
         Apply DWAN to the cleaned mean CBF, with the shipped or given weights.
     has_m0_file

@@ -205,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Gaussian smoothing FWHM in mm (3 as in the source study; 0 disables)",
     )
     g.add_argument(
+        "--paocsl-spec-rules",
+        action="store_true",
+        help="run PAOCSL with the methods spec's literal stop and consolidation rules and "
+        "its motion pre-rejection (default: the noise-aware stop rule, no motion screen)",
+    )
+    g.add_argument(
         "--no-nuisance-regression",
         dest="nuisance_regression",
         action="store_false",
