@@ -400,3 +400,69 @@ def split_subjects(subjects, val_fraction: float, seed: int):
     val = [subjects[i] for i in sorted(order[:n_val])]
     train_ = [subjects[i] for i in sorted(order[n_val:])]
     return train_, val
+
+
+# ---------------------------------------------------------------------- simulation
+#: Acquisition grids (shape, voxel size in mm) drawn for simulated training subjects.
+SIM_GRIDS = (
+    ((64, 64, 20), (3.4, 3.4, 6.0)),
+    ((80, 80, 24), (3.0, 3.0, 5.0)),
+    ((48, 48, 16), (4.5, 4.5, 7.0)),
+    ((88, 88, 30), (2.5, 2.5, 4.0)),
+)
+
+#: Offset of the subject seeds of held-out test subjects (never used for training:
+#: training subjects use ``seed * 100_000 + i``; keep ``seed < 9``).
+TEST_SEED_OFFSET = 900_000
+
+
+def simulation_settings(seed: int, index: int) -> dict:
+    """Acquisition settings of simulated subject ``index`` (drawn, seeded).
+
+    Varies the grid (:data:`SIM_GRIDS`), labeling (pCASL 70%, PASL 30%),
+    readout (2D/3D), noise level (``noise_scale`` 0.5-1.5), outliers (on for
+    70%), background suppression (50%) and lesions (20%).
+    """
+    rng = np.random.default_rng([seed, index])
+    shape, voxel = SIM_GRIDS[int(rng.integers(len(SIM_GRIDS)))]
+    return {
+        "shape": shape,
+        "voxel_size": voxel,
+        "labeling": "PASL" if rng.random() < 0.3 else "PCASL",
+        "readout": "3D" if rng.random() < 0.5 else "2D",
+        "noise_scale": float(rng.choice([0.5, 0.75, 1.0, 1.5])),
+        "outliers": bool(rng.random() < 0.7),
+        "background_suppression": bool(rng.random() < 0.5),
+        "lesion": bool(rng.random() < 0.2),
+    }
+
+
+def simulate_subject_series(subject_seed: int, n_pairs: int = 40, **settings) -> Subject:
+    """One simulated subject (:func:`asl_pipeline.simulate.simulate_cbf_series`)."""
+    from asl_pipeline.simulate import simulate_cbf_series
+
+    sim = simulate_cbf_series(int(subject_seed), n_pairs=n_pairs, **settings)
+    return Subject(
+        name=f"sim-{subject_seed}",
+        series=sim.cbf_series,
+        mask=np.asarray(sim.brain_mask, bool),
+        voxel_size=tuple(float(v) for v in settings.get("voxel_size", (3.4, 3.4, 6.0))),
+        truth=sim.cbf,
+        gm=sim.gm,
+        wm=sim.wm,
+        info={
+            "seed": int(subject_seed),
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
+            "outlier_pairs": [int(p) for p in sim.outlier_pairs],
+        },
+    )
+
+
+def simulate_subjects(n: int, *, seed: int = 0, n_pairs: int = 40, progress: bool = False):
+    """``n`` varied simulated training subjects, seeds ``seed * 100_000 + i``."""
+    from tqdm.auto import tqdm
+
+    return [
+        simulate_subject_series(seed * 100_000 + i, n_pairs, **simulation_settings(seed, i))
+        for i in tqdm(range(n), desc="simulating", disable=not progress)
+    ]

@@ -220,7 +220,12 @@ def main(argv=None) -> int:
         if args.simulate is not None:
             from asl_pipeline.training import simulate_subjects
 
-            subjects = simulate_subjects(args.simulate, seed=args.seed, n_pairs=args.sim_n_pairs)
+            subjects = simulate_subjects(
+                args.simulate,
+                seed=args.seed,
+                n_pairs=args.sim_n_pairs,
+                progress=not args.no_progress,
+            )
             source = {
                 "simulate": args.simulate,
                 "subject_seeds": [s.info["seed"] for s in subjects],
