@@ -533,7 +533,6 @@ def realign_asl(
                 "and orientation).",
             )
 
-    zig = zigzag_regressor(volume_types)
     centre = grid_centre(data.shape, affine)
     series = data.astype(np.float32)
     if m0_data is not None:
@@ -542,13 +541,54 @@ def realign_asl(
         series, affine, centre=centre, n_passes=n_passes, fwhm_mm=fwhm_mm
     )
     n = data.shape[-1]
-    raw = params_all[:n]
+    return apply_realignment(
+        data,
+        affine,
+        volume_types,
+        params_all[:n],
+        m0=m0_data,
+        m0_params=None if m0_data is None else params_all[n:],
+        centre=centre,
+        order=order,
+        remove_zigzag_from_params=remove_zigzag_from_params,
+        fd_radius=fd_radius,
+    )
+
+
+def apply_realignment(
+    data,
+    affine,
+    volume_types,
+    params_raw,
+    *,
+    m0=None,
+    m0_params=None,
+    centre=None,
+    order: int = 3,
+    remove_zigzag_from_params: bool = True,
+    fd_radius: float = FD_RADIUS,
+) -> RealignResult:
+    """Steps 2-3 of the ASL-aware correction from estimated parameters.
+
+    Removes the zig-zag from ``params_raw`` (``(n, 6)`` in this module's
+    convention about ``centre``), reslices the series (and the M0 with its
+    own parameters) once and computes FD/RMSD. Shared by the embedded and the
+    SPM backends (the latter converts SPM's ``rp_*.txt`` with
+    :func:`spm_rp_to_params` first).
+    """
+    data = np.asarray(data)
+    affine = np.asarray(affine, dtype=float)
+    if centre is None:
+        centre = grid_centre(data.shape, affine)
+    zig = zigzag_regressor(volume_types)
+    raw = np.asarray(params_raw, dtype=float)
     clean = remove_zigzag(raw, zig) if remove_zigzag_from_params else raw.copy()
     corrected = reslice(data, affine, clean, centre=centre, order=order)
-    m0_corr = m0_params = None
-    if m0_data is not None:
-        m0_params = params_all[n:]
-        m0_corr = reslice(m0_data, affine, m0_params, centre=centre, order=order)
+    m0_corr = None
+    if m0 is not None:
+        m0 = np.asarray(m0)
+        m0 = m0[..., None] if m0.ndim == 3 else m0
+        m0_corr = reslice(m0, affine, m0_params, centre=centre, order=order)
     ref = corrected[..., zig != 0].mean(axis=-1) if (zig != 0).any() else corrected.mean(-1)
     return RealignResult(
         corrected=corrected,
@@ -556,9 +596,20 @@ def realign_asl(
         reference=ref,
         params_raw=raw,
         params=clean,
-        m0_params=m0_params,
+        m0_params=None if m0_params is None else np.asarray(m0_params, dtype=float),
         zigzag=zig,
         fd=framewise_displacement(clean, fd_radius),
         rmsd=rms_displacement(clean, centre, fd_radius),
         centre=centre,
     )
+
+
+def spm_rp_to_params(rp, centre) -> np.ndarray:
+    """SPM ``rp_*.txt`` rows -> this module's parameters about ``centre``.
+
+    SPM's parameters use the same matrix (``spm_matrix``: T Rx Ry Rz, same
+    signs) and the same meaning (reference world -> volume world), but rotate
+    about the world origin; only the centre differs.
+    """
+    mats = params_to_matrix(np.atleast_2d(rp), (0.0, 0.0, 0.0))
+    return matrix_to_params(mats, centre)

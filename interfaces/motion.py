@@ -1,0 +1,147 @@
+"""Nipype interfaces over :mod:`asl_pipeline.motion` (ASL-aware realignment)."""
+
+from __future__ import annotations
+
+import logging
+
+import nibabel as nb
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+from nipype.utils.filemanip import fname_presuffix
+
+from asl_pipeline import motion as core
+from asl_pipeline.errors import ASLInputError
+from asl_pipeline.interfaces.cbf import read_aslcontext
+
+LOGGER = logging.getLogger("nipype.interface")
+
+#: Column names of the motion TSVs (BIDS/fMRIPrep confounds names).
+MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+
+
+def write_motion_tsv(path, params, extra=None) -> str:
+    """Write ``(n, 6)`` parameters (and extra named columns) as a TSV with a header."""
+    cols = {name: np.asarray(params)[:, i] for i, name in enumerate(MOTION_COLUMNS)}
+    cols.update(extra or {})
+    names = list(cols)
+    n = len(cols[names[0]])
+    with open(path, "w") as fobj:
+        fobj.write("\t".join(names) + "\n")
+        for i in range(n):
+            fobj.write("\t".join(f"{float(cols[c][i]):.8g}" for c in names) + "\n")
+    return str(path)
+
+
+def load_4d(path, what="ASL"):
+    """Image and float32 data; empty or unreadable files raise ASLInputError."""
+    try:
+        img = nb.load(path)
+    except Exception as err:  # nibabel raises several types for broken files
+        raise ASLInputError(
+            f"cannot read the {what} image ({err}).",
+            file=path,
+            field="file",
+            fix=f"provide a valid NIfTI {what} image.",
+        ) from err
+    return img, np.asarray(img.dataobj, dtype=np.float32)
+
+
+class _ASLRealignInputSpec(BaseInterfaceInputSpec):
+    asl_file = File(exists=True, mandatory=True, desc="4D ASL series (NIfTI)")
+    aslcontext = File(exists=True, mandatory=True, desc="BIDS aslcontext.tsv of the series")
+    m0_file = File(exists=True, desc="separate M0 scan on the ASL grid (3D or 4D), optional")
+    n_passes = traits.Int(
+        2, usedefault=True, desc="estimation passes (2: first volume, then mean)"
+    )
+    fwhm = traits.Float(desc="smoothing before estimation (mm); default one in-plane voxel size")
+    interp_order = traits.Int(
+        3, usedefault=True, desc="spline order of the single final reslice (1 trilinear, 3 cubic)"
+    )
+    remove_zigzag = traits.Bool(
+        True, usedefault=True, desc="regress the label/control zig-zag out of the parameters"
+    )
+    fd_radius = traits.Float(50.0, usedefault=True, desc="sphere radius (mm) for FD and RMSD")
+
+
+class _ASLRealignOutputSpec(TraitedSpec):
+    asl_corrected = File(exists=True, desc="realigned 4D ASL series (resliced once)")
+    m0_corrected = File(desc="realigned M0 (same reference), when an M0 file was given")
+    ref_image = File(exists=True, desc="reference: mean of the realigned control/label volumes")
+    motion_params_raw = File(
+        exists=True, desc="TSV of the estimated parameters (trans mm, rot rad)"
+    )
+    motion_params = File(exists=True, desc="TSV of the parameters after zig-zag removal")
+    confounds = File(
+        exists=True,
+        desc="TSV: cleaned parameters, raw_* parameters, framewise_displacement, rmsd",
+    )
+
+
+class ASLRealign(SimpleInterface):
+    """ASL-aware rigid realignment (Wang 2012), embedded backend."""
+
+    input_spec = _ASLRealignInputSpec
+    output_spec = _ASLRealignOutputSpec
+
+    def _run_interface(self, runtime):
+        inp = self.inputs
+        img, data = load_4d(inp.asl_file)
+        types = read_aslcontext(inp.aslcontext)
+        m0 = m0_aff = None
+        if isdefined(inp.m0_file):
+            m0_img, m0 = load_4d(inp.m0_file, "M0")
+            m0_aff = m0_img.affine
+        res = core.realign_asl(
+            data,
+            img.affine,
+            types,
+            m0=m0,
+            m0_affine=m0_aff,
+            asl_file=inp.asl_file,
+            m0_file=inp.m0_file if isdefined(inp.m0_file) else None,
+            aslcontext_file=inp.aslcontext,
+            n_passes=inp.n_passes,
+            fwhm_mm=inp.fwhm if isdefined(inp.fwhm) else None,
+            order=inp.interp_order,
+            remove_zigzag_from_params=inp.remove_zigzag,
+            fd_radius=inp.fd_radius,
+        )
+        LOGGER.info(
+            "realigned %d volumes: max FD %.3f mm, mean |zig-zag| removed %s",
+            data.shape[-1],
+            res.fd.max(),
+            np.round(np.abs(res.params_raw - res.params).mean(0), 5),
+        )
+        self._results.update(write_realign_outputs(res, inp.asl_file, img, runtime.cwd))
+        if res.m0_corrected is not None:
+            m0_img = nb.load(inp.m0_file)
+            out = fname_presuffix(inp.m0_file, suffix="_hmc", newpath=runtime.cwd)
+            arr = res.m0_corrected if m0_img.ndim == 4 else res.m0_corrected[..., 0]
+            nb.Nifti1Image(arr, m0_img.affine, m0_img.header).to_filename(out)
+            self._results["m0_corrected"] = out
+        return runtime
+
+
+def write_realign_outputs(res: core.RealignResult, asl_file, img, cwd) -> dict:
+    """Write the series, reference and parameter tables of a realignment."""
+    hdr = img.header.copy()
+    hdr.set_data_dtype(np.float32)
+    out = {}
+    out["asl_corrected"] = fname_presuffix(asl_file, suffix="_hmc", newpath=cwd)
+    nb.Nifti1Image(res.corrected, img.affine, hdr).to_filename(out["asl_corrected"])
+    out["ref_image"] = fname_presuffix(asl_file, suffix="_hmcref", newpath=cwd)
+    nb.Nifti1Image(res.reference.astype(np.float32), img.affine).to_filename(out["ref_image"])
+    out["motion_params_raw"] = write_motion_tsv(f"{cwd}/motion_params_raw.tsv", res.params_raw)
+    out["motion_params"] = write_motion_tsv(f"{cwd}/motion_params.tsv", res.params)
+    extra = {f"raw_{c}": res.params_raw[:, i] for i, c in enumerate(MOTION_COLUMNS)}
+    extra["framewise_displacement"] = res.fd
+    extra["rmsd"] = res.rmsd
+    out["confounds"] = write_motion_tsv(f"{cwd}/motion_confounds.tsv", res.params, extra)
+    return out

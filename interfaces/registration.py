@@ -1,0 +1,234 @@
+"""Nipype interfaces over :mod:`asl_pipeline.registration` and ``segmentation``.
+
+Embedded backend (antspyx). Transforms are ITK files: ``asl_to_t1w.mat``
+(rigid) and ``t1w_to_mni.h5`` / ``mni_to_t1w.h5`` (composite affine + SyN);
+``a_to_b`` resamples images of space *a* into space *b* (ANTs convention).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import nibabel as nb
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+from nipype.utils.filemanip import fname_presuffix
+
+from asl_pipeline import registration as reg
+from asl_pipeline import segmentation as seg
+
+LOGGER = logging.getLogger("nipype.interface")
+
+
+def _threads(n_procs):
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(n_procs)))
+
+
+def signal_mask(ref, *, fraction: float = 0.15) -> np.ndarray:
+    """Voxels with signal in an ASL reference: above ``fraction`` of its 98th percentile."""
+    data = np.asarray(ref, dtype=float)
+    thr = fraction * np.percentile(data[data > 0], 98) if (data > 0).any() else 0.0
+    return seg.clean_mask(data > thr)
+
+
+class _T1wPreprocInputSpec(BaseInterfaceInputSpec):
+    t1w_file = File(exists=True, mandatory=True, desc="T1-weighted image (with skull)")
+    template_resolution = traits.Enum(
+        2, 1, usedefault=True, desc="resolution (mm) of nilearn's MNI152 template"
+    )
+    transform = traits.Enum(
+        "SyN", "Affine", usedefault=True, desc="T1w -> MNI model: affine + SyN, or affine"
+    )
+    reg_iterations = traits.List(
+        traits.Int, [40, 20, 10], usedefault=True, desc="SyN iterations per level (shrink 4, 2, 1)"
+    )
+    prior_weight = traits.Float(
+        0.25, usedefault=True, desc="Atropos weight of the template tissue priors"
+    )
+    n_procs = traits.Int(1, usedefault=True, desc="ITK threads")
+
+
+class _T1wPreprocOutputSpec(TraitedSpec):
+    t1w_preproc = File(exists=True, desc="bias-corrected T1w")
+    t1w_brain = File(exists=True, desc="bias-corrected, skull-stripped T1w")
+    t1w_mask = File(exists=True, desc="T1w brain mask")
+    gm_t1w = File(exists=True, desc="GM probability map, T1w space")
+    wm_t1w = File(exists=True, desc="WM probability map, T1w space")
+    csf_t1w = File(exists=True, desc="CSF probability map, T1w space")
+    t1w_to_mni = File(exists=True, desc="ITK transform resampling T1w images into MNI")
+    mni_to_t1w = File(exists=True, desc="ITK transform resampling MNI images into T1w")
+    t1w_mni = File(exists=True, desc="the T1w resampled into MNI space")
+
+
+class T1wPreprocess(SimpleInterface):
+    """N4, MNI registration, brain extraction and Atropos tissue maps (antspyx)."""
+
+    input_spec = _T1wPreprocInputSpec
+    output_spec = _T1wPreprocOutputSpec
+
+    def _run_interface(self, runtime):
+        inp = self.inputs
+        _threads(inp.n_procs)
+        res = seg.preprocess_t1w(
+            nb.load(inp.t1w_file),
+            runtime.cwd,
+            template_resolution=inp.template_resolution,
+            transform=inp.transform,
+            reg_iterations=tuple(inp.reg_iterations),
+            prior_weight=inp.prior_weight,
+            t1w_file=inp.t1w_file,
+        )
+        for field, img, suffix in (
+            ("t1w_preproc", res.t1w_preproc, "_preproc"),
+            ("t1w_brain", res.t1w_brain, "_brain"),
+            ("t1w_mask", res.t1w_mask, "_mask"),
+            ("gm_t1w", res.gm, "_label-GM_probseg"),
+            ("wm_t1w", res.wm, "_label-WM_probseg"),
+            ("csf_t1w", res.csf, "_label-CSF_probseg"),
+            ("t1w_mni", res.mni.warped, "_space-MNI"),
+        ):
+            out = fname_presuffix(inp.t1w_file, suffix=suffix, newpath=runtime.cwd)
+            img.to_filename(out)
+            self._results[field] = out
+        self._results["t1w_to_mni"] = res.mni.t1w_to_mni
+        self._results["mni_to_t1w"] = res.mni.mni_to_t1w
+        return runtime
+
+
+class _ASLToT1wInputSpec(BaseInterfaceInputSpec):
+    ref_image = File(exists=True, mandatory=True, desc="ASL reference (mean control or M0)")
+    t1w_brain = File(exists=True, mandatory=True, desc="skull-stripped T1w")
+    t1w_mask = File(exists=True, mandatory=True, desc="T1w brain mask")
+    gm_t1w = File(exists=True, mandatory=True, desc="GM probability, T1w space")
+    wm_t1w = File(exists=True, mandatory=True, desc="WM probability, T1w space")
+    csf_t1w = File(exists=True, mandatory=True, desc="CSF probability, T1w space")
+    n_procs = traits.Int(1, usedefault=True, desc="ITK threads")
+
+
+class _ASLToT1wOutputSpec(TraitedSpec):
+    asl_to_t1w = File(exists=True, desc="ITK rigid transform resampling ASL images into T1w")
+    gm = File(exists=True, desc="GM probability, ASL space")
+    wm = File(exists=True, desc="WM probability, ASL space")
+    csf = File(exists=True, desc="CSF probability, ASL space")
+    t1w_mask_asl = File(exists=True, desc="T1w brain mask resampled into ASL space")
+    asl_mask = File(
+        exists=True,
+        desc="CBF brain mask: T1w brain mask in ASL space where the ASL has signal",
+    )
+
+
+class ASLToT1w(SimpleInterface):
+    """Rigid ASL -> T1w registration; tissue maps and brain mask into ASL space."""
+
+    input_spec = _ASLToT1wInputSpec
+    output_spec = _ASLToT1wOutputSpec
+
+    def _run_interface(self, runtime):
+        inp = self.inputs
+        _threads(inp.n_procs)
+        ref = nb.load(inp.ref_image)
+        xfm = reg.register_asl_to_t1w(
+            ref,
+            nb.load(inp.t1w_brain),
+            os.path.join(runtime.cwd, "asl_to_t1w.mat"),
+            ref_file=inp.ref_image,
+        )
+        self._results["asl_to_t1w"] = xfm
+        self._results.update(maps_to_asl(inp, ref, xfm, runtime.cwd))
+        return runtime
+
+
+def maps_to_asl(inp, ref, xfm, cwd) -> dict:
+    """Bring tissue maps and the T1w mask into ASL space (shared with the SPM backend)."""
+    out = {}
+    for field, src in (("gm", inp.gm_t1w), ("wm", inp.wm_t1w), ("csf", inp.csf_t1w)):
+        img = reg.to_asl_space(nb.load(src), ref, xfm)
+        path = fname_presuffix(inp.ref_image, suffix=f"_label-{field.upper()}", newpath=cwd)
+        nb.Nifti1Image(np.clip(img.get_fdata(), 0, 1).astype(np.float32), ref.affine).to_filename(
+            path
+        )
+        out[field] = path
+    mask = reg.to_asl_space(nb.load(inp.t1w_mask), ref, xfm).get_fdata() > 0.5
+    path = fname_presuffix(inp.ref_image, suffix="_desc-t1w_mask", newpath=cwd)
+    nb.Nifti1Image(mask.astype(np.uint8), ref.affine).to_filename(path)
+    out["t1w_mask_asl"] = path
+    ref_data = np.asarray(ref.dataobj, dtype=float)
+    ref_data = ref_data[..., 0] if ref_data.ndim == 4 else ref_data
+    brain = mask & signal_mask(ref_data)
+    path = fname_presuffix(inp.ref_image, suffix="_desc-brain_mask", newpath=cwd)
+    nb.Nifti1Image(brain.astype(np.uint8), ref.affine).to_filename(path)
+    out["asl_mask"] = path
+    return out
+
+
+class _ResampleInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="image to resample (3D or 4D)")
+    reference = File(exists=True, mandatory=True, desc="image defining the target grid")
+    transforms = InputMultiObject(
+        File(exists=True),
+        mandatory=True,
+        desc="ITK transforms in ANTs order (applied last to first), e.g. "
+        "[t1w_to_mni, asl_to_t1w] for ASL -> MNI",
+    )
+    interpolation = traits.Enum(
+        "linear", "bSpline", "nearestNeighbor", usedefault=True, desc="interpolator"
+    )
+    suffix = traits.Str("_resampled", usedefault=True, desc="suffix of the output file name")
+
+
+class _ResampleOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the image resampled onto the reference grid")
+
+
+class ApplyTransformChain(SimpleInterface):
+    """Resample an image through a chain of ITK transforms in one interpolation."""
+
+    input_spec = _ResampleInputSpec
+    output_spec = _ResampleOutputSpec
+
+    def _run_interface(self, runtime):
+        inp = self.inputs
+        out = reg.apply_transforms(
+            nb.load(inp.in_file),
+            nb.load(inp.reference),
+            list(inp.transforms),
+            interpolator=inp.interpolation,
+        )
+        path = fname_presuffix(inp.in_file, suffix=inp.suffix, newpath=runtime.cwd)
+        out.to_filename(path)
+        self._results["out_file"] = path
+        return runtime
+
+
+class _TemplateInputSpec(BaseInterfaceInputSpec):
+    resolution = traits.Enum(2, 1, usedefault=True, desc="template resolution (mm)")
+
+
+class _TemplateOutputSpec(TraitedSpec):
+    t1 = File(exists=True, desc="MNI152 T1 template (nilearn)")
+    brain_mask = File(exists=True, desc="MNI152 brain mask (nilearn)")
+
+
+class MNITemplate(SimpleInterface):
+    """Write nilearn's bundled MNI152 template and brain mask (no download)."""
+
+    input_spec = _TemplateInputSpec
+    output_spec = _TemplateOutputSpec
+
+    def _run_interface(self, runtime):
+        tpl = reg.load_template(self.inputs.resolution)
+        for field, img in (("t1", tpl.t1), ("brain_mask", tpl.brain_mask)):
+            path = os.path.join(
+                runtime.cwd, f"tpl-MNI152_res-{self.inputs.resolution}_{field}.nii.gz"
+            )
+            img.to_filename(path)
+            self._results[field] = path
+        return runtime
