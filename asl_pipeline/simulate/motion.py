@@ -125,9 +125,14 @@ def random_motion(
     return params, jerks
 
 
-def displacement_field(params, affine, shape) -> np.ndarray:
-    """``T^{-1} x - x`` (mm, ``(*shape, 3)``): where each voxel's tissue came from."""
+def displacement_field(params, affine, shape, world=None) -> np.ndarray:
+    """``T^{-1} x - x`` (mm, ``(*shape, 3)``): where each voxel's tissue came from.
+
+    ``world`` optionally passes the precomputed voxel-centre coordinates
+    ``(*shape, 3)`` of the grid.
+    """
     mat = np.linalg.inv(motion_matrix(params, affine, shape))
-    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
-    world = ijk @ affine[:3, :3].T + affine[:3, 3]
+    if world is None:
+        ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+        world = ijk @ affine[:3, :3].T + affine[:3, 3]
     return world @ (mat[:3, :3] - np.eye(3)).T + mat[:3, 3]

@@ -19,14 +19,16 @@ import numpy as np
 from asl_pipeline.simulate.anatomy import rician  # noqa: F401  (re-exported)
 
 #: Thermal noise SD per channel, as a fraction of the M0 of pure CSF, at
-#: ``noise_scale=1``; with :data:`PHYSIO_SD` calibrated so that the per-pair
-#: GM CBF temporal SD of a 2D PCASL run without background suppression is
-#: about 40 mL/100 g/min (see the simulate docs).
-THERMAL_SD = 0.0022
+#: ``noise_scale=1``. With :data:`PHYSIO_SD` it is calibrated so that the
+#: per-pair GM CBF temporal SD (GM > 0.7, 3.4 x 3.4 x 6 mm) is about 52
+#: mL/100 g/min for 2D PCASL without background suppression (control-image
+#: tSNR about 100) and about 38 with it (``python -m
+#: asl_pipeline.simulate.calibration`` prints the figures).
+THERMAL_SD = 0.0020
 
 #: RMS of the cardiac, respiratory and drift components of the
 #: multiplicative physiological fluctuation (fraction of the signal).
-PHYSIO_SD = {"cardiac": 0.0020, "respiratory": 0.0015, "drift": 0.004}
+PHYSIO_SD = {"cardiac": 0.0020, "respiratory": 0.0015, "drift": 0.008}
 
 
 def physio_timecourses(rng, n_volumes: int, tr: float) -> dict[str, np.ndarray]:

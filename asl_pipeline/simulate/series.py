@@ -851,6 +851,8 @@ def simulate_cbf_series(
     spike_vols = [max(1, 2 * p + int(rng.integers(2))) for p in spike_pairs]
     params, _ = random_motion(rng, n_vol, spike_volumes=spike_vols, scale=motion_scale)
     grad = np.stack(np.gradient(static, *np.asarray(voxel_size, float)), -1)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    world = (ijk @ anat.affine[:3, :3].T + anat.affine[:3, 3]).astype(np.float32)
 
     physio_maps = _physio_maps(rng, fr, anat.affine, shape)
     courses = noise.physio_timecourses(rng, n_vol, proto.tr)
@@ -869,7 +871,7 @@ def simulate_cbf_series(
             if j == 1:
                 s_t -= deltam
             if np.any(params[t]):
-                disp = displacement_field(params[t], anat.affine, shape).astype(np.float32)
+                disp = displacement_field(params[t], anat.affine, shape, world)
                 s_t += np.einsum("...k,...k->...", grad, disp)
             if noise_scale:
                 phys = sum(noise.PHYSIO_SD[k] * courses[k][t] * physio_maps[k] for k in courses)
