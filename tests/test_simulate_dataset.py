@@ -113,8 +113,9 @@ def test_refuses_non_empty_output(dataset):
 
 @pytest.mark.skipif(shutil.which("bids-validator-deno") is None, reason="validator absent")
 def test_dataset_passes_bids_validator(dataset):
+    """No errors in the raw dataset nor in derivatives/simulation."""
     proc = subprocess.run(
-        ["bids-validator-deno", "--format", "json", str(dataset)],
+        ["bids-validator-deno", "--recursive", "--format", "json", str(dataset)],
         capture_output=True,
         text=True,
         timeout=300,

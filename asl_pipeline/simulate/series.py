@@ -799,6 +799,10 @@ def simulate_cbf_series(
     sensitivity, so ``E[cbf_series] = cbf`` wherever no outlier hits. Voxels
     with ``s`` below 1e-3 of its brain maximum (outside the head) are 0.
 
+    ``readout="3D"`` drops the slice timing (one PLD) but, unlike
+    :func:`simulate_subject`, applies no through-plane blur, which would make
+    the expected per-pair CBF differ from the truth.
+
     Outliers, in pair units: about ``spike_rate`` of the pairs get a global
     gain change of 2-6% on one of their two volumes plus a transient motion
     jerk of that volume; about ``slice_outlier_rate`` of the (pair, brain
