@@ -203,5 +203,32 @@ def test_cli_errors_name_file_and_fix(tmp_path, capsys):
     assert "sub-01_desc-timeseries_cbf.nii.gz" in err and "brain mask" in err and "Fix:" in err
     with pytest.raises(SystemExit):
         parse_args(["--simulate", "1", "--out", "x"])
+    with pytest.raises(SystemExit):
+        parse_args(["--simulate", "4", "--seed", "9", "--out", "x"])
     args = parse_args(["--simulate", "4", "--out", "x", "--scheme", "pseudo-gt"])
     assert args.scheme == "pseudo-gt" and args.lr == 1e-3 and args.loss == "l1"
+
+
+@pytest.mark.slow
+def test_simulated_subjects_vary_and_feed_the_lfn_dataset():
+    from asl_pipeline.training import (
+        SIM_GRIDS,
+        TEST_SEED_OFFSET,
+        simulate_subject_series,
+        simulation_settings,
+    )
+
+    settings = [simulation_settings(0, i) for i in range(40)]
+    assert settings[3] == simulation_settings(0, 3)  # seeded
+    assert {s["labeling"] for s in settings} == {"PCASL", "PASL"}
+    assert {s["readout"] for s in settings} == {"2D", "3D"}
+    assert {s["outliers"] for s in settings} == {True, False}
+    assert len({s["shape"] for s in settings}) == len(SIM_GRIDS)
+    assert len({s["noise_scale"] for s in settings}) > 2
+    assert TEST_SEED_OFFSET >= 9 * 100_000  # seeds < 9: training seeds stay below it
+    subj = simulate_subject_series(3, 8, shape=(24, 24, 8), voxel_size=(8.0, 8.0, 14.0))
+    assert subj.series.shape == (24, 24, 8, 8) and subj.truth.shape == (24, 24, 8)
+    gm_cbf = subj.truth[subj.gm > 0.7]
+    assert gm_cbf.size == 0 or 20 < gm_cbf.mean() < 100  # mL/100 g/min
+    ex = build_examples([subj], scheme="lfn")
+    assert len(ex) == 4 * int((subj.mask.sum((0, 1)) >= 50).sum())

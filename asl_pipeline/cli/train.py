@@ -113,6 +113,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.simulate is not None and args.simulate < 2:
         parser.error("--simulate needs at least 2 subjects (one for validation)")
+    if args.simulate is not None and not 0 <= args.seed <= 8:
+        parser.error("--seed must be 0-8 with --simulate (higher seeds reach the test subjects)")
     if not 0.0 <= args.val_fraction < 1.0:
         parser.error("--val-fraction must be in [0, 1)")
     if args.epochs < 1 or args.batch_size < 1:
