@@ -366,3 +366,35 @@ def points_through(transforms, points_world) -> np.ndarray:
     df = pd.DataFrame(pts, columns=["x", "y", "z"])
     out = ants.apply_transforms_to_points(3, df, [str(t) for t in transforms])
     return out[["x", "y", "z"]].to_numpy() * [-1, -1, 1]
+
+
+_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def write_itk_affine(point_map, path) -> str:
+    """Write a 4x4 RAS point mapping as an ITK affine ``.mat``.
+
+    The point mapping is ANTs' transform direction: the file written for
+    ``asl_to_t1w`` maps T1w points to ASL points.
+    """
+    ants = _ants()
+    lps = _LPS @ np.asarray(point_map, dtype=float) @ _LPS
+    tx = ants.create_ants_transform(
+        transform_type="AffineTransform", dimension=3, matrix=lps[:3, :3], offset=lps[:3, 3]
+    )
+    ants.write_transform(tx, str(path))
+    return str(path)
+
+
+def read_itk_affine(path) -> np.ndarray:
+    """4x4 RAS point mapping of an ITK affine/rigid ``.mat`` (inverse of the writer)."""
+    ants = _ants()
+    tx = ants.read_transform(str(path))
+    par = np.asarray(tx.parameters, dtype=float)
+    centre = np.asarray(tx.fixed_parameters, dtype=float)
+    a = par[:9].reshape(3, 3)
+    t = par[9:12]
+    lps = np.eye(4)
+    lps[:3, :3] = a
+    lps[:3, 3] = t + centre - a @ centre
+    return _LPS @ lps @ _LPS

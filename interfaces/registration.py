@@ -169,6 +169,36 @@ def maps_to_asl(inp, ref, xfm, cwd) -> dict:
     return out
 
 
+class _TissuesToASLInputSpec(BaseInterfaceInputSpec):
+    ref_image = File(exists=True, mandatory=True, desc="ASL reference (target grid)")
+    asl_to_t1w = File(exists=True, mandatory=True, desc="ITK transform ASL -> T1w")
+    t1w_mask = File(exists=True, mandatory=True, desc="T1w brain mask")
+    gm_t1w = File(exists=True, mandatory=True, desc="GM probability, T1w space")
+    wm_t1w = File(exists=True, mandatory=True, desc="WM probability, T1w space")
+    csf_t1w = File(exists=True, mandatory=True, desc="CSF probability, T1w space")
+
+
+class _TissuesToASLOutputSpec(TraitedSpec):
+    gm = File(exists=True, desc="GM probability, ASL space")
+    wm = File(exists=True, desc="WM probability, ASL space")
+    csf = File(exists=True, desc="CSF probability, ASL space")
+    t1w_mask_asl = File(exists=True, desc="T1w brain mask resampled into ASL space")
+    asl_mask = File(exists=True, desc="CBF brain mask: T1w mask in ASL space with ASL signal")
+
+
+class TissuesToASL(SimpleInterface):
+    """Tissue maps and brain mask into ASL space through a given ASL -> T1w transform."""
+
+    input_spec = _TissuesToASLInputSpec
+    output_spec = _TissuesToASLOutputSpec
+
+    def _run_interface(self, runtime):
+        inp = self.inputs
+        ref = nb.load(inp.ref_image)
+        self._results.update(maps_to_asl(inp, ref, inp.asl_to_t1w, runtime.cwd))
+        return runtime
+
+
 class _ResampleInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="image to resample (3D or 4D)")
     reference = File(exists=True, mandatory=True, desc="image defining the target grid")

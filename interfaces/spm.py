@@ -37,23 +37,10 @@ from asl_pipeline import motion as core
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.interfaces.cbf import read_aslcontext
 from asl_pipeline.interfaces.motion import load_4d, write_realign_outputs
+from asl_pipeline.registration import read_itk_affine, write_itk_affine
 from asl_pipeline.segmentation import clean_mask
 
 LOGGER = logging.getLogger("nipype.interface")
-
-_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def write_itk_affine(point_map, path) -> str:
-    """Write a 4x4 RAS point mapping as an ITK ``.mat`` (via antspyx)."""
-    import ants
-
-    lps = _LPS @ np.asarray(point_map, dtype=float) @ _LPS
-    tx = ants.create_ants_transform(
-        transform_type="AffineTransform", dimension=3, matrix=lps[:3, :3], offset=lps[:3, 3]
-    )
-    ants.write_transform(tx, str(path))
-    return str(path)
 
 
 class _StackInputSpec(BaseInterfaceInputSpec):
@@ -229,9 +216,7 @@ class SPMTissues(SimpleInterface):
 
 class _SetAffineInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="ASL-space image")
-    world_matrix = File(
-        exists=True, mandatory=True, desc="4x4 text: ASL world -> T1w world (SPMCoregToITK)"
-    )
+    asl_to_t1w = File(exists=True, mandatory=True, desc="ITK rigid transform ASL -> T1w")
 
 
 class _SetAffineOutputSpec(TraitedSpec):
@@ -246,7 +231,8 @@ class SetWorldAffine(SimpleInterface):
 
     def _run_interface(self, runtime):
         img = nb.load(self.inputs.in_file)
-        q = np.loadtxt(self.inputs.world_matrix)
+        # the ITK file maps T1w points to ASL points; the header needs ASL -> T1w
+        q = np.linalg.inv(read_itk_affine(self.inputs.asl_to_t1w))
         out = fname_presuffix(self.inputs.in_file, suffix="_coreg", newpath=runtime.cwd)
         out = out[:-3] if out.endswith(".nii.gz") else out
         nb.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), q @ img.affine).to_filename(out)
