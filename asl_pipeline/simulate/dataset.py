@@ -7,6 +7,7 @@ Layout of ``out_dir``::
     sub-XX/perf/sub-XX_asl.nii.gz (+ _asl.json, _aslcontext.tsv)
     sub-XX/perf/sub-XX_m0scan.nii.gz (+ .json, IntendedFor the ASL run)
     derivatives/simulation/            (DatasetType "derivative")
+        .bidsignore                     files BIDS derivatives do not cover
         sub-XX/perf/sub-XX_desc-true_cbf.nii.gz     true CBF, ASL space
         sub-XX/perf/sub-XX_desc-true_att.nii.gz     true ATT (s), ASL space
         sub-XX/perf/sub-XX_desc-true_m0.nii.gz      fully relaxed M0, ASL space
@@ -353,6 +354,13 @@ def simulate_dataset(
             "GeneratedBy": [generated],
             "SourceDatasets": [{"URL": "../.."}],
         },
+    )
+    # BIDS derivatives cover neither perf-space truth maps nor these
+    # transforms/TSVs; declare them so the validator (with -r) accepts them
+    _write_bytes(
+        deriv / ".bidsignore",
+        b"# ground-truth files the BIDS derivatives specification does not cover\n"
+        b"**/perf/*\n**/*_xfm.*\n",
     )
     rows = []
     for i, label in enumerate(labels):
