@@ -308,3 +308,19 @@ def test_bad_arguments_raise_asl_input_error():
         simulate_subject(0, readout="4D", **SMALL)
     with pytest.raises(ASLInputError, match="n_pairs"):
         simulate_cbf_series(0, n_pairs=0, **SMALL)
+
+
+def test_lesion_is_hypoperfused_and_delayed():
+    kw = dict(n_pairs=1, t1w=False, motion=False, outliers=False, **SMALL)
+    healthy = simulate_subject(6, **kw)
+    ill = simulate_subject(6, lesion=True, **kw)
+    assert healthy.lesion is None
+    core = (ill.lesion > 0.3) & (healthy.cbf > 5)
+    far = ill.lesion < 1e-3
+    assert core.sum() > 5
+    # CBF is scaled by 1 - depth * weight, with one depth in [0.5, 0.8]
+    depth = (1 - ill.cbf[core] / healthy.cbf[core]) / ill.lesion[core]
+    assert np.ptp(depth) < 1e-3
+    assert 0.5 <= depth.mean() <= 0.8
+    np.testing.assert_allclose(ill.cbf[far], healthy.cbf[far], rtol=1e-3)
+    assert np.all(ill.att[core] > healthy.att[core])

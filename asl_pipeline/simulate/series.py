@@ -448,6 +448,25 @@ class SimulatedSubject:
     ``outlier_volumes`` and ``outlier_slices`` index ASL volumes (not pairs).
     Use :meth:`subject_to_mni_points` (T1w world mm -> MNI mm) and
     :meth:`asl_to_mni_points` to score registrations by displacement error.
+
+    Scanner data: ``asl`` (float32, with motion, noise, outliers),
+    ``aslcontext``, ``m0`` (separate M0 scan, TR ``m0_metadata
+    ["RepetitionTimePreparation"]``, head at ``m0_motion`` relative to ASL
+    volume 0), ``metadata`` / ``m0_metadata`` (sidecars), ``t1w`` (1 mm).
+
+    Truth in ASL space (head at volume 0): ``cbf`` (mL/100 g/min), ``att``
+    (s), ``gm`` / ``wm`` / ``csf`` fractions, ``brain_mask``, ``m0_true``
+    (fully relaxed M0: what a perfect M0 correction gives), ``deltam``
+    (noise-free control - label), ``static`` (noise-free control), ``alpha``
+    (effective labeling efficiency), ``slice_pld`` (s, per slice),
+    ``lesion`` (0-1 weight, or None). Truth in T1w space: ``gm_t1w``,
+    ``wm_t1w``, ``csf_t1w``, ``brain_mask_t1w``. Relations: ``asl_to_t1w``
+    (4x4, ASL world -> T1w world), ``deformation`` (T1w world -> MNI, see
+    :class:`~asl_pipeline.simulate.anatomy.SubjectDeformation`).
+    Corruptions: ``outlier_volumes`` (spike volumes), ``outlier_slices``
+    ``(volume, slice)`` with ``outlier_slice_kinds`` ("drop"/"ghost"),
+    ``motion_jerks`` (volumes where a persistent motion step starts; not
+    counted as outliers, although the pair they split is degraded).
     """
 
     asl: np.ndarray
