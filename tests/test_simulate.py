@@ -308,6 +308,13 @@ def test_bad_arguments_raise_asl_input_error():
         simulate_subject(0, readout="4D", **SMALL)
     with pytest.raises(ASLInputError, match="n_pairs"):
         simulate_cbf_series(0, n_pairs=0, **SMALL)
+    small = {k: v for k, v in SMALL.items() if k != "voxel_size"}
+    with pytest.raises(ASLInputError, match="voxel_size"):
+        simulate_subject(0, voxel_size=(3.0, -3.0, 5.0), **small)
+    with pytest.raises(ASLInputError, match="noise_scale"):
+        simulate_cbf_series(0, noise_scale=-1, **SMALL)
+    with pytest.raises(ASLInputError, match="bolus_cutoff"):
+        simulate_cbf_series(0, labeling="PASL", bolus_cutoff=2.5, **SMALL)
 
 
 def test_lesion_is_hypoperfused_and_delayed():

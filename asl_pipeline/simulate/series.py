@@ -222,6 +222,36 @@ class ASLProtocol:
         return md
 
 
+def _check_grid(shape, voxel_size, noise_scale) -> None:
+    """Refuse grids and noise levels the simulator cannot honour."""
+    shape = tuple(shape)
+    voxel_size = tuple(voxel_size)
+    if len(shape) != 3 or len(voxel_size) != 3:
+        raise ASLInputError(
+            f"shape {shape} / voxel_size {voxel_size} must have 3 entries.",
+            field="shape",
+            fix="pass e.g. shape=(64, 64, 20), voxel_size=(3.4, 3.4, 6.0).",
+        )
+    if min(int(n) for n in shape) < 4:
+        raise ASLInputError(
+            f"shape {shape} has fewer than 4 voxels along an axis.",
+            field="shape",
+            fix="use at least 4 voxels per axis, e.g. shape=(64, 64, 20).",
+        )
+    if min(float(v) for v in voxel_size) <= 0:
+        raise ASLInputError(
+            f"voxel_size {voxel_size} must be positive (mm).",
+            field="voxel_size",
+            fix="pass e.g. voxel_size=(3.4, 3.4, 6.0).",
+        )
+    if not float(noise_scale) >= 0:
+        raise ASLInputError(
+            f"noise_scale={noise_scale} must be >= 0.",
+            field="noise_scale",
+            fix="use 0 for noise-free images, 1 for the calibrated level.",
+        )
+
+
 def _make_protocol(
     *,
     labeling,
@@ -585,12 +615,7 @@ def simulate_subject(
     """
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
-    if len(shape) != 3 or len(voxel_size) != 3:
-        raise ASLInputError(
-            f"shape {shape} / voxel_size {voxel_size} must have 3 entries.",
-            field="shape",
-            fix="pass e.g. shape=(64, 64, 20), voxel_size=(3.4, 3.4, 6.0).",
-        )
+    _check_grid(shape, voxel_size, noise_scale)
     proto = _make_protocol(
         labeling=labeling,
         readout=readout,
@@ -828,6 +853,7 @@ def simulate_cbf_series(
     slice) combinations get a slice drop or ghost in one of the two volumes.
     """
     rng = np.random.default_rng(seed)
+    _check_grid(shape, voxel_size, noise_scale)
     shape = tuple(int(s) for s in shape)
     proto = _make_protocol(
         labeling=labeling,
