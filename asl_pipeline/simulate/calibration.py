@@ -3,13 +3,15 @@
 ``python -m asl_pipeline.simulate.calibration [n_seeds]`` prints, for a few
 acquisition settings, the per-pair GM CBF temporal SD, the voxel-wise RMSE of
 the 10- and 40-pair mean CBF against the truth, the control-image temporal
-SNR and the framewise displacement. CBF is quantified with the white-paper
+SNR and the framewise displacement, then the wall time of the simulators.
+CBF is quantified with the white-paper
 formula, written out here (not imported from the pipeline), with the true M0.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 
@@ -99,6 +101,17 @@ def main(argv=None) -> int:
         f"{'cbf_series 2D':14s}"
         + "".join(f"{np.mean([r[k] for r in rows]):10.2f}" for k in keys[:4])
     )
+    print("wall time per call, s (templates already loaded; mean over the seeds)")
+    for name, fn in (
+        ("simulate_cbf_series (64x64x20, 40 pairs)", lambda s: simulate_cbf_series(s)),
+        ("simulate_subject without T1w", lambda s: simulate_subject(s, t1w=False)),
+        ("simulate_subject with 1 mm T1w", lambda s: simulate_subject(s)),
+    ):
+        fn(0)
+        start = time.perf_counter()
+        for seed in range(n_seeds):
+            fn(seed)
+        print(f"  {name:42s} {(time.perf_counter() - start) / n_seeds:6.2f}")
     return 0
 
 
