@@ -16,7 +16,7 @@ Defaults chosen where the methods spec leaves a choice open:
 * ``outlier_threshold`` = None means the method's own default
   (:data:`OUTLIER_THRESHOLDS`): PAOCSL 2 (the study's batch), SCORE 2.5
   (robust SD), AOC 0.17 (correlation).
-* ``output_spaces`` = ``["asl", "MNI152NLin2009aAsym"]``: CBF in the native
+* ``output_spaces`` = ``["asl", "MNI152NLin2009aSym"]``: CBF in the native
   ASL space and in the MNI template space (nilearn's bundled MNI152); T1w is
   opt-in.
 * ``quantification`` = "white-paper" (M0 from the M0 source of the run);
@@ -36,7 +36,7 @@ OUTLIER_THRESHOLDS = {"paocsl": 2.0, "score": 2.5, "aoc": 0.17, "none": None}
 PLUGINS = ("Linear", "MultiProc", "SLURM", "SLURMGraph")
 REGISTRATION_BACKENDS = ("embedded", "spm")
 OUTLIER_METHODS = tuple(OUTLIER_THRESHOLDS)
-OUTPUT_SPACES = ("asl", "T1w", "MNI152NLin2009aAsym")
+OUTPUT_SPACES = ("asl", "T1w", "MNI152NLin2009aSym")
 QUANTIFICATIONS = ("white-paper", "asltbx")
 
 _PATH_FIELDS = ("bids_dir", "output_dir", "work_dir", "plugin_config", "dwan_weights")
@@ -79,7 +79,7 @@ class Config:
     dwan_weights: Path | None = None
     smoothing_fwhm: float = 3.0
     nuisance_regression: bool = True
-    output_spaces: list[str] = field(default_factory=lambda: ["asl", "MNI152NLin2009aAsym"])
+    output_spaces: list[str] = field(default_factory=lambda: ["asl", "MNI152NLin2009aSym"])
     m0_scale: float = 1.0
     quantification: str = "white-paper"
     # other

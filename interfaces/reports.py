@@ -211,7 +211,7 @@ class SubjectReport(SimpleInterface):
         if "mni_cbf" in opt:
             cbf_figs.append(
                 (
-                    "CBF in MNI152NLin2009aAsym space",
+                    "CBF in MNI152NLin2009aSym space",
                     png(
                         reports.plot_mosaic(
                             _load(opt["mni_cbf"]),

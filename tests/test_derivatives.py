@@ -18,8 +18,8 @@ def test_parse_entities():
 
 def test_derivative_path_order():
     src = "sub-01_ses-pre_run-2_asl.nii.gz"
-    assert str(derivative_path(src, suffix="cbf", desc="mean", space="MNI152NLin2009aAsym")) == (
-        "sub-01/ses-pre/perf/sub-01_ses-pre_run-2_space-MNI152NLin2009aAsym_desc-mean_cbf.nii.gz"
+    assert str(derivative_path(src, suffix="cbf", desc="mean", space="MNI152NLin2009aSym")) == (
+        "sub-01/ses-pre/perf/sub-01_ses-pre_run-2_space-MNI152NLin2009aSym_desc-mean_cbf.nii.gz"
     )
     xfm = derivative_path(src, suffix="xfm", extension=".txt", from_="asl", to="T1w", mode="image")
     assert xfm.name == "sub-01_ses-pre_run-2_from-asl_to-T1w_mode-image_xfm.txt"

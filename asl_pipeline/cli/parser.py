@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-spaces",
         nargs="+",
         choices=OUTPUT_SPACES,
-        default=["asl", "MNI152NLin2009aAsym"],
+        default=["asl", "MNI152NLin2009aSym"],
         help="spaces of the CBF outputs",
     )
     g.add_argument(
