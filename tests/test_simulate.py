@@ -143,7 +143,7 @@ def test_subject_motion_matches_recorded_parameters():
     coef = ndimage.spline_filter(ref.static, 3, mode="nearest")
     assert np.all(sub.motion[0] == 0)
     for t in range(2, 8, 2):  # control volumes
-        assert np.abs(sub.motion[t]).max() > 0.5
+        assert np.abs(sub.motion[t]).max() > 0.2
         predicted = resample_moved(
             coef,
             ref.asl_affine,

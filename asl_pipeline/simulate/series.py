@@ -74,6 +74,14 @@ _DEFORM_BOX = ((-115.0, -150.0, -105.0), (115.0, 120.0, 135.0))
 _ASL_TARGET_MNI = np.array([0.0, -15.0, 14.0])
 _HEAD_CENTRE_MNI = np.array([0.0, -18.0, 12.0])
 
+#: Susceptibility signal loss in the ASL/M0 readout: (MNI centre, depth, width
+#: in mm) for the orbitofrontal region and both temporal poles / ear canals.
+_DROPOUT_MNI = (
+    ((0.0, 38.0, -24.0), 0.55, 12.0),
+    ((-44.0, -6.0, -30.0), 0.45, 10.0),
+    ((44.0, -6.0, -30.0), 0.45, 10.0),
+)
+
 
 def _check_choice(value, choices, field_name):
     v = str(value).upper()
@@ -325,7 +333,16 @@ def _unit_field(rng, spacing):
 
 
 def _asl_anatomy(
-    rng, *, shape, voxel_size, resolution, subsample, lesion, pad=(0, 0, 0), deformation_sd=4.0
+    rng,
+    *,
+    shape,
+    voxel_size,
+    resolution,
+    subsample,
+    lesion,
+    pad=(0, 0, 0),
+    deformation_sd=4.0,
+    susceptibility=True,
 ) -> _ASLAnatomy:
     """Tissue fractions, CBF and ATT on the ASL grid (see the module docstring).
 
@@ -376,6 +393,15 @@ def _asl_anatomy(
     posterior = np.clip((20.0 - centres_mni[:, 1]) / 120.0, 0, 1)
     att_gm = 0.9 + rng.uniform(-0.1, 0.1) + 0.35 * posterior + 0.06 * f_att
     att_wm = att_gm + 0.3
+    # EPI/GRASE signal loss near the sinuses and ear canals: a readout gain
+    # multiplying every signal of the voxel (M0 included, so CBF is unchanged)
+    gain = np.ones(len(centres_mni))
+    if susceptibility:
+        for c, amp, width in _DROPOUT_MNI:
+            d2 = ((centres_mni - np.asarray(c)) ** 2).sum(1)
+            gain -= amp * rng.uniform(0.7, 1.3) * np.exp(-d2 / (2 * width**2))
+        gain = np.clip(gain, 0.15, 1.0)
+    fractions["gain"] = gain.reshape(shape).astype(np.float32)
     lesion_map = None
     crop = tuple(slice(p, p + n) for p, n in zip(pad, out_shape, strict=True))
     if lesion:
@@ -421,13 +447,18 @@ def _asl_anatomy(
 
 
 def _m0_true(fr) -> np.ndarray:
-    return M0_SCALE * sum(fr[k].astype(float) * PROTON_DENSITY[k] for k in TISSUES)
+    gain = fr.get("gain", 1.0)
+    return M0_SCALE * gain * sum(fr[k].astype(float) * PROTON_DENSITY[k] for k in TISSUES)
 
 
 def _recovered(fr, tr) -> np.ndarray:
     """Saturation-recovery signal ``M0 (1 - exp(-TR/T1))`` summed over tissues."""
-    return M0_SCALE * sum(
-        fr[k].astype(float) * PROTON_DENSITY[k] * (1 - np.exp(-tr / T1_3T[k])) for k in TISSUES
+    return (
+        M0_SCALE
+        * fr.get("gain", 1.0)
+        * sum(
+            fr[k].astype(float) * PROTON_DENSITY[k] * (1 - np.exp(-tr / T1_3T[k])) for k in TISSUES
+        )
     )
 
 
@@ -438,7 +469,7 @@ def _static(fr, proto: ASLProtocol) -> np.ndarray:
         out = (
             out + fr[k].astype(float) * PROTON_DENSITY[k] * (1 - np.exp(-proto.tr / T1_3T[k])) * bs
         )
-    return M0_SCALE * out
+    return M0_SCALE * fr.get("gain", 1.0) * out
 
 
 def _physio_maps(rng, fr, affine, shape):
@@ -488,7 +519,8 @@ class SimulatedSubject:
 
     Truth in ASL space (head at volume 0): ``cbf`` (mL/100 g/min), ``att``
     (s), ``gm`` / ``wm`` / ``csf`` fractions, ``brain_mask``, ``m0_true``
-    (fully relaxed M0: what a perfect M0 correction gives), ``deltam``
+    (fully relaxed M0 times ``readout_gain``: what a perfect M0 correction
+    gives), ``readout_gain`` (susceptibility signal loss, 1 = none), ``deltam``
     (noise-free control - label), ``static`` (noise-free control), ``alpha``
     (effective labeling efficiency), ``slice_pld`` (s, per slice),
     ``lesion`` (0-1 weight, or None). Truth in T1w space: ``gm_t1w``,
@@ -529,6 +561,7 @@ class SimulatedSubject:
     csf_t1w: np.ndarray | None = None
     brain_mask_t1w: np.ndarray | None = None
     lesion: np.ndarray | None = None
+    readout_gain: np.ndarray | None = None
     deltam: np.ndarray | None = None
     static: np.ndarray | None = None
     alpha: float = 0.85
@@ -575,6 +608,7 @@ def simulate_subject(
     slice_outlier_rate: float = 0.02,
     z_blur_fwhm: float | None = None,
     deformation_sd: float = 4.0,
+    susceptibility: bool = True,
     t1w_voxel_size: float = 1.0,
     t1w_fov=(180.0, 220.0, 180.0),
     resolution: int = 1,
@@ -618,6 +652,12 @@ def simulate_subject(
     4.0 gives a mean displacement of about 2 mm and a maximum of about 6 mm
     over the head.
 
+    ``susceptibility``: signal loss of the EPI/GRASE readout near the
+    sinuses and ear canals (up to ~55% orbitofrontally, ~45% in the temporal
+    poles), a gain ``readout_gain`` applied to every signal of the voxel, M0
+    and ``m0_true`` included, so quantification with the measured M0 is
+    unaffected but the SNR drops there (and M0-based masks lose voxels).
+
     ``resolution`` (1 or 2 mm) picks the MNI templates, ``subsample`` the
     sub-voxel sample points per ASL voxel for partial volume; ``dtype`` is the
     dtype of ``asl`` and ``m0`` (float64 for exact known-answer tests).
@@ -648,6 +688,7 @@ def simulate_subject(
         lesion=lesion,
         pad=(3, 3, 3) if motion else (0, 0, 0),
         deformation_sd=deformation_sd,
+        susceptibility=susceptibility,
     )
     fr = anat.fractions
     m0_true = _m0_true(fr)
@@ -763,6 +804,7 @@ def simulate_subject(
         asl_to_t1w=anat.asl_to_t1w,
         deformation=anat.deformation,
         lesion=anat.lesion,
+        readout_gain=fr["gain"],
         deltam=deltam,
         static=static,
         alpha=proto.alpha,
@@ -840,6 +882,7 @@ def simulate_cbf_series(
     bolus_cutoff: float = 0.7,
     slice_duration: float = 0.035,
     deformation_sd: float = 4.0,
+    susceptibility: bool = True,
     resolution: int = 2,
     subsample=(1, 1, 2),
 ) -> SimulatedCBFSeries:
@@ -888,6 +931,7 @@ def simulate_cbf_series(
         subsample=subsample,
         lesion=lesion,
         deformation_sd=deformation_sd,
+        susceptibility=susceptibility,
     )
     fr = anat.fractions
     m0_true = _m0_true(fr)
