@@ -209,7 +209,7 @@ def _voxel_matrix(world, affine, step=1):
     return inv @ world @ affine @ scale
 
 
-def _sample(volume, vox_matrix, out_shape, order=1, cval=np.nan, mode="constant"):
+def _sample(volume, vox_matrix, out_shape, order=1, cval=np.nan, mode="constant", prefilter=None):
     return ndimage.affine_transform(
         volume,
         vox_matrix[:3, :3],
@@ -218,7 +218,7 @@ def _sample(volume, vox_matrix, out_shape, order=1, cval=np.nan, mode="constant"
         order=order,
         mode=mode,
         cval=cval,
-        prefilter=order > 1,
+        prefilter=(order > 1) if prefilter is None else prefilter,
     )
 
 
@@ -243,13 +243,21 @@ def _gauss_newton(
     step,
     max_iter,
     tol,
+    slice_threshold=3.0,
+    order=1,
+    grad_fraction=0.1,
 ):
     """Inverse-compositional Gauss-Newton of every volume against ``ref``.
 
     ``vols`` (n, x, y, z) and ``ref`` are already smoothed. Returns the
     world matrices (n, 4, 4).
+
+    Robustness to slice artefacts (signal drops, ghosts of 2D readouts): from
+    the second iteration on, a slice (third voxel axis) of a volume whose mean
+    squared residual exceeds ``slice_threshold`` times the median over that
+    volume's slices gets the weight ``(threshold * median / msr) ** 2``
+    (``None`` disables the weighting).
     """
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     sub = ref[::step, ::step, ::step]
     out_shape = sub.shape
     grad_vox = np.stack(np.gradient(ref, *[1.0] * 3), axis=-1)[::step, ::step, ::step]
@@ -265,25 +273,45 @@ def _gauss_newton(
     jac[:, 3] *= -1.0
     jac[:, 5] *= -1.0
     r_flat = sub.reshape(-1)
-    # ignore voxels with no structure (background) to save time
-    weight = np.linalg.norm(grad, axis=1) > 1e-6 * np.abs(grad).max()
+    # only voxels with structure inform the fit (flat background and flat
+    # interior have ~zero Jacobian): sample those points alone
+    gnorm = np.linalg.norm(grad, axis=1)
+    weight = gnorm > grad_fraction * np.percentile(gnorm, 99)
     jac = jac[weight]
     r_flat = r_flat[weight]
+    pts = np.c_[ijk[weight], np.ones(int(weight.sum()))].T  # homogeneous full-grid voxels
+    zidx = (ijk[weight, 2] // step).astype(np.intp)
+    n_slices = out_shape[2]
     outer = np.einsum("ni,nj->nij", jac, jac).reshape(len(jac), 36)
 
+    if order > 1:  # spline coefficients once per volume, not per iteration
+        vols = [ndimage.spline_filter(v, order=order, mode="mirror") for v in vols]
+    inv_aff = np.linalg.inv(affine)
+    upper = (np.asarray(ref.shape, dtype=float) - 1)[:, None]
     mats = init.copy()
     active = np.ones(len(vols), dtype=bool)
-    for _ in range(max_iter):
+    for it in range(max_iter):
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
         for k in idx:
-            q = _voxel_matrix(mats[k], affine, step)
-            warped = _sample(vols[k], q, out_shape).reshape(-1)[weight]
-            valid = np.isfinite(warped)
+            q = inv_aff @ mats[k] @ affine
+            coords = (q @ pts)[:3]
+            warped = ndimage.map_coordinates(
+                vols[k], coords, order=order, mode="nearest", prefilter=False
+            )
+            valid = np.all((coords >= 0) & (coords <= upper), axis=0)
             res = np.where(valid, warped - r_flat, 0.0)
-            h = (valid.astype(float) @ outer).reshape(6, 6)
-            g = jac.T @ res
+            w = valid.astype(float)
+            if slice_threshold is not None and it > 0:
+                cnt = np.bincount(zidx, weights=w, minlength=n_slices)
+                msr = np.bincount(zidx, weights=res**2, minlength=n_slices) / np.maximum(cnt, 1)
+                med = np.median(msr[cnt > 0]) if (cnt > 0).any() else 0.0
+                lim = slice_threshold * med
+                ws = np.where(msr > lim, (lim / np.maximum(msr, 1e-30)) ** 2, 1.0)
+                w = w * ws[zidx]
+            h = (w @ outer).reshape(6, 6)
+            g = jac.T @ (w * res)
             try:
                 dp = np.linalg.solve(h, g)
             except np.linalg.LinAlgError:
@@ -293,7 +321,6 @@ def _gauss_newton(
             # convergence: largest displacement of the update on a 50 mm sphere
             if np.abs(dp[:3]).max() + FD_RADIUS * np.abs(dp[3:]).max() < tol:
                 active[k] = False
-    del zooms
     return mats
 
 
@@ -305,10 +332,13 @@ def estimate_motion(
     centre=None,
     n_passes: int = 2,
     fwhm_mm: float | None = None,
-    levels=((2, 2.0), (1, 1.0)),
+    levels=((2, 2.0, 1), (1, 1.0, 1)),
+    refine_level=(1, 1.0, 3),
     max_iter: int = 20,
     tol: float = 1e-3,
     init=None,
+    slice_threshold: float | None = 3.0,
+    grad_fraction: float = 0.1,
 ):
     """Rigid-body parameters of every volume of a 4D series.
 
@@ -329,10 +359,23 @@ def estimate_motion(
         Base smoothing of the images before estimation (mm); default one
         in-plane voxel size. ``levels`` multiplies it per pyramid level.
     levels
-        ``(step, fwhm_factor)`` per pyramid level, coarse to fine.
+        ``(step, fwhm_factor[, order])`` per pyramid level, coarse to fine:
+        voxel subsampling, smoothing factor, interpolation order (1
+        trilinear, 3 cubic spline), for the first pass.
+    refine_level
+        The level of the last pass (when there are two or more), started from
+        the previous estimates. Cubic splines there (the default) halved the
+        largest error on simulated subjects compared with trilinear
+        throughout, for about twice the time (``benchmarks/bench_spatial.py``).
     max_iter, tol
         Gauss-Newton iterations per level and convergence threshold (mm of
         displacement on a 50 mm sphere).
+    slice_threshold
+        Down-weighting of artefacted slices (see :func:`_gauss_newton`);
+        ``None`` gives the plain least-squares fit.
+    grad_fraction
+        Only voxels whose reference gradient exceeds this fraction of the
+        99th percentile are sampled (flat regions carry no information).
     init
         Optional ``(n, 6)`` starting parameters.
 
@@ -381,12 +424,25 @@ def estimate_motion(
             )
             # pass 2 reference is in the space of the first volume; keep the
             # pass-1 estimates as a starting point
-        for step, factor in levels:
+        # later passes start from the previous estimates: the refine level only
+        last = i_pass == len(passes) - 1 and len(passes) > 1
+        for level in [refine_level] if last else levels:
+            step, factor, order = (*level, 1)[:3]
             sigma = _fwhm_to_sigma_vox(fwhm_mm * factor, zooms)
             svols = np.stack([ndimage.gaussian_filter(v, sigma) for v in vols])
             sref = ndimage.gaussian_filter(ref_img, sigma)
             mats = _gauss_newton(
-                svols, sref, affine, centre, mats, step=step, max_iter=max_iter, tol=tol
+                svols,
+                sref,
+                affine,
+                centre,
+                mats,
+                step=step,
+                max_iter=max_iter,
+                tol=tol,
+                slice_threshold=slice_threshold,
+                order=order,
+                grad_fraction=grad_fraction,
             )
     return matrix_to_params(mats, centre), ref_img * 1.0
 
