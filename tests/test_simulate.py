@@ -183,8 +183,13 @@ def test_cbf_series_mean_converges_to_truth():
     z = (mean[sel] - s.cbf[sel]) / (sd[sel] / np.sqrt(n))
     assert abs(np.mean(z)) < 1.0
     assert np.sqrt(np.mean(z**2)) < 2.0
-    # and the regional mean is within 3% of the truth
-    assert mean[sel].mean() == pytest.approx(s.cbf[sel].mean(), rel=0.03)
+    # and the regional mean is within 4 standard errors of the truth; the
+    # physiological noise is spatially coherent, so the SE comes from the
+    # per-pair regional means
+    regional = s.cbf_series[sel].mean(0)
+    se = regional.std() / np.sqrt(n)
+    assert abs(regional.mean() - s.cbf[sel].mean()) < 4 * se
+    assert se < 0.05 * s.cbf[sel].mean()
 
 
 def test_cbf_series_outlier_bookkeeping_matches_corruption():

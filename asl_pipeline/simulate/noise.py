@@ -31,26 +31,31 @@ THERMAL_SD = 0.0020
 PHYSIO_SD = {"cardiac": 0.0020, "respiratory": 0.0015, "drift": 0.008}
 
 
-def physio_timecourses(rng, n_volumes: int, tr: float) -> dict[str, np.ndarray]:
+def physio_timecourses(rng, n_volumes: int, tr: float, slice_times=None) -> dict:
     """Cardiac, respiratory and drift time courses, each with unit RMS.
 
     Cardiac ~ 1.1 Hz and respiratory ~ 0.28 Hz with slowly varying rate,
     sampled once per TR (so they alias to near-random volume-to-volume
     values); drift is a smooth random walk (time constant ~ 10 volumes).
+    Each course is ``(n_volumes, n_slices)``: with 2D ``slice_times`` (s) each
+    slice samples the cardiac and respiratory cycles at its own time, so the
+    fluctuation differs between the slices of one volume (one column if
+    ``slice_times`` is None).
     """
-    t = np.arange(n_volumes) * tr
+    st = np.zeros(1) if slice_times is None else np.asarray(slice_times, float)
     out = {}
     for name, f0, jitter in (("cardiac", 1.1, 0.08), ("respiratory", 0.28, 0.04)):
         rate = f0 * (1 + jitter * np.cumsum(rng.standard_normal(n_volumes)) / 5)
         phase = 2 * np.pi * np.cumsum(rate * tr) + rng.uniform(0, 2 * np.pi)
+        phase = phase[:, None] + 2 * np.pi * rate[:, None] * st[None, :]
         wave = np.sin(phase) + 0.3 * np.sin(2 * phase + rng.uniform(0, 2 * np.pi))
         out[name] = wave / max(np.sqrt(np.mean(wave**2)), 1e-9)
     walk = np.cumsum(rng.standard_normal(n_volumes))
     kernel = np.exp(-(np.arange(-30, 31) ** 2) / (2 * 10.0**2))
     walk = np.convolve(np.pad(walk, 30, mode="edge"), kernel / kernel.sum(), "valid")
     walk -= walk.mean()
-    out["drift"] = walk / max(np.sqrt(np.mean(walk**2)), 1e-9)
-    del t
+    walk = walk / max(np.sqrt(np.mean(walk**2)), 1e-9)
+    out["drift"] = np.repeat(walk[:, None], len(st), axis=1)
     return out
 
 

@@ -714,7 +714,7 @@ def simulate_subject(
         m0_motion = np.zeros(6)
 
     physio_maps = _physio_maps(rng, fr, anat.affine, shape)
-    courses = noise.physio_timecourses(rng, n_vol, proto.tr)
+    courses = noise.physio_timecourses(rng, n_vol, proto.tr, proto.slice_timing)
     sigma = noise.THERMAL_SD * M0_SCALE * noise_scale
 
     if z_blur_fwhm is None:
@@ -758,7 +758,9 @@ def simulate_subject(
         else:
             s_t = static - deltam if is_label[t] else static.copy()
         if noise_scale:
-            phys = sum(noise.PHYSIO_SD[k] * courses[k][t] * physio_maps[k] for k in courses)
+            phys = sum(
+                noise.PHYSIO_SD[k] * courses[k][t][None, None, :] * physio_maps[k] for k in courses
+            )
             s_t = s_t * (1.0 + noise_scale * phys)
         if t in spikes:
             s_t = s_t * (1.0 + rng.choice([-1, 1]) * rng.uniform(0.03, 0.08))
@@ -960,7 +962,7 @@ def simulate_cbf_series(
     world = (ijk @ anat.affine[:3, :3].T + anat.affine[:3, 3]).astype(np.float32)
 
     physio_maps = _physio_maps(rng, fr, anat.affine, shape)
-    courses = noise.physio_timecourses(rng, n_vol, proto.tr)
+    courses = noise.physio_timecourses(rng, n_vol, proto.tr, proto.slice_timing)
     sigma = noise.THERMAL_SD * M0_SCALE * noise_scale
     vols = np.empty((2,) + shape, np.float32)
     series = np.empty(shape + (proto.n_pairs,), np.float32)
@@ -979,7 +981,10 @@ def simulate_cbf_series(
                 disp = displacement_field(params[t], anat.affine, shape, world)
                 s_t += np.einsum("...k,...k->...", grad, disp)
             if noise_scale:
-                phys = sum(noise.PHYSIO_SD[k] * courses[k][t] * physio_maps[k] for k in courses)
+                phys = sum(
+                    noise.PHYSIO_SD[k] * courses[k][t][None, None, :] * physio_maps[k]
+                    for k in courses
+                )
                 s_t *= 1.0 + noise_scale * phys
             if t in spike_vols:
                 s_t *= 1.0 + rng.choice([-1, 1]) * rng.uniform(0.02, 0.06)
