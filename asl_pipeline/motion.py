@@ -339,6 +339,7 @@ def estimate_motion(
     init=None,
     slice_threshold: float | None = 3.0,
     grad_fraction: float = 0.1,
+    anchor_first: bool = True,
 ):
     """Rigid-body parameters of every volume of a 4D series.
 
@@ -373,6 +374,8 @@ def estimate_motion(
     slice_threshold
         Down-weighting of artefacted slices (see :func:`_gauss_newton`);
         ``None`` gives the plain least-squares fit.
+    anchor_first
+        Return the poses relative to the first volume (its parameters are 0).
     grad_fraction
         Only voxels whose reference gradient exceeds this fraction of the
         99th percentile are sampled (flat regions carry no information).
@@ -444,6 +447,10 @@ def estimate_motion(
                 order=order,
                 grad_fraction=grad_fraction,
             )
+    if anchor_first:
+        # express every pose relative to the first volume (as SPM does): the
+        # mean of pass 2 is only approximately in its space
+        mats = np.linalg.inv(mats[0]) @ mats
     return matrix_to_params(mats, centre), ref_img * 1.0
 
 
