@@ -336,3 +336,38 @@ def test_lesion_is_hypoperfused_and_delayed():
     assert 0.5 <= depth.mean() <= 0.8
     np.testing.assert_allclose(ill.cbf[far], healthy.cbf[far], rtol=1e-3)
     assert np.all(ill.att[core] > healthy.att[core])
+
+
+def test_2d_background_suppression_recovers_along_the_slices():
+    from asl_pipeline.simulate.anatomy import PROTON_DENSITY, T1_3T
+    from asl_pipeline.simulate.series import BS_RESIDUAL, M0_SCALE
+
+    sub = simulate_subject(
+        8,
+        n_pairs=1,
+        t1w=False,
+        motion=False,
+        outliers=False,
+        noise_scale=0,
+        background_suppression=True,
+        **SMALL,
+    )
+    st = np.asarray(sub.metadata["SliceTiming"])
+    tr = sub.metadata["RepetitionTimePreparation"]
+    expected = 0.0
+    for name in ("gm", "wm", "csf"):
+        sat = PROTON_DENSITY[name] * (1 - np.exp(-tr / T1_3T[name]))
+        bs = 1 - (1 - BS_RESIDUAL[name]) * np.exp(-st / T1_3T[name])
+        expected = expected + getattr(sub, name) * sat * bs[None, None, :]
+    expected = expected * M0_SCALE * sub.readout_gain
+    brain_only = (sub.gm + sub.wm + sub.csf) > 0.999
+    assert brain_only.sum() > 100
+    # (up to 0.1% of skull/scalp left in those voxels)
+    np.testing.assert_allclose(sub.static[brain_only], expected[brain_only], rtol=1e-3)
+    # later slices are less suppressed
+    ratio = sub.static / np.maximum(sub.m0_true, 1e-6)
+    first, last = (
+        np.median(ratio[..., 2][brain_only[..., 2]]),
+        np.median(ratio[..., -3][brain_only[..., -3]]),
+    )
+    assert last > 1.5 * first

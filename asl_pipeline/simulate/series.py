@@ -462,14 +462,44 @@ def _recovered(fr, tr) -> np.ndarray:
     )
 
 
-def _static(fr, proto: ASLProtocol) -> np.ndarray:
-    out = 0.0
+def _static_terms(fr, proto: ASLProtocol) -> list:
+    """Control signal without ΔM as ``[(map, z_profile or None), ...]``.
+
+    The signal is ``sum(map * z_profile[z])``. With background suppression the
+    static tissue is nulled to :data:`BS_RESIDUAL` at the start of the
+    readout; in 2D readouts each later slice has recovered for
+    ``SliceTiming[z]`` seconds more, ``1 - (1 - residual) exp(-SliceTiming[z]
+    / T1)``, a profile per tissue. The maps live in the tissue frame and the
+    profiles in the acquisition frame, so head motion resamples the maps only.
+    """
+    gain = M0_SCALE * fr.get("gain", 1.0)
+    sat = {
+        k: fr[k].astype(float) * PROTON_DENSITY[k] * (1 - np.exp(-proto.tr / T1_3T[k]))
+        for k in TISSUES
+    }
+    if not proto.background_suppression:
+        return [(gain * sum(sat.values()), None)]
+    if proto.readout == "3D":
+        return [(gain * sum(sat[k] * BS_RESIDUAL[k] for k in TISSUES), None)]
+    terms = [(gain * sum(sat.values()), None)]
     for k in TISSUES:
-        bs = BS_RESIDUAL[k] if proto.background_suppression else 1.0
-        out = (
-            out + fr[k].astype(float) * PROTON_DENSITY[k] * (1 - np.exp(-proto.tr / T1_3T[k])) * bs
+        terms.append(
+            (-gain * sat[k] * (1 - BS_RESIDUAL[k]), np.exp(-proto.slice_timing / T1_3T[k]))
         )
-    return M0_SCALE * fr.get("gain", 1.0) * out
+    return terms
+
+
+def _combine(terms) -> np.ndarray:
+    """Sum ``map * z_profile`` over the terms of :func:`_static_terms`."""
+    out = 0.0
+    for m, prof in terms:
+        out = out + (m if prof is None else m * prof[None, None, :])
+    return out
+
+
+def _static(fr, proto: ASLProtocol) -> np.ndarray:
+    """Noise-free control signal without ΔM on the fractions' own grid."""
+    return _combine(_static_terms(fr, proto))
 
 
 def _physio_maps(rng, fr, affine, shape):
@@ -731,7 +761,10 @@ def simulate_subject(
         # reference images on the padded grid, so tissue moves into the FOV
         pad_fr = anat.padded["fractions"]
         pad_aff = anat.padded["affine"]
-        static_c = ndimage.spline_filter(_static(pad_fr, proto), 3, mode="nearest")
+        static_c = [
+            (ndimage.spline_filter(m, 3, mode="nearest"), prof)
+            for m, prof in _static_terms(pad_fr, proto)
+        ]
         flow_c = ndimage.spline_filter(anat.padded["cbf"] * _m0_true(pad_fr), 3, mode="nearest")
         att_c = anat.padded["att"]
 
@@ -750,7 +783,7 @@ def simulate_subject(
     for t in range(n_vol):
         if moving and np.any(params[t]):
             # cubic resampling undershoots at sharp edges: signals are >= 0
-            s_t = np.maximum(_move(static_c, t), 0.0)
+            s_t = np.maximum(_combine([(_move(c, t), prof) for c, prof in static_c]), 0.0)
             if is_label[t]:
                 flow_t = np.maximum(_move(flow_c, t), 0.0)
                 att_t = _move(att_c, t, order=1, prefiltered=False)
