@@ -371,3 +371,17 @@ def test_2d_background_suppression_recovers_along_the_slices():
         np.median(ratio[..., -3][brain_only[..., -3]]),
     )
     assert last > 1.5 * first
+
+
+def test_m0_included_is_the_first_volume_and_indices_shift():
+    kw = dict(n_pairs=6, t1w=False, spike_rate=0.2, **SMALL)
+    sep = simulate_subject(12, **kw)
+    inc = simulate_subject(12, m0_type="Included", **kw)
+    assert inc.aslcontext == ["m0scan"] + sep.aslcontext
+    assert inc.metadata["M0Type"] == "Included" and inc.m0_metadata is None
+    np.testing.assert_array_equal(inc.asl[..., 0], sep.m0)
+    np.testing.assert_array_equal(inc.asl[..., 1:], sep.asl)
+    np.testing.assert_array_equal(inc.motion[1:], sep.motion)
+    np.testing.assert_array_equal(inc.motion[0], sep.m0_motion)
+    assert inc.outlier_volumes == [t + 1 for t in sep.outlier_volumes]
+    assert inc.outlier_slices == [(t + 1, z) for t, z in sep.outlier_slices]

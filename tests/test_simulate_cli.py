@@ -28,6 +28,7 @@ def test_parse_args_defaults_and_options(tmp_path):
     )
     assert args.labeling == "pasl" and args.readout == "3d" and args.no_motion
     assert args.lesion and args.noise_scale == 0.5 and args.n_pairs == 10
+    assert cli.parse_args([str(tmp_path), "--m0-type", "Included"]).m0_type == "included"
 
 
 @pytest.mark.parametrize(

@@ -130,3 +130,23 @@ def test_dataset_passes_bids_validator(dataset, sub):
     errors = [i for i in report["issues"]["issues"] if i["severity"] == "error"]
     assert errors == [], errors
     assert proc.returncode == 0
+
+
+def test_m0_included_dataset_has_no_m0scan_files(tmp_path):
+    root = simulate_dataset(tmp_path / "inc", n_subjects=1, seed=2, m0_type="Included", **TINY)
+    perf = root / "sub-01" / "perf"
+    assert not (perf / "sub-01_m0scan.nii.gz").exists()
+    ctx = (perf / "sub-01_aslcontext.tsv").read_text().split()
+    assert ctx[:2] == ["volume_type", "m0scan"] and len(ctx) == 1 + 1 + 6
+    assert nib.load(perf / "sub-01_asl.nii.gz").shape[3] == 7
+    md = json.loads((perf / "sub-01_asl.json").read_text())
+    assert md["M0Type"] == "Included"
+    if shutil.which("bids-validator-deno"):
+        proc = subprocess.run(
+            ["bids-validator-deno", "--format", "json", str(root)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        issues = json.loads(proc.stdout)["issues"]["issues"]
+        assert [i for i in issues if i["severity"] == "error"] == []

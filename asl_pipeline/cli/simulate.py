@@ -40,6 +40,13 @@ def get_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--label-first", action="store_true", help="label/control order")
     a.add_argument(
+        "--m0-type",
+        choices=["separate", "included"],
+        default="separate",
+        type=str.lower,
+        help="separate _m0scan files (default) or the M0 as the first ASL volume",
+    )
+    a.add_argument(
         "--t1w-voxel-size",
         type=float,
         default=1.0,
@@ -102,6 +109,7 @@ def main(argv=None) -> int:
             noise_scale=args.noise_scale,
             background_suppression=args.background_suppression,
             label_first=args.label_first,
+            m0_type=args.m0_type.capitalize(),
             t1w_voxel_size=args.t1w_voxel_size,
         )
     except ASLInputError as exc:

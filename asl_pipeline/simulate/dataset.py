@@ -198,11 +198,13 @@ def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
     nii(perf / f"{s}_asl.nii.gz", sub.asl, sub.asl_affine, np.int16, tr=tr)
     _write_json(perf / f"{s}_asl.json", sub.metadata)
     _write_tsv(perf / f"{s}_aslcontext.tsv", ["volume_type"], [[c] for c in sub.aslcontext])
-    nii(perf / f"{s}_m0scan.nii.gz", sub.m0, sub.asl_affine, np.int16)
-    m0_md = dict(sub.m0_metadata)
-    m0_md["IntendedFor"] = f"bids::{s}/perf/{s}_asl.nii.gz"
-    _write_json(perf / f"{s}_m0scan.json", m0_md)
-    written += [perf / f"{s}_asl.json", perf / f"{s}_aslcontext.tsv", perf / f"{s}_m0scan.json"]
+    written += [perf / f"{s}_asl.json", perf / f"{s}_aslcontext.tsv"]
+    if sub.m0_metadata is not None:  # M0Type Separate
+        nii(perf / f"{s}_m0scan.nii.gz", sub.m0, sub.asl_affine, np.int16)
+        m0_md = dict(sub.m0_metadata)
+        m0_md["IntendedFor"] = f"bids::{s}/perf/{s}_asl.nii.gz"
+        _write_json(perf / f"{s}_m0scan.json", m0_md)
+        written.append(perf / f"{s}_m0scan.json")
     if sub.t1w is not None:
         nii(anat / f"{s}_T1w.nii.gz", sub.t1w, sub.t1w_affine, np.int16)
         _write_json(anat / f"{s}_T1w.json", _T1W_SIDECAR)
@@ -242,9 +244,12 @@ def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
             **{c: {"Units": "rad"} for c in cols[3:]},
         },
     )
-    rows = [[t, "n/a", t // 2, "spike"] for t in sub.outlier_volumes]
+    # pair index of a volume (an included M0 volume comes first)
+    first = sub.aslcontext.index("control") if "m0scan" in sub.aslcontext else 0
+    first = min(first, sub.aslcontext.index("label"))
+    rows = [[t, "n/a", (t - first) // 2, "spike"] for t in sub.outlier_volumes]
     rows += [
-        [t, z, t // 2, kind]
+        [t, z, (t - first) // 2, kind]
         for (t, z), kind in zip(sub.outlier_slices, sub.outlier_slice_kinds, strict=True)
     ]
     rows.sort(key=lambda r: (r[0], -1 if r[1] == "n/a" else r[1]))

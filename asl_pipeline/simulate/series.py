@@ -531,6 +531,29 @@ def _pick_outliers(rng, n_units, n_slices, brain_slices, spike_rate, slice_rate,
 # full subject
 
 
+def _include_m0(sub, proto) -> None:
+    """Move the M0 scan into the series as its first volume (M0Type Included).
+
+    Everything indexing volumes then indexes the full series: ``motion`` gains
+    the M0's row first (so the all-zero reference row is row 1), and the
+    outlier and jerk volume indices shift by one.
+    """
+    sub.asl = np.concatenate([sub.m0[..., None].astype(sub.asl.dtype), sub.asl], axis=3)
+    sub.aslcontext = ["m0scan"] + list(sub.aslcontext)
+    sub.motion = np.vstack([sub.m0_motion[None], sub.motion])
+    sub.outlier_volumes = [t + 1 for t in sub.outlier_volumes]
+    sub.outlier_slices = [(t + 1, z) for t, z in sub.outlier_slices]
+    sub.motion_jerks = [t + 1 for t in sub.motion_jerks]
+    md = dict(sub.metadata)
+    md["M0Type"] = "Included"
+    if abs(proto.m0_tr - proto.tr) > 1e-9:
+        md["RepetitionTimePreparation"] = [float(proto.m0_tr)] + [float(proto.tr)] * (
+            2 * proto.n_pairs
+        )
+    sub.metadata = md
+    sub.m0_metadata = None
+
+
 @dataclass
 class SimulatedSubject:
     """A simulated subject: the images a scanner gives plus the ground truth.
@@ -639,6 +662,7 @@ def simulate_subject(
     z_blur_fwhm: float | None = None,
     deformation_sd: float = 4.0,
     susceptibility: bool = True,
+    m0_type: str = "Separate",
     t1w_voxel_size: float = 1.0,
     t1w_fov=(180.0, 220.0, 180.0),
     resolution: int = 1,
@@ -652,7 +676,9 @@ def simulate_subject(
     (``pld`` is the TI, default 1.8 s; ``bolus_cutoff`` TI1 = 0.7 s), 2D
     ascending slices ``slice_duration`` apart (per-slice PLD) or 3D, optional
     background suppression (2 pulses), control first unless ``label_first``.
-    The separate M0 scan has TR ``m0_tr`` (default: the ASL TR, so a pipeline
+    ``m0_type="Included"`` puts the M0 scan into the series as its first
+    volume (``aslcontext`` "m0scan"; volume indices then count it, and
+    ``m0_metadata`` is None). The M0 scan has TR ``m0_tr`` (default: the ASL TR, so a pipeline
     must correct for incomplete recovery), no background suppression, its own
     small head position (``m0_motion``) and its own noise.
 
@@ -695,6 +721,7 @@ def simulate_subject(
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     _check_grid(shape, voxel_size, noise_scale)
+    m0_type = _check_choice(m0_type, ("SEPARATE", "INCLUDED"), "m0_type")
     proto = _make_protocol(
         labeling=labeling,
         readout=readout,
@@ -846,6 +873,8 @@ def simulate_subject(
         slice_pld=proto.slice_pld,
         seed=int(seed),
     )
+    if m0_type == "INCLUDED":
+        _include_m0(sub, proto)
     if t1w:
         img, aff, probs = anatomy.synthesize_t1w(
             rng,
