@@ -12,11 +12,13 @@ pulled back through the subject's true mappings (see
   regional field, optionally times a hypoperfused lesion;
 * true ATT = flow-weighted mean of the GM and WM transit times, 0.7-1.8 s,
   longer in WM and posteriorly (+0.4 s and slower flow inside a lesion);
-* ``m0_true = M0_SCALE * sum_k f_k PD_k`` (fully relaxed equilibrium
-  magnetisation of the voxel, what quantification should divide by);
-* static (control) signal ``= M0_SCALE * sum_k f_k PD_k (1 - exp(-TR/T1_k))``
+* ``m0_true = g * M0_SCALE * sum_k f_k PD_k`` (fully relaxed equilibrium
+  magnetisation of the voxel as the readout sees it, what quantification
+  should divide by), ``g`` the susceptibility signal loss of the EPI/GRASE
+  readout (1 away from the sinuses and ear canals);
+* static (control) signal ``= g * M0_SCALE * sum_k f_k PD_k (1 - exp(-TR/T1_k))``
   times, with background suppression, a residual fraction per tissue
-  (:data:`BS_RESIDUAL`);
+  (:data:`BS_RESIDUAL`) that recovers slice by slice in 2D readouts;
 * ΔM from :func:`asl_pipeline.kinetics.pcasl_deltam` /
   :func:`~asl_pipeline.kinetics.pasl_deltam` with the voxel's CBF, ATT and
   ``m0_true``, the slice's PLD (``PLD + SliceTiming[z]`` for 2D readouts) and
