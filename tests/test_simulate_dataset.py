@@ -106,9 +106,16 @@ def test_dataset_is_deterministic(dataset, tmp_path):
         assert (dataset / rel).read_bytes() == (again / rel).read_bytes(), rel
 
 
-def test_refuses_non_empty_output(dataset):
+def test_refuses_non_empty_output(dataset, tmp_path):
     with pytest.raises(ASLInputError, match="not empty"):
         simulate_dataset(dataset, n_subjects=1, **TINY)
+    # even with overwrite, a dataset it did not write is never touched
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.9.0"}')
+    with pytest.raises(ASLInputError, match="GeneratedBy"):
+        simulate_dataset(real, n_subjects=1, overwrite=True, **TINY)
+    assert sorted(p.name for p in real.iterdir()) == ["dataset_description.json"]
 
 
 @pytest.mark.skipif(shutil.which("bids-validator-deno") is None, reason="validator absent")
@@ -150,3 +157,10 @@ def test_m0_included_dataset_has_no_m0scan_files(tmp_path):
         )
         issues = json.loads(proc.stdout)["issues"]["issues"]
         assert [i for i in issues if i["severity"] == "error"] == []
+
+
+def test_overwrite_replaces_a_previous_simulation(tmp_path):
+    first = simulate_dataset(tmp_path / "ds", n_subjects=1, seed=1, **TINY)
+    before = (first / "sub-01/perf/sub-01_asl.nii.gz").read_bytes()
+    simulate_dataset(first, n_subjects=1, seed=2, overwrite=True, **TINY)
+    assert (first / "sub-01/perf/sub-01_asl.nii.gz").read_bytes() != before

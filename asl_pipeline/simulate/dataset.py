@@ -170,6 +170,22 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
             field="out_dir",
             fix="choose a new directory name.",
         )
+    if out_dir.is_dir() and any(out_dir.iterdir()) and overwrite:
+        # overwrite only ever replaces a previous simulation, never real data
+        desc = out_dir / "dataset_description.json"
+        try:
+            generated = json.loads(desc.read_text()).get("GeneratedBy", [])
+            ours = any(g.get("Name") == "asl_pipeline.simulate" for g in generated)
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            raise ASLInputError(
+                "the directory is not empty and is not a dataset written by "
+                "asl_pipeline.simulate, so it is not overwritten.",
+                file=desc,
+                field="GeneratedBy",
+                fix="choose a new or empty directory.",
+            )
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise ASLInputError(
             "the output directory is not empty; the simulator never writes into "
@@ -303,8 +319,10 @@ def simulate_dataset(
     ``simulate_subject(subject_seed(seed, i), **subject_kwargs)``, so the
     dataset is deterministic for a given ``seed`` (byte-identical files).
     ``progress(i, n, label, subject)`` is called after each subject is
-    written. Refuses a non-empty ``out_dir`` unless ``overwrite``. Returns the
-    dataset root. See the module docstring for the layout.
+    written. Refuses a non-empty ``out_dir`` unless ``overwrite`` and the
+    directory holds a dataset written by this simulator (its files are then
+    replaced; files it would not write are left alone). Returns the dataset
+    root. See the module docstring for the layout.
     """
     out = Path(out_dir)
     if int(n_subjects) < 1:
