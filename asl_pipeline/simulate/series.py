@@ -692,8 +692,10 @@ def simulate_subject(
 
     Outliers (``outliers``): about ``spike_rate`` of the volumes get a global
     gain change of 3-8% plus a motion jerk; about ``slice_outlier_rate`` of
-    the (volume, brain slice) pairs get a slice intensity drop or a N/2 ghost.
-    Volume 0 is never corrupted (it is the motion reference).
+    the (volume, brain slice) pairs get a slice intensity drop or a N/2 ghost
+    (counts are binomial draws, at least one of each; a brain slice has at
+    least 10 brain-mask voxels). Volume 0 is never corrupted (it is the
+    motion reference).
 
     3D readouts blur through-plane (GRASE T2 decay along the echo train): a
     Gaussian along z of FWHM ``z_blur_fwhm`` voxels (default 1.2 for 3D, 0 for
@@ -970,7 +972,10 @@ def simulate_cbf_series(
     Outliers, in pair units: about ``spike_rate`` of the pairs get a global
     gain change of 2-6% on one of their two volumes plus a transient motion
     jerk of that volume; about ``slice_outlier_rate`` of the (pair, brain
-    slice) combinations get a slice drop or ghost in one of the two volumes.
+    slice) combinations get a slice drop or ghost in one of the two volumes
+    (binomial counts, at least one of each; spike pairs get no slice
+    corruption). The slice drop (4-15% of the static signal) and ghost (5-15%)
+    are strong: every recorded outlier is far above the per-pair noise.
     """
     rng = np.random.default_rng(seed)
     _check_grid(shape, voxel_size, noise_scale)
