@@ -65,8 +65,8 @@ class MNIModel:
     """Tissue model of the head in MNI space (one template resolution).
 
     ``maps`` is ``(len(TISSUES), X, Y, Z)`` float32 fractions summing to at
-    most 1; ``brain`` the template brain mask as float32; ``affine`` the
-    voxel-to-MNI affine.
+    most 1; ``brain`` the template brain mask as float32; ``head`` the sum
+    of the fractions (where anything is); ``affine`` the voxel-to-MNI affine.
     """
 
     maps: np.ndarray
