@@ -385,3 +385,36 @@ def test_m0_included_is_the_first_volume_and_indices_shift():
     np.testing.assert_array_equal(inc.motion[0], sep.m0_motion)
     assert inc.outlier_volumes == [t + 1 for t in sep.outlier_volumes]
     assert inc.outlier_slices == [(t + 1, z) for t, z in sep.outlier_slices]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(labeling="PCASL"),
+        dict(labeling="PASL", readout="3D", z_blur_fwhm=0.0, background_suppression=True),
+        dict(labeling="PCASL", m0_type="Included", label_first=True),
+    ],
+)
+def test_pipeline_quantification_reads_the_simulated_sidecars(kwargs):
+    """Contract with asl_pipeline.cbf: the sidecar alone gives back the truth."""
+    cbf_mod = pytest.importorskip("asl_pipeline.cbf")
+    sub = simulate_subject(
+        3,
+        n_pairs=2,
+        motion=False,
+        outliers=False,
+        noise_scale=0,
+        t1w=False,
+        dtype=np.float64,
+        **SMALL,
+        **kwargs,
+    )
+    params = cbf_mod.quant_params_from_metadata(sub.metadata, m0_metadata=sub.m0_metadata)
+    deltam = cbf_mod.deltam_series(sub.asl, sub.aslcontext).deltam
+    res = cbf_mod.cbf_single_pld(deltam, sub.m0_true.astype(float), params)
+    arrived = sub.att < sub.slice_pld[None, None, :] - (
+        sub.metadata.get("BolusCutOffDelayTime", 0.0) if kwargs["labeling"] == "PASL" else 0.0
+    )
+    sel = arrived & (sub.cbf > 1) & ~res.excluded
+    assert sel.sum() > 100
+    np.testing.assert_allclose(res.mean_cbf[sel], sub.cbf[sel], rtol=1e-6)
