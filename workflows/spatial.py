@@ -421,7 +421,7 @@ def init_asl_reg_wf(
 
 def init_resample_wf(
     *,
-    spaces=("MNI152NLin2009aAsym",),
+    spaces=("MNI152NLin2009aSym",),
     backend: str = "embedded",
     spm_cmd: str | None = None,
     use_mcr: bool = False,
@@ -441,7 +441,7 @@ def init_resample_wf(
     .. workflow::
 
         from asl_pipeline.workflows.spatial import init_resample_wf
-        wf = init_resample_wf(spaces=["T1w", "MNI152NLin2009aAsym"])
+        wf = init_resample_wf(spaces=["T1w", "MNI152NLin2009aSym"])
 
     Parameters
     ----------
