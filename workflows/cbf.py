@@ -186,10 +186,15 @@ def init_cbf_wf(
 
     if outlier_method != "none" and n_pairs >= MIN_PAIRS_FOR_CLEANING:
         kwargs = {} if outlier_threshold is None else {"th": float(outlier_threshold)}
+        noise_aware = outlier_method == "paocsl" and not paocsl_spec_rules
+        if noise_aware:
+            kwargs["noise_aware"] = True
         clean = pe.Node(CleanCBF(method=outlier_method, **kwargs), name="clean_cbf", mem_gb=mem_gb)
+        if not noise_aware:  # the noise-aware PAOCSL runs without the motion pre-screen
+            workflow.connect(inputnode, "motion", clean, "motion")
         workflow.connect([
             (inputnode, clean, [("gm", "gm"), ("wm", "wm"), ("csf", "csf"), ("mask", "mask"),
-                                ("motion", "motion"), ("aslcontext", "aslcontext")]),
+                                ("aslcontext", "aslcontext")]),
             (compute_cbf, clean, [("cbf_ts", "cbf_ts")]),
             (clean, outputnode, [("mean_cbf", "cleaned_cbf"),
                                  ("mean_cbf_json", "cleaned_cbf_json"),
