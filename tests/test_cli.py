@@ -34,7 +34,7 @@ def test_defaults(dataset, tmp_path, monkeypatch):
     assert args.omp_nthreads == min(args.nprocs, 8)
     assert args.registration_backend == "embedded" and args.outlier_method == "paocsl"
     assert args.outlier_threshold is None and args.denoise and args.nuisance_regression
-    assert args.smoothing_fwhm == 3.0 and args.output_spaces == ["asl"]
+    assert args.smoothing_fwhm == 3.0 and args.output_spaces == ["asl", "MNI152NLin2009aSym"]
     assert args.m0_scale == 1.0 and args.quantification == "white-paper"
     assert not args.validate_only and args.seed == 0 and not args.clean_workdir
     assert args.verbosity == 0
@@ -47,14 +47,14 @@ def test_options(dataset, tmp_path):
            "--nprocs", "4", "--omp-nthreads", "2", "--mem-gb", "7.5", "--plugin", "Linear",
            "--outlier-method", "score", "--outlier-threshold", "2.5", "--no-denoise",
            "--smoothing-fwhm", "0", "--no-nuisance-regression", "--output-spaces", "asl",
-           "MNI152NLin2009cAsym", "--m0-scale", "10", "--quantification", "asltbx",
+           "MNI152NLin2009aSym", "--m0-scale", "10", "--quantification", "asltbx",
            "--validate-only", "--seed", "7", "--clean-workdir", "-vv"]
     )  # fmt: skip
     assert args.participant_label == ["01", "02"] and args.session_label == ["a"]
     assert (args.nprocs, args.omp_nthreads, args.mem_gb, args.plugin) == (4, 2, 7.5, "Linear")
     assert args.outlier_method == "score" and args.outlier_threshold == 2.5
     assert not args.denoise and not args.nuisance_regression and args.smoothing_fwhm == 0
-    assert args.output_spaces == ["asl", "MNI152NLin2009cAsym"]
+    assert args.output_spaces == ["asl", "MNI152NLin2009aSym"]
     assert args.m0_scale == 10 and args.quantification == "asltbx"
     assert args.validate_only and args.seed == 7 and args.clean_workdir
     assert args.verbosity == 2
@@ -197,13 +197,6 @@ def test_validate_only_prints_and_creates_nothing(dataset, tmp_path, capsys):
     assert "1 ASL run(s) valid, 0 warning(s)." in out
     assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
     assert snapshot(dataset) == before
-
-
-def test_processing_says_it_is_not_available(dataset, tmp_path, capsys):
-    assert main(_argv(dataset, tmp_path)) == 3
-    captured = capsys.readouterr()
-    assert "not available yet" in captured.err and "NO output" in captured.err
-    assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
 
 
 def test_processing_hands_config_and_runs_to_the_workflow(dataset, tmp_path, monkeypatch):

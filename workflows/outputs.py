@@ -31,7 +31,7 @@ def init_asl_derivatives_wf(
     source_file: str,
     stored: set[str] | frozenset[str],
     outlier_method: str = "paocsl",
-    mni_space: str = "MNI152NLin2009cAsym",
+    mni_space: str = "MNI152NLin2009aSym",
     name: str = "asl_derivatives_wf",
 ) -> pe.Workflow:
     """Store a run's outputs under BIDS-derivative names.

@@ -7,7 +7,8 @@ over to :func:`_run_workflow`.
 
 Exit status: 0 success, 1 bad input data (one line on stderr per invalid run,
 naming the file, the field and the fix; no run is processed while any is
-invalid), 2 usage error, 3 processing not available.
+invalid) or a failed processing step (naming the node and its crash file),
+2 usage error.
 Nothing is created when validation fails or with ``--validate-only``.
 """
 
@@ -20,24 +21,13 @@ import sys
 EXIT_OK = 0
 EXIT_DATA_ERROR = 1
 EXIT_USAGE = 2
-EXIT_NOT_AVAILABLE = 3
 
 
 def _run_workflow(config, runs) -> int:
-    """Build and run the processing workflow for validated ``runs``.
+    """Build and run the processing workflow for validated ``runs``."""
+    from asl_pipeline.cli.workflow import run_workflow
 
-    To be implemented when the top-level workflow lands: create
-    ``config.output_dir`` and ``config.work_dir``, write
-    ``config.to_toml(output_dir / "asl_pipeline.toml")``, build the workflow
-    and run it with ``**config.plugin_settings``; return the exit status.
-    """
-    print(
-        "asl-pipeline: the processing workflow is not available yet in this version; "
-        "the input was validated but NO output was produced (use --validate-only to "
-        "only check the input).",
-        file=sys.stderr,
-    )
-    return EXIT_NOT_AVAILABLE
+    return run_workflow(config, runs)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,133 @@
+"""Tier 3: the workflow graph built (not run) for many option combinations."""
+
+import pytest
+
+from asl_pipeline.bids import collect_runs
+from asl_pipeline.cli.parser import parse_args
+from asl_pipeline.cli.workflow import _set_node_resources
+from asl_pipeline.config import Config
+from asl_pipeline.workflows.base import init_asl_pipeline_wf
+from tests._bidsfactory import copy_example, make_dataset
+
+EXAMPLES = ("asl001", "asl002", "asl003", "asl004", "asl005")
+
+
+def _build(bids, tmp_path, *options):
+    args = parse_args(
+        [
+            str(bids),
+            str(tmp_path / "out"),
+            "participant",
+            "--work-dir",
+            str(tmp_path / "work"),
+            *options,
+        ]
+    )
+    config = Config.from_args(args)
+    runs = collect_runs(config.bids_dir)
+    return init_asl_pipeline_wf(config, runs)
+
+
+def _nodes(workflow):
+    return {node.fullname.split(".")[-1]: node for node in workflow._get_all_nodes()}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bids")
+    return make_dataset(root, context=("control", "label") * 6)
+
+
+def test_default_graph(dataset, tmp_path):
+    nodes = _nodes(_build(dataset, tmp_path))
+    for name in (
+        "asl_realign",
+        "t1w_preproc",
+        "asl_to_t1w",
+        "nuisance",
+        "compute_m0",
+        "compute_cbf",
+        "clean_cbf",
+        "dwan_denoise",
+        "compute_qc",
+        "report",
+        "ds_mean_cbf",
+        "ds_cleaned_cbf",
+        "ds_denoised_cbf",
+        "ds_mni_cbf",
+        "ds_confounds",
+        "ds_qc",
+        "ds_report",
+        "ds_t1w_to_mni",
+    ):
+        assert name in nodes, name
+    clean = nodes["clean_cbf"]
+    assert clean.inputs.method == "paocsl" and clean.inputs.noise_aware is True
+    assert nodes["ds_mni_cbf"].inputs.space == "MNI152NLin2009aSym"
+
+
+def _clean_inputs(workflow):
+    cbf_wf = workflow.get_node("sub_01_wf.asl_sub_01_asl.cbf_wf")
+    clean = cbf_wf.get_node("clean_cbf")
+    return clean, [c for _, _, d in cbf_wf._graph.in_edges(clean, data=True) for c in d["connect"]]
+
+
+def test_paocsl_noise_aware_default_has_no_motion_screen(dataset, tmp_path):
+    clean, connections = _clean_inputs(_build(dataset, tmp_path))
+    assert clean.inputs.noise_aware is True
+    assert ("motion", "motion") not in connections
+
+
+def test_paocsl_spec_rules_use_motion(dataset, tmp_path):
+    clean, connections = _clean_inputs(_build(dataset, tmp_path, "--paocsl-spec-rules"))
+    assert clean.inputs.noise_aware is False
+    assert ("motion", "motion") in connections
+
+
+@pytest.mark.parametrize(
+    "options, present, absent",
+    [
+        (["--no-denoise"], ["clean_cbf"], ["dwan_denoise", "ds_denoised_cbf"]),
+        (["--outlier-method", "none"], ["dwan_denoise"], ["clean_cbf", "ds_cleaned_cbf"]),
+        (["--outlier-method", "score"], ["clean_cbf"], []),
+        (["--outlier-method", "aoc", "--outlier-threshold", "0.2"], ["clean_cbf"], []),
+        (["--output-spaces", "asl"], ["ds_mean_cbf"], ["ds_mni_cbf", "to_mni"]),
+        (["--output-spaces", "asl", "T1w"], ["ds_t1w_cbf"], ["ds_mni_cbf"]),
+        (["--no-nuisance-regression", "--smoothing-fwhm", "0"], ["compute_cbf"], ["nuisance"]),
+        (["--quantification", "asltbx"], ["compute_cbf"], []),
+        (["--registration-backend", "spm"], ["compute_cbf"], ["asl_realign"]),
+    ],
+)
+def test_options_switch_stages(dataset, tmp_path, options, present, absent):
+    nodes = _nodes(_build(dataset, tmp_path, *options))
+    for name in present:
+        assert name in nodes, f"{name} missing with {options}"
+    for name in absent:
+        assert name not in nodes, f"{name} present with {options}"
+    if "--outlier-method" in options and "aoc" in options:
+        assert nodes["clean_cbf"].inputs.th == 0.2
+    if "--quantification" in options:
+        assert nodes["compute_cbf"].inputs.quantification == "pairwise-control"
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_real_sidecars_build(bids_examples_dir, tmp_path, example):
+    bids = copy_example(bids_examples_dir / example, tmp_path / example)
+    nodes = _nodes(_build(bids, tmp_path))
+    assert "compute_m0" in nodes and "report" in nodes
+    if example in ("asl003", "asl004"):  # multi-TI / multi-PLD: kinetic-model fit
+        assert "fit_multi_pld" in nodes
+        assert "clean_cbf" not in nodes and "dwan_denoise" not in nodes
+    else:
+        assert "compute_cbf" in nodes and "fit_multi_pld" not in nodes
+    if example == "asl001":  # GE deltam only: no pairs to clean
+        assert "clean_cbf" not in nodes
+
+
+def test_slurm_resources(dataset, tmp_path):
+    wf = _build(dataset, tmp_path, "--plugin", "SLURM")
+    _set_node_resources(wf, "SLURM")
+    nodes = _nodes(wf)
+    args = nodes["compute_cbf"].plugin_args["sbatch_args"]
+    assert "--mem=" in args and "--cpus-per-task=1" in args
+    assert not nodes["ds_mean_cbf"].plugin_args  # datasinks run in the main process
