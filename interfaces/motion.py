@@ -124,7 +124,9 @@ class ASLRealign(SimpleInterface):
             m0_img = nb.load(inp.m0_file)
             out = fname_presuffix(inp.m0_file, suffix="_hmc", newpath=runtime.cwd)
             arr = res.m0_corrected if m0_img.ndim == 4 else res.m0_corrected[..., 0]
-            nb.Nifti1Image(arr, m0_img.affine, m0_img.header).to_filename(out)
+            hdr = m0_img.header.copy()
+            hdr.set_data_dtype(np.float32)  # int16 storage would truncate the reslice
+            nb.Nifti1Image(arr, m0_img.affine, hdr).to_filename(out)
             self._results["m0_corrected"] = out
         return runtime
 
