@@ -44,9 +44,9 @@ BIDSIGNORE = (
     "*_xfm.*",
     "*_qc.tsv",
     "*_config.toml",
-    "logs/",
+    "logs",
     "*.html",
-    "figures/",
+    "**/figures",
 )
 
 _ENTITY = re.compile(r"([a-zA-Z0-9]+)-([a-zA-Z0-9]+)")
@@ -107,3 +107,11 @@ def write_dataset_files(out_dir: str | Path, *, source_dataset: str | Path | Non
         desc["SourceDatasets"] = [{"URL": Path(source_dataset).resolve().as_uri()}]
     (out_dir / "dataset_description.json").write_text(json.dumps(desc, indent=2) + "\n")
     (out_dir / ".bidsignore").write_text("\n".join(BIDSIGNORE) + "\n")
+    readme = out_dir / "README"
+    if not readme.exists():
+        readme.write_text(
+            "Derivatives of an ASL dataset produced by asl_pipeline "
+            f"{__version__}: CBF maps, outlier cleaning, denoising, QC and reports.\n"
+            "See each file's JSON sidecar for the parameters used, logs/ for the "
+            "run's configuration and sub-*/figures/ for the HTML reports.\n"
+        )
