@@ -278,11 +278,13 @@ def register_asl_to_t1w(
     ref_file=None,
     seed: int = 1,
 ) -> str:
-    """Rigid registration (6 dof, Mattes MI) of the ASL reference to the T1w brain.
+    """Rigid registration (6 dof, Mattes MI) of the ASL reference and the T1w brain.
 
-    ``iterations`` per level (shrink 4, 2, 1). On a simulated subject
-    (200, 100, 50) was as accurate (0.35 mm mean error in the brain) as
-    (1000, 500, 250, 50) for a third of the time.
+    The metric is sampled on the (coarse) ASL grid: the T1w brain is the
+    moving image and the exact inverse of the rigid result is written. On a
+    simulated subject this was 5x faster and more accurate (0.13 vs 0.28 mm
+    mean error in the brain) than sampling the 2 mm T1w grid.
+    ``iterations`` are per level (shrink 4, 2, 1).
 
     ``out_file`` receives the ITK ``.mat``: it resamples ASL-space images into
     T1w space (apply it inverted to bring T1w-space maps into ASL space).
@@ -290,26 +292,28 @@ def register_asl_to_t1w(
     ants = _ants()
     check_3d(ref, "ASL reference", ref_file)
     os.environ.setdefault("ANTS_RANDOM_SEED", str(seed))
-    fixed = to_ants(t1w_brain)
-    moving = to_ants(ref)
+    fixed = to_ants(ref)
+    moving = to_ants(t1w_brain)
     prefix = str(Path(out_file).with_suffix("")) + "_"
     kwargs = {}
     if t1w_mask is not None:
-        kwargs["mask"] = to_ants(t1w_mask)
-    reg = ants.registration(
+        kwargs["moving_mask"] = to_ants(t1w_mask)
+    out = ants.registration(
         fixed,
         moving,
         type_of_transform="Rigid",
         outprefix=prefix,
         aff_metric=metric,
-        aff_random_sampling_rate=0.5,
+        aff_random_sampling_rate=1.0,
         aff_iterations=tuple(iterations),
-        aff_shrink_factors=(4, 2, 1),
-        aff_smoothing_sigmas=(2, 1, 0),
+        aff_shrink_factors=(4, 2, 1)[-len(iterations) :],
+        aff_smoothing_sigmas=(2, 1, 0)[-len(iterations) :],
         **kwargs,
     )
-    shutil.copy(reg["fwdtransforms"][0], out_file)
-    return str(out_file)
+    # the result resamples T1w into ASL (maps ASL points to T1w points);
+    # asl_to_t1w is its inverse
+    t1w_to_asl = read_itk_affine(out["fwdtransforms"][0])
+    return write_itk_affine(np.linalg.inv(t1w_to_asl), out_file)
 
 
 def to_asl_space(
