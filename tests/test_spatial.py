@@ -56,7 +56,7 @@ def test_asl_realign_interface(tmp_path):
     assert nb.load(out.asl_corrected).shape == s["vols"].shape
     assert nb.load(out.m0_corrected).shape == s["vols"].shape[:3]
     params = read_motion(out.motion_params)
-    err = _errors(params, s["mats"], s["centre"])
+    err = _errors(read_motion(out.motion_params_raw), s["mats"], s["centre"])
     assert err[:, 0].max() < 0.1 and err[:, 1].max() < 0.1
     head, conf = _tsv(out.confounds)
     assert head[:6] == ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
