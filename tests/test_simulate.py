@@ -418,3 +418,19 @@ def test_pipeline_quantification_reads_the_simulated_sidecars(kwargs):
     sel = arrived & (sub.cbf > 1) & ~res.excluded
     assert sel.sum() > 100
     np.testing.assert_allclose(res.mean_cbf[sel], sub.cbf[sel], rtol=1e-6)
+
+
+def test_motion_convention_is_the_pipelines():
+    """True parameters compare directly with asl_pipeline.motion's estimates."""
+    pipeline_motion = pytest.importorskip("asl_pipeline.motion")
+    rng = np.random.default_rng(3)
+    shape = (40, 40, 16)
+    affine = grid_affine(shape, (3.4, 3.4, 6.0), (2.0, -20.0, 15.0))
+    centre = pipeline_motion.grid_centre(shape, affine)
+    for _ in range(5):
+        params = np.r_[rng.normal(0, 2, 3), rng.normal(0, 0.05, 3)]
+        np.testing.assert_allclose(
+            motion_matrix(params, affine, shape),
+            pipeline_motion.params_to_matrix(params, centre),
+            atol=1e-12,
+        )

@@ -15,7 +15,7 @@ Conventions (spaces, motion parameters) are documented in
 
 from asl_pipeline.simulate.anatomy import TEMPLATE_SPACE, rigid_matrix
 from asl_pipeline.simulate.dataset import load_true_mapping, simulate_dataset, write_subject
-from asl_pipeline.simulate.motion import motion_matrix, resample_moved
+from asl_pipeline.simulate.motion import motion_matrix, resample_moved, spm_rigid_matrix
 from asl_pipeline.simulate.series import (
     M0_SCALE,
     SimulatedCBFSeries,
@@ -37,4 +37,5 @@ __all__ = [
     "simulate_dataset",
     "write_subject",
     "simulate_subject",
+    "spm_rigid_matrix",
 ]

@@ -247,10 +247,14 @@ def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
         dp / f"{s}_desc-true_motion.json",
         {
             "Description": (
-                "True head motion of each ASL volume relative to volume 0: "
-                "x -> R (x - c) + c + t with R = Rz @ Ry @ Rx, c the world "
-                "coordinate of the centre of the ASL field of view; maps the "
-                "reference head position to the moved one (scanner RAS+ mm)."
+                "True head motion of each ASL volume relative to the first "
+                "control/label volume: x -> R (x - c) + c + t with "
+                "R = Rx(rot_x) @ Ry(rot_y) @ Rz(rot_z) in SPM's spm_matrix sign "
+                "convention (Rx = [[1,0,0],[0,cos,sin],[0,-sin,cos]], "
+                "Ry = [[cos,0,sin],[0,1,0],[-sin,0,cos]], "
+                "Rz = [[cos,sin,0],[-sin,cos,0],[0,0,1]]), c = FOVCentre; maps "
+                "the reference head position to the moved one (scanner RAS+ mm), "
+                "as asl_pipeline.motion.params_to_matrix does."
             ),
             "FOVCentre": [
                 float(v) for v in (aff @ np.r_[(np.array(sub.asl.shape[:3]) - 1) / 2, 1])[:3]

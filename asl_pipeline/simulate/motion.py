@@ -1,16 +1,22 @@
 """True head motion for the simulator: parameters, matrices, resampling.
 
 Convention (the one every ``motion`` array of :mod:`asl_pipeline.simulate`
-follows): a row ``(tx, ty, tz, rx, ry, rz)`` holds translations in mm along the
-scanner x, y, z axes and rotations in radians about the x, y, z axes. It
-defines the 4x4 world transform
+follows, identical to :mod:`asl_pipeline.motion`'s so true and estimated
+parameters compare directly): a row ``(tx, ty, tz, rx, ry, rz)`` holds
+translations in mm along the scanner (RAS+) x, y, z axes and rotations in
+radians about the x, y, z axes through the centre ``c`` of the volume's field
+of view (world coordinate of the voxel-grid centre). It defines the 4x4 world
+transform
 
-    ``T = rigid_matrix(row, centre)``:  ``x -> R (x - c) + c + t``,
-    ``R = Rz(rz) @ Ry(ry) @ Rx(rx)``,
+    ``T = spm_rigid_matrix(row, c)``:  ``x -> R (x - c) + c + t``,
+    ``R = Rx(rx) @ Ry(ry) @ Rz(rz)``
 
-with ``c`` the world coordinate (mm) of the centre of the volume's field of
-view. ``T`` maps the head's reference position (volume 0, whose row is all
-zeros) to its moved position: the tissue that sat at world point ``x`` in the
+with SPM's ``spm_matrix`` rotation matrices
+``Rx = [[1, 0, 0], [0, cos, sin], [0, -sin, cos]]``,
+``Ry = [[cos, 0, sin], [0, 1, 0], [-sin, 0, cos]]``,
+``Rz = [[cos, sin, 0], [-sin, cos, 0], [0, 0, 1]]``.
+``T`` maps the head's reference position (volume 0, whose row is all zeros)
+to its moved position: the tissue that sat at world point ``x`` in the
 reference sits at ``T @ x`` in the moved volume, so the moved image is
 ``I_t(x) = I_0(T^{-1} x)``. Equivalently, the moved volume shows the reference
 head through the voxel-to-world affine ``T^{-1} @ A`` (``A`` the image affine):
@@ -22,12 +28,30 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from asl_pipeline.simulate.anatomy import rigid_matrix, voxel_centre_world
+from asl_pipeline.simulate.anatomy import voxel_centre_world
+
+
+def spm_rigid_matrix(params, centre=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """4x4 rigid transform ``x -> R (x - c) + c + t``, ``R = Rx @ Ry @ Rz`` (SPM signs)."""
+    tx, ty, tz, rx, ry, rz = np.asarray(params, float)
+    cx, sx = np.cos(rx), np.sin(rx)
+    cy, sy = np.cos(ry), np.sin(ry)
+    cz, sz = np.cos(rz), np.sin(rz)
+    rot = (
+        np.array([[1, 0, 0], [0, cx, sx], [0, -sx, cx]])
+        @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        @ np.array([[cz, sz, 0], [-sz, cz, 0], [0, 0, 1]])
+    )
+    c = np.asarray(centre, float)
+    mat = np.eye(4)
+    mat[:3, :3] = rot
+    mat[:3, 3] = np.array([tx, ty, tz]) + c - rot @ c
+    return mat
 
 
 def motion_matrix(params, affine, shape) -> np.ndarray:
     """World transform (4x4) of one motion row, about the FOV centre."""
-    return rigid_matrix(params, voxel_centre_world(affine, shape))
+    return spm_rigid_matrix(params, voxel_centre_world(affine, shape))
 
 
 def resample_moved(
