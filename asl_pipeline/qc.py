@@ -31,6 +31,26 @@ def dice(a, b) -> float:
     return float(2.0 * np.logical_and(a, b).sum() / total)
 
 
+def intensity_mask(image, *, fraction=0.3):
+    """Head mask of an image from its own intensities (no registration).
+
+    Voxels above ``fraction`` of the image's robust maximum (99th percentile),
+    the largest connected component kept and its holes filled. On an ASL
+    reference or M0 image this outlines the brain (and little scalp: the
+    scalp's fat signal is suppressed in ASL readouts), which makes it an
+    independent check of the T1w brain mask brought into ASL space.
+    """
+    image = np.nan_to_num(np.asarray(image, dtype=float))
+    if not np.any(image > 0):
+        return np.zeros(image.shape, dtype=bool)
+    mask = image > fraction * np.percentile(image[image > 0], 99)
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = ndimage.sum(mask, labels, range(1, n + 1))
+        mask = labels == (1 + int(np.argmax(sizes)))
+    return ndimage.binary_fill_holes(mask)
+
+
 def dvars(series, mask, *, percent=True):
     """DVARS of a 4D series: RMS over the mask of the volume-to-volume change.
 

@@ -59,6 +59,11 @@ class _ComputeQCInputSpec(BaseInterfaceInputSpec):
     csf = File(exists=True, mandatory=True, desc="CSF probability map in ASL space")
     asl_mask = File(exists=True, mandatory=True, desc="brain mask of the ASL run")
     t1w_mask = File(exists=True, desc="T1w brain mask brought into ASL space (for Dice)")
+    ref_image = File(
+        exists=True,
+        desc="ASL reference image; its own intensity mask is compared with t1w_mask "
+        "(coregistration Dice)",
+    )
     confounds = File(exists=True, desc="confounds TSV with framewise_displacement, rmsd, dvars")
     outlier_matrix = File(exists=True, desc="slice x pair outlier TSV (1 = removed)")
     extra_maps = InputMultiObject(File(exists=True), desc="further CBF maps to assess")
@@ -92,8 +97,9 @@ class ComputeQC(SimpleInterface):
             for key, value in qc.tissue_cbf_stats(cbf, gm, wm).items():
                 row[f"{name}_{key}"] = value
             row[f"{name}_qei"] = qc.qei(cbf, gm, wm, csf, zooms=zooms)
-        if isdefined(inp.t1w_mask):
-            row["coreg_dice"] = qc.dice(_load(inp.asl_mask) > 0.5, _load(inp.t1w_mask) > 0.5)
+        if isdefined(inp.t1w_mask) and isdefined(inp.ref_image):
+            own = qc.intensity_mask(_load(inp.ref_image))
+            row["coreg_dice"] = qc.dice(own, _load(inp.t1w_mask) > 0.5)
         if isdefined(inp.confounds):
             conf = _read_tsv(inp.confounds)
             for col in ("framewise_displacement", "rmsd", "dvars"):

@@ -71,3 +71,16 @@ def test_qei_formula_components():
     # smoothing blurs the boundary; the index stays close to the ideal value
     ideal = np.cbrt(1 - np.exp(qc.QEI_CONSTANTS["alpha"]))
     assert qc.qei(cbf * 20, gm, wm, csf) == pytest.approx(ideal, abs=0.05)
+
+
+def test_intensity_mask_finds_the_bright_object():
+    rng = np.random.default_rng(3)
+    img = rng.normal(5, 1, (30, 30, 10))
+    x, y, z = np.indices(img.shape)
+    ball = (x - 15) ** 2 + (y - 15) ** 2 + 4 * (z - 5) ** 2 < 100
+    img[ball] += 100
+    img[ball & (x == 15) & (y == 15)] = 0  # a dark hole inside is filled
+    img[2, 2, 2] = 150  # an isolated bright voxel is dropped
+    mask = qc.intensity_mask(img)
+    assert qc.dice(mask, ball) > 0.99
+    assert not mask[2, 2, 2]

@@ -281,6 +281,7 @@ def init_asl_preproc_wf(
         (reg_wf, qc, [("outputnode.gm", "gm"), ("outputnode.wm", "wm"),
                       ("outputnode.csf", "csf"), ("outputnode.asl_mask", "asl_mask"),
                       ("outputnode.t1w_mask_asl", "t1w_mask")]),
+        (hmc_wf, qc, [("outputnode.ref_image", "ref_image")]),
         (confounds, qc, [("confounds", "confounds")]),
         (confounds, ds_wf, [("confounds", "inputnode.confounds")]),
         (qc, ds_wf, [("qc_file", "inputnode.qc")]),
