@@ -317,6 +317,9 @@ def train(model, train_subjects, val_subjects, cfg: TrainConfig, out_dir, *, res
     ckpt_path = out_dir / "checkpoint.pt"
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
+    if device.type == "cuda":  # reproducible cuDNN kernels (CPU kernels already are)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
     rng = np.random.default_rng(cfg.seed)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
