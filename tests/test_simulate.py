@@ -385,6 +385,9 @@ def test_m0_included_is_the_first_volume_and_indices_shift():
     np.testing.assert_array_equal(inc.motion[0], sep.m0_motion)
     assert inc.outlier_volumes == [t + 1 for t in sep.outlier_volumes]
     assert inc.outlier_slices == [(t + 1, z) for t, z in sep.outlier_slices]
+    # pair units do not depend on the M0 volume
+    assert inc.outlier_pairs == sep.outlier_pairs == sorted({t // 2 for t in sep.outlier_volumes})
+    assert inc.outlier_pair_slices == sep.outlier_pair_slices
 
 
 @pytest.mark.parametrize(

@@ -623,6 +623,21 @@ class SimulatedSubject:
     slice_pld: np.ndarray = field(default_factory=lambda: np.zeros(0))
     seed: int = 0
 
+    def _pair_of(self, volume: int) -> int:
+        """Pair index of an ASL volume (an included M0 volume comes first)."""
+        first = min(self.aslcontext.index("control"), self.aslcontext.index("label"))
+        return (int(volume) - first) // 2
+
+    @property
+    def outlier_pairs(self) -> list:
+        """Pairs holding a spike volume (PAIR units, as in SimulatedCBFSeries)."""
+        return sorted({self._pair_of(t) for t in self.outlier_volumes})
+
+    @property
+    def outlier_pair_slices(self) -> list:
+        """``(pair, slice)`` of the single-slice corruptions (PAIR units)."""
+        return sorted({(self._pair_of(t), z) for t, z in self.outlier_slices})
+
     @property
     def t1w_to_mni_affine(self) -> np.ndarray:
         """Affine part ``P`` of the T1w -> MNI mapping."""
