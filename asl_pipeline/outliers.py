@@ -119,7 +119,12 @@ METHODS = ("paocsl", "score", "aoc", "mean")
 
 #: PAOCSL settings with the noise-aware stop and no release of single-slice
 #: flags (module docstring); the defaults of :func:`paocsl` follow the spec.
-PAOCSL_NOISE_AWARE = {"min_drop_z": 4.0, "min_slices": 1, "isolated_frac": 0.0}
+PAOCSL_NOISE_AWARE = {
+    "min_drop_z": 4.0,
+    "min_slices": 1,
+    "isolated_frac": 0.0,
+    "global_statistic": "robust",
+}
 
 
 @dataclass
@@ -692,6 +697,7 @@ def paocsl(
     n_edge_slices: int = 2,
     slab_half_width: int = 2,
     global_sd: float = 3.0,
+    global_statistic: str = "mean",
     motion_sd: float = 3.0,
     min_mask_voxels: int = 10,
     min_slice_cbf: float = 5.0,
@@ -732,6 +738,12 @@ def paocsl(
         from the series mean (brain mask without the edge slices), or a
         control-label motion difference above median + ``motion_sd`` SD of
         that parameter.
+    global_statistic
+        ``"mean"`` (spec): distance from the series mean in SDs. ``"robust"``:
+        distance from the median in robust SDs (1.4826 MAD). With the mean
+        and SD one large spike inflates the SD and masks a second one, and
+        with n pairs no pair can lie more than (n - 1)/sqrt(n) SDs from the
+        mean (3.0 SDs are out of reach for n <= 10).
     min_mask_voxels, min_slice_cbf
         Slices with fewer brain voxels, or a lower mean CBF, are skipped.
     all_slices_frac, min_slices, isolated_frac, fraction_of
@@ -791,8 +803,18 @@ def paocsl(
     # Step 2: whole-volume pre-rejection.
     glob_vox = inner if inner.any() else brain
     gcbf = data[glob_vox].mean(axis=0)
-    sd = gcbf.std(ddof=1)
-    rej_global = np.abs(gcbf - gcbf.mean()) > global_sd * sd
+    if global_statistic == "robust":
+        centre = np.median(gcbf)
+        sd = 1.4826 * np.median(np.abs(gcbf - centre))
+    elif global_statistic == "mean":
+        centre, sd = gcbf.mean(), gcbf.std(ddof=1)
+    else:
+        raise ASLInputError(
+            f"global_statistic must be 'mean' or 'robust', got {global_statistic!r}",
+            field="global_statistic",
+            fix="use 'mean' (spec) or 'robust' (median and MAD)",
+        )
+    rej_global = np.abs(gcbf - centre) > global_sd * sd
     rej_motion = np.zeros(n, bool)
     if motion is not None:
         diff, _ = pair_motion(motion, n, motion_pairs)
@@ -886,6 +908,7 @@ def paocsl(
         "n_edge_slices": e,
         "slab_half_width": int(slab_half_width),
         "global_sd": float(global_sd),
+        "global_statistic": global_statistic,
         "motion_sd": float(motion_sd),
         "min_mask_voxels": int(min_mask_voxels),
         "min_slice_cbf": float(min_slice_cbf),

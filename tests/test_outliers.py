@@ -470,3 +470,25 @@ def test_interface_motion_rows_error_names_the_file(nifti_inputs, tmp_path):
     with pytest.raises(ASLInputError, match="motion.tsv") as err:
         node.run(cwd=tmp_path)
     assert "aslcontext" in err.value.fix
+
+
+def test_robust_global_screen_catches_two_spikes_that_mask_each_other():
+    """Two large spikes in 12 pairs: mean/SD misses them, median/MAD does not."""
+    rng = np.random.default_rng(7)
+    shape = (16, 16, 8)
+    gm = np.zeros(shape)
+    gm[4:12, 4:12] = 1.0
+    wm = np.zeros(shape)
+    wm[6:10, 6:10] = 1.0
+    gm[6:10, 6:10] = 0.0
+    mask = (gm + wm) > 0
+    base = 60 * gm + 25 * wm
+    series = base[..., None] + rng.normal(0, 5, shape + (12,))
+    series[..., 3] -= 600 * mask
+    series[..., 8] -= 400 * mask
+    spec = ol.paocsl(series, gm, wm, mask)
+    robust = ol.paocsl(series, gm, wm, mask, global_statistic="robust")
+    assert not {3, 8} <= set(spec.details["prerejected_global"])
+    assert {3, 8} <= set(robust.details["prerejected_global"])
+    with pytest.raises(ASLInputError, match="global_statistic"):
+        ol.paocsl(series, gm, wm, mask, global_statistic="trimmed")
