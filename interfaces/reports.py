@@ -129,6 +129,11 @@ class _ConfoundsInputSpec(BaseInterfaceInputSpec):
         exists=True, mandatory=True, desc="TSV of motion parameters, FD and RMSD per volume"
     )
     aslcontext = File(exists=True, mandatory=True, desc="aslcontext TSV of the run")
+    volume_status = File(
+        exists=True,
+        desc="pair status TSV of the outlier cleaning (pair, control_volume, label_volume, "
+        "status, n_slices_removed)",
+    )
 
 
 class _ConfoundsOutputSpec(TraitedSpec):
@@ -150,6 +155,16 @@ class ConfoundsTable(SimpleInterface):
         if n_rows != n_vol:
             raise ValueError(f"{inp.motion_confounds}: {n_rows} rows for {n_vol} volumes")
         cols["dvars"] = qc.dvars(series.reshape(*series.shape[:3], n_vol), _load(inp.mask) > 0)
+        if isdefined(inp.volume_status):
+            removed, n_slices = np.zeros(n_vol), np.zeros(n_vol)
+            with open(inp.volume_status, newline="") as fh:
+                for row in csv.DictReader(fh, delimiter="\t"):
+                    for key in ("control_volume", "label_volume"):
+                        vol = int(row[key])
+                        removed[vol] = float(row["status"] == "removed")
+                        n_slices[vol] = float(row["n_slices_removed"])
+            cols["outlier_removed"] = removed
+            cols["outlier_slices_removed"] = n_slices
         out = Path(runtime.cwd) / "confounds.tsv"
         _write_tsv(out, cols)
         self._results["confounds"] = str(out)

@@ -45,14 +45,25 @@ def images(tmp_path):
 
 
 def test_qc_and_report(images, tmp_path):
+    status = tmp_path / "status.tsv"
+    status.write_text(
+        "pair\tcontrol_volume\tlabel_volume\tstatus\tn_slices_removed\n"
+        "0\t0\t1\tkept\t0\n1\t2\t3\tremoved_in_some_slices\t1\n"
+        "2\t4\t5\tkept\t0\n3\t6\t7\tremoved\t6\n"
+    )
     conf = ConfoundsTable(
         asl_file=images["series"],
         mask=images["mask"],
         motion_confounds=images["motion"],
         aslcontext=images["aslcontext"],
+        volume_status=str(status),
     ).run(cwd=tmp_path)
-    header = open(conf.outputs.confounds).readline().split()
-    assert header[-1] == "dvars" and "framewise_displacement" in header
+    lines = open(conf.outputs.confounds).read().splitlines()
+    header = lines[0].split("\t")
+    assert "dvars" in header and "framewise_displacement" in header
+    rows = [dict(zip(header, ln.split("\t"), strict=True)) for ln in lines[1:]]
+    assert [r["outlier_removed"] for r in rows] == ["0", "0", "0", "0", "0", "0", "1", "1"]
+    assert [r["outlier_slices_removed"] for r in rows][2:4] == ["1", "1"]
 
     res = ComputeQC(
         cbf=images["cbf"],

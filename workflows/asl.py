@@ -7,7 +7,7 @@ from nipype.pipeline import engine as pe
 
 from asl_pipeline.derivatives import derivative_path
 from asl_pipeline.interfaces.reports import ComputeQC, ConfoundsTable, SubjectReport
-from asl_pipeline.workflows.cbf import init_cbf_wf, is_multi_pld
+from asl_pipeline.workflows.cbf import CBF_OUTPUTS, init_cbf_wf, is_multi_pld
 from asl_pipeline.workflows.outputs import init_asl_derivatives_wf
 from asl_pipeline.workflows.spatial import (
     init_asl_hmc_wf,
@@ -208,26 +208,7 @@ def init_asl_preproc_wf(
         stored=frozenset(stored),
         outlier_method=outlier,
     )
-    cbf_fields = [
-        f
-        for f in (
-            "cbf_ts",
-            "cbf_ts_json",
-            "mean_cbf",
-            "mean_cbf_json",
-            "att",
-            "att_json",
-            "cleaned_cbf",
-            "cleaned_cbf_json",
-            "outlier_matrix",
-            "volume_status",
-            "denoised_cbf",
-            "denoised_cbf_json",
-            "m0",
-            "m0_json",
-        )
-        if f in stored
-    ]
+    cbf_fields = [f for f in CBF_OUTPUTS if f in stored]
     workflow.connect([
         (cbf_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in cbf_fields]),
         (reg_wf, ds_wf, [("outputnode.asl_mask", "inputnode.asl_mask"),
@@ -298,6 +279,7 @@ def init_asl_preproc_wf(
     if "cleaned_cbf" in stored:
         workflow.connect([
             (cbf_wf, qc, [("outputnode.outlier_matrix", "outlier_matrix")]),
+            (cbf_wf, confounds, [("outputnode.volume_status", "volume_status")]),
             (cbf_wf, report, [("outputnode.cleaned_cbf", "cleaned_cbf"),
                               ("outputnode.outlier_matrix", "outlier_matrix")]),
         ])  # fmt: skip

@@ -10,6 +10,14 @@ from asl_pipeline.interfaces.cbf import ComputeCBF, ComputeM0, ComputeMultiPLDCB
 from asl_pipeline.interfaces.denoise import DWANDenoise
 from asl_pipeline.interfaces.outliers import CleanCBF
 
+#: Outputs of :func:`init_cbf_wf` stored as derivatives (with ``final_cbf``,
+#: the last map of the chain, they make its outputnode).
+CBF_OUTPUTS = (
+    "m0", "m0_json", "cbf_ts", "cbf_ts_json", "mean_cbf", "mean_cbf_json", "att", "att_json",
+    "cleaned_cbf", "cleaned_cbf_json", "outlier_matrix", "volume_status", "denoised_cbf",
+    "denoised_cbf_json",
+)  # fmt: skip
+
 #: Fewest label/control pairs for which outlier cleaning is meaningful.
 MIN_PAIRS_FOR_CLEANING = 4
 
@@ -109,25 +117,7 @@ def init_cbf_wf(
         name="inputnode",
     )
     outputnode = pe.Node(
-        niu.IdentityInterface(
-            fields=[
-                "m0",
-                "m0_json",
-                "cbf_ts",
-                "cbf_ts_json",
-                "mean_cbf",
-                "mean_cbf_json",
-                "att",
-                "att_json",
-                "cleaned_cbf",
-                "cleaned_cbf_json",
-                "outlier_matrix",
-                "volume_status",
-                "denoised_cbf",
-                "denoised_cbf_json",
-                "final_cbf",
-            ]
-        ),
+        niu.IdentityInterface(fields=list(CBF_OUTPUTS) + ["final_cbf"]),
         name="outputnode",
     )
     m0_kwargs = {"m0_metadata": m0_metadata} if m0_metadata else {}
