@@ -21,17 +21,45 @@ simulate = pytest.importorskip("asl_pipeline.simulate")
 
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory):
-    """A simulated subject (T1w at 2 mm) through motion correction and the T1w stage."""
+    """A simulated subject (T1w at 2 mm) through the hmc, T1w and ASL->T1w interfaces."""
+    from types import SimpleNamespace
+
+    from asl_pipeline.interfaces.registration import ASLToT1w, T1wPreprocess
     from asl_pipeline.motion import realign_asl
 
     s = simulate.simulate_subject(3, n_pairs=8, t1w_voxel_size=2.0)
     out = tmp_path_factory.mktemp("anat")
-    anat = seg.preprocess_t1w(nib.Nifti1Image(s.t1w, s.t1w_affine), out)
+    t1w_file = out / "sub-01_T1w.nii.gz"
+    nib.Nifti1Image(s.t1w, s.t1w_affine).to_filename(t1w_file)
+    anat = T1wPreprocess(t1w_file=str(t1w_file)).run(cwd=out).outputs
+    res = SimpleNamespace(
+        **{k: nib.load(getattr(anat, f)) for k, f in (
+            ("gm", "gm_t1w"), ("wm", "wm_t1w"), ("csf", "csf_t1w"), ("t1w_mask", "t1w_mask"),
+            ("t1w_brain", "t1w_brain"), ("t1w_preproc", "t1w_preproc"))},
+        mni=SimpleNamespace(mni_to_t1w=anat.mni_to_t1w, t1w_to_mni=anat.t1w_to_mni),
+    )  # fmt: skip
     hmc = realign_asl(s.asl, s.asl_affine, s.aslcontext)
-    ref = nib.Nifti1Image(hmc.reference, s.asl_affine)
-    xfm = reg.register_asl_to_t1w(ref, anat.t1w_brain, out / "asl_to_t1w.mat")
+    ref_file = out / "sub-01_asl_hmcref.nii.gz"
+    nib.Nifti1Image(hmc.reference, s.asl_affine).to_filename(ref_file)
+    coreg = ASLToT1w(
+        ref_image=str(ref_file),
+        t1w_brain=anat.t1w_brain,
+        t1w_mask=anat.t1w_mask,
+        gm_t1w=anat.gm_t1w,
+        wm_t1w=anat.wm_t1w,
+        csf_t1w=anat.csf_t1w,
+    ).run(cwd=out)
     pts = np.argwhere(s.brain_mask_t1w)[::40] @ s.t1w_affine[:3, :3].T + s.t1w_affine[:3, 3]
-    return dict(sim=s, res=anat, ref=ref, xfm=xfm, pts=pts, out=out)
+    return dict(
+        sim=s,
+        res=res,
+        ref=nib.load(ref_file),
+        xfm=coreg.outputs.asl_to_t1w,
+        coreg=coreg.outputs,
+        anat=anat,
+        pts=pts,
+        out=out,
+    )
 
 
 @pytest.mark.slow
@@ -67,28 +95,45 @@ def test_asl_to_t1w_rigid_maps_and_one_step_mni_resampling(subject):
     err = np.linalg.norm(est - (pts @ qi[:3, :3].T + qi[:3, 3]), axis=1)
     assert err.mean() < 1.0, err.mean()
 
-    # tissue maps in ASL space against the simulator's ASL-space truth
-    gm = reg.to_asl_space(res.gm, ref, xfm).get_fdata()
-    wm = reg.to_asl_space(res.wm, ref, xfm).get_fdata()
+    # tissue maps and masks in ASL space (interface outputs) against the truth
+    co = subject["coreg"]
+    gm = nib.load(co.gm).get_fdata()
+    wm = nib.load(co.wm).get_fdata()
     assert dice(gm > 0.5, s.gm > 0.5) >= 0.8
     assert dice(wm > 0.5, s.wm > 0.5) >= 0.8
+    assert dice(nib.load(co.t1w_mask_asl).get_fdata() > 0, s.brain_mask) > 0.9
+    asl_mask = nib.load(co.asl_mask).get_fdata() > 0
+    assert 0 < asl_mask.sum() <= (nib.load(co.t1w_mask_asl).get_fdata() > 0).sum()
 
-    # ASL -> MNI in one step: a map that is the true MNI x coordinate of each
-    # ASL voxel must come out, in MNI space, as the x coordinate of the grid
-    tpl = reg.load_template(2)
+    # ASL -> MNI in one step through the resampling workflow: a map holding the
+    # true MNI x coordinate of each ASL voxel must come out, in MNI space, as
+    # the x coordinate of the template grid
+    from asl_pipeline.workflows.spatial import init_resample_wf
+
     ijk = np.indices(s.asl.shape[:3]).reshape(3, -1).T
     asl_xyz = ijk @ s.asl_affine[:3, :3].T + s.asl_affine[:3, 3]
     mni_x = s.asl_to_mni_points(asl_xyz)[:, 0].reshape(s.asl.shape[:3])
-    moved = reg.apply_transforms(
-        nib.Nifti1Image(mni_x.astype(np.float32), s.asl_affine),
-        tpl.t1,
-        [res.mni.t1w_to_mni, xfm],
-    ).get_fdata()
+    in_file = subject["out"] / "mnix.nii.gz"
+    nib.Nifti1Image(mni_x.astype(np.float32), s.asl_affine).to_filename(in_file)
+    wf = init_resample_wf(spaces=["T1w", "MNI152NLin2009aSym"])
+    wf.base_dir = str(subject["out"] / "work")
+    wf.inputs.inputnode.in_file = str(in_file)
+    wf.inputs.inputnode.asl_to_t1w = xfm
+    wf.inputs.inputnode.t1w_to_mni = res.mni.t1w_to_mni
+    wf.inputs.inputnode.t1w_reference = subject["anat"].t1w_preproc
+    graph = wf.run()
+    nodes = {n.name: n for n in graph.nodes()}
+    t1w_out = nib.load(nodes["to_t1w"].result.outputs.out_file)
+    assert t1w_out.shape == s.t1w.shape
+    moved_img = nib.load(nodes["to_mni"].result.outputs.out_file)
+    tpl = reg.load_template(2)
+    assert moved_img.shape == tpl.t1.shape
+    moved = moved_img.get_fdata()
     grid_x = (np.indices(tpl.t1.shape)[0] * tpl.t1.affine[0, 0]) + tpl.t1.affine[0, 3]
     brain = tpl.brain_mask.get_fdata() > 0
-    # inside the brain and covered by the ASL slab (map values far from 0)
+    # inside the brain and covered by the ASL slab (outside it the map is 0)
     inside = brain & (np.abs(moved) > 0) & (np.abs(grid_x) < 60)
-    inside &= np.abs(moved - grid_x) < 20  # outside the ASL field of view the map is 0
+    inside &= np.abs(moved - grid_x) < 20
     assert inside.sum() > 5000
     assert np.mean(np.abs(moved[inside] - grid_x[inside])) < 1.5
 
