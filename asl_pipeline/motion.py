@@ -430,7 +430,7 @@ def estimate_motion(
         else:
             ref_img = np.mean(
                 [
-                    _sample(v, _voxel_matrix(m, affine), v.shape, order=3, mode="nearest")
+                    _reslice_one(v, _voxel_matrix(m, affine), 3)
                     for v, m in zip(vols, mats, strict=True)
                 ],
                 axis=0,
@@ -472,16 +472,32 @@ def reslice(volumes, affine, params, *, centre=None, order: int = 3) -> np.ndarr
     view take the nearest edge value (no zeros appear at the borders, which
     would otherwise show up in control - label differences).
     """
-    data = np.asarray(volumes, dtype=np.float64)
+    data = np.asarray(volumes, dtype=np.float32)
     affine = np.asarray(affine, dtype=float)
     if centre is None:
         centre = grid_centre(data.shape, affine)
     mats = params_to_matrix(np.atleast_2d(params), centre)
     out = np.empty(data.shape, dtype=np.float32)
     for k in range(data.shape[-1]):
-        q = _voxel_matrix(mats[k], affine)
-        out[..., k] = _sample(data[..., k], q, data.shape[:3], order=order, mode="nearest")
+        out[..., k] = _reslice_one(data[..., k], _voxel_matrix(mats[k], affine), order)
     return out
+
+
+def _reslice_one(volume, vox_matrix, order):
+    """One volume through a voxel matrix, float32 throughout (edge: nearest)."""
+    vol = np.ascontiguousarray(volume, dtype=np.float32)
+    if order > 1:
+        vol = ndimage.spline_filter(vol, order=order, mode="mirror", output=np.float32)
+    return ndimage.affine_transform(
+        vol,
+        vox_matrix[:3, :3],
+        offset=vox_matrix[:3, 3],
+        output_shape=vol.shape,
+        order=order,
+        mode="nearest",
+        prefilter=False,
+        output=np.float32,
+    )
 
 
 @dataclass
