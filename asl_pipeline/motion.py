@@ -697,9 +697,12 @@ def apply_realignment(
 def spm_rp_to_params(rp, centre) -> np.ndarray:
     """SPM ``rp_*.txt`` rows -> this module's parameters about ``centre``.
 
-    SPM's parameters use the same matrix (``spm_matrix``: T Rx Ry Rz, same
-    signs) and the same meaning (reference world -> volume world), but rotate
-    about the world origin; only the centre differs.
+    SPM (``spm_realign``) uses the same matrix builder (``spm_matrix``:
+    T Rx Ry Rz, same signs) about the world origin, but its row ``j`` is
+    ``spm_imatrix(mat_j / mat_1)`` of the realigned headers, and the realigned
+    header is ``M_j^-1 @ A`` in this module's terms: SPM's matrix is the
+    *inverse* of ours (volume world -> reference world). Hence
+    ``M_j = inv(spm_matrix(rp_j))``, re-expressed about ``centre``.
     """
-    mats = params_to_matrix(np.atleast_2d(rp), (0.0, 0.0, 0.0))
+    mats = np.linalg.inv(params_to_matrix(np.atleast_2d(rp), (0.0, 0.0, 0.0)))
     return matrix_to_params(mats, centre)

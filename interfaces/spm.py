@@ -4,8 +4,9 @@ The SPM backend runs SPM for the estimation steps (Realign, Coregister,
 Segment) and keeps the ASL-specific parts and the output contract of the
 embedded backend:
 
-* :class:`SPMASLRealign` reads SPM's ``rp_*.txt`` (same parameter convention
-  as :mod:`asl_pipeline.motion`, rotations about the world origin), removes
+* :class:`SPMASLRealign` reads SPM's ``rp_*.txt`` (converted with
+  :func:`asl_pipeline.motion.spm_rp_to_params`: SPM's matrix is the inverse of
+  ours and rotates about the world origin), removes
   the zig-zag and reslices every volume once, exactly as the embedded backend;
 * :class:`SPMCoregToITK` turns the header change written by SPM Coregister
   (``jobtype='estimate'``) into an ITK ``asl_to_t1w.mat``;

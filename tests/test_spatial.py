@@ -134,7 +134,9 @@ def test_spm_realign_glue_known_answer(tmp_path):
     for m in s["mats"]:
         true_rel.append(first_inv @ m)
     params = mo.matrix_to_params(np.array(true_rel), s["centre"])
-    rp = mo.matrix_to_params(np.array(true_rel), (0, 0, 0))  # SPM: about the origin
+    # SPM's rp row j is spm_imatrix(mat_j / mat_1) of the realigned headers,
+    # mat_j = M_j^-1 A: the inverse of our matrix, about the world origin
+    rp = mo.matrix_to_params(np.linalg.inv(np.array(true_rel)), (0, 0, 0))
     rp_file = tmp_path / "rp_asl.txt"
     np.savetxt(rp_file, rp)
     np.testing.assert_allclose(mo.spm_rp_to_params(rp, s["centre"]), params, atol=1e-10)
