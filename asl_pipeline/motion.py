@@ -29,9 +29,15 @@ therefore describe how the head moved in the scanner, and reslicing reads
 Estimation is a Gauss-Newton least-squares fit in the inverse-compositional
 form (Baker & Matthews 2004): the Jacobian comes from the gradient of the
 smoothed reference, so it and the normal matrix are computed once per pass
-and level; every iteration resamples all active volumes (trilinear, on
-smoothed images) and solves one 6x6 system per volume. A two-level pyramid
-(coarse: heavier smoothing, every second voxel) widens the capture range.
+and level; every iteration resamples each volume at the informative voxels
+only and solves one 6x6 system per volume. Pass 1 runs a two-level pyramid
+(half resolution with heavier smoothing, then full resolution, trilinear);
+pass 2 refines against the mean with cubic B-splines. Slices whose residual
+is far above the volume's median (2D slice drops, ghosts) are down-weighted.
+Final poses are expressed relative to the first volume, as SPM does.
+
+SPM's ``rp_*.txt`` holds the inverse matrices about the world origin; see
+:func:`spm_rp_to_params`.
 """
 
 from __future__ import annotations
