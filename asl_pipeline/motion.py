@@ -493,7 +493,7 @@ def _reslice_one(volume, vox_matrix, order):
     """One volume through a voxel matrix, float32 throughout (edge: nearest)."""
     vol = np.ascontiguousarray(volume, dtype=np.float32)
     if order > 1:
-        vol = ndimage.spline_filter(vol, order=order, mode="mirror", output=np.float32)
+        vol = ndimage.spline_filter(vol, order=order, mode="nearest", output=np.float32)
     return ndimage.affine_transform(
         vol,
         vox_matrix[:3, :3],
