@@ -60,6 +60,12 @@ def run_workflow(config, runs) -> int:
     config.to_toml(log_dir / "asl_pipeline_config.toml")
     if config.plugin.startswith("SLURM"):
         os.environ.setdefault("LOGNAME", os.environ.get("USER", "asl_pipeline"))
+    # Reproducibility: ITK (antspyx) registrations sample their metric at random
+    # and split sums across threads, so a fixed seed and a fixed thread count
+    # (the workers and SLURM jobs inherit the environment) make reruns
+    # byte-identical; --omp-nthreads 1, the default, is what the tests check.
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(config.omp_nthreads)))
+    os.environ["ANTS_RANDOM_SEED"] = str(int(config.seed) or 1)
 
     nipype_config.update_config({
         "execution": {
