@@ -321,6 +321,8 @@ def init_anat_wf(
                     base_directory=str(output_dir),
                     source_file=str(source_file),
                     datatype="anat",
+                    # BIDS requires SkullStripped in the sidecar of desc-preproc_T1w
+                    meta_dict={"SkullStripped": False} if field == "t1w_preproc" else {},
                     **entities,
                 ),
                 name=f"ds_{field}",
