@@ -12,11 +12,14 @@ points of b to points of a (the "pull" direction). :func:`apply_transforms`
 chains ``asl_to_t1w`` and ``t1w_to_mni`` so a map in ASL space is resampled
 into MNI space in one interpolation.
 
-The template is nilearn's bundled MNI152 (2009, symmetric, with a head, so
-T1w images with a skull register to it), at ``template_resolution`` mm (2 by
+The template is nilearn's bundled MNI152 (2009, symmetric, skull-stripped:
+zero outside its brain mask), at ``template_resolution`` mm (2 by
 default; it ships 1 and 2). Steps of :func:`register_t1w_to_mni`:
 
-1. affine registration of the whole head (Mattes MI),
+1. affine registration (Mattes MI, centre-of-mass start) of the T1w brain
+   cut out by an intensity-based rough brain mask (:func:`rough_brain_mask`;
+   the template is skull-stripped, and an affine of a whole head to it can
+   shrink the head onto the brain),
 2. the template brain mask brought back through the affine and dilated by
    ``mask_dilation_mm`` restricts the moving image to the brain region,
 3. SyN of the masked T1w to the skull-stripped template, starting from the
@@ -90,7 +93,7 @@ class Template:
 
 
 def load_template(resolution: int = 2) -> Template:
-    """nilearn's bundled MNI152 T1 (with head), brain mask and GM/WM/CSF priors.
+    """nilearn's bundled MNI152 T1 (skull-stripped), brain mask and GM/WM/CSF priors.
 
     CSF prior = brain mask - GM - WM clipped to [0, 1] (GM and WM rescaled
     where they sum above 1). Nothing is downloaded.
@@ -172,7 +175,10 @@ def _otsu(values, nbins: int = 256) -> float:
     s0 = np.cumsum(hist * centres)
     m0 = s0 / np.maximum(w0, 1)
     m1 = (s0[-1] - s0) / np.maximum(w1, 1)
-    return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
+    var = w0 * w1 * (m0 - m1) ** 2
+    # empty bins between the modes give a plateau: take its middle
+    best = np.flatnonzero(var >= var.max() * (1 - 1e-9))
+    return float((centres[best[0]] + centres[best[-1]]) / 2)
 
 
 def _ball(radius_mm: float, zooms) -> np.ndarray:
@@ -189,9 +195,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
 
 
-def rough_brain_mask(
-    data, zooms, *, erode_mm: float = 4.0, margin_mm: float = 2.0
-) -> np.ndarray:
+def rough_brain_mask(data, zooms, *, erode_mm: float = 4.0, margin_mm: float = 2.0) -> np.ndarray:
     """Intensity-based brain mask of a T1w head image (skull and scalp removed).
 
     Used to initialise the T1w -> MNI affine: an affine of a whole head
@@ -253,6 +257,10 @@ def register_t1w_to_mni(
     field) regularise it. The defaults are stiffer than antspyx's
     (0.2, 3, 0): on simulated subjects with a smooth 24 mm-scale deformation
     they roughly halved the error inside the brain (benchmarks/bench_spatial.py).
+    ``skull_strip`` (default True) runs the affine stage on the T1w masked by
+    :func:`rough_brain_mask`; False registers the whole image (for an input
+    that is already skull-stripped, or to reproduce the earlier behaviour,
+    which scaled some skull-on heads onto the brain: benchmarks/RESULTS.md).
     """
     ants = _ants()
     data = check_3d(t1w, "T1w", t1w_file)

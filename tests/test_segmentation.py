@@ -1,0 +1,102 @@
+"""T1w brain extraction and tissue segmentation (embedded backend).
+
+Fast tests: the intensity-based rough brain mask that initialises the
+T1w -> MNI affine, on a concentric-shell head phantom whose brain is known.
+Slow test: :func:`asl_pipeline.segmentation.preprocess_t1w` on two simulated
+subjects, one of which (``simulate_dataset(seed=21)``'s first subject) had a
+brain mask 1.7x too large before the affine was run on the rough brain
+(benchmarks/RESULTS.md, "T1w brain extraction robustness").
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from asl_pipeline import registration as reg
+from asl_pipeline.qc import dice
+
+#: T1w intensities of the phantom's shells (as in the simulator: bright WM,
+#: GM, dark CSF and skull, bright scalp fat) and their outer radii in mm
+SHELLS = (("wm", 1.00, 38.0), ("gm", 0.62, 45.0), ("csf", 0.18, 47.5), ("skull", 0.06, 53.0))
+SCALP = (0.85, 59.0)
+
+
+def _phantom(seed: int, voxel: float = 2.0, n: int = 72):
+    rng = np.random.default_rng(seed)
+    centre = rng.uniform(-6, 6, 3)
+    x = (np.indices((n,) * 3).T * voxel - (n - 1) * voxel / 2).T
+    # an ellipsoidal head: stretch y by 1.15, squash z by 0.9
+    r = np.sqrt(
+        (x[0] - centre[0]) ** 2
+        + ((x[1] - centre[1]) / 1.15) ** 2
+        + ((x[2] - centre[2]) / 0.9) ** 2
+    )
+    img = np.full(r.shape, 0.01)
+    img[r < SCALP[1]] = SCALP[0]
+    for _, value, radius in reversed(SHELLS):
+        img[r < radius] = value
+    img = np.abs(img + rng.normal(0, 0.03, img.shape) + 1j * rng.normal(0, 0.03, img.shape))
+    return 1000 * img.astype(np.float32), r < SHELLS[1][2], r >= SHELLS[-1][2]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rough_brain_mask_cuts_the_brain_from_the_scalp(seed):
+    img, brain, outside_skull = _phantom(seed)
+    mask = reg.rough_brain_mask(img, (2.0, 2.0, 2.0))
+    # all of the brain, none of the scalp, a margin of about margin_mm (2 mm)
+    assert (mask & brain).sum() / brain.sum() > 0.99
+    assert not (mask & outside_skull).any()
+    assert dice(mask, brain) > 0.93
+
+
+def test_rough_brain_mask_anisotropic_grid():
+    img, brain, outside_skull = _phantom(2, voxel=1.5, n=96)
+    # keep every other slice along z: 1.5 x 1.5 x 3 mm voxels
+    img, brain, outside_skull = img[..., ::2], brain[..., ::2], outside_skull[..., ::2]
+    mask = reg.rough_brain_mask(img, (1.5, 1.5, 3.0))
+    assert (mask & brain).sum() / brain.sum() > 0.99
+    assert not (mask & outside_skull).any()
+
+
+def test_otsu_threshold_known_answers():
+    rng = np.random.default_rng(5)
+    # two equal, equally wide modes: the midpoint
+    x = np.concatenate([rng.normal(100, 10, 20000), rng.normal(300, 10, 20000)])
+    assert abs(reg._otsu(x) - 200) < 10
+    # unequal modes: the maximum of the between-class variance, by brute force
+    x = np.concatenate([rng.normal(100, 10, 20000), rng.normal(300, 20, 10000)])
+    grid = np.linspace(x.min(), x.max(), 801)
+    var = [
+        (x <= t).mean() * (x > t).mean() * (x[x <= t].mean() - x[x > t].mean()) ** 2
+        for t in grid[1:-1]
+    ]
+    var = np.asarray(var)
+    plateau = grid[1:-1][var >= var.max() * (1 - 1e-9)]
+    best = (plateau[0] + plateau[-1]) / 2
+    assert abs(reg._otsu(x) - best) < np.ptp(x) / 256 * 1.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "seed",
+    [
+        2366939832,  # simulate_dataset(seed=21) sub-01: brain mask Dice 0.74 before
+        1576890651,  # simulate_dataset(seed=3) sub-01
+    ],
+)
+def test_preprocess_t1w_dice_on_simulated_subjects(seed, tmp_path):
+    from asl_pipeline.segmentation import preprocess_t1w
+    from asl_pipeline.simulate.series import simulate_subject
+
+    s = simulate_subject(seed, n_pairs=4, t1w_voxel_size=2.0)
+    res = preprocess_t1w(nib.Nifti1Image(s.t1w, s.t1w_affine), tmp_path)
+    mask = res.t1w_mask.get_fdata() > 0
+    truth_mask = s.brain_mask_t1w > 0
+    assert dice(mask, truth_mask) >= 0.95
+    truth = np.argmax(np.stack([s.gm_t1w, s.wm_t1w, s.csf_t1w]), 0)
+    est = np.argmax(np.stack([res.gm.get_fdata(), res.wm.get_fdata(), res.csf.get_fdata()]), 0)
+    for k, name in enumerate(("gm", "wm")):
+        d = dice((est == k) & mask, (truth == k) & truth_mask)
+        assert d >= 0.8, (name, d)
