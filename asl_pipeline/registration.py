@@ -181,11 +181,16 @@ def _otsu(values, nbins: int = 256) -> float:
     return float((centres[best[0]] + centres[best[-1]]) / 2)
 
 
-def _ball(radius_mm: float, zooms) -> np.ndarray:
-    """Ellipsoidal structuring element of ``radius_mm`` on a grid of ``zooms``."""
-    r = np.maximum(radius_mm / np.asarray(zooms, float), 1.0)
-    grid = np.mgrid[tuple(slice(-int(k), int(k) + 1) for k in np.floor(r))]
-    return sum((g / ri) ** 2 for g, ri in zip(grid, r, strict=True)) <= 1.0
+def _erode(mask: np.ndarray, radius_mm: float, zooms) -> np.ndarray:
+    """Binary erosion by a ball of ``radius_mm`` (Euclidean distance transform)."""
+    return ndimage.distance_transform_edt(mask, sampling=zooms) > radius_mm
+
+
+def _dilate(mask: np.ndarray, radius_mm: float, zooms) -> np.ndarray:
+    """Binary dilation by a ball of ``radius_mm`` (Euclidean distance transform)."""
+    if not mask.any():
+        return mask
+    return ndimage.distance_transform_edt(~mask, sampling=zooms) <= radius_mm
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -195,7 +200,14 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
 
 
-def rough_brain_mask(data, zooms, *, erode_mm: float = 4.0, margin_mm: float = 2.0) -> np.ndarray:
+def rough_brain_mask(
+    data,
+    zooms,
+    *,
+    erode_mm: float = 4.0,
+    margin_mm: float = 2.0,
+    max_volume_ml: float = 2800.0,
+) -> np.ndarray:
     """Intensity-based brain mask of a T1w head image (skull and scalp removed).
 
     Used to initialise the T1w -> MNI affine: an affine of a whole head
@@ -207,17 +219,23 @@ def rough_brain_mask(data, zooms, *, erode_mm: float = 4.0, margin_mm: float = 2
     brain from the scalp through the dark skull; the largest component is
     the brain; it is dilated back by ``erode_mm`` within the bright voxels,
     holes filled (ventricles) and dilated by ``margin_mm`` (sulcal CSF).
+    Where the result is larger than ``max_volume_ml`` (an adult brain with
+    its CSF is about 1.2-2 L; a result that big still holds scalp, joined to
+    the brain through bright tissue such as skull marrow), the erosion is
+    repeated 1.5 and 2 times deeper; the last result is returned.
     """
     a = np.asarray(data, dtype=np.float32)
     zooms = np.asarray(zooms, float)[:3]
     t_bg = _otsu(a[a > np.percentile(a, 1)])
     head = ndimage.binary_fill_holes(_largest_component(a > 0.5 * t_bg))
     tissue = head & (a > 0.5 * _otsu(a[head]))
-    ball = _ball(erode_mm, zooms)
-    core = _largest_component(ndimage.binary_erosion(tissue, structure=ball))
-    brain = ndimage.binary_fill_holes(ndimage.binary_dilation(core, structure=ball) & tissue)
-    brain = ndimage.binary_dilation(brain, structure=_ball(margin_mm, zooms))
-    return ndimage.binary_fill_holes(brain)
+    for depth in (erode_mm, 1.5 * erode_mm, 2.0 * erode_mm):
+        core = _largest_component(_erode(tissue, depth, zooms))
+        brain = ndimage.binary_fill_holes(_dilate(core, depth, zooms) & tissue)
+        brain = ndimage.binary_fill_holes(_dilate(brain, margin_mm, zooms))
+        if brain.sum() * np.prod(zooms) / 1000.0 <= max_volume_ml:
+            break
+    return brain
 
 
 # --------------------------------------------------------------------------
@@ -276,7 +294,8 @@ def register_t1w_to_mni(
     if skull_strip:
         zooms = np.asarray(t1w.header.get_zooms()[:3], float)
         rough = rough_brain_mask(data, zooms)
-        moving_aff = moving * moving.new_image_like(rough.astype(np.float32))
+        if rough.sum() >= 0.02 * rough.size:  # else no brain found: the whole image
+            moving_aff = moving * moving.new_image_like(rough.astype(np.float32))
     aff = ants.registration(
         fixed,
         moving_aff,

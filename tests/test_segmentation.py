@@ -23,7 +23,7 @@ SHELLS = (("wm", 1.00, 38.0), ("gm", 0.62, 45.0), ("csf", 0.18, 47.5), ("skull",
 SCALP = (0.85, 59.0)
 
 
-def _phantom(seed: int, voxel: float = 2.0, n: int = 72):
+def _phantom(seed: int, voxel: float = 2.0, n: int = 72, scalp_radius: float = SCALP[1]):
     rng = np.random.default_rng(seed)
     centre = rng.uniform(-6, 6, 3)
     x = (np.indices((n,) * 3).T * voxel - (n - 1) * voxel / 2).T
@@ -34,7 +34,7 @@ def _phantom(seed: int, voxel: float = 2.0, n: int = 72):
         + ((x[2] - centre[2]) / 0.9) ** 2
     )
     img = np.full(r.shape, 0.01)
-    img[r < SCALP[1]] = SCALP[0]
+    img[r < scalp_radius] = SCALP[0]
     for _, value, radius in reversed(SHELLS):
         img[r < radius] = value
     img = np.abs(img + rng.normal(0, 0.03, img.shape) + 1j * rng.normal(0, 0.03, img.shape))
@@ -49,6 +49,20 @@ def test_rough_brain_mask_cuts_the_brain_from_the_scalp(seed):
     assert (mask & brain).sum() / brain.sum() > 0.99
     assert not (mask & outside_skull).any()
     assert dice(mask, brain) > 0.93
+
+
+def test_rough_brain_mask_deeper_erosion_cuts_a_bright_bridge():
+    # a scalp 17 mm thick, joined to the brain by a bright rod 10 mm across
+    img, brain, outside_skull = _phantom(3, n=90, scalp_radius=70.0)
+    x = (np.indices(img.shape).T * 2.0 - 89).T
+    rod = (np.hypot(x[1], x[2]) < 5) & (x[0] > 0)
+    img[rod & ~brain] = 800
+    whole = reg.rough_brain_mask(img, (2.0,) * 3, max_volume_ml=1e6)
+    assert (whole & outside_skull).sum() > 1000  # the 4 mm erosion leaves the scalp on
+    mask = reg.rough_brain_mask(img, (2.0,) * 3, max_volume_ml=900)
+    assert (mask & brain).sum() / brain.sum() > 0.99
+    assert (mask & outside_skull & ~rod).sum() == 0
+    assert dice(mask, brain) > 0.9
 
 
 def test_rough_brain_mask_anisotropic_grid():
