@@ -4,8 +4,12 @@ Embedded backend on antspyx, template-driven so it works on real T1w images
 (with skull, bias field and a different contrast from the simulator):
 
 1. N4 bias-field correction (:func:`bias_correct`);
-2. registration to nilearn's MNI152 head template
-   (:func:`asl_pipeline.registration.register_t1w_to_mni`);
+2. registration to nilearn's skull-stripped MNI152 template
+   (:func:`asl_pipeline.registration.register_t1w_to_mni`): an affine of the
+   brain cut out by an intensity-based rough mask
+   (:func:`asl_pipeline.registration.rough_brain_mask`), then SyN of the
+   brain region; fitting the whole head instead shrank some heads onto the
+   brain (brain masks 1.7x too large, benchmarks/RESULTS.md);
 3. brain mask = template brain mask pulled back through the inverse
    transform, thresholded at 0.5, holes filled, largest component kept;
 4. Atropos (3-class finite mixture with an MRF) inside the mask, initialised
