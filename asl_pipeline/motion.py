@@ -204,8 +204,10 @@ def rms_displacement(params, centre=(0.0, 0.0, 0.0), radius: float = FD_RADIUS, 
 # --------------------------------------------------------------------------
 # Resampling helpers
 # --------------------------------------------------------------------------
-def _fwhm_to_sigma_vox(fwhm_mm, zooms):
-    return np.asarray(fwhm_mm, dtype=float) / np.sqrt(8 * np.log(2)) / np.asarray(zooms)
+def fwhm_to_sigma(fwhm_mm, zooms) -> np.ndarray:
+    """Gaussian sigma in voxels, per axis, of a FWHM in mm."""
+    zooms = np.asarray(zooms, dtype=float)
+    return float(fwhm_mm) / np.sqrt(8.0 * np.log(2.0)) / zooms
 
 
 def _voxel_matrix(world, affine, step=1):
@@ -447,7 +449,7 @@ def estimate_motion(
         last = i_pass == len(passes) - 1 and len(passes) > 1
         for level in [refine_level] if last else levels:
             step, factor, order = (*level, 1)[:3]
-            sigma = _fwhm_to_sigma_vox(fwhm_mm * factor, zooms)
+            sigma = fwhm_to_sigma(fwhm_mm * factor, zooms)
             svols = np.stack([ndimage.gaussian_filter(v, sigma) for v in vols])
             sref = ndimage.gaussian_filter(ref_img, sigma)
             mats = _gauss_newton(

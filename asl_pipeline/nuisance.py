@@ -22,13 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from asl_pipeline.errors import ASLInputError
-from asl_pipeline.motion import orthogonalize, zigzag_regressor
-
-
-def fwhm_to_sigma(fwhm_mm, zooms) -> np.ndarray:
-    """Gaussian sigma in voxels, per axis, of a FWHM in mm."""
-    zooms = np.asarray(zooms, dtype=float)
-    return float(fwhm_mm) / np.sqrt(8.0 * np.log(2.0)) / zooms
+from asl_pipeline.motion import fwhm_to_sigma, orthogonalize, zigzag_regressor
 
 
 def smooth(data, zooms, fwhm_mm: float = 3.0, *, mode: str = "nearest") -> np.ndarray:

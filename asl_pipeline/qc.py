@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from asl_pipeline.motion import fwhm_to_sigma
+
 #: Constants of the quality evaluation index (Dolui et al. 2024).
 QEI_CONSTANTS = {
     "alpha": -3.0126,
@@ -107,10 +109,6 @@ def tissue_cbf_stats(cbf, gm, wm, *, threshold=0.7):
     }
 
 
-def _fwhm_to_sigma_vox(fwhm_mm, zooms):
-    return [fwhm_mm / (2.0 * np.sqrt(2.0 * np.log(2.0))) / z for z in zooms]
-
-
 def qei(cbf, gm, wm, csf, *, zooms=(1.0, 1.0, 1.0), gm_wm_ratio=2.5, threshold=0.9):
     """Quality evaluation index of a CBF map (Dolui et al. 2024), in [0, 1].
 
@@ -125,7 +123,7 @@ def qei(cbf, gm, wm, csf, *, zooms=(1.0, 1.0, 1.0), gm_wm_ratio=2.5, threshold=0
     """
     c = QEI_CONSTANTS
     cbf = ndimage.gaussian_filter(
-        np.nan_to_num(np.asarray(cbf, dtype=float)), _fwhm_to_sigma_vox(5.0, zooms)
+        np.nan_to_num(np.asarray(cbf, dtype=float)), fwhm_to_sigma(5.0, zooms)
     )
     gm = np.asarray(gm, dtype=float)
     wm = np.asarray(wm, dtype=float)

@@ -39,6 +39,7 @@ from scipy import ndimage
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.metrics import psnr, ssim
 from asl_pipeline.models.inference import denoise_volume
+from asl_pipeline.motion import fwhm_to_sigma
 
 LOGGER = logging.getLogger("asl_pipeline.training")
 
@@ -81,11 +82,6 @@ def lfn_pairs(n_segments: int = 4, *, swap: bool = True) -> list[tuple[int, int]
         if swap:
             pairs.append((k + 1, k))
     return pairs
-
-
-def fwhm_to_sigma(fwhm_mm: float, voxel_size) -> list[float]:
-    """Gaussian sigma in voxels for a FWHM in mm."""
-    return [fwhm_mm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / float(v) for v in voxel_size]
 
 
 def pseudo_ground_truth(
