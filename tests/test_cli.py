@@ -31,7 +31,7 @@ def test_defaults(dataset, tmp_path, monkeypatch):
     assert args.work_dir == tmp_path / "work"
     assert args.participant_label is None and args.session_label is None
     assert args.plugin == "MultiProc" and args.plugin_args == {}
-    assert args.omp_nthreads == min(args.nprocs, 8)
+    assert args.omp_nthreads == 1  # reproducible ANTs registrations
     assert args.registration_backend == "embedded" and args.outlier_method == "paocsl"
     assert args.outlier_threshold is None and args.denoise and args.nuisance_regression
     assert args.smoothing_fwhm == 3.0 and args.output_spaces == ["asl", "MNI152NLin2009aSym"]
