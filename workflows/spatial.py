@@ -247,7 +247,8 @@ def init_anat_wf(
     if backend == "embedded":
         workflow.__desc__ = (
             "The T1w image was corrected for intensity non-uniformity (N4), registered to "
-            f"the MNI152 template bundled with nilearn ({template_resolution} mm; affine, "
+            f"the MNI152 template bundled with nilearn ({template_resolution} mm; affine "
+            "initialised on an intensity-based rough brain mask, "
             f"then {transform} on the brain region, ANTs via antspyx), skull-stripped with "
             "the template brain mask brought back through the inverse transform, and "
             "segmented into GM, WM and CSF with Atropos guided by the template tissue "
