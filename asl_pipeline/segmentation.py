@@ -91,6 +91,7 @@ def segment_tissues(
         m=mrf,
         c=f"[{int(iterations)},0]",
         priorweight=prior_weight,
+        r=0,  # --use-random-seed 0: Atropos' constant seed, so reruns are identical
     )
     probs = [p.numpy().astype(np.float32) for p in seg["probabilityimages"]]
     total = np.sum(probs, axis=0)
