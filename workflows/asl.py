@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
@@ -96,7 +98,7 @@ def init_asl_preproc_wf(
         source_node.inputs.m0_file = str(run.m0_file)
 
     n_vol = run.n_volumes
-    mem_gb = max(0.5, 4 * n_vol * 8 * int(_prod(run.shape[:3])) / 1e9)
+    mem_gb = max(0.5, 4 * n_vol * 8 * math.prod(int(n) for n in run.shape[:3]) / 1e9)
     multi_pld = is_multi_pld(run.plds, run.volume_types)
     n_pairs = len(run.control_label_pairs)
     has_pairs = n_pairs > 0
@@ -290,13 +292,6 @@ def init_asl_preproc_wf(
             workflow.get_node("resample_final_wf"), "outputnode.mni_file", report, "mni_cbf"
         )
     return workflow
-
-
-def _prod(values) -> int:
-    out = 1
-    for v in values:
-        out *= int(v)
-    return out
 
 
 def _methods_text(*workflows) -> str:
