@@ -249,6 +249,8 @@ class TrainConfig:
     device: str = "cpu"
     n_segments: int = 4
     progress: bool = True
+    #: ``"constant"`` or ``"cosine"`` (the rate falls from ``lr`` to 0 over all steps).
+    lr_schedule: str = "constant"
 
 
 def masked_loss(pred, target, mask, kind: str = "l1"):
@@ -319,17 +321,8 @@ def train(model, train_subjects, val_subjects, cfg: TrainConfig, out_dir, *, res
     rng = np.random.default_rng(cfg.seed)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    history, start_epoch = [], 0
-    if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch = int(ckpt["epoch"])
-        history = json.loads(ckpt["history"])
-        rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        LOGGER.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
-
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; use 'constant' or 'cosine'")
     slices = build_examples(train_subjects, scheme=cfg.scheme, n_segments=cfg.n_segments)
     if len(slices) == 0:
         raise ASLInputError(
@@ -339,6 +332,28 @@ def train(model, train_subjects, val_subjects, cfg: TrainConfig, out_dir, *, res
         )
     val = build_examples(val_subjects, scheme=cfg.scheme, n_segments=cfg.n_segments)
     n_steps = cfg.steps_per_epoch or math.ceil(len(slices) / cfg.batch_size)
+    total_steps = n_steps * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (
+            0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+            if cfg.lr_schedule == "cosine"
+            else 1.0
+        ),
+    )
+    history, start_epoch = [], 0
+    if resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if "scheduler" in ckpt:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch = int(ckpt["epoch"])
+        history = json.loads(ckpt["history"])
+        rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        LOGGER.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -360,6 +375,7 @@ def train(model, train_subjects, val_subjects, cfg: TrainConfig, out_dir, *, res
             loss = masked_loss(model(x), y, m, cfg.loss)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             total += float(loss.detach()) * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{total / seen:.3f}")
@@ -368,6 +384,7 @@ def train(model, train_subjects, val_subjects, cfg: TrainConfig, out_dir, *, res
             "train_loss": total / seen,
             "train_seconds": time.perf_counter() - t0,
             "slices": seen,
+            "lr": optimizer.param_groups[0]["lr"],
         }
         record.update(_validate(model, val, val_subjects, cfg, device))
         history.append(record)
@@ -376,6 +393,7 @@ def train(model, train_subjects, val_subjects, cfg: TrainConfig, out_dir, *, res
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
                 "epoch": epoch + 1,
                 "history": json.dumps(history),
                 "numpy_rng": _rng_state_json(rng),

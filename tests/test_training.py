@@ -1,18 +1,21 @@
 """Learning-from-noise datasets, the training loop and the asl-train command."""
 
 import json
+import shutil
 
 import nibabel as nb
 import numpy as np
 import pytest
 import torch
+from _bidsfactory import make_dataset
 from scipy import ndimage
 
-from asl_pipeline.cli.train import main, parse_args
+from asl_pipeline.cli.train import load_bids, main, parse_args
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.metrics import psnr
 from asl_pipeline.models import DWAN, load_model
 from asl_pipeline.models.inference import denoise_volume
+from asl_pipeline.simulate import simulate_dataset
 from asl_pipeline.training import (
     Subject,
     TrainConfig,
@@ -137,15 +140,34 @@ def test_training_learns_denoising_beyond_gaussian_smoothing(tmp_path):
     assert den > best_gauss + 1.0 and den > noisy + 2.5
 
 
-def test_resume_gives_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_gives_the_uninterrupted_result(tmp_path, monkeypatch, schedule):
     torch.set_num_threads(1)
     data = [make_phantom(s, shape=(24, 24, 2)) for s in range(3)]
     val = [make_phantom(50, shape=(24, 24, 2))]
     kw = dict(batch_size=4, patch_size=16, steps_per_epoch=5, seed=7, progress=False, loss="l2")
+    kw["lr_schedule"] = schedule
     full = tiny_dwan(1)
-    train(full, data, val, TrainConfig(epochs=3, **kw), tmp_path / "full")
-    part = tiny_dwan(1)
-    train(part, data, val, TrainConfig(epochs=2, **kw), tmp_path / "part")
+    hist_full = train(full, data, val, TrainConfig(epochs=3, **kw), tmp_path / "full")
+    # cosine: the rate falls to 0 at the last step; constant: it stays at lr
+    assert hist_full[-1]["lr"] == pytest.approx(0.0 if schedule == "cosine" else 1e-3, abs=1e-12)
+    if schedule == "cosine":
+        assert 0 < hist_full[0]["lr"] < 1e-3
+    # interrupt the same 3-epoch run during epoch 3 (before its checkpoint is written)
+    import asl_pipeline.training as training
+
+    real_validate, calls = training._validate, []
+
+    def validate_then_die(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_validate(*args)
+
+    monkeypatch.setattr(training, "_validate", validate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_dwan(1), data, val, TrainConfig(epochs=3, **kw), tmp_path / "part")
+    monkeypatch.setattr(training, "_validate", real_validate)
     resumed = tiny_dwan(99)  # different init: everything must come from the checkpoint
     hist = train(resumed, data, val, TrainConfig(epochs=3, **kw), tmp_path / "part", resume=True)
     assert [h["epoch"] for h in hist] == [1, 2, 3]
@@ -232,3 +254,86 @@ def test_simulated_subjects_vary_and_feed_the_lfn_dataset():
     assert gm_cbf.size == 0 or 20 < gm_cbf.mean() < 100  # mL/100 g/min
     ex = build_examples([subj], scheme="lfn")
     assert len(ex) == 4 * int((subj.mask.sum((0, 1)) >= 50).sum())
+
+
+# ----------------------------------------------------------------- raw BIDS input
+BIDS_TINY = dict(  # at 8 x 8 x 14 mm the realignment is ill-posed; 5 x 5 x 9 mm is not
+    n_pairs=8,
+    shape=(40, 40, 14),
+    voxel_size=(5.0, 5.0, 9.0),
+    resolution=2,
+    subsample=(1, 1, 1),
+    t1w_voxel_size=4.0,
+    outliers=False,
+    motion=False,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_bids(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bids") / "ds"
+    return simulate_dataset(root, n_subjects=3, seed=3, noise_scale=0.01, **BIDS_TINY)
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_bids_input_quantifies_each_pair_against_the_truth(tiny_bids):
+    before = _snapshot(tiny_bids)
+    subjects = load_bids(tiny_bids, progress=False)
+    assert [s.name for s in subjects] == ["sub-01", "sub-02", "sub-03"]
+    for subj in subjects:
+        label = subj.name
+        truth = nb.load(
+            tiny_bids / f"derivatives/simulation/{label}/perf/{label}_desc-true_cbf.nii.gz"
+        ).get_fdata()
+        assert subj.series.shape == (40, 40, 14, 8)  # one CBF map per pair
+        assert subj.voxel_size == (5.0, 5.0, 9.0)
+        core = ndimage.binary_erosion(subj.mask)  # edge voxels: low M0, partial volume
+        assert core.sum() > 2000
+        mean = subj.series.mean(axis=3)
+        # nearly noise-free data: the quantified CBF is the true CBF, in mL/100 g/min
+        assert np.corrcoef(mean[core], truth[core])[0, 1] > 0.95
+        assert np.median(mean[core] / np.maximum(truth[core], 1.0)) == pytest.approx(1.0, abs=0.03)
+    assert _snapshot(tiny_bids) == before  # read only
+
+
+def test_cli_trains_from_bids_and_names_its_runs(tiny_bids, tmp_path):
+    torch.set_num_threads(1)
+    before = _snapshot(tiny_bids)
+    out = tmp_path / "run"
+    args = ["--bids", str(tiny_bids), "--participant-label", "01", "sub-02", "--epochs", "1"]
+    args += ["--batch-size", "4", "--steps-per-epoch", "2", "--patch-size", "16"]
+    args += ["--val-fraction", "0.5", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    meta = load_model(out / "model.pt")[1]["metadata"]
+    assert meta["source"]["bids"] == str(tiny_bids)
+    assert [p.rsplit("/", 1)[1] for p in meta["source"]["runs"]] == [
+        "sub-01_asl.nii.gz",
+        "sub-02_asl.nii.gz",
+    ]
+    assert sorted(meta["train_subjects"] + meta["val_subjects"]) == ["sub-01", "sub-02"]
+    assert _snapshot(tiny_bids) == before
+
+
+def test_cli_bids_errors(tiny_bids, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["--bids", str(tiny_bids), "--participant-label", "01", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "at least 2" in err and "--bids" in err and "Fix:" in err
+    assert main(["--bids", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert not (out / "model.pt").exists()
+
+
+def test_bids_input_skips_multi_pld_runs(tiny_bids, tmp_path, caplog):
+    root = tmp_path / "ds"
+    shutil.copytree(tiny_bids, root)
+    plds = [1.0, 1.0, 1.5, 1.5, 2.0, 2.0]
+    sidecar = {"PostLabelingDelay": plds, "M0Type": "Estimate", "M0Estimate": 100.0}
+    make_dataset(root, subject="04", sidecar=sidecar, m0=False, t1w=False)
+    with caplog.at_level("WARNING"):
+        subjects = load_bids(root, progress=False)
+    assert [s.name for s in subjects] == ["sub-01", "sub-02", "sub-03"]
+    assert "sub-04_asl.nii.gz: multi-PLD run skipped" in caplog.text

@@ -6,16 +6,26 @@ Sources of per-pair CBF series (exactly one):
     The pipeline's derivatives: 4-D per-pair CBF NIfTIs (``*_cbf.nii.gz`` or
     ``*desc-timeseries*.nii[.gz]``, found recursively), each with a brain mask
     next to it (``*mask.nii[.gz]`` sharing the subject/session/run prefix).
+``--bids DIR``
+    A raw BIDS ASL dataset (read and validated as ``asl-pipeline`` does; no
+    T1w needed). Each single-PLD run is realigned ASL-aware (section 3),
+    subtracted pair by pair and quantified with its own sidecar and M0
+    (section 2), in its native grid, inside a brain mask drawn from the M0
+    intensities. Nothing is written inside ``DIR``. Multi-PLD runs are
+    skipped (their pairs are not repeated draws of one perfusion map).
 ``--simulate N``
     ``N`` subjects from :func:`asl_pipeline.simulate.simulate_cbf_series`,
     with varied resolutions, SNR, readouts, labeling and outliers.
 
-A BIDS ASL dataset is turned into per-pair CBF series by the pipeline
-(``asl-pipeline``); run it first and point ``--derivatives`` at its output.
+``--derivatives`` uses the pipeline's own preprocessing (T1w-based brain
+mask, nuisance regression, MNI space): run ``asl-pipeline`` first when that
+matters more than the shortcut of ``--bids``.
 
 Examples::
 
     asl-train --simulate 40 --epochs 20 --out dwan_run
+    asl-train --bids /data/my_study --init-weights shipped --lr 1e-4 \
+        --epochs 5 --out my_lab_dwan        # fine-tune on raw BIDS data
     asl-train --derivatives derivatives/asl_pipeline --init-weights shipped \\
         --epochs 5 --out finetuned          # adapt the shipped weights
 
@@ -62,6 +72,12 @@ def get_parser() -> argparse.ArgumentParser:
         "and their brain masks",
     )
     ex.add_argument(
+        "--bids",
+        type=Path,
+        metavar="BIDS_DIR",
+        help="raw BIDS ASL dataset: per-pair CBF is computed from each run (read only)",
+    )
+    ex.add_argument(
         "--simulate",
         type=int,
         metavar="N",
@@ -80,6 +96,13 @@ def get_parser() -> argparse.ArgumentParser:
     opt.add_argument("--epochs", type=int, default=20)
     opt.add_argument("--batch-size", type=int, default=64)
     opt.add_argument("--lr", type=float, default=1e-3)
+    opt.add_argument(
+        "--lr-schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="learning rate over the run: constant, or cosine decay from --lr to 0 "
+        "(averages out the noisy targets' gradient noise at the end of training)",
+    )
     opt.add_argument(
         "--patch-size",
         type=int,
@@ -100,6 +123,15 @@ def get_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1 ...")
     run.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bids = parser.add_argument_group("BIDS input (--bids)")
+    bids.add_argument(
+        "--participant-label",
+        nargs="+",
+        help="subjects to use (default: all), with or without sub-",
+    )
+    bids.add_argument(
+        "--no-realign", action="store_true", help="skip the ASL-aware motion correction"
+    )
     sim = parser.add_argument_group("simulation (--simulate)")
     sim.add_argument(
         "--sim-n-pairs", type=int, default=40, help="pairs per simulated subject (40)"
@@ -197,6 +229,139 @@ def load_derivatives(root) -> list:
     return subjects
 
 
+def run_to_subject(run, *, realign: bool = True):
+    """Per-pair CBF series of one BIDS ASL run (:class:`~asl_pipeline.bids.ASLRun`).
+
+    Realigns the series (ASL-aware, with the separate M0 when there is one),
+    subtracts each control/label pair, and quantifies every difference with
+    the run's sidecar and M0 (white-paper model, section 2). The brain mask
+    is drawn from the M0 intensities (:func:`asl_pipeline.qc.intensity_mask`).
+    Returns a :class:`~asl_pipeline.training.Subject` with its slices along
+    the third array axis; raises :class:`ASLInputError` naming the file when
+    the run cannot be used.
+    """
+    import nibabel as nb
+
+    from asl_pipeline import cbf as quant
+    from asl_pipeline.models.inference import axial_axis
+    from asl_pipeline.motion import realign_asl
+    from asl_pipeline.qc import intensity_mask
+    from asl_pipeline.training import Subject
+
+    if run.is_multi_pld:
+        raise ASLInputError(
+            f"multi-PLD run (PLDs {run.unique_plds.tolist()}): its pairs are not repeated "
+            "draws of one perfusion map.",
+            file=run.asl_file,
+            field="PostLabelingDelay",
+            fix="train on single-PLD runs (multi-PLD runs are skipped with --bids)",
+        )
+    img = nb.load(run.asl_file)
+    series = np.asarray(img.dataobj, dtype=np.float32)
+    if series.ndim != 4:
+        raise ASLInputError(
+            f"the ASL series is {series.ndim}-D; a per-pair series needs a 4-D run.",
+            file=run.asl_file,
+            field="dim",
+            fix="use runs with one volume per aslcontext row",
+        )
+    m0_vols = None
+    if run.m0_type == "Separate" and run.m0_file is not None:
+        m0_img = nb.load(run.m0_file)
+        m0_vols = np.asarray(m0_img.dataobj, dtype=np.float32)
+    if realign and len(run.control_label_pairs):
+        res = realign_asl(
+            series,
+            img.affine,
+            run.volume_types,
+            m0=m0_vols,
+            m0_affine=None if m0_vols is None else m0_img.affine,
+            asl_file=run.asl_file,
+            m0_file=run.m0_file,
+            aslcontext_file=run.aslcontext_file,
+        )
+        series, m0_vols = res.corrected, res.m0_corrected
+    elif m0_vols is not None and m0_vols.shape[:3] != series.shape[:3]:
+        raise ASLInputError(
+            f"the M0 grid {m0_vols.shape[:3]} differs from the ASL grid {series.shape[:3]}.",
+            file=run.m0_file,
+            field="dim",
+            fix="resample the M0 to the ASL grid, or run asl-pipeline and train on its "
+            "derivatives",
+        )
+    params = quant.quant_params_from_metadata(
+        run.metadata,
+        m0_metadata=run.m0_metadata or None,
+        source=run.sidecar_file,
+        m0_source=run.m0_file,
+    )
+    dm = quant.deltam_series(series, run.volume_types, plds=params.pld, source=run.aslcontext_file)
+    m0 = None
+    if dm.kind == "cbf":
+        cbf_ts = dm.deltam
+        mask = intensity_mask(np.abs(cbf_ts).mean(axis=3), fraction=0.1)
+    else:
+        m0 = quant.compute_m0(
+            params,
+            m0_volumes=m0_vols,
+            series=series,
+            volume_types=run.volume_types,
+            control=dm.control,
+            source=run.m0_file or run.asl_file,
+        )
+        mask = intensity_mask(m0)
+        cbf_ts = quant.cbf_single_pld(dm.deltam, m0, params, plds=dm.plds, mask=mask).cbf_ts
+    cbf_ts = np.nan_to_num(np.asarray(cbf_ts, dtype=np.float32))
+    if cbf_ts.shape[3] < 4:
+        raise ASLInputError(
+            f"only {cbf_ts.shape[3]} perfusion-weighted volumes; learning from noise needs "
+            "at least 4 (one per segment).",
+            file=run.aslcontext_file,
+            field="volume_type",
+            fix="train on runs with several control/label pairs",
+        )
+    axis = axial_axis(img.affine)
+    zooms = list(img.header.get_zooms()[:3])
+    zooms.insert(2, zooms.pop(axis))
+    name = run.asl_file.name.split("_asl.nii")[0]
+    return Subject(
+        name=name,
+        series=np.moveaxis(cbf_ts, axis, 2),
+        mask=np.moveaxis(mask, axis, 2),
+        voxel_size=tuple(float(z) for z in zooms),
+        info={"file": str(run.asl_file), "pairs": int(cbf_ts.shape[3])},
+    )
+
+
+def load_bids(root, participant_label=None, *, realign: bool = True, progress: bool = True):
+    """Subjects (:class:`~asl_pipeline.training.Subject`) from a raw BIDS ASL dataset.
+
+    Every run is read and validated like ``asl-pipeline`` reads it (the first
+    problem is raised). Multi-PLD runs are skipped with a log line. Nothing is
+    written inside ``root``.
+    """
+    from tqdm.auto import tqdm
+
+    from asl_pipeline.bids import collect_runs
+
+    runs = collect_runs(root, participant_label, require_t1w=False)
+    subjects = []
+    for run in tqdm(runs, desc="per-pair CBF", disable=not progress):
+        if run.is_multi_pld:
+            LOGGER.warning("%s: multi-PLD run skipped", run.asl_file)
+            continue
+        subjects.append(run_to_subject(run, realign=realign))
+    if len(subjects) < 2:
+        raise ASLInputError(
+            f"found {len(subjects)} usable single-PLD ASL runs (at least 2 are needed: "
+            "training and validation).",
+            file=root,
+            field="--bids",
+            fix="add subjects, or check --participant-label",
+        )
+    return subjects
+
+
 def _hardware(device: str) -> str:
     import torch
 
@@ -232,6 +397,14 @@ def main(argv=None) -> int:
                 "simulate": args.simulate,
                 "subject_seeds": [s.info["seed"] for s in subjects],
             }
+        elif args.bids is not None:
+            subjects = load_bids(
+                args.bids,
+                args.participant_label,
+                realign=not args.no_realign,
+                progress=not args.no_progress,
+            )
+            source = {"bids": str(args.bids), "runs": [s.info["file"] for s in subjects]}
         else:
             subjects = load_derivatives(args.derivatives)
             source = {"derivatives": str(args.derivatives)}
@@ -250,6 +423,7 @@ def main(argv=None) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         loss=args.loss,
         scheme=args.scheme,
         patch_size=args.patch_size or None,
