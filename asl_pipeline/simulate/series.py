@@ -922,7 +922,11 @@ class SimulatedCBFSeries:
     indexed in PAIR units: ``outlier_pairs`` are pairs corrupted in every
     slice, ``outlier_slices`` lists ``(pair, slice)``. ``motion`` has one row
     per volume (``2 * n_pairs``), same convention as :class:`SimulatedSubject`;
-    the spike pairs coincide with motion jerks.
+    the spike pairs coincide with motion jerks. ``mean_series`` (only when
+    asked for) is ``(x, y, z, n_pairs)``: the label/control average of each
+    pair, ``(control + label) / 2`` of the magnitude images (arbitrary units,
+    M0- and BOLD-weighted, with the same motion, physiological noise and
+    outliers as the pair's CBF).
     """
 
     cbf_series: np.ndarray
@@ -943,6 +947,7 @@ class SimulatedCBFSeries:
     aslcontext: list = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
     seed: int = 0
+    mean_series: np.ndarray | None = None
 
 
 def simulate_cbf_series(
@@ -968,6 +973,7 @@ def simulate_cbf_series(
     susceptibility: bool = True,
     resolution: int = 2,
     subsample=(1, 1, 2),
+    mean_series: bool = False,
 ) -> SimulatedCBFSeries:
     """Per-pair CBF maps from the same signal and noise model, fast.
 
@@ -991,6 +997,10 @@ def simulate_cbf_series(
     (binomial counts, at least one of each; spike pairs get no slice
     corruption). The slice drop (4-15% of the static signal) and ghost (5-15%)
     are strong: every recorded outlier is far above the per-pair noise.
+
+    ``mean_series=True`` also returns each pair's label/control average
+    (the BOLD-weighted input of methods spec section 6.4); it consumes no
+    random numbers, so every other output is the same with or without it.
     """
     rng = np.random.default_rng(seed)
     _check_grid(shape, voxel_size, noise_scale)
@@ -1050,6 +1060,7 @@ def simulate_cbf_series(
     sigma = noise.THERMAL_SD * M0_SCALE * noise_scale
     vols = np.empty((2,) + shape, np.float32)
     series = np.empty(shape + (proto.n_pairs,), np.float32)
+    means = np.empty(shape + (proto.n_pairs,), np.float32) if mean_series else None
     good = sens > 1e-3 * sens[anat.brain_mask].max() if anat.brain_mask.any() else sens > 0
     inv_sens = np.where(good, 1.0 / np.where(good, sens, 1.0), 0.0).astype(np.float32)
     slice_map = {}
@@ -1077,6 +1088,8 @@ def simulate_cbf_series(
             noise.corrupt_slice(rng, vols[int(rng.integers(2))], z, kind)
         mag = anatomy.rician(rng, vols, sigma)
         series[..., p] = (mag[0] - mag[1]) * inv_sens
+        if means is not None:
+            means[..., p] = 0.5 * (mag[0] + mag[1])
     return SimulatedCBFSeries(
         cbf_series=series,
         cbf=anat.cbf.astype(np.float32),
@@ -1096,4 +1109,5 @@ def simulate_cbf_series(
         aslcontext=proto.aslcontext,
         metadata=proto.metadata(voxel_size),
         seed=int(seed),
+        mean_series=means,
     )
