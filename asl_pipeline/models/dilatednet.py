@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from asl_pipeline.models.dwan import CBF_SCALE
+from asl_pipeline.models.normalise import check_input_kind, normalise_input
 
 
 def _conv_bn_relu(cin: int, cout: int, dilation: int) -> list[nn.Module]:
@@ -41,6 +42,11 @@ class DilatedNet(nn.Module):
         Rates of the global path's layers (default 2, 4, 8, 16).
     cbf_scale
         Divisor applied to the input CBF (mL/100 g/min) inside the model.
+    input_kind
+        ``"cbf"`` (CBF in mL/100 g/min, divided by ``cbf_scale``) or ``"bold"``
+        (a BOLD-weighted image, divided by each slice's median; methods spec,
+        section 6.4). The output is CBF in mL/100 g/min either way; see
+        :mod:`asl_pipeline.models.normalise`.
     """
 
     arch = "dilatednet"
@@ -53,6 +59,7 @@ class DilatedNet(nn.Module):
         depth: int = 4,
         dilations: Sequence[int] | None = (2, 4, 8, 16),
         cbf_scale: float = CBF_SCALE,
+        input_kind: str = "cbf",
     ):
         super().__init__()
         dilations = list(dilations or [2 ** (i + 1) for i in range(depth)])
@@ -64,6 +71,7 @@ class DilatedNet(nn.Module):
             "depth": depth,
             "dilations": dilations,
             "cbf_scale": float(cbf_scale),
+            "input_kind": check_input_kind(input_kind),
         }
         self.register_buffer("cbf_scale", torch.tensor(float(cbf_scale)))
         local, glob = [], []
@@ -75,8 +83,13 @@ class DilatedNet(nn.Module):
         self.global_path = nn.Sequential(*glob)
         self.head = nn.Conv2d(2 * width, 1, 3, padding=1)
 
-    def forward(self, x):
-        """Denoise a batch ``(n, in_channels, h, w)`` of CBF slices (mL/100 g/min)."""
-        x = x / self.cbf_scale
+    def forward(self, x, scale=None):
+        """CBF (mL/100 g/min) of a batch ``(n, in_channels, h, w)`` of input slices.
+
+        The inputs are CBF slices (mL/100 g/min) for ``input_kind="cbf"``, or
+        BOLD-weighted slices (any units) for ``"bold"``, divided by ``scale``
+        (one per sample; default, each slice's median non-zero voxel).
+        """
+        x = normalise_input(x, self.cbf_scale, self.config["input_kind"], scale)
         both = torch.cat([self.local_path(x), self.global_path(x)], dim=1)
         return (self.head(both) + x[:, :1]) * self.cbf_scale

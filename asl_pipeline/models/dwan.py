@@ -29,6 +29,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from asl_pipeline.models.normalise import check_input_kind, normalise_input
+
 #: Default CBF scale (mL/100 g/min) by which inputs are divided inside the model.
 CBF_SCALE = 100.0
 
@@ -72,6 +74,11 @@ class DWAN(nn.Module):
         Kernel of the stem conv.
     cbf_scale
         Divisor applied to the input CBF (mL/100 g/min) inside the model.
+    input_kind
+        ``"cbf"`` (CBF in mL/100 g/min, divided by ``cbf_scale``) or ``"bold"``
+        (a BOLD-weighted image, divided by each slice's median; methods spec,
+        section 6.4). The output is CBF in mL/100 g/min either way; see
+        :mod:`asl_pipeline.models.normalise`.
     """
 
     arch = "dwan"
@@ -88,6 +95,7 @@ class DWAN(nn.Module):
         head_kernel: int = 3,
         stem_kernel: int = 3,
         cbf_scale: float = CBF_SCALE,
+        input_kind: str = "cbf",
     ):
         super().__init__()
         local_dilations = list(local_dilations or [1] * depth)
@@ -104,6 +112,7 @@ class DWAN(nn.Module):
             "head_kernel": head_kernel,
             "stem_kernel": stem_kernel,
             "cbf_scale": float(cbf_scale),
+            "input_kind": check_input_kind(input_kind),
         }
         self.register_buffer("cbf_scale", torch.tensor(float(cbf_scale)))
         self.stem = nn.Conv2d(in_channels, width, stem_kernel, padding=stem_kernel // 2)
@@ -116,9 +125,14 @@ class DWAN(nn.Module):
         self.head = nn.Conv2d(2 * width, 1, head_kernel, padding=head_kernel // 2)
         self.skip = nn.Conv2d(in_channels, 1, head_kernel, padding=head_kernel // 2)
 
-    def forward(self, x):
-        """Denoise a batch ``(n, in_channels, h, w)`` of CBF slices (mL/100 g/min)."""
-        x = x / self.cbf_scale
+    def forward(self, x, scale=None):
+        """CBF (mL/100 g/min) of a batch ``(n, in_channels, h, w)`` of input slices.
+
+        The inputs are CBF slices (mL/100 g/min) for ``input_kind="cbf"``, or
+        BOLD-weighted slices (any units) for ``"bold"``, divided by ``scale``
+        (one per sample; default, each slice's median non-zero voxel).
+        """
+        x = normalise_input(x, self.cbf_scale, self.config["input_kind"], scale)
         feat = self.stem(x)
         both = torch.cat([self.local_path(feat), self.global_path(feat)], dim=1)
         return (self.head(both) + self.skip(x)) * self.cbf_scale

@@ -4,6 +4,11 @@ The networks are 2-D and were trained on axial slices set to zero outside the
 brain mask; :func:`denoise_volume` applies them the same way to a 3-D map, in
 native or template space (the networks are fully convolutional, so any
 in-plane size works).
+
+A model's ``input_kind`` says what it takes: a CBF map (``"cbf"``, the
+denoisers; :func:`denoise_cbf`) or a BOLD-weighted image (``"bold"``, methods
+spec section 6.4; :func:`predict_cbf_from_bold`). Each function refuses the
+other kind of model, so a BOLD-to-CBF network is never run as a denoiser.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ def axial_axis(affine) -> int:
 
 
 def denoise_volume(model, volume, mask, *, axis: int = 2, batch_size: int = 16, device="cpu"):
-    """Denoise a 3-D CBF map slice by slice along ``axis`` (the axial one).
+    """Apply a network to a 3-D map slice by slice along ``axis`` (the axial one).
 
-    The input is set to zero outside ``mask`` (as in training) and the output
-    is zero outside it. Deterministic (eval mode, no randomness).
+    The input (a CBF map, or a BOLD-weighted image for a ``"bold"`` model) is
+    set to zero outside ``mask`` (as in training) and the output is zero
+    outside it. Deterministic (eval mode, no randomness).
     """
     import torch
 
@@ -64,6 +70,65 @@ def denoise_cbf(volume, mask, *, weights=None, affine=None, device="cpu", batch_
     from asl_pipeline.models.io import load_model
 
     model, info = load_model(weights, device=device)
+    require_input_kind(info, "cbf")
     axis = 2 if affine is None else axial_axis(affine)
     out = denoise_volume(model, volume, mask, axis=axis, batch_size=batch_size, device=device)
+    return out, info
+
+
+def require_input_kind(info: dict, expected: str) -> None:
+    """Raise :class:`ASLInputError` naming the weights file unless the model takes ``expected``.
+
+    ``info`` is the second value returned by :func:`asl_pipeline.models.load_model`.
+    """
+    from asl_pipeline.errors import ASLInputError
+
+    kind = info["input_kind"]
+    if kind == expected:
+        return
+    if kind == "bold":
+        problem = (
+            "this model predicts CBF from a BOLD-weighted image (input_kind 'bold'); "
+            "it is not a CBF denoiser."
+        )
+        fix = (
+            "apply it with asl_pipeline.models.inference.predict_cbf_from_bold or the "
+            "BOLDToCBF interface, or pass CBF-input weights (asl-train --input cbf)"
+        )
+    else:
+        problem = f"this model takes a CBF map (input_kind {kind!r}), not a BOLD-weighted image."
+        fix = (
+            "pass weights trained with asl-train --input bold, or denoise CBF maps with "
+            "asl_pipeline.models.inference.denoise_cbf or DWANDenoise"
+        )
+    raise ASLInputError(problem, file=info["path"], field="input_kind", fix=fix)
+
+
+def predict_cbf_from_bold(bold_volume, mask, *, weights, affine=None, device="cpu", batch_size=16):
+    """CBF (mL/100 g/min) predicted from a 3-D BOLD-weighted image (methods spec 6.4).
+
+    Parameters
+    ----------
+    bold_volume
+        The label/control average of a window of pairs (or a mean BOLD
+        image), any units: the model divides each axial slice by its median
+        in-mask value, so the global intensity scale does not matter.
+    mask
+        Brain mask; the input is zeroed outside it and the output is zero there.
+    weights
+        A model file written by ``asl-train --input bold`` (none is shipped).
+    affine
+        The image's voxel-to-world matrix, to find the axial axis (default:
+        the third voxel axis).
+
+    Returns the predicted CBF map and the model's info (path, sha256,
+    architecture, input kind, training metadata). A CBF-input model is
+    refused with :class:`~asl_pipeline.errors.ASLInputError`.
+    """
+    from asl_pipeline.models.io import load_model
+
+    model, info = load_model(weights, device=device)
+    require_input_kind(info, "bold")
+    axis = 2 if affine is None else axial_axis(affine)
+    out = denoise_volume(model, bold_volume, mask, axis=axis, batch_size=batch_size, device=device)
     return out, info

@@ -147,7 +147,8 @@ def load_model(path=None, *, device="cpu", expected_sha256: str | None = None, m
     -------
     model, info
         The network in eval mode on ``device``, and a dict with ``path``,
-        ``sha256``, ``arch``, ``config`` and ``metadata``.
+        ``sha256``, ``arch``, ``config``, ``input_kind`` (``"cbf"`` for files
+        written before BOLD inputs existed) and ``metadata``.
     """
     import torch
 
@@ -209,6 +210,7 @@ def load_model(path=None, *, device="cpu", expected_sha256: str | None = None, m
         "sha256": sha,
         "arch": payload["arch"],
         "config": payload["config"],
+        "input_kind": model.config.get("input_kind", "cbf"),
         "metadata": payload.get("metadata", {}),
     }
     return model, info

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asl_pipeline.models.dwan import CBF_SCALE
+from asl_pipeline.models.normalise import check_input_kind, normalise_input
 
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
@@ -43,6 +44,11 @@ class UNet(nn.Module):
         Add the input to the output (predict the noise correction).
     cbf_scale
         Divisor applied to the input CBF (mL/100 g/min) inside the model.
+    input_kind
+        ``"cbf"`` (CBF in mL/100 g/min, divided by ``cbf_scale``) or ``"bold"``
+        (a BOLD-weighted image, divided by each slice's median; methods spec,
+        section 6.4). The output is CBF in mL/100 g/min either way; see
+        :mod:`asl_pipeline.models.normalise`.
     """
 
     arch = "unet"
@@ -55,6 +61,7 @@ class UNet(nn.Module):
         levels: int = 3,
         residual: bool = True,
         cbf_scale: float = CBF_SCALE,
+        input_kind: str = "cbf",
     ):
         super().__init__()
         self.config = {
@@ -63,6 +70,7 @@ class UNet(nn.Module):
             "levels": levels,
             "residual": residual,
             "cbf_scale": float(cbf_scale),
+            "input_kind": check_input_kind(input_kind),
         }
         self.register_buffer("cbf_scale", torch.tensor(float(cbf_scale)))
         widths = [width * 2**k for k in range(levels)]
@@ -80,9 +88,14 @@ class UNet(nn.Module):
         self.out = nn.Conv2d(cin, 1, 1)
         self.residual = residual
 
-    def forward(self, x):
-        """Denoise a batch ``(n, in_channels, h, w)`` of CBF slices (mL/100 g/min)."""
-        x = x / self.cbf_scale
+    def forward(self, x, scale=None):
+        """CBF (mL/100 g/min) of a batch ``(n, in_channels, h, w)`` of input slices.
+
+        The inputs are CBF slices (mL/100 g/min) for ``input_kind="cbf"``, or
+        BOLD-weighted slices (any units) for ``"bold"``, divided by ``scale``
+        (one per sample; default, each slice's median non-zero voxel).
+        """
+        x = normalise_input(x, self.cbf_scale, self.config["input_kind"], scale)
         h, w = x.shape[-2:]
         mult = 2 ** (len(self.down) - 1)
         ph, pw = (-h) % mult, (-w) % mult
