@@ -13,6 +13,15 @@ The classic scheme (``scheme="pseudo-gt"``) is kept for comparison: the same
 segment means as inputs, the pseudo-ground-truth (mean of all pairs after
 outlier cleaning, smoothed with a 3 mm FWHM Gaussian) as the target.
 
+BOLD-to-ASL prediction (methods spec, section 6.4; ``input_kind="bold"``):
+the same learning from noise with a BOLD-weighted input, the label/control
+average of segment k's pairs (``Subject.bold``), and the mean CBF map of a
+DIFFERENT segment as the target (k -> k+1 and swapped). A different segment,
+because the BOLD image and the CBF of the same pairs share their motion and
+physiological fluctuations: the target's noise must be independent of the
+input. The network normalises the BOLD slice itself (by its median) and
+outputs CBF in mL/100 g/min.
+
 Examples are axial slices (the third voxel axis), set to zero outside the
 brain mask; the loss is averaged over the mask voxels only. Subjects, not
 slices, are split between training and validation.
@@ -136,7 +145,9 @@ class Subject:
     ``series`` is the per-pair CBF series ``(x, y, z, n_pairs)`` in
     mL/100 g/min, ``mask`` the brain mask; ``truth`` (the true CBF) is known
     for simulated subjects only and used for validation figures, never for
-    the loss.
+    the loss. ``bold`` (optional, same shape as ``series``) is the
+    label/control average of each pair, ``(control + label) / 2`` in the
+    scanner's units: the BOLD-weighted input of BOLD-to-ASL prediction.
     """
 
     name: str
@@ -147,41 +158,62 @@ class Subject:
     gm: np.ndarray | None = None
     wm: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    bold: np.ndarray | None = None
 
 
 @dataclass
 class SliceSet:
-    """Axial training slices: ``inputs``, ``targets`` and ``masks`` (lists of 2-D arrays)."""
+    """Axial training slices: ``inputs``, ``targets`` and ``masks`` (lists of 2-D arrays).
+
+    ``scales`` (BOLD inputs only) holds each input slice's divisor
+    (:func:`asl_pipeline.models.normalise.bold_scale` of the whole slice),
+    passed to the model with every crop of it.
+    """
 
     inputs: list
     targets: list
     masks: list
+    scales: list = field(default_factory=list)
 
     def __len__(self):
         return len(self.inputs)
 
 
-def build_examples(subjects, *, scheme: str = "lfn", n_segments: int = 4, fwhm: float = 3.0):
+def build_examples(
+    subjects,
+    *,
+    scheme: str = "lfn",
+    n_segments: int = 4,
+    fwhm: float = 3.0,
+    input_kind: str = "cbf",
+):
     """Axial (input, target, mask) slices of ``subjects`` under a training scheme.
 
     ``scheme="lfn"``: segment k's mean -> segment k+1's mean (and swapped).
     ``scheme="pseudo-gt"``: every segment mean -> the pseudo-ground-truth.
+    ``input_kind="bold"``: the inputs are the segments' mean BOLD-weighted
+    images (``Subject.bold``) instead of their mean CBF; with ``"lfn"`` the
+    target is still another segment's mean CBF, never the same segment's.
     Inputs and targets are set to 0 outside the mask; slices with fewer than
     :data:`MIN_MASK_VOXELS` mask voxels are skipped.
     """
+    from asl_pipeline.models.normalise import bold_scale, check_input_kind
+
     if scheme not in ("lfn", "pseudo-gt"):
         raise ValueError(f"unknown scheme {scheme!r}; use 'lfn' or 'pseudo-gt'")
+    check_input_kind(input_kind)
     out = SliceSet([], [], [])
     for subj in subjects:
         mask = np.asarray(subj.mask, dtype=bool)
         segs = segment_means(subj.series, n_segments)
+        srcs = segs if input_kind == "cbf" else bold_segment_means(subj, n_segments)
         if scheme == "lfn":
-            pairs = [(segs[i], segs[j]) for i, j in lfn_pairs(n_segments)]
+            pairs = [(srcs[i], segs[j]) for i, j in lfn_pairs(n_segments)]
         else:
             pgt = pseudo_ground_truth(
                 subj.series, mask, voxel_size=subj.voxel_size, fwhm=fwhm, gm=subj.gm, wm=subj.wm
             )
-            pairs = [(seg, pgt) for seg in segs]
+            pairs = [(src, pgt) for src in srcs]
         for z in range(mask.shape[2]):
             m = mask[:, :, z]
             if m.sum() < MIN_MASK_VOXELS:
@@ -190,7 +222,35 @@ def build_examples(subjects, *, scheme: str = "lfn", n_segments: int = 4, fwhm: 
                 out.inputs.append(np.where(m, src[:, :, z], 0).astype(np.float32))
                 out.targets.append(np.where(m, dst[:, :, z], 0).astype(np.float32))
                 out.masks.append(m.copy())
+                if input_kind == "bold":
+                    out.scales.append(bold_scale(out.inputs[-1]))
     return out
+
+
+def bold_segment_means(subject, n_segments: int = 4):
+    """Mean BOLD-weighted images of a subject's segments (``Subject.bold``).
+
+    Raises :class:`ASLInputError` when the subject has no label/control
+    average series or its shape differs from the CBF series'.
+    """
+    if subject.bold is None:
+        raise ASLInputError(
+            f"subject {subject.name} has no label/control-averaged (BOLD-weighted) series.",
+            file=subject.info.get("file"),
+            field="bold",
+            fix="load the subject with its label/control average (asl-train --bids or "
+            "--simulate with --input bold), or train with --input cbf",
+        )
+    bold = np.asarray(subject.bold, dtype=np.float32)
+    if bold.shape != np.shape(subject.series):
+        raise ASLInputError(
+            f"the BOLD-weighted series {bold.shape} and the CBF series "
+            f"{np.shape(subject.series)} differ in shape.",
+            file=subject.info.get("file"),
+            field="bold",
+            fix="give one label/control average per CBF pair, on the same grid",
+        )
+    return segment_means(bold, n_segments)
 
 
 def _crop(arrays, mask, size, rng, min_fraction=0.1, tries=10):
@@ -251,6 +311,8 @@ class TrainConfig:
     progress: bool = True
     #: ``"constant"`` or ``"cosine"`` (the rate falls from ``lr`` to 0 over all steps).
     lr_schedule: str = "constant"
+    #: ``"cbf"`` (denoise segment means) or ``"bold"`` (predict CBF from a BOLD image).
+    input_kind: str = "cbf"
 
 
 def masked_loss(pred, target, mask, kind: str = "l1"):
@@ -260,11 +322,23 @@ def masked_loss(pred, target, mask, kind: str = "l1"):
     return err.sum() / mask.sum().clamp(min=1.0)
 
 
+def _forward(model, slices: SliceSet, indices, x):
+    """``model(x)`` for the examples ``indices``, with their scales for BOLD inputs."""
+    import torch
+
+    if not slices.scales:
+        return model(x)
+    scale = torch.tensor([slices.scales[k] for k in indices], dtype=x.dtype, device=x.device)
+    return model(x, scale=scale)
+
+
 def _validate(model, val, subjects, cfg, device):
     """Validation figures: loss on the validation examples, and, per subject,
-    PSNR/SSIM of the denoised first segment against the target (LFN: the
-    second segment; pseudo-GT: the pseudo-ground-truth) and, when the truth is
-    known (simulation), against the truth."""
+    PSNR/SSIM of the denoised first segment (BOLD input: the CBF predicted
+    from its BOLD image) against the target (LFN: the second segment;
+    pseudo-GT: the pseudo-ground-truth) and, when the truth is known
+    (simulation), against the truth. ``psnr_input_truth`` is always that of
+    the first segment's mean CBF."""
     import torch
 
     if not subjects:
@@ -273,17 +347,17 @@ def _validate(model, val, subjects, cfg, device):
     model.eval()
     with torch.no_grad():
         for start in range(0, len(val), 32):
-            x, y, m = (
-                torch.from_numpy(a).to(device)
-                for a in make_batch(val, range(start, min(start + 32, len(val))))
-            )
-            losses.append(float(masked_loss(model(x), y, m, cfg.loss)) * len(x))
+            idx = range(start, min(start + 32, len(val)))
+            x, y, m = (torch.from_numpy(a).to(device) for a in make_batch(val, idx))
+            loss = masked_loss(_forward(model, val, idx, x), y, m, cfg.loss)
+            losses.append(float(loss) * len(x))
     out = {"val_loss": sum(losses) / max(len(val), 1)}
     figures = {"psnr_input_truth": [], "psnr_truth": [], "ssim_truth": []}
     for subj in subjects:
         mask = np.asarray(subj.mask, bool)
         seg0 = segment_means(subj.series, cfg.n_segments)[0]
-        den = denoise_volume(model, seg0, mask, device=device)
+        src = seg0 if cfg.input_kind == "cbf" else bold_segment_means(subj, cfg.n_segments)[0]
+        den = denoise_volume(model, src, mask, device=device)
         if subj.truth is not None:
             figures["psnr_input_truth"].append(psnr(np.where(mask, seg0, 0), subj.truth, mask))
             figures["psnr_truth"].append(psnr(den, subj.truth, mask))
@@ -323,14 +397,21 @@ def train(model, train_subjects, val_subjects, cfg: TrainConfig, out_dir, *, res
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; use 'constant' or 'cosine'")
-    slices = build_examples(train_subjects, scheme=cfg.scheme, n_segments=cfg.n_segments)
+    model_kind = getattr(model, "config", {}).get("input_kind", "cbf")
+    if model_kind != cfg.input_kind:
+        raise ValueError(
+            f"the model takes input_kind {model_kind!r} but the training is set for "
+            f"{cfg.input_kind!r}; build the model with input_kind={cfg.input_kind!r}"
+        )
+    examples = dict(scheme=cfg.scheme, n_segments=cfg.n_segments, input_kind=cfg.input_kind)
+    slices = build_examples(train_subjects, **examples)
     if len(slices) == 0:
         raise ASLInputError(
             f"no training slices: every brain mask slice has fewer than {MIN_MASK_VOXELS} voxels.",
             field="brain_mask",
             fix="check the brain masks of the training data",
         )
-    val = build_examples(val_subjects, scheme=cfg.scheme, n_segments=cfg.n_segments)
+    val = build_examples(val_subjects, **examples)
     n_steps = cfg.steps_per_epoch or math.ceil(len(slices) / cfg.batch_size)
     total_steps = n_steps * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -372,7 +453,7 @@ def train(model, train_subjects, val_subjects, cfg: TrainConfig, out_dir, *, res
                 for a in make_batch(slices, idx, patch_size=cfg.patch_size, rng=rng)
             )
             optimizer.zero_grad()
-            loss = masked_loss(model(x), y, m, cfg.loss)
+            loss = masked_loss(_forward(model, slices, idx, x), y, m, cfg.loss)
             loss.backward()
             optimizer.step()
             scheduler.step()
@@ -454,11 +535,17 @@ def simulation_settings(seed: int, index: int) -> dict:
     }
 
 
-def simulate_subject_series(subject_seed: int, n_pairs: int = 40, **settings) -> Subject:
-    """One simulated subject (:func:`asl_pipeline.simulate.simulate_cbf_series`)."""
+def simulate_subject_series(
+    subject_seed: int, n_pairs: int = 40, *, bold: bool = False, **settings
+) -> Subject:
+    """One simulated subject (:func:`asl_pipeline.simulate.simulate_cbf_series`).
+
+    ``bold=True`` also fills ``Subject.bold`` with each pair's label/control
+    average (the same CBF series either way).
+    """
     from asl_pipeline.simulate import simulate_cbf_series
 
-    sim = simulate_cbf_series(int(subject_seed), n_pairs=n_pairs, **settings)
+    sim = simulate_cbf_series(int(subject_seed), n_pairs=n_pairs, mean_series=bold, **settings)
     return Subject(
         name=f"sim-{subject_seed}",
         series=sim.cbf_series,
@@ -472,14 +559,22 @@ def simulate_subject_series(subject_seed: int, n_pairs: int = 40, **settings) ->
             "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
             "outlier_pairs": [int(p) for p in sim.outlier_pairs],
         },
+        bold=sim.mean_series,
     )
 
 
-def simulate_subjects(n: int, *, seed: int = 0, n_pairs: int = 40, progress: bool = False):
-    """``n`` varied simulated training subjects, seeds ``seed * 100_000 + i``."""
+def simulate_subjects(
+    n: int, *, seed: int = 0, n_pairs: int = 40, progress: bool = False, bold: bool = False
+):
+    """``n`` varied simulated training subjects, seeds ``seed * 100_000 + i``.
+
+    ``bold=True``: with their label/control-averaged series (``Subject.bold``).
+    """
     from tqdm.auto import tqdm
 
     return [
-        simulate_subject_series(seed * 100_000 + i, n_pairs, **simulation_settings(seed, i))
+        simulate_subject_series(
+            seed * 100_000 + i, n_pairs, bold=bold, **simulation_settings(seed, i)
+        )
         for i in tqdm(range(n), desc="simulating", disable=not progress)
     ]

@@ -21,6 +21,15 @@ Sources of per-pair CBF series (exactly one):
 mask, nuisance regression, MNI space): run ``asl-pipeline`` first when that
 matters more than the shortcut of ``--bids``.
 
+``--input bold`` trains BOLD-to-ASL prediction (methods spec, section 6.4)
+instead of denoising: the network's input is the label/control average of a
+segment of pairs (a BOLD-weighted image in the scanner's units), its target
+the mean CBF of a different segment. ``--bids`` computes that average from
+each realigned run, ``--simulate`` takes it from the simulator; derivatives
+hold no such series, so ``--derivatives`` refuses ``--input bold``. Apply
+the result with :func:`asl_pipeline.models.inference.predict_cbf_from_bold`
+or the ``BOLDToCBF`` interface. No BOLD-input weights are shipped.
+
 Examples::
 
     asl-train --simulate 40 --epochs 20 --out dwan_run
@@ -28,6 +37,8 @@ Examples::
         --epochs 5 --out my_lab_dwan        # fine-tune on raw BIDS data
     asl-train --derivatives derivatives/asl_pipeline --init-weights shipped \\
         --epochs 5 --out finetuned          # adapt the shipped weights
+    asl-train --bids /data/my_study --input bold --epochs 20 \\
+        --out bold2cbf                      # predict CBF from BOLD-weighted images
 
 Outputs in ``--out``: ``model.pt`` (final weights, loadable with
 :func:`asl_pipeline.models.load_model`), ``checkpoint.pt`` (for
@@ -61,7 +72,8 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asl-train",
         description="Train a CBF denoising network (DWAN, U-Net, DilatedNet) from noisy "
-        "per-pair CBF series, without clean references (learning from noise).",
+        "per-pair CBF series, without clean references (learning from noise); with "
+        "--input bold, a network predicting CBF from BOLD-weighted images.",
     )
     src = parser.add_argument_group("training data (exactly one)")
     ex = src.add_mutually_exclusive_group(required=True)
@@ -85,6 +97,14 @@ def get_parser() -> argparse.ArgumentParser:
     )
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=("dwan", "unet", "dilatednet"), default="dwan")
+    model.add_argument(
+        "--input",
+        choices=("cbf", "bold"),
+        default="cbf",
+        help="network input: cbf (denoise a segment's mean CBF) or bold (predict CBF from "
+        "the label/control-averaged, BOLD-weighted image of a segment; --simulate and "
+        "--bids only)",
+    )
     model.add_argument(
         "--init-weights",
         help="start from these weights (a model file, or 'shipped' for the default DWAN); "
@@ -229,13 +249,17 @@ def load_derivatives(root) -> list:
     return subjects
 
 
-def run_to_subject(run, *, realign: bool = True):
+def run_to_subject(run, *, realign: bool = True, bold: bool = False):
     """Per-pair CBF series of one BIDS ASL run (:class:`~asl_pipeline.bids.ASLRun`).
 
     Realigns the series (ASL-aware, with the separate M0 when there is one),
     subtracts each control/label pair, and quantifies every difference with
     the run's sidecar and M0 (white-paper model, section 2). The brain mask
     is drawn from the M0 intensities (:func:`asl_pipeline.qc.intensity_mask`).
+    With ``bold=True`` the subject also gets each pair's label/control
+    average, ``(control + label) / 2 = control - ΔM / 2`` of the realigned
+    volumes (``Subject.bold``, the BOLD-weighted input of ``--input bold``);
+    a run without control volumes (ΔM or CBF series) is then refused.
     Returns a :class:`~asl_pipeline.training.Subject` with its slices along
     the third array axis; raises :class:`ASLInputError` naming the file when
     the run cannot be used.
@@ -320,6 +344,18 @@ def run_to_subject(run, *, realign: bool = True):
             field="volume_type",
             fix="train on runs with several control/label pairs",
         )
+    mean_ts = None
+    if bold:
+        if dm.control is None:
+            raise ASLInputError(
+                f"the run holds {dm.kind} volumes, no control/label images, so it has no "
+                "label/control average (BOLD-weighted image) to learn from.",
+                file=run.aslcontext_file,
+                field="volume_type",
+                fix="train --input bold on runs with control and label volumes, or use "
+                "--input cbf",
+            )
+        mean_ts = np.nan_to_num(np.asarray(dm.control - 0.5 * dm.deltam, dtype=np.float32))
     axis = axial_axis(img.affine)
     zooms = list(img.header.get_zooms()[:3])
     zooms.insert(2, zooms.pop(axis))
@@ -330,15 +366,24 @@ def run_to_subject(run, *, realign: bool = True):
         mask=np.moveaxis(mask, axis, 2),
         voxel_size=tuple(float(z) for z in zooms),
         info={"file": str(run.asl_file), "pairs": int(cbf_ts.shape[3])},
+        bold=None if mean_ts is None else np.moveaxis(mean_ts, axis, 2),
     )
 
 
-def load_bids(root, participant_label=None, *, realign: bool = True, progress: bool = True):
+def load_bids(
+    root,
+    participant_label=None,
+    *,
+    realign: bool = True,
+    progress: bool = True,
+    bold: bool = False,
+):
     """Subjects (:class:`~asl_pipeline.training.Subject`) from a raw BIDS ASL dataset.
 
     Every run is read and validated like ``asl-pipeline`` reads it (the first
     problem is raised). Multi-PLD runs are skipped with a log line. Nothing is
-    written inside ``root``.
+    written inside ``root``. ``bold=True``: with each pair's label/control
+    average (see :func:`run_to_subject`).
     """
     from tqdm.auto import tqdm
 
@@ -350,7 +395,7 @@ def load_bids(root, participant_label=None, *, realign: bool = True, progress: b
         if run.is_multi_pld:
             LOGGER.warning("%s: multi-PLD run skipped", run.asl_file)
             continue
-        subjects.append(run_to_subject(run, realign=realign))
+        subjects.append(run_to_subject(run, realign=realign, bold=bold))
     if len(subjects) < 2:
         raise ASLInputError(
             f"found {len(subjects)} usable single-PLD ASL runs (at least 2 are needed: "
@@ -384,6 +429,23 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.time()
     try:
+        # the model first: a wrong --init-weights fails before minutes of data preparation
+        init = None
+        if args.init_weights:
+            path = None if args.init_weights == "shipped" else args.init_weights
+            model, init_info = load_model(path, device="cpu")
+            if init_info["input_kind"] != args.input:
+                raise ASLInputError(
+                    f"the initial weights take input_kind {init_info['input_kind']!r}, "
+                    f"not {args.input!r}.",
+                    file=init_info["path"],
+                    field="input_kind",
+                    fix=f"pass --input {init_info['input_kind']}, or initial weights "
+                    f"trained with --input {args.input}",
+                )
+            init = {"path": init_info["path"], "sha256": init_info["sha256"]}
+        else:
+            model = build_model(args.model, input_kind=args.input)
         if args.simulate is not None:
             from asl_pipeline.training import simulate_subjects
 
@@ -392,6 +454,7 @@ def main(argv=None) -> int:
                 seed=args.seed,
                 n_pairs=args.sim_n_pairs,
                 progress=not args.no_progress,
+                bold=args.input == "bold",
             )
             source = {
                 "simulate": args.simulate,
@@ -403,17 +466,23 @@ def main(argv=None) -> int:
                 args.participant_label,
                 realign=not args.no_realign,
                 progress=not args.no_progress,
+                bold=args.input == "bold",
             )
             source = {"bids": str(args.bids), "runs": [s.info["file"] for s in subjects]}
         else:
+            if args.input == "bold":
+                raise ASLInputError(
+                    "derivatives hold per-pair CBF series but no label/control-averaged "
+                    "(BOLD-weighted) series, which --input bold learns from.",
+                    file=args.derivatives,
+                    field="--input",
+                    fix="train --input bold from the raw data with --bids (the average of "
+                    "each pair is computed from the realigned run), or use --input cbf",
+                )
             subjects = load_derivatives(args.derivatives)
             source = {"derivatives": str(args.derivatives)}
-        if args.init_weights:
-            path = None if args.init_weights == "shipped" else args.init_weights
-            model, init_info = load_model(path, device="cpu")
-            source["init_weights"] = {"path": init_info["path"], "sha256": init_info["sha256"]}
-        else:
-            model = build_model(args.model)
+        if init is not None:
+            source["init_weights"] = init
     except ASLInputError as err:
         print(f"asl-train: error: {err}", file=sys.stderr)
         return 2
@@ -431,6 +500,7 @@ def main(argv=None) -> int:
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,
+        input_kind=args.input,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -442,6 +512,7 @@ def main(argv=None) -> int:
     metadata = {
         "command": "asl-train " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
         "arch": model.arch,
+        "input_kind": args.input,
         "scheme": args.scheme,
         "loss": args.loss,
         "epochs": args.epochs,
