@@ -1,11 +1,19 @@
-"""Nipype interface over :func:`asl_pipeline.models.inference.denoise_cbf`.
+"""Nipype interfaces over :mod:`asl_pipeline.models.inference`.
 
-``DWANDenoise`` denoises a mean CBF map (3-D NIfTI, mL/100 g/min, native or
-template space) with a trained network, axial slice by axial slice inside a
-brain mask. The default weights are the shipped DWAN trained by learning from
-noise (``asl_pipeline/data/dwan_lfn_l1.pt``); their sha256 is checked against
+``DWANDenoise`` (over :func:`~asl_pipeline.models.inference.denoise_cbf`)
+denoises a mean CBF map (3-D NIfTI, mL/100 g/min, native or template space)
+with a trained network, axial slice by axial slice inside a brain mask. The
+default weights are the shipped DWAN trained by learning from noise
+(``asl_pipeline/data/dwan_lfn_l1.pt``); their sha256 is checked against
 ``data_manifest.json`` before use. The JSON sidecar says the map is denoised
-and names the model file and its sha256.
+and names the model file and its sha256. A BOLD-input model is refused.
+
+``BOLDToCBF`` (over :func:`~asl_pipeline.models.inference.predict_cbf_from_bold`)
+predicts a CBF map from a BOLD-weighted image (methods spec, section 6.4: the
+label/control average of a window of pairs) with a network trained by
+``asl-train --input bold``. No such weights are shipped, so ``weights`` is
+mandatory; a CBF-input model is refused. Its sidecar names the model and its
+sha256 too.
 """
 
 from __future__ import annotations
@@ -65,29 +73,16 @@ class DWANDenoise(SimpleInterface):
         from asl_pipeline.models.inference import denoise_cbf
 
         torch.set_num_threads(max(1, self.inputs.num_threads))
-        img = nb.load(self.inputs.in_file)
-        data = np.asanyarray(img.dataobj).astype(np.float32)
-        if data.ndim == 4 and data.shape[3] == 1:
-            data = data[..., 0]
-        if data.ndim != 3:
-            raise ASLInputError(
-                f"the CBF map must be 3-D, got shape {data.shape}.",
-                file=self.inputs.in_file,
-                field="shape",
-                fix="pass the mean CBF map, not the per-pair series",
-            )
-        mask = np.asanyarray(nb.load(self.inputs.mask_file).dataobj)
-        mask = (mask[..., 0] if mask.ndim == 4 else mask) > 0
-        if mask.shape != data.shape:
-            raise ASLInputError(
-                f"mask shape {mask.shape} differs from the CBF map's {data.shape}.",
-                file=self.inputs.mask_file,
-                field="shape",
-                fix="resample the brain mask to the CBF map's grid",
-            )
+        img, data, mask = _load_volume_and_mask(
+            self.inputs.in_file,
+            self.inputs.mask_file,
+            "CBF map",
+            mean_4d=False,
+            fix_4d="pass the mean CBF map, not the per-pair series",
+        )
         weights = self.inputs.weights if isdefined(self.inputs.weights) else None
         out, info = denoise_cbf(
-            np.nan_to_num(data),
+            data,
             mask,
             weights=weights,
             affine=img.affine,
@@ -98,31 +93,145 @@ class DWANDenoise(SimpleInterface):
         out_file = fname_presuffix(
             self.inputs.in_file, suffix="_denoised", newpath=runtime.cwd, use_ext=True
         )
-        hdr = img.header.copy()
-        hdr.set_data_dtype(np.float32)
-        new = nb.Nifti1Image(out.astype(np.float32), img.affine, hdr)
-        new.header.set_slope_inter(1.0, 0.0)
-        new.to_filename(out_file)
-        meta = info["metadata"]
+        _write_like(img, out, out_file)
         sidecar = {
             "Description": f"CBF map denoised by the {info['arch'].upper()} network "
             "(slice-wise in the axial plane, inside the brain mask; zero outside).",
             "Denoised": True,
             "Units": "mL/100 g/min",
             "Sources": [str(self.inputs.in_file), str(self.inputs.mask_file)],
-            "DenoisingModel": {
-                "File": Path(info["path"]).name,
-                "Path": info["path"],
-                "Sha256": info["sha256"],
-                "Architecture": info["arch"],
-                "Config": info["config"],
-                "TrainingScheme": meta.get("scheme"),
-                "TrainingLoss": meta.get("loss"),
-                "TrainingCommand": meta.get("command"),
-            },
+            "DenoisingModel": _model_record(info),
         }
-        side_file = out_file.removesuffix(".gz").removesuffix(".nii") + ".json"
-        Path(side_file).write_text(json.dumps(sidecar, indent=2) + "\n")
         self._results["out_file"] = out_file
-        self._results["out_sidecar"] = side_file
+        self._results["out_sidecar"] = _write_sidecar(out_file, sidecar)
+        return runtime
+
+
+def _model_record(info: dict) -> dict:
+    """The sidecar's description of a model (from ``load_model``'s info)."""
+    meta = info["metadata"]
+    return {
+        "File": Path(info["path"]).name,
+        "Path": info["path"],
+        "Sha256": info["sha256"],
+        "Architecture": info["arch"],
+        "Config": info["config"],
+        "InputKind": info["input_kind"],
+        "TrainingScheme": meta.get("scheme"),
+        "TrainingLoss": meta.get("loss"),
+        "TrainingCommand": meta.get("command"),
+    }
+
+
+def _write_sidecar(out_file: str, sidecar: dict) -> str:
+    side_file = out_file.removesuffix(".gz").removesuffix(".nii") + ".json"
+    Path(side_file).write_text(json.dumps(sidecar, indent=2) + "\n")
+    return side_file
+
+
+def _load_volume_and_mask(in_file, mask_file, what: str, *, mean_4d: bool, fix_4d: str):
+    """A 3-D image (4-D averaged over volumes when ``mean_4d``) and its mask, checked."""
+    img = nb.load(in_file)
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    if data.ndim == 4 and (data.shape[3] == 1 or mean_4d):
+        data = data.mean(axis=3)
+    if data.ndim != 3:
+        raise ASLInputError(
+            f"the {what} must be 3-D, got shape {data.shape}.",
+            file=in_file,
+            field="shape",
+            fix=fix_4d,
+        )
+    mask = np.asanyarray(nb.load(mask_file).dataobj)
+    mask = (mask[..., 0] if mask.ndim == 4 else mask) > 0
+    if mask.shape != data.shape:
+        raise ASLInputError(
+            f"mask shape {mask.shape} differs from the {what}'s {data.shape}.",
+            file=mask_file,
+            field="shape",
+            fix=f"resample the brain mask to the {what}'s grid",
+        )
+    return img, np.nan_to_num(data), mask
+
+
+def _write_like(img, data, out_file):
+    hdr = img.header.copy()
+    hdr.set_data_dtype(np.float32)
+    if len(hdr.get_data_shape()) == 4:
+        hdr.set_data_shape(data.shape)
+    new = nb.Nifti1Image(data.astype(np.float32), img.affine, hdr)
+    new.header.set_slope_inter(1.0, 0.0)
+    new.to_filename(out_file)
+
+
+class _BOLDToCBFInputSpec(BaseInterfaceInputSpec):
+    in_file = File(
+        exists=True,
+        mandatory=True,
+        desc="BOLD-weighted image, any units: the label/control average of a window of "
+        "pairs (3-D, or a 4-D series of control and label volumes, averaged over time)",
+    )
+    mask_file = File(
+        exists=True, mandatory=True, desc="brain mask on the image's grid (nonzero = brain)"
+    )
+    weights = File(
+        exists=True,
+        mandatory=True,
+        desc="model file written by asl-train --input bold (none is shipped)",
+    )
+    device = traits.Str("cpu", usedefault=True, desc="torch device: cpu, cuda, cuda:1 ...")
+    batch_size = traits.Int(16, usedefault=True, desc="axial slices per forward pass")
+    num_threads = traits.Int(1, usedefault=True, desc="CPU threads torch may use")
+
+
+class _BOLDToCBFOutputSpec(TraitedSpec):
+    out_file = File(
+        exists=True, desc="CBF map (mL/100 g/min) predicted from the image, zero outside the mask"
+    )
+    out_sidecar = File(exists=True, desc="JSON sidecar: model file, its sha256, source image")
+
+
+class BOLDToCBF(SimpleInterface):
+    """Predict CBF from a BOLD-weighted image (a network of ``asl-train --input bold``)."""
+
+    input_spec = _BOLDToCBFInputSpec
+    output_spec = _BOLDToCBFOutputSpec
+
+    def _run_interface(self, runtime):
+        import torch
+
+        from asl_pipeline.models.inference import predict_cbf_from_bold
+
+        torch.set_num_threads(max(1, self.inputs.num_threads))
+        img, data, mask = _load_volume_and_mask(
+            self.inputs.in_file,
+            self.inputs.mask_file,
+            "BOLD-weighted image",
+            mean_4d=True,
+            fix_4d="pass a 3-D image or a 4-D series (averaged over its volumes)",
+        )
+        out, info = predict_cbf_from_bold(
+            data,
+            mask,
+            weights=self.inputs.weights,
+            affine=img.affine,
+            device=self.inputs.device,
+            batch_size=self.inputs.batch_size,
+        )
+        LOGGER.info("predicted CBF from %s with %s", self.inputs.in_file, info["path"])
+        out_file = fname_presuffix(
+            self.inputs.in_file, suffix="_predcbf", newpath=runtime.cwd, use_ext=True
+        )
+        _write_like(img, out, out_file)
+        sidecar = {
+            "Description": f"CBF map predicted from a BOLD-weighted image by the "
+            f"{info['arch'].upper()} network (methods spec 6.4; slice-wise in the axial "
+            "plane, inside the brain mask; zero outside). Not a measurement of perfusion.",
+            "PredictedFromBOLD": True,
+            "Units": "mL/100 g/min",
+            "Sources": [str(self.inputs.in_file), str(self.inputs.mask_file)],
+            "PredictionModel": _model_record(info),
+        }
+        self._results["out_file"] = out_file
+        self._results["out_sidecar"] = _write_sidecar(out_file, sidecar)
         return runtime
