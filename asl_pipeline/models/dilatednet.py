@@ -46,7 +46,8 @@ class DilatedNet(nn.Module):
         ``"cbf"`` (CBF in mL/100 g/min, divided by ``cbf_scale``) or ``"bold"``
         (a BOLD-weighted image, divided by each slice's median; methods spec,
         section 6.4). The output is CBF in mL/100 g/min either way; see
-        :mod:`asl_pipeline.models.normalise`.
+        :mod:`asl_pipeline.models.normalise`. The identity shortcut (input
+        added to the output) applies to CBF inputs only.
     """
 
     arch = "dilatednet"
@@ -92,4 +93,7 @@ class DilatedNet(nn.Module):
         """
         x = normalise_input(x, self.cbf_scale, self.config["input_kind"], scale)
         both = torch.cat([self.local_path(x), self.global_path(x)], dim=1)
-        return (self.head(both) + x[:, :1]) * self.cbf_scale
+        y = self.head(both)
+        if self.config["input_kind"] == "cbf":
+            y = y + x[:, :1]  # identity shortcut: a BOLD input is not a CBF estimate
+        return y * self.cbf_scale

@@ -41,7 +41,8 @@ class UNet(nn.Module):
     levels
         Resolution levels (3: two poolings).
     residual
-        Add the input to the output (predict the noise correction).
+        Add the input to the output (predict the noise correction); CBF
+        inputs only, a BOLD input is not a CBF estimate to correct.
     cbf_scale
         Divisor applied to the input CBF (mL/100 g/min) inside the model.
     input_kind
@@ -109,6 +110,6 @@ class UNet(nn.Module):
         for up, conv, skip in zip(self.up, self.up_conv, reversed(skips[:-1]), strict=True):
             y = conv(torch.cat([up(y), skip], dim=1))
         y = self.out(y)[..., :h, :w]
-        if self.residual:
-            y = y + x[:, :1]
+        if self.residual and self.config["input_kind"] == "cbf":
+            y = y + x[:, :1]  # identity shortcut: a BOLD input is not a CBF estimate
         return y * self.cbf_scale
