@@ -160,6 +160,18 @@ def evaluate(args, models: dict, outliers: bool):
         r = voxelwise_correlation(np.stack(maps[name]), np.stack(truths), common)
         row["corr_median"] = float(np.nanmedian(r[common]))
         row["corr_frac_gt_0.3"] = float(np.mean(r[common] > 0.3))
+        # paired per-subject PSNR difference against the 40-pair pseudo-ground-truth
+        diff = np.array([v["psnr_truth"] for v in vals]) - np.array(
+            [v["psnr_truth"] for v in per["mean40_clean_smooth"]]
+        )
+        row["paired_vs_mean40"] = {
+            "mean": float(diff.mean()),
+            "se": float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("nan"),
+            "wins": int((diff > 0).sum()),
+            "n": int(diff.size),
+            "min": float(diff.min()),
+            "max": float(diff.max()),
+        }
         rows[name] = row
     return rows
 
@@ -179,6 +191,20 @@ def markdown(rows: dict, title: str) -> str:
             f"| {100 * r['corr_frac_gt_0.3']:.0f}% |"
         )
     return head + "\n".join(lines) + "\n"
+
+
+def paired_markdown(rows: dict) -> str:
+    """Per-subject PSNR (vs truth) differences against the 40-pair mean, one line each."""
+    lines = ["PSNR vs truth minus the 40-pair mean's, paired by subject:", ""]
+    for name, r in rows.items():
+        if name in ("truth", "mean40_clean_smooth"):
+            continue
+        p = r["paired_vs_mean40"]
+        lines.append(
+            f"* {name}: {p['mean']:+.2f} dB (SE {p['se']:.2f}), better on {p['wins']} of "
+            f"{p['n']} subjects, range {p['min']:+.2f} to {p['max']:+.2f}"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
@@ -227,7 +253,7 @@ def main(argv=None):
             f"{args.test_subjects} held-out subjects, 40 pairs, "
             f"{'with' if outliers else 'without'} simulated outliers"
         )
-        text += markdown(rows, title) + "\n"
+        text += markdown(rows, title) + "\n" + paired_markdown(rows) + "\n"
         print(f"evaluated ({key}) in {time.time() - t0:.0f} s")
     budgets = {
         name: {
