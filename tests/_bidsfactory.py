@@ -34,6 +34,20 @@ BASE_SIDECAR = {
 BASE_CONTEXT = ("control", "label") * 3
 M0_SIDECAR = {"RepetitionTimePreparation": 6.0, "IntendedFor": "perf/sub-01_asl.nii.gz"}
 
+#: ``simulate_dataset`` settings of a small, fast simulated BIDS dataset with
+#: (nearly) known per-pair CBF: no motion, no outliers. At 8 x 8 x 14 mm the
+#: realignment is ill-posed (spurious 1-2 mm shifts); at 5 x 5 x 9 mm it is not.
+SIM_BIDS_SMALL = dict(
+    n_pairs=8,
+    shape=(40, 40, 14),
+    voxel_size=(5.0, 5.0, 9.0),
+    resolution=2,
+    subsample=(1, 1, 1),
+    t1w_voxel_size=4.0,
+    outliers=False,
+    motion=False,
+)
+
 
 def write_nifti(path: Path, shape, *, seed=0, dtype=np.float32, affine=None, nan=False):
     rng = np.random.default_rng(seed)

@@ -7,6 +7,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 import torch
+from _bidsfactory import SIM_BIDS_SMALL
 
 from asl_pipeline.cli.train import load_bids, main
 from asl_pipeline.errors import ASLInputError
@@ -316,20 +317,8 @@ def test_cli_refuses_bold_input_from_derivatives(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def bold_bids(tmp_path_factory):
     root = tmp_path_factory.mktemp("bids") / "ds"
-    return simulate_dataset(
-        root,
-        n_subjects=2,
-        seed=3,
-        noise_scale=0.01,
-        n_pairs=4,
-        shape=(40, 40, 14),
-        voxel_size=(5.0, 5.0, 9.0),
-        resolution=2,
-        subsample=(1, 1, 1),
-        t1w_voxel_size=4.0,
-        outliers=False,
-        motion=False,
-    )
+    settings = {**SIM_BIDS_SMALL, "n_pairs": 4}
+    return simulate_dataset(root, n_subjects=2, seed=3, noise_scale=0.01, **settings)
 
 
 def test_bids_bold_is_the_average_of_each_pair(bold_bids):

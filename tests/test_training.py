@@ -7,7 +7,7 @@ import nibabel as nb
 import numpy as np
 import pytest
 import torch
-from _bidsfactory import make_dataset
+from _bidsfactory import SIM_BIDS_SMALL, make_dataset
 from scipy import ndimage
 
 from asl_pipeline.cli.train import load_bids, main, parse_args
@@ -257,22 +257,10 @@ def test_simulated_subjects_vary_and_feed_the_lfn_dataset():
 
 
 # ----------------------------------------------------------------- raw BIDS input
-BIDS_TINY = dict(  # at 8 x 8 x 14 mm the realignment is ill-posed; 5 x 5 x 9 mm is not
-    n_pairs=8,
-    shape=(40, 40, 14),
-    voxel_size=(5.0, 5.0, 9.0),
-    resolution=2,
-    subsample=(1, 1, 1),
-    t1w_voxel_size=4.0,
-    outliers=False,
-    motion=False,
-)
-
-
 @pytest.fixture(scope="module")
 def tiny_bids(tmp_path_factory):
     root = tmp_path_factory.mktemp("bids") / "ds"
-    return simulate_dataset(root, n_subjects=3, seed=3, noise_scale=0.01, **BIDS_TINY)
+    return simulate_dataset(root, n_subjects=3, seed=3, noise_scale=0.01, **SIM_BIDS_SMALL)
 
 
 def _snapshot(root):
