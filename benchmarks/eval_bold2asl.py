@@ -33,21 +33,12 @@ Usage (the figures in benchmarks/RESULTS.md)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-
-#: Acquisition of the test subjects (the simulator's default grid, pCASL 2D).
-TEST_SETTINGS = {
-    "shape": (64, 64, 20),
-    "voxel_size": (3.4, 3.4, 6.0),
-    "labeling": "PCASL",
-    "readout": "2D",
-    "noise_scale": 1.0,
-}
+from eval_dwan import TEST_SETTINGS, base_parser  # benchmarks/ is sys.path[0] when run
 
 MODEL = "dwan_bold_lfn_l1"
 
@@ -196,18 +187,7 @@ def markdown(rows: dict, title: str) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--train-subjects", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--patch-size", type=int, default=48)
-    parser.add_argument("--test-subjects", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--skip-train", action="store_true")
-    args = parser.parse_args(argv)
+    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
 
     import torch
 

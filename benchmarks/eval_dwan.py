@@ -207,8 +207,9 @@ def paired_markdown(rows: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """Options shared by the evaluation scripts: output, training budget, test set."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--train-subjects", type=int, default=32)
     parser.add_argument("--steps", type=int, default=300, help="optimizer steps per model")
@@ -219,6 +220,11 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-train", action="store_true")
+    return parser
+
+
+def main(argv=None):
+    parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--shipped", default="shipped", help="shipped weights ('' to skip)")
     args = parser.parse_args(argv)
 
