@@ -44,6 +44,11 @@ def _argv(bids, out, work, *extra):
     return [str(bids), str(out), "participant", "--work-dir", str(work), *extra]
 
 
+def _sub01_argv(bids, base, *extra):
+    """Subject 01 only, outputs in ``base/out`` and the work folder ``base/work``."""
+    return _argv(bids, base / "out", base / "work", "--participant-label", "01", *extra)
+
+
 @pytest.fixture(scope="session")
 def sim_bids(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e") / "bids"
@@ -55,9 +60,7 @@ def sim_bids(tmp_path_factory):
 def first_run(sim_bids, tmp_path_factory):
     base = tmp_path_factory.mktemp("run1")
     before = snapshot(sim_bids)
-    rc = main(
-        _argv(sim_bids, base / "out", base / "work", "--participant-label", "01", "--nprocs", "2")
-    )
+    rc = main(_sub01_argv(sim_bids, base, "--nprocs", "2"))
     return {"rc": rc, "out": base / "out", "work": base / "work", "before": before}
 
 
@@ -142,20 +145,7 @@ def test_bids_validator_accepts_outputs(first_run):
 
 
 def test_second_run_is_byte_identical(first_run, sim_bids, tmp_path):
-    assert (
-        main(
-            _argv(
-                sim_bids,
-                tmp_path / "out",
-                tmp_path / "work",
-                "--participant-label",
-                "01",
-                "--nprocs",
-                "2",
-            )
-        )
-        == 0
-    )
+    assert main(_sub01_argv(sim_bids, tmp_path, "--nprocs", "2")) == 0
     assert _images(tmp_path / "out") == _images(first_run["out"])
 
 
@@ -164,15 +154,7 @@ def test_killed_run_resumes_to_identical_outputs(first_run, sim_bids, tmp_path):
         sys.executable,
         "-m",
         "asl_pipeline.cli.run",
-        *_argv(
-            sim_bids,
-            tmp_path / "out",
-            tmp_path / "work",
-            "--participant-label",
-            "01",
-            "--plugin",
-            "Linear",
-        ),
+        *_sub01_argv(sim_bids, tmp_path, "--plugin", "Linear"),
     ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -187,20 +169,7 @@ def test_killed_run_resumes_to_identical_outputs(first_run, sim_bids, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "out/sub-01/figures/sub-01_report.html").exists()
-    assert (
-        main(
-            _argv(
-                sim_bids,
-                tmp_path / "out",
-                tmp_path / "work",
-                "--participant-label",
-                "01",
-                "--plugin",
-                "Linear",
-            )
-        )
-        == 0
-    )
+    assert main(_sub01_argv(sim_bids, tmp_path, "--plugin", "Linear")) == 0
     assert _images(tmp_path / "out") == _images(first_run["out"])
 
 
