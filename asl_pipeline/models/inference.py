@@ -67,10 +67,15 @@ def denoise_cbf(volume, mask, *, weights=None, affine=None, device="cpu", batch_
     outside ``mask``) and the model's info (path, sha256, architecture,
     training metadata) from :func:`asl_pipeline.models.load_model`.
     """
+    return _apply_saved(volume, mask, weights, "cbf", affine, device, batch_size)
+
+
+def _apply_saved(volume, mask, weights, input_kind, affine, device, batch_size):
+    """Load ``weights``, check they take ``input_kind``, apply them along the axial axis."""
     from asl_pipeline.models.io import load_model
 
     model, info = load_model(weights, device=device)
-    require_input_kind(info, "cbf")
+    require_input_kind(info, input_kind)
     axis = 2 if affine is None else axial_axis(affine)
     out = denoise_volume(model, volume, mask, axis=axis, batch_size=batch_size, device=device)
     return out, info
@@ -125,10 +130,4 @@ def predict_cbf_from_bold(bold_volume, mask, *, weights, affine=None, device="cp
     architecture, input kind, training metadata). A CBF-input model is
     refused with :class:`~asl_pipeline.errors.ASLInputError`.
     """
-    from asl_pipeline.models.io import load_model
-
-    model, info = load_model(weights, device=device)
-    require_input_kind(info, "bold")
-    axis = 2 if affine is None else axial_axis(affine)
-    out = denoise_volume(model, bold_volume, mask, axis=axis, batch_size=batch_size, device=device)
-    return out, info
+    return _apply_saved(bold_volume, mask, weights, "bold", affine, device, batch_size)
