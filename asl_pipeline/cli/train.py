@@ -194,11 +194,24 @@ def _mask_for(path: Path) -> Path:
     )
 
 
+def _axial_layout(img):
+    """The axial voxel axis of ``img`` and its voxel size with that axis moved third.
+
+    Training subjects keep their slices along the third array axis
+    (``np.moveaxis(data, axis, 2)``); the voxel size follows the same order.
+    """
+    from asl_pipeline.models.inference import axial_axis
+
+    axis = axial_axis(img.affine)
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    zooms.insert(2, zooms.pop(axis))
+    return axis, tuple(zooms)
+
+
 def load_derivatives(root) -> list:
     """Subjects (:class:`~asl_pipeline.training.Subject`) from a derivatives folder."""
     import nibabel as nb
 
-    from asl_pipeline.models.inference import axial_axis
     from asl_pipeline.training import Subject
 
     root = Path(root)
@@ -224,17 +237,15 @@ def load_derivatives(root) -> list:
                 field="shape",
                 fix="resample the mask to the CBF series' grid",
             )
-        axis = axial_axis(img.affine)
+        axis, voxel_size = _axial_layout(img)
         series = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), axis, 2)
         mask = np.moveaxis(np.asarray(mimg.dataobj) > 0, axis, 2)
-        zooms = list(img.header.get_zooms()[:3])
-        zooms.insert(2, zooms.pop(axis))
         subjects.append(
             Subject(
                 name=path.name,
                 series=np.nan_to_num(series),
                 mask=mask,
-                voxel_size=tuple(float(z) for z in zooms),
+                voxel_size=voxel_size,
                 info={"file": str(path), "mask": str(mask_path)},
             )
         )
@@ -267,7 +278,6 @@ def run_to_subject(run, *, realign: bool = True, bold: bool = False):
     import nibabel as nb
 
     from asl_pipeline import cbf as quant
-    from asl_pipeline.models.inference import axial_axis
     from asl_pipeline.motion import realign_asl
     from asl_pipeline.qc import intensity_mask
     from asl_pipeline.training import Subject
@@ -320,7 +330,6 @@ def run_to_subject(run, *, realign: bool = True, bold: bool = False):
         m0_source=run.m0_file,
     )
     dm = quant.deltam_series(series, run.volume_types, plds=params.pld, source=run.aslcontext_file)
-    m0 = None
     if dm.kind == "cbf":
         cbf_ts = dm.deltam
         mask = intensity_mask(np.abs(cbf_ts).mean(axis=3), fraction=0.1)
@@ -356,15 +365,13 @@ def run_to_subject(run, *, realign: bool = True, bold: bool = False):
                 "--input cbf",
             )
         mean_ts = np.nan_to_num(np.asarray(dm.control - 0.5 * dm.deltam, dtype=np.float32))
-    axis = axial_axis(img.affine)
-    zooms = list(img.header.get_zooms()[:3])
-    zooms.insert(2, zooms.pop(axis))
+    axis, voxel_size = _axial_layout(img)
     name = run.asl_file.name.split("_asl.nii")[0]
     return Subject(
         name=name,
         series=np.moveaxis(cbf_ts, axis, 2),
         mask=np.moveaxis(mask, axis, 2),
-        voxel_size=tuple(float(z) for z in zooms),
+        voxel_size=voxel_size,
         info={"file": str(run.asl_file), "pairs": int(cbf_ts.shape[3])},
         bold=None if mean_ts is None else np.moveaxis(mean_ts, axis, 2),
     )
