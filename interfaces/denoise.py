@@ -39,7 +39,15 @@ from asl_pipeline.errors import ASLInputError
 LOGGER = logging.getLogger("nipype.interface")
 
 
-class _DWANDenoiseInputSpec(BaseInterfaceInputSpec):
+class _NetworkRunInputSpec(BaseInterfaceInputSpec):
+    """Where and how a network runs (shared by the interfaces of this module)."""
+
+    device = traits.Str("cpu", usedefault=True, desc="torch device: cpu, cuda, cuda:1 ...")
+    batch_size = traits.Int(16, usedefault=True, desc="axial slices per forward pass")
+    num_threads = traits.Int(1, usedefault=True, desc="CPU threads torch may use")
+
+
+class _DWANDenoiseInputSpec(_NetworkRunInputSpec):
     in_file = File(
         exists=True, mandatory=True, desc="mean CBF map (3-D NIfTI, mL/100 g/min) to denoise"
     )
@@ -51,9 +59,6 @@ class _DWANDenoiseInputSpec(BaseInterfaceInputSpec):
         desc="model file written by asl-train (default: the shipped DWAN, learning from "
         "noise, L1 loss)",
     )
-    device = traits.Str("cpu", usedefault=True, desc="torch device: cpu, cuda, cuda:1 ...")
-    batch_size = traits.Int(16, usedefault=True, desc="axial slices per forward pass")
-    num_threads = traits.Int(1, usedefault=True, desc="CPU threads torch may use")
 
 
 class _DWANDenoiseOutputSpec(TraitedSpec):
@@ -164,7 +169,7 @@ def _write_like(img, data, out_file):
     new.to_filename(out_file)
 
 
-class _BOLDToCBFInputSpec(BaseInterfaceInputSpec):
+class _BOLDToCBFInputSpec(_NetworkRunInputSpec):
     in_file = File(
         exists=True,
         mandatory=True,
@@ -179,9 +184,6 @@ class _BOLDToCBFInputSpec(BaseInterfaceInputSpec):
         mandatory=True,
         desc="model file written by asl-train --input bold (none is shipped)",
     )
-    device = traits.Str("cpu", usedefault=True, desc="torch device: cpu, cuda, cuda:1 ...")
-    batch_size = traits.Int(16, usedefault=True, desc="axial slices per forward pass")
-    num_threads = traits.Int(1, usedefault=True, desc="CPU threads torch may use")
 
 
 class _BOLDToCBFOutputSpec(TraitedSpec):
