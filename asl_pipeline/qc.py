@@ -46,11 +46,19 @@ def intensity_mask(image, *, fraction=0.3):
     if not np.any(image > 0):
         return np.zeros(image.shape, dtype=bool)
     mask = image > fraction * np.percentile(image[image > 0], 99)
+    return ndimage.binary_fill_holes(largest_component(mask))
+
+
+def largest_component(mask) -> np.ndarray:
+    """The largest connected component (face connectivity) of a binary mask.
+
+    A mask with one component or none is returned as it is (as booleans);
+    between equal sizes the first label wins.
+    """
     labels, n = ndimage.label(mask)
-    if n > 1:
-        sizes = ndimage.sum(mask, labels, range(1, n + 1))
-        mask = labels == (1 + int(np.argmax(sizes)))
-    return ndimage.binary_fill_holes(mask)
+    if n <= 1:
+        return np.asarray(mask, dtype=bool)
+    return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
 
 
 def dvars(series, mask, *, percent=True):

@@ -40,6 +40,7 @@ import numpy as np
 from scipy import ndimage
 
 from asl_pipeline.errors import ASLInputError
+from asl_pipeline.qc import largest_component
 
 
 def _ants():
@@ -193,13 +194,6 @@ def _dilate(mask: np.ndarray, radius_mm: float, zooms) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask, sampling=zooms) <= radius_mm
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(mask)
-    if n <= 1:
-        return mask.astype(bool)
-    return lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
-
-
 def rough_brain_mask(
     data,
     zooms,
@@ -227,10 +221,10 @@ def rough_brain_mask(
     a = np.asarray(data, dtype=np.float32)
     zooms = np.asarray(zooms, float)[:3]
     t_bg = _otsu(a[a > np.percentile(a, 1)])
-    head = ndimage.binary_fill_holes(_largest_component(a > 0.5 * t_bg))
+    head = ndimage.binary_fill_holes(largest_component(a > 0.5 * t_bg))
     tissue = head & (a > 0.5 * _otsu(a[head]))
     for depth in (erode_mm, 1.5 * erode_mm, 2.0 * erode_mm):
-        core = _largest_component(_erode(tissue, depth, zooms))
+        core = largest_component(_erode(tissue, depth, zooms))
         brain = ndimage.binary_fill_holes(_dilate(core, depth, zooms) & tissue)
         brain = ndimage.binary_fill_holes(_dilate(brain, margin_mm, zooms))
         if brain.sum() * np.prod(zooms) / 1000.0 <= max_volume_ml:
