@@ -225,3 +225,15 @@ def test_realign_simulated_subject_against_true_motion():
     err = _direct_errors(res.params, true_clean, res.centre)
     assert err[:, 0].max() <= 0.1 and err[:, 1].max() <= 0.1
     assert res.m0_corrected.shape[:3] == s.asl.shape[:3]
+
+
+def test_simulator_and_estimator_share_the_rigid_convention():
+    from asl_pipeline.simulate import spm_rigid_matrix
+
+    rng = np.random.default_rng(3)
+    centre = (1.5, -20.0, 12.0)
+    for _ in range(5):
+        params = np.r_[rng.normal(0, 3, 3), rng.normal(0, 0.05, 3)]
+        np.testing.assert_allclose(
+            spm_rigid_matrix(params, centre), mo.params_to_matrix(params, centre), atol=1e-12
+        )

@@ -32,7 +32,12 @@ from asl_pipeline.simulate.anatomy import voxel_centre_world
 
 
 def spm_rigid_matrix(params, centre=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """4x4 rigid transform ``x -> R (x - c) + c + t``, ``R = Rx @ Ry @ Rz`` (SPM signs)."""
+    """4x4 rigid transform ``x -> R (x - c) + c + t``, ``R = Rx @ Ry @ Rz`` (SPM signs).
+
+    The same convention as :func:`asl_pipeline.motion.params_to_matrix`, but
+    written out on purpose rather than imported: the ground truth must not
+    share code with the estimator it checks (a test asserts they agree).
+    """
     tx, ty, tz, rx, ry, rz = np.asarray(params, float)
     cx, sx = np.cos(rx), np.sin(rx)
     cy, sy = np.cos(ry), np.sin(ry)
