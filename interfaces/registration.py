@@ -24,12 +24,9 @@ from nipype.utils.filemanip import fname_presuffix
 
 from asl_pipeline import registration as reg
 from asl_pipeline import segmentation as seg
+from asl_pipeline.itkthreads import call_with_itk_threads
 
 LOGGER = logging.getLogger("nipype.interface")
-
-
-def _threads(n_procs):
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(n_procs)))
 
 
 def signal_mask(ref, *, fraction: float = 0.15) -> np.ndarray:
@@ -76,8 +73,10 @@ class T1wPreprocess(SimpleInterface):
 
     def _run_interface(self, runtime):
         inp = self.inputs
-        _threads(inp.n_procs)
-        res = seg.preprocess_t1w(
+        # in a fresh process, so ITK uses n_procs threads whatever ran before
+        res = call_with_itk_threads(
+            inp.n_procs,
+            seg.preprocess_t1w,
             nb.load(inp.t1w_file),
             runtime.cwd,
             template_resolution=inp.template_resolution,
@@ -133,9 +132,10 @@ class ASLToT1w(SimpleInterface):
 
     def _run_interface(self, runtime):
         inp = self.inputs
-        _threads(inp.n_procs)
         ref = nb.load(inp.ref_image)
-        xfm = reg.register_asl_to_t1w(
+        xfm = call_with_itk_threads(
+            inp.n_procs,
+            reg.register_asl_to_t1w,
             ref,
             nb.load(inp.t1w_brain),
             os.path.join(runtime.cwd, "asl_to_t1w.mat"),
