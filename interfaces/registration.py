@@ -73,33 +73,42 @@ class T1wPreprocess(SimpleInterface):
 
     def _run_interface(self, runtime):
         inp = self.inputs
-        # in a fresh process, so ITK uses n_procs threads whatever ran before
-        res = call_with_itk_threads(
-            inp.n_procs,
-            seg.preprocess_t1w,
-            nb.load(inp.t1w_file),
-            runtime.cwd,
-            template_resolution=inp.template_resolution,
-            transform=inp.transform,
-            reg_iterations=tuple(inp.reg_iterations),
-            prior_weight=inp.prior_weight,
-            t1w_file=inp.t1w_file,
+        # in a fresh process, so ITK uses n_procs threads whatever ran before;
+        # the worker writes the images and returns their paths
+        self._results.update(
+            call_with_itk_threads(
+                inp.n_procs,
+                preprocess_t1w_to_files,
+                inp.t1w_file,
+                runtime.cwd,
+                template_resolution=inp.template_resolution,
+                transform=inp.transform,
+                reg_iterations=tuple(inp.reg_iterations),
+                prior_weight=inp.prior_weight,
+            )
         )
-        for field, img, suffix in (
-            ("t1w_preproc", res.t1w_preproc, "_preproc"),
-            ("t1w_brain", res.t1w_brain, "_brain"),
-            ("t1w_mask", res.t1w_mask, "_mask"),
-            ("gm_t1w", res.gm, "_label-GM_probseg"),
-            ("wm_t1w", res.wm, "_label-WM_probseg"),
-            ("csf_t1w", res.csf, "_label-CSF_probseg"),
-            ("t1w_mni", res.mni.warped, "_space-MNI"),
-        ):
-            out = fname_presuffix(inp.t1w_file, suffix=suffix, newpath=runtime.cwd)
-            img.to_filename(out)
-            self._results[field] = out
-        self._results["t1w_to_mni"] = res.mni.t1w_to_mni
-        self._results["mni_to_t1w"] = res.mni.mni_to_t1w
         return runtime
+
+
+def preprocess_t1w_to_files(t1w_file, out_dir, **options) -> dict:
+    """:func:`segmentation.preprocess_t1w` of a file; outputs written to ``out_dir``.
+
+    Returns the paths under :class:`T1wPreprocess`'s output names.
+    """
+    res = seg.preprocess_t1w(nb.load(t1w_file), out_dir, t1w_file=t1w_file, **options)
+    paths = {"t1w_to_mni": res.mni.t1w_to_mni, "mni_to_t1w": res.mni.mni_to_t1w}
+    for field, img, suffix in (
+        ("t1w_preproc", res.t1w_preproc, "_preproc"),
+        ("t1w_brain", res.t1w_brain, "_brain"),
+        ("t1w_mask", res.t1w_mask, "_mask"),
+        ("gm_t1w", res.gm, "_label-GM_probseg"),
+        ("wm_t1w", res.wm, "_label-WM_probseg"),
+        ("csf_t1w", res.csf, "_label-CSF_probseg"),
+        ("t1w_mni", res.mni.warped, "_space-MNI"),
+    ):
+        paths[field] = fname_presuffix(t1w_file, suffix=suffix, newpath=out_dir)
+        img.to_filename(paths[field])
+    return paths
 
 
 class _ASLToT1wInputSpec(BaseInterfaceInputSpec):
