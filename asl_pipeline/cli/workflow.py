@@ -49,6 +49,7 @@ def run_workflow(config, runs) -> int:
     from nipype import logging as nipype_logging
 
     from asl_pipeline.derivatives import write_dataset_files
+    from asl_pipeline.itkthreads import ENV_VAR as ITK_THREADS_VAR
     from asl_pipeline.workflows.base import init_asl_pipeline_wf
 
     output_dir = Path(config.output_dir)
@@ -61,10 +62,12 @@ def run_workflow(config, runs) -> int:
     if config.plugin.startswith("SLURM"):
         os.environ.setdefault("LOGNAME", os.environ.get("USER", "asl_pipeline"))
     # Reproducibility: ITK (antspyx) registrations sample their metric at random
-    # and split sums across threads, so a fixed seed and a fixed thread count
-    # (the workers and SLURM jobs inherit the environment) make reruns
-    # byte-identical; --omp-nthreads 1, the default, is what the tests check.
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(config.omp_nthreads)))
+    # and split sums across threads, so reruns are byte-identical only with a
+    # fixed seed and a fixed thread count. The registration interfaces set their
+    # count themselves, in a fresh process (asl_pipeline.itkthreads); this
+    # default covers the other ITK work (resampling) in the workers and SLURM
+    # jobs, which inherit the environment.
+    os.environ[ITK_THREADS_VAR] = str(max(1, int(config.omp_nthreads)))
     os.environ["ANTS_RANDOM_SEED"] = str(int(config.seed) or 1)
 
     nipype_config.update_config({
