@@ -479,21 +479,6 @@ def _load_image(path: Path):
         ) from None
 
 
-def _check_finite(img, path: Path) -> None:
-    if not np.issubdtype(img.get_data_dtype(), np.floating):
-        return  # integer storage cannot hold NaN
-    data = np.asanyarray(img.dataobj)
-    bad = ~np.isfinite(data)
-    if bad.any():
-        raise ASLInputError(
-            f"contains {int(bad.sum())} NaN or infinite voxel values.",
-            file=path,
-            field="image data",
-            fix="re-export the image from the scanner data; do not mask with NaN "
-            "(the pipeline computes its own brain mask).",
-        )
-
-
 def _intended_for(md: dict) -> list[str]:
     value = md.get("IntendedFor", [])
     return [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)]
@@ -856,7 +841,6 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
             fix="write exactly one aslcontext row per volume of the series, in order.",
         )
     voxel_size = tuple(float(z) for z in img.header.get_zooms()[:3])
-    _check_finite(img, asl_file)
 
     pairs = _pair(types, context_file)
     idx = {t: tuple(i for i, x in enumerate(types) if x == t) for t in VOLUME_TYPES}
@@ -1151,7 +1135,6 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
                 f"{m0_file.name} and {asl_file.name} have different affines; the M0 will be "
                 "registered to the ASL series"
             )
-        _check_finite(m0_img, m0_file)
         m0_md = dict(layout.get_metadata(str(m0_file)))
         m0_sidecar = m0_file.with_name(_strip_ext(m0_file) + ".json")
         m0_tr = _repetition_time(m0_md, m0_sidecar, None, warnings)

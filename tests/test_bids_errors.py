@@ -20,7 +20,7 @@ from _bidsfactory import (
 )
 
 from asl_pipeline.bids import collect_runs, validate_dataset
-from asl_pipeline.cli.run import main
+from asl_pipeline.cli.run import main, validate
 from asl_pipeline.errors import ASLInputError
 
 PERF = "sub-01/perf"
@@ -173,18 +173,14 @@ def test_bad_input(tmp_path, capsys, monkeypatch, kwargs, edit, label, rel, fiel
     # reader's error on its way to the command line.
     raised = []
 
-    def spy(*args, **kwargs):
-        try:
-            runs, errors = validate_dataset(*args, **kwargs)
-        except ASLInputError as exc:  # a problem of the whole dataset
-            raised.append(exc)
-            raise
-        raised.extend(errors)  # problems of single runs
-        return runs, errors
+    def spy(config):
+        runs, problems = validate(config)
+        raised.extend(problems)  # reader, pre-flight and weights problems
+        return runs, problems
 
-    monkeypatch.setattr("asl_pipeline.bids.validate_dataset", spy)
+    monkeypatch.setattr("asl_pipeline.cli.run.validate", spy)
     out, work = tmp_path / "out", tmp_path / "work"
-    argv = [str(root), str(out), "participant", "-w", str(work)]
+    argv = [str(root), str(out), "participant", "-w", str(work), "--no-denoise"]
     if label:
         argv += ["--participant-label", label]
     capsys.readouterr()

@@ -47,43 +47,51 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def main(argv=None) -> int:
-    """Entry point; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit status."""
-    from asl_pipeline.bids import describe, validate_dataset
-    from asl_pipeline.cli.parser import parse_args
-    from asl_pipeline.config import Config
+def _read_runs(config) -> tuple[list, list]:
+    """The BIDS reader's valid runs and its problems (dataset-wide ones included)."""
+    from asl_pipeline.bids import validate_dataset
     from asl_pipeline.errors import ASLInputError
 
     try:
-        args = parse_args(argv)
-    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    config = Config.from_args(args)
-    if config.verbosity:
-        logging.basicConfig(
-            level=logging.INFO if config.verbosity == 1 else logging.DEBUG,
-            format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        )
-    try:
         with _quiet_reader(config.verbosity):
-            runs, errors = validate_dataset(
+            return validate_dataset(
                 config.bids_dir, config.participant_label, session=config.session_label
             )
-    except ASLInputError as exc:  # a problem of the whole dataset
-        runs, errors = [], [exc]
-    except Exception as exc:  # an unexpected failure: one line unless -vv
-        if config.verbosity > 1:
-            raise
-        print(
-            f"asl-pipeline: error: {type(exc).__name__}: {_one_line(exc)} "
-            "(run with -vv for the traceback)",
-            file=sys.stderr,
-        )
-        return EXIT_DATA_ERROR
-    if errors:  # every invalid run at once, one line each; nothing is processed
-        for exc in errors:
-            print(f"asl-pipeline: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_DATA_ERROR
+    except ASLInputError as exc:  # problems of the whole dataset
+        return [], list(getattr(exc, "errors", [exc]))
+
+
+def _weights_problems(config) -> list:
+    """The DWAN weights that denoising will use, checked as the denoising step will."""
+    from asl_pipeline.errors import ASLInputError
+    from asl_pipeline.models.io import verify_weights
+
+    if not config.denoise:
+        return []
+    try:
+        verify_weights(config.dwan_weights)
+    except ASLInputError as exc:
+        return [exc]
+    return []
+
+
+def validate(config) -> tuple[list, list]:
+    """Every check before work starts, all problems in one pass: ``(runs, problems)``.
+
+    The reader validates the sidecars and headers, the pre-flight check reads
+    every image of the valid runs fully, and the denoising weights are
+    verified. Nothing is written anywhere.
+    """
+    from asl_pipeline.preflight import check_runs
+
+    runs, problems = _read_runs(config)
+    problems += check_runs(runs, mem_gb=config.mem_gb)
+    problems += _weights_problems(config)
+    return runs, problems
+
+
+def _report(runs, config) -> None:
+    from asl_pipeline.bids import describe
 
     for run in runs:
         print(describe(run))
@@ -97,6 +105,43 @@ def main(argv=None) -> int:
         )
     n_warn = sum(len(r.warnings) for r in runs)
     print(f"{len(runs)} ASL run(s) valid, {n_warn} warning(s).")
+
+
+def _setup_logging(verbosity: int) -> None:
+    if verbosity:
+        logging.basicConfig(
+            level=logging.INFO if verbosity == 1 else logging.DEBUG,
+            format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        )
+
+
+def main(argv=None) -> int:
+    """Entry point; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit status."""
+    from asl_pipeline.cli.parser import parse_args
+    from asl_pipeline.config import Config
+
+    try:
+        args = parse_args(argv)
+    except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    config = Config.from_args(args)
+    _setup_logging(config.verbosity)
+    try:
+        runs, problems = validate(config)
+    except Exception as exc:  # an unexpected failure: one line unless -vv
+        if config.verbosity > 1:
+            raise
+        print(
+            f"asl-pipeline: error: {type(exc).__name__}: {_one_line(exc)} "
+            "(run with -vv for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_DATA_ERROR
+    if problems:  # every problem at once, one line each; nothing is processed
+        for exc in problems:
+            print(f"asl-pipeline: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    _report(runs, config)
     if config.validate_only:
         return EXIT_OK
     return _run_workflow(config, runs)
