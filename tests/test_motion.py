@@ -210,7 +210,7 @@ def test_realign_simulated_subject_against_true_motion():
     estimate within 0.1 mm and 0.1 deg of the true pose; the cleaned parameters
     equal the truth with its own zig-zag component removed (Wang's correction
     removes whatever part of the true motion follows the zig-zag too)."""
-    sim = pytest.importorskip("asl_pipeline.simulate")
+    from asl_pipeline import simulate as sim
     from asl_pipeline.simulate.motion import motion_matrix
 
     s = sim.simulate_subject(2, t1w=False, n_pairs=20)
