@@ -67,7 +67,7 @@ def first_run(sim_bids, tmp_path_factory):
 EXPECTED = [
     "dataset_description.json",
     ".bidsignore",
-    "logs/asl_pipeline_config.toml",
+    "logs/asl_pipeline_config_sub-01.toml",
     "sub-01/anat/sub-01_desc-preproc_T1w.nii.gz",
     "sub-01/anat/sub-01_desc-brain_mask.nii.gz",
     "sub-01/anat/sub-01_label-GM_probseg.nii.gz",

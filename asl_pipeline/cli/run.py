@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 import sys
 
 EXIT_OK = 0
@@ -23,11 +24,33 @@ EXIT_DATA_ERROR = 1
 EXIT_USAGE = 2
 
 
-def _run_workflow(config, runs) -> int:
-    """Build and run the processing workflow for validated ``runs``."""
-    from asl_pipeline.cli.workflow import run_workflow
+def _run_workflow(config, runs, *, command: str = "asl-pipeline") -> int:
+    """Build and run the processing workflow for validated ``runs``.
 
-    return run_workflow(config, runs)
+    Under the locks of :mod:`asl_pipeline.cli.guard` (one run per subject and
+    work folder) and with a clean stop on SIGTERM/SIGINT.
+    """
+    from asl_pipeline.cli.guard import Interrupted, folder_locks, graceful_shutdown
+    from asl_pipeline.cli.workflow import run_workflow
+    from asl_pipeline.errors import ASLInputError
+
+    subjects = sorted({r.subject for r in runs})
+    try:
+        with (
+            folder_locks(config.output_dir, config.work_dir, subjects, command=command),
+            graceful_shutdown(),
+        ):
+            return run_workflow(config, runs)
+    except ASLInputError as exc:
+        print(f"asl-pipeline: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    except Interrupted as exc:
+        print(
+            f"asl-pipeline: stopped by {exc}; worker processes ended, locks released. "
+            f"Run the same command again to resume from {config.work_dir}.",
+            file=sys.stderr,
+        )
+        return exc.exit_status
 
 
 @contextlib.contextmanager
@@ -82,11 +105,14 @@ def validate(config) -> tuple[list, list]:
     every image of the valid runs fully, and the denoising weights are
     verified. Nothing is written anywhere.
     """
+    from asl_pipeline.cli.guard import folder_problems
     from asl_pipeline.preflight import check_runs
 
     runs, problems = _read_runs(config)
     problems += check_runs(runs, mem_gb=config.mem_gb)
     problems += _weights_problems(config)
+    if not config.validate_only:
+        problems += folder_problems(output_dir=config.output_dir, work_dir=config.work_dir)
     return runs, problems
 
 
@@ -144,7 +170,8 @@ def main(argv=None) -> int:
     _report(runs, config)
     if config.validate_only:
         return EXIT_OK
-    return _run_workflow(config, runs)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return _run_workflow(config, runs, command=shlex.join(["asl-pipeline", *map(str, argv)]))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -43,6 +44,18 @@ def _crash_report(crash_dir: Path, since: float) -> list[str]:
     return lines
 
 
+def config_file_name(subjects) -> str:
+    """``asl_pipeline_config_sub-01.toml``: one file per participant set, so the
+    jobs of a SLURM array sharing the output folder do not overwrite each other."""
+    subjects = list(subjects)
+    if len(subjects) <= 3:
+        tag = "_".join(f"sub-{s}" for s in subjects)
+    else:
+        digest = hashlib.sha1(" ".join(subjects).encode()).hexdigest()[:8]
+        tag = f"{len(subjects)}subjects-{digest}"
+    return f"asl_pipeline_config_{tag}.toml"
+
+
 def run_workflow(config, runs) -> int:
     """Create the outputs, build the graph, run it; return the exit status."""
     from nipype import config as nipype_config
@@ -58,7 +71,7 @@ def run_workflow(config, runs) -> int:
     for folder in (output_dir, work_dir, log_dir):
         folder.mkdir(parents=True, exist_ok=True)
     write_dataset_files(output_dir, source_dataset=config.bids_dir)
-    config.to_toml(log_dir / "asl_pipeline_config.toml")
+    config.to_toml(log_dir / config_file_name(sorted({r.subject for r in runs})))
     if config.plugin.startswith("SLURM"):
         os.environ.setdefault("LOGNAME", os.environ.get("USER", "asl_pipeline"))
     # Reproducibility: ITK (antspyx) registrations sample their metric at random
