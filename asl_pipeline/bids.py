@@ -465,18 +465,11 @@ def _pair(types: tuple[str, ...], path: Path) -> np.ndarray:
     return np.asarray(pairs, dtype=int).reshape(-1, 2)
 
 
-def _load_image(path: Path):
-    import nibabel as nb
+def _load_image(path: Path, role: str):
+    """The image (data not read) after the header checks of the pre-flight."""
+    from asl_pipeline.preflight import load_header
 
-    try:
-        return nb.load(str(path))
-    except Exception as exc:  # nibabel raises many types on corrupt files
-        raise ASLInputError(
-            f"cannot be read as a NIfTI image ({exc}).",
-            file=path,
-            field="image",
-            fix="re-export the image (e.g. with dcm2niix) as a valid NIfTI file.",
-        ) from None
+    return load_header(path, role)
 
 
 def _intended_for(md: dict) -> list[str]:
@@ -582,28 +575,53 @@ def read_json_sidecar(path) -> dict:
     return value
 
 
-def _dataset_json_files(root: Path) -> list[Path]:
-    """The JSON files pybids will index (no symbolic links to folders followed)."""
-    found = []
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        rel = Path(folder).relative_to(root).parts
-        if rel and (rel[0] in _SKIP_DIRS or rel[-1].startswith(".")):
-            dirs[:] = []
+@dataclass(frozen=True)
+class _Tree:
+    """What indexing the dataset will see: its JSON files and the symbolic links
+    to folders that would show a folder twice (loops included), to be skipped."""
+
+    json_files: tuple[Path, ...]
+    repeated_links: tuple[Path, ...]
+
+
+def _kept_folders(folder: Path, names, seen: set[str], repeated: list[Path], skip) -> list[str]:
+    """Sub-folders to walk: not dot folders nor ``skip``, no link to a folder seen."""
+    kept = []
+    for name in names:
+        path = folder / name
+        if name.startswith(".") or name in skip:
             continue
-        found += [Path(folder) / f for f in files if f.endswith(".json")]
-    return sorted(found)
+        target = os.path.realpath(path)
+        if path.is_symlink() and target in seen:
+            repeated.append(path)
+            continue
+        seen.add(target)
+        kept.append(name)
+    return kept
 
 
-def check_json_files(root: Path) -> None:
-    """Read every JSON file of the dataset (bounded) before pybids does.
+def _scan(root: Path) -> _Tree:
+    """Walk the dataset as pybids will, following links to folders once."""
+    files: list[Path] = []
+    repeated: list[Path] = []
+    seen = {os.path.realpath(root)}
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        skip = _SKIP_DIRS if Path(folder) == root else ()  # as pybids: top level only
+        dirs[:] = _kept_folders(Path(folder), sorted(dirs), seen, repeated, skip)
+        files += [Path(folder) / n for n in names if n.endswith(".json")]
+    return _Tree(tuple(sorted(files)), tuple(repeated))
+
+
+def check_json_files(files) -> None:
+    """Read every JSON file (bounded), all problems at once.
 
     Raises
     ------
     ASLInputErrors
-        One error per bad file, all at once.
+        One error per bad file.
     """
     errors = []
-    for path in _dataset_json_files(root):
+    for path in files:
         try:
             read_json_sidecar(path)
         except ASLInputError as exc:
@@ -613,7 +631,8 @@ def check_json_files(root: Path) -> None:
 
 
 def _layout(bids_dir: Path):
-    from bids import BIDSLayout
+    from bids import BIDSLayout, BIDSLayoutIndexer
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
     description = bids_dir / "dataset_description.json"
     if not description.exists():
@@ -624,11 +643,16 @@ def _layout(bids_dir: Path):
             fix="point to the dataset root, or add a dataset_description.json with at "
             'least {"Name": ..., "BIDSVersion": "1.8.0"}.',
         )
-    check_json_files(bids_dir)  # pybids parses every sidecar unbounded: check them first
+    tree = _scan(bids_dir)
+    check_json_files(tree.json_files)  # pybids parses every sidecar unbounded: check first
+    # pybids follows every link to a folder: skip those that repeat a folder
+    # (a loop would multiply the runs, or never end).
+    ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, *map(str, tree.repeated_links)]
     try:
-        # pybids' default ignore list skips derivatives/, sourcedata/, code/
-        # and dot files; no database file is written.
-        return BIDSLayout(str(bids_dir), validate=False, derivatives=False)
+        # pybids skips derivatives/, sourcedata/, code/ and dot files; no
+        # database file is written.
+        indexer = BIDSLayoutIndexer(validate=False, ignore=ignore)
+        return BIDSLayout(str(bids_dir), validate=False, derivatives=False, indexer=indexer)
     except Exception as exc:  # pybids wraps many failures; report them as input errors
         raise ASLInputError(
             f"cannot be indexed as BIDS ({_one_line(exc)}).",
@@ -814,7 +838,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
     context_file = _sibling(asl_file, "aslcontext.tsv")
     types = _read_aslcontext(context_file, warnings)
     n_rows = len(types)
-    img = _load_image(asl_file)
+    img = _load_image(asl_file, "ASL series")
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 3 and n_rows > 1:
         raise ASLInputError(
@@ -1120,7 +1144,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
                 fix=f"add {expected.name} (with its JSON sidecar), or set M0Type to what "
                 "was acquired (Included, Estimate or Absent).",
             )
-        m0_img = _load_image(m0_file)
+        m0_img = _load_image(m0_file, "M0")
         if len(m0_img.shape) not in (3, 4) or tuple(m0_img.shape[:3]) != shape[:3]:
             raise ASLInputError(
                 f"has shape {tuple(m0_img.shape)} but the ASL series has the voxel grid "
@@ -1180,7 +1204,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
 
     t1w = _find_t1w(layout, subject, session, warnings)
     if t1w is not None:
-        t1w_img = _load_image(t1w)
+        t1w_img = _load_image(t1w, "T1w")
         if len(t1w_img.shape) != 3 and not (len(t1w_img.shape) == 4 and t1w_img.shape[3] == 1):
             raise ASLInputError(
                 f"has shape {tuple(t1w_img.shape)}; a T1w image is one 3D volume.",

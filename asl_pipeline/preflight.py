@@ -78,7 +78,12 @@ def _load(image: Image):
     try:
         return nb.load(str(image.path))
     except Exception as exc:  # nibabel raises many types on corrupt files
-        raise _error(image, f"cannot be read as a NIfTI image ({exc}).", "image") from None
+        raise _error(
+            image,
+            f"cannot be read as a NIfTI image ({exc}).",
+            "image",
+            "re-export the image (e.g. with dcm2niix) as a valid NIfTI file.",
+        ) from None
 
 
 def _matrix_problems(image: Image, shape: tuple[int, ...]) -> list[ASLInputError]:
@@ -147,6 +152,22 @@ def header_problems(image: Image, img) -> list[ASLInputError]:
     if problems:
         return problems
     return _zoom_problems(image, img.header.get_zooms()[:3]) + _size_problems(image, img)
+
+
+def load_header(path, role: str):
+    """The image at ``path`` (data not read), after its header checks.
+
+    Raises
+    ------
+    ASLInputError
+        The first problem of the file or its header.
+    """
+    image = Image(Path(path), role)
+    img = _load(image)
+    problems = header_problems(image, img)
+    if problems:
+        raise problems[0]
+    return img
 
 
 def _read(image: Image, img) -> np.ndarray:
