@@ -11,7 +11,11 @@ fix; recoverable oddities (for instance ``RepetitionTimePreparation: 0``) are
 recorded in :attr:`ASLRun.warnings` and logged.
 
 The reader only reads: pybids is run without a database file and nothing is
-ever written inside the input dataset.
+ever written inside the input dataset. Every JSON file is read first by
+:func:`read_json_sidecar` (a regular file, at most :data:`MAX_SIDECAR_BYTES`,
+a JSON object nested at most :data:`MAX_SIDECAR_DEPTH` levels), links that
+show a folder twice (loops) are not indexed, and images are opened through the
+header checks of :mod:`asl_pipeline.preflight` (their voxels are read there).
 
 Choices left open by the spec and made here (all documented in the fields):
 

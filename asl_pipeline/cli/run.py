@@ -1,14 +1,19 @@
 """The ``asl-pipeline`` command (BIDS App).
 
-``main`` parses the command line, builds the :class:`~asl_pipeline.config.Config`,
-reads and validates every selected ASL run before any work starts, prints what
-it understood of each run, and then either stops (``--validate-only``) or hands
-over to :func:`_run_workflow`.
+``main`` parses the command line, builds the :class:`~asl_pipeline.config.Config`
+and runs :func:`validate` before any work starts: the BIDS reader (sidecars
+read with bounded size and depth, headers), the pre-flight check
+(:mod:`asl_pipeline.preflight`: every image read fully), the denoising weights
+(:func:`~asl_pipeline.models.io.verify_weights`) and the output folders. It
+prints what it understood of each run, and then either stops
+(``--validate-only``) or hands over to :func:`_run_workflow`, which holds the
+locks of :mod:`asl_pipeline.cli.guard` and stops cleanly on SIGTERM/SIGINT.
 
-Exit status: 0 success, 1 bad input data (one line on stderr per invalid run,
-naming the file, the field and the fix; no run is processed while any is
-invalid) or a failed processing step (naming the node and its crash file),
-2 usage error.
+Exit status: 0 success, 1 bad input data (one line on stderr per problem,
+naming the file, the field and the fix; all problems found in one pass; no run
+is processed while any is invalid), a folder held by another run, or a failed
+processing step (naming the node and its crash file), 2 usage error, 128 + the
+signal number when stopped by SIGTERM/SIGINT.
 Nothing is created when validation fails or with ``--validate-only``.
 """
 
