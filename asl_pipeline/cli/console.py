@@ -1,0 +1,252 @@
+"""What ``asl-pipeline`` prints while it runs.
+
+Quiet by default: one line per stage of each subject when the stage is done
+(steps done, time taken, overall count, time elapsed and an estimate of the
+time left), warnings and errors as ``asl-pipeline: warning: ...`` lines on
+stderr. ``-v`` adds nipype's INFO messages (which node runs where), ``-vv``
+debugging messages; ``-q`` leaves only warnings, errors and the closing lines.
+
+:class:`Progress` is driven by nipype's status callback
+(``plugin_args["status_callback"]``), which the Linear, MultiProc and SLURM
+plugins call with ``(node, "start" | "end" | "exception")`` for each node of
+the execution graph. No nipype import here: the module is usable without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+#: Plain names of the workflows a stage is named after (others: the workflow
+#: name without ``_wf``).
+STAGE_NAMES = {
+    "anat_wf": "anatomical (T1w)",
+    "asl_hmc_wf": "motion correction",
+    "asl_reg_wf": "registration to T1w",
+    "nuisance_wf": "nuisance regression",
+    "cbf_wf": "CBF",
+    "asl_derivatives_wf": "derivatives",
+}
+#: Stage of the nodes that sit directly in a run's workflow.
+RUN_STEPS = "QC and report"
+_SUBJECT_WF = re.compile(r"sub_(.+)_wf")
+_RESAMPLE_WF = re.compile(r"resample_.*_wf")
+
+# --------------------------------------------------------------------------
+# Logging
+# --------------------------------------------------------------------------
+
+_VERBOSE_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler writing to the current ``sys.stderr`` (not the one at set-up)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it
+        pass
+
+
+class _Plain(logging.Formatter):
+    """``asl-pipeline: warning: <first line of the message>``."""
+
+    def format(self, record):
+        lines = record.getMessage().strip().splitlines() or [""]
+        return f"asl-pipeline: {record.levelname.lower()}: {lines[0].strip()}"
+
+
+def log_level(verbosity: int) -> int:
+    """Level of the workflow and package loggers for a verbosity (-q -1 ... -vv 2)."""
+    if verbosity < 0:
+        return logging.ERROR
+    return (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
+
+
+def nipype_logging(verbosity: int) -> dict:
+    """The ``logging`` section of nipype's configuration for a verbosity."""
+    workflow = logging.getLevelName(log_level(verbosity))
+    interface = "DEBUG" if verbosity >= 2 else ("ERROR" if verbosity < 0 else "WARNING")
+    return {"workflow_level": workflow, "utils_level": workflow, "interface_level": interface}
+
+
+def configure_logging(verbosity: int) -> None:
+    """Send nipype's and asl_pipeline's messages to stderr at the level of ``verbosity``.
+
+    Plain one-line messages without ``-v``, timestamped records with it. The
+    handler replaces nipype's own (which prints to stdout), so nipype adds none
+    when it is imported later; calling this again replaces the handler.
+    """
+    handler = _Stderr()
+    handler.setFormatter(_Plain() if verbosity <= 0 else logging.Formatter(_VERBOSE_FORMAT))
+    handler.asl_console = True
+    for name in ("nipype", "asl_pipeline"):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            if name == "nipype" or getattr(old, "asl_console", False):
+                logger.removeHandler(old)
+        logger.addHandler(handler)
+    logging.getLogger("asl_pipeline").setLevel(log_level(verbosity))
+    for name, key in (("workflow", "workflow_level"), ("utils", "utils_level")):
+        logging.getLogger(f"nipype.{name}").setLevel(nipype_logging(verbosity)[key])
+    logging.getLogger("nipype.interface").setLevel(nipype_logging(verbosity)["interface_level"])
+
+
+def print_runs(runs, verbosity: int) -> None:
+    """What the reader understood of each run (stdout); with ``-q`` only its
+    warnings, as ``asl-pipeline: warning:`` lines on stderr."""
+    from asl_pipeline.bids import describe
+
+    for run in runs:
+        if verbosity >= 0:
+            print(describe(run))
+            continue
+        for warning in run.warnings:
+            print(f"asl-pipeline: warning: {run.asl_file.name}: {warning}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------
+# Progress
+# --------------------------------------------------------------------------
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+@dataclass(frozen=True, order=True)
+class Stage:
+    """Where a node belongs: subject (or None), run workflow (or None), stage name."""
+
+    subject: str | None
+    run: str | None
+    name: str
+
+
+def _stage_name(workflow: str) -> str:
+    if workflow in STAGE_NAMES:
+        return STAGE_NAMES[workflow]
+    if _RESAMPLE_WF.fullmatch(workflow):
+        return "resampling"
+    return workflow.removesuffix("_wf").replace("_", " ")
+
+
+def stage_of(hierarchy: str) -> Stage:
+    """The stage of a node from its workflow path (``node._hierarchy``).
+
+    ``asl_pipeline_wf.sub_01_wf.anat_wf`` is stage "anatomical (T1w)" of
+    sub-01; ``...sub_01_wf.asl_sub_01_asl.cbf_wf`` stage "CBF" of run
+    ``sub_01_asl``; a node directly in a run's workflow belongs to
+    :data:`RUN_STEPS`.
+    """
+    parts = hierarchy.split(".") if hierarchy else []
+    index = next((i for i, p in enumerate(parts) if _SUBJECT_WF.fullmatch(p)), None)
+    if index is None:
+        return Stage(None, None, _stage_name(parts[-1]) if parts else "workflow")
+    subject = _SUBJECT_WF.fullmatch(parts[index]).group(1)
+    below = parts[index + 1 :]
+    run = None
+    if below and below[0].startswith("asl_") and not below[0].endswith("_wf"):
+        run, below = below[0].removeprefix("asl_"), below[1:]
+        if not below:
+            return Stage(subject, run, RUN_STEPS)
+    return Stage(subject, run, _stage_name(below[0]) if below else "subject")
+
+
+class Progress:
+    """Console progress of a workflow run, as nipype's ``status_callback``.
+
+    Parameters
+    ----------
+    nodes
+        ``(itername, hierarchy)`` of every node of the execution graph (the
+        nodes that run; see :func:`asl_pipeline.cli.workflow.execution_nodes`).
+    out, err
+        Streams of the stage lines and of the failure lines (default: the
+        current ``sys.stdout``/``sys.stderr``).
+    clock
+        Seconds, monotonic (a fake one in tests).
+    """
+
+    def __init__(self, nodes, *, out=None, err=None, clock=time.monotonic):
+        self._stage = {name: stage_of(hierarchy) for name, hierarchy in nodes}
+        self._total = Counter(self._stage.values())
+        self._done: Counter = Counter()
+        self._seen: set[str] = set()
+        self._first: dict[Stage, float] = {}
+        self._out, self._err, self._clock = out, err, clock
+        self._started = clock()
+        runs = {(s.subject, s.run) for s in self._total if s.run is not None}
+        per_subject = Counter(subject for subject, _ in runs)
+        self._multi_run = {subject for subject, n in per_subject.items() if n > 1}
+
+    @property
+    def total(self) -> int:
+        """Number of nodes that will run (or be found in the cache)."""
+        return len(self._stage)
+
+    @property
+    def done(self) -> int:
+        return len(self._seen)
+
+    def __call__(self, node, status: str) -> None:
+        name = getattr(node, "itername", None) or getattr(node, "fullname", str(node))
+        stage = self._stage.get(name)
+        if stage is None or name in self._seen:  # map-node subnodes, repeats
+            return
+        self._first.setdefault(stage, self._clock())
+        if status == "exception":
+            self._failed(stage, name)
+        elif status == "end":
+            self._seen.add(name)
+            self._done[stage] += 1
+            if self._done[stage] == self._total[stage]:
+                self._print(self.stage_line(stage), self._out or sys.stdout)
+
+    def label(self, stage: Stage) -> str:
+        """``sub-01 CBF``, or ``sub-01 sub_01_run_2_asl CBF`` for a subject of several runs."""
+        words = [f"sub-{stage.subject}"] if stage.subject is not None else []
+        if stage.run is not None and stage.subject in self._multi_run:
+            words.append(stage.run)
+        return " ".join([*words, stage.name])
+
+    def stage_line(self, stage: Stage) -> str:
+        now = self._clock()
+        elapsed = now - self._started
+        left = self.total - self.done
+        line = (
+            f"{self.label(stage)}: {self._done[stage]}/{self._total[stage]} steps in "
+            f"{format_duration(now - self._first[stage])}; {self.done}/{self.total} overall, "
+            f"{format_duration(elapsed)} elapsed"
+        )
+        if left and self.done:
+            line += f", about {format_duration(elapsed / self.done * left)} left"
+        return line
+
+    def _failed(self, stage: Stage, name: str) -> None:
+        step = name.split(".")[-1]
+        self._print(
+            f"asl-pipeline: error: {self.label(stage)}: step {step} failed; the steps that "
+            "need its result are skipped (details at the end)",
+            self._err or sys.stderr,
+        )
+
+    @staticmethod
+    def _print(line: str, stream) -> None:
+        print(line, file=stream, flush=True)
