@@ -58,6 +58,14 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
+#: nipype messages that say nothing to a user beyond the error that follows them.
+_NIPYPE_JARGON = ("Storing result file without outputs",)
+
+
+def _not_jargon(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_NIPYPE_JARGON)
+
+
 class _Plain(logging.Formatter):
     """``asl-pipeline: warning: <first line of the message>``."""
 
@@ -89,6 +97,8 @@ def configure_logging(verbosity: int) -> None:
     """
     handler = _Stderr()
     handler.setFormatter(_Plain() if verbosity <= 0 else logging.Formatter(_VERBOSE_FORMAT))
+    if verbosity <= 0:
+        handler.addFilter(_not_jargon)
     handler.asl_console = True
     for name in ("nipype", "asl_pipeline"):
         logger = logging.getLogger(name)
@@ -189,6 +199,8 @@ class Progress:
         self._total = Counter(self._stage.values())
         self._done: Counter = Counter()
         self._seen: set[str] = set()
+        self._running: set[str] = set()
+        self._failures = 0
         self._first: dict[Stage, float] = {}
         self._out, self._err, self._clock = out, err, clock
         self._started = clock()
@@ -211,9 +223,15 @@ class Progress:
         if stage is None or name in self._seen:  # map-node subnodes, repeats
             return
         self._first.setdefault(stage, self._clock())
-        if status == "exception":
+        if status == "start":
+            self._running.add(name)
+        elif status == "exception":
+            self._failures += 1
             self._failed(stage, name)
-        elif status == "end":
+        elif status == "end" and (name in self._running or not self._failures):
+            # Linear reports the steps it skips after a failure as "end" without
+            # "start"; MultiProc reports a cached step that way too (counted
+            # while nothing has failed).
             self._seen.add(name)
             self._done[stage] += 1
             if self._done[stage] == self._total[stage]:

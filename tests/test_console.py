@@ -1,0 +1,234 @@
+"""Console output: stage names, progress lines driven by nipype's status
+callback, the step count, and the logging levels of -v/-q."""
+
+from __future__ import annotations
+
+import logging
+import re
+from types import SimpleNamespace
+
+import pytest
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from asl_pipeline.cli.console import (
+    RUN_STEPS,
+    Progress,
+    Stage,
+    configure_logging,
+    format_duration,
+    log_level,
+    nipype_logging,
+    stage_of,
+)
+from asl_pipeline.cli.workflow import _with_progress, execution_nodes
+
+
+def add_one(x):
+    return x + 1
+
+
+def fail(x):
+    raise ValueError(f"cannot process {x}")
+
+
+@pytest.fixture
+def restore_logging():
+    """configure_logging changes process-wide loggers: put them back."""
+    names = ("nipype", "asl_pipeline", "nipype.workflow", "nipype.utils", "nipype.interface")
+    saved = {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers)) for n in names}
+    yield
+    for name, (level, handlers) in saved.items():
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
+
+
+def _node(name, function=add_one):
+    return pe.Node(
+        niu.Function(function=function, input_names=["x"], output_names=["out"]), name=name
+    )
+
+
+def _tiny_workflow(base_dir, *, failing=False) -> pe.Workflow:
+    """The shape of the pipeline's graph, with four Function nodes.
+
+    asl_pipeline_wf / sub_01_wf / anat_wf: t1w_a -> t1w_b
+                                / asl_sub_01_asl / cbf_wf: inputnode -> cbf
+                                                 / report
+    """
+    anat = pe.Workflow(name="anat_wf")
+    first, second = _node("t1w_a"), _node("t1w_b")
+    first.inputs.x = 1
+    anat.connect(first, "out", second, "x")
+    cbf_wf = pe.Workflow(name="cbf_wf")
+    inputnode = pe.Node(niu.IdentityInterface(fields=["x"]), name="inputnode")
+    cbf_wf.connect(inputnode, "x", _node("cbf", fail if failing else add_one), "x")
+    run = pe.Workflow(name="asl_sub_01_asl")
+    run.connect(cbf_wf, "cbf.out", _node("report"), "x")
+    subject = pe.Workflow(name="sub_01_wf")
+    subject.connect(anat, "t1w_b.out", run, "cbf_wf.inputnode.x")
+    top = pe.Workflow(name="asl_pipeline_wf", base_dir=str(base_dir))
+    top.add_nodes([subject])
+    top.config["execution"]["crashdump_dir"] = str(base_dir)
+    return top
+
+
+_TIME = re.compile(r"\b\d+ (s|min \d\d s|h \d\d min)\b")
+
+
+def _lines(text: str) -> list[str]:
+    return [_TIME.sub("T", line) for line in text.splitlines()]
+
+
+def test_stage_of_the_pipeline_hierarchy():
+    top = "asl_pipeline_wf.sub_01_wf"
+    assert stage_of(f"{top}.anat_wf") == Stage("01", None, "anatomical (T1w)")
+    assert stage_of(f"{top}.asl_sub_01_asl.asl_hmc_wf") == Stage(
+        "01", "sub_01_asl", "motion correction"
+    )
+    assert stage_of(f"{top}.asl_sub_01_asl.resample_final_wf").name == "resampling"
+    assert stage_of(f"{top}.asl_sub_01_asl.resample_mean_wf").name == "resampling"
+    assert stage_of(f"{top}.asl_sub_01_asl.cbf_wf.inner_wf").name == "CBF"
+    assert stage_of(f"{top}.asl_sub_01_asl") == Stage("01", "sub_01_asl", RUN_STEPS)
+    assert stage_of(f"{top}.asl_sub_01_asl.new_thing_wf").name == "new thing"
+    assert stage_of("other_wf") == Stage(None, None, "other")
+    assert stage_of("") == Stage(None, None, "workflow")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0 s"), (42.4, "42 s"), (59.6, "1 min 00 s"), (185, "3 min 05 s"),
+     (7620, "2 h 07 min")],
+)  # fmt: skip
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_step_count_is_the_nodes_that_run(tmp_path):
+    """The identity node is not a step (nipype removes it before running)."""
+    workflow = _tiny_workflow(tmp_path)
+    assert len(workflow._get_all_nodes()) == 5
+    names = [name for name, _ in execution_nodes(workflow)]
+    assert len(names) == 4 and not any("inputnode" in n for n in names)
+
+
+def test_progress_lines_from_a_linear_run(tmp_path, capsys):
+    workflow = _tiny_workflow(tmp_path)
+    progress = Progress(execution_nodes(workflow))
+    settings = _with_progress({"plugin": "Linear", "plugin_args": {}}, progress)
+    workflow.run(**settings)
+    captured = capsys.readouterr()
+    assert _lines(captured.out) == [
+        "sub-01 anatomical (T1w): 2/2 steps in T; 2/4 overall, T elapsed, about T left",
+        "sub-01 CBF: 1/1 steps in T; 3/4 overall, T elapsed, about T left",
+        "sub-01 QC and report: 1/1 steps in T; 4/4 overall, T elapsed",
+    ]
+    assert captured.err == ""
+    assert progress.done == progress.total == 4
+
+
+def test_rerun_from_cache_counts_every_step(tmp_path, capsys):
+    _tiny_workflow(tmp_path).run(plugin="Linear")
+    workflow = _tiny_workflow(tmp_path)
+    progress = Progress(execution_nodes(workflow))
+    workflow.run(plugin="Linear", plugin_args={"status_callback": progress})
+    assert _lines(capsys.readouterr().out)[-1].endswith("4/4 overall, T elapsed")
+
+
+def test_a_failed_step_is_named(tmp_path, capsys):
+    workflow = _tiny_workflow(tmp_path, failing=True)
+    progress = Progress(execution_nodes(workflow))
+    with pytest.raises(RuntimeError):
+        workflow.run(plugin="Linear", plugin_args={"status_callback": progress})
+    captured = capsys.readouterr()
+    assert "asl-pipeline: error: sub-01 CBF: step cbf failed; the steps that need its " in (
+        captured.err
+    )
+    assert _lines(captured.out) == [
+        "sub-01 anatomical (T1w): 2/2 steps in T; 2/4 overall, T elapsed, about T left"
+    ]
+
+
+def test_progress_arithmetic_with_a_fake_clock():
+    """Stage time from its first event; ETA = elapsed / done x steps left."""
+    now = [100.0]
+    hierarchy = "asl_pipeline_wf.sub_01_wf"
+    nodes = [
+        ("a", f"{hierarchy}.anat_wf"),
+        ("b", f"{hierarchy}.anat_wf"),
+        ("c", f"{hierarchy}.asl_sub_01_asl.cbf_wf"),
+        ("d", f"{hierarchy}.asl_sub_01_asl.cbf_wf"),
+    ]
+    lines = []
+    progress = Progress(nodes, clock=lambda: now[0])
+    progress._print = lambda line, stream: lines.append(line)
+
+    def event(name, status, at):
+        now[0] = at
+        progress(SimpleNamespace(itername=name), status)
+
+    event("a", "start", 110)
+    event("a", "end", 130)
+    event("b", "end", 160)  # cached: no start
+    event("zz", "end", 170)  # not in the graph (a map node's subnode): ignored
+    event("c", "start", 170)
+    event("c", "end", 200)
+    event("c", "end", 205)  # twice: counted once
+    event("d", "end", 220)
+    assert lines == [
+        "sub-01 anatomical (T1w): 2/2 steps in 50 s; 2/4 overall, 1 min 00 s elapsed, "
+        "about 1 min 00 s left",
+        "sub-01 CBF: 2/2 steps in 50 s; 4/4 overall, 2 min 00 s elapsed",
+    ]
+
+
+def test_several_runs_of_a_subject_are_told_apart():
+    top = "asl_pipeline_wf.sub_01_wf"
+    progress = Progress(
+        [("a", f"{top}.asl_sub_01_run_1_asl.cbf_wf"), ("b", f"{top}.asl_sub_01_run_2_asl.cbf_wf")]
+    )
+    assert progress.label(stage_of(f"{top}.asl_sub_01_run_2_asl.cbf_wf")) == (
+        "sub-01 sub_01_run_2_asl CBF"
+    )
+    single = Progress([("a", f"{top}.asl_sub_01_asl.cbf_wf")])
+    assert single.label(stage_of(f"{top}.asl_sub_01_asl.cbf_wf")) == "sub-01 CBF"
+
+
+def test_slurm_graph_takes_no_callback():
+    settings = {"plugin": "SLURMGraph", "plugin_args": {"max_jobs": 2}}
+    assert _with_progress(settings, print) == settings
+    settings = _with_progress({"plugin": "MultiProc", "plugin_args": {"n_procs": 2}}, print)
+    assert settings["plugin_args"] == {"n_procs": 2, "status_callback": print}
+
+
+@pytest.mark.parametrize(
+    ("verbosity", "workflow", "interface"),
+    [(-1, "ERROR", "ERROR"), (0, "WARNING", "WARNING"), (1, "INFO", "WARNING"),
+     (2, "DEBUG", "DEBUG"), (3, "DEBUG", "DEBUG")],
+)  # fmt: skip
+def test_log_levels(verbosity, workflow, interface):
+    levels = nipype_logging(verbosity)
+    assert levels == {
+        "workflow_level": workflow,
+        "utils_level": workflow,
+        "interface_level": interface,
+    }
+    assert logging.getLevelName(log_level(verbosity)) == workflow
+
+
+def test_quiet_by_default_nipype_info_with_v(tmp_path, capsys, restore_logging):
+    configure_logging(0)
+    _tiny_workflow(tmp_path / "quiet").run(plugin="Linear")
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    logging.getLogger("nipype.workflow").warning("disk almost full\n  details")
+    assert capsys.readouterr().err == "asl-pipeline: warning: disk almost full\n"
+    logging.getLogger("nipype.workflow").warning("Storing result file without outputs")
+    assert capsys.readouterr().err == ""  # jargon that precedes the error itself
+
+    configure_logging(1)
+    _tiny_workflow(tmp_path / "verbose").run(plugin="Linear")
+    err = capsys.readouterr().err
+    assert "nipype.workflow INFO" in err and "[Node] Executing" in err
+    assert len(logging.getLogger("nipype").handlers) == 1  # replaced, not stacked
