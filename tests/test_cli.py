@@ -552,3 +552,32 @@ def test_quiet_keeps_the_reader_warnings(tmp_path, capsys):
     assert "asl-pipeline: warning: sub-01_asl.nii.gz: 2D acquisition without SliceTiming" in (
         captured.err
     )
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_stop_on_first_crash_reaches_nipype(dataset, tmp_path, monkeypatch, flag):
+    from nipype import config as nipype_config
+
+    from asl_pipeline.cli.workflow import _configure_nipype
+    from asl_pipeline.config import Config
+    from asl_pipeline.itkthreads import ENV_VAR
+
+    for name in (ENV_VAR, "ANTS_RANDOM_SEED"):  # _configure_nipype sets them
+        monkeypatch.setenv(name, "1")
+    saved = nipype_config.get("execution", "stop_on_first_crash")
+    extra = ["--stop-on-first-crash"] if flag else []
+    try:
+        _configure_nipype(Config.from_args(parse_args(_argv(dataset, tmp_path, *extra))), tmp_path)
+        assert nipype_config.get("execution", "stop_on_first_crash") == str(flag)
+    finally:
+        nipype_config.set("execution", "stop_on_first_crash", saved)
+
+
+def test_more_nipreps_spellings(dataset, tmp_path):
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text("plugin: Linear\n")
+    for option in ("--use-plugin", "--nipype-plugin-file", "--nipype_plugin_file"):
+        args = parse_args(_argv(dataset, tmp_path, option, str(plugin)))
+        assert args.plugin_config == plugin.resolve() and args.plugin == "Linear"
+    args = parse_args(_argv(dataset, tmp_path, "--random-seed", "5", "--m0_scale", "10"))
+    assert args.seed == 5 and args.m0_scale == 10.0

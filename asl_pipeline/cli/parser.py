@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--plugin-config",
+        "--use-plugin",
+        "--nipype-plugin-file",
+        "--nipype_plugin_file",
+        dest="plugin_config",
         type=_existing_file,
         default=None,
         metavar="FILE",
@@ -296,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--m0-scale",
+        "--m0_scale",
+        dest="m0_scale",
         type=_float(0, True),
         default=1.0,
         help="factor applied to M0 (e.g. a vendor scaling between M0 and ASL images)",
@@ -323,7 +329,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write the methods text of the run to OUTPUT_DIR/logs/CITATION.md, then stop",
     )
-    g.add_argument("--seed", type=_nonneg_int, default=0, help="random seed")
+    g.add_argument(
+        "--seed",
+        "--random-seed",
+        dest="seed",
+        type=_nonneg_int,
+        default=0,
+        help="random seed of the ANTs registrations (0 uses 1)",
+    )
     resume = g.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume",
