@@ -1,9 +1,10 @@
 """The ``asl-pipeline`` command (BIDS App).
 
 ``main`` parses the command line, builds the :class:`~asl_pipeline.config.Config`,
-reads and validates every selected ASL run before any work starts, prints what
-it understood of each run, and then either stops (``--validate-only``) or hands
-over to :func:`_run_workflow`.
+reads and validates every selected ASL run before any work starts, runs the
+BIDS validator (unless ``--skip-bids-validation``), prints what it understood
+of each run, and then either stops (``--validate-only``), writes the methods
+text (``--boilerplate-only``) or hands over to :func:`_run_workflow`.
 
 Exit status: 0 success, 1 bad input data (one line on stderr per invalid run,
 naming the file, the field and the fix; no run is processed while any is
