@@ -113,6 +113,8 @@ class ComputeQC(SimpleInterface):
             row["outlier_slice_volumes"] = int(mat.sum())
             row["outlier_fraction"] = float(mat.mean()) if mat.size else 0.0
             row["outlier_volumes_all_slices"] = int(np.all(mat > 0, axis=0).sum())
+            row["outlier_pairs_partial"] = int((mat.any(axis=0) & ~mat.all(axis=0)).sum())
+            row["n_pairs"] = int(mat.shape[1])
         out = Path(runtime.cwd) / "qc.tsv"
         _write_tsv(out, {k: [v] for k, v in row.items()})
         out_json = Path(runtime.cwd) / "qc.json"
