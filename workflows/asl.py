@@ -263,6 +263,11 @@ def init_asl_preproc_wf(
             subject=run.subject,
             run_name=stem,
             warnings=list(run.warnings),
+            final_label=(
+                "DWAN-denoised"
+                if denoise and not multi_pld
+                else ("outlier-cleaned" if "cleaned_cbf" in stored else "mean")
+            ),
             methods=_methods_text(workflow, cbf_wf, hmc_wf, reg_wf),
         ),
         name="report",

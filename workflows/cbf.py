@@ -224,7 +224,13 @@ def init_cbf_wf(
             "score": "SCORE (Dolui et al. 2017)",
             "aoc": "adaptive outlier cleaning (AOC, Wang 2013)",
         }
-        desc += f" Outlier label/control pairs were removed with {names[outlier_method]}."
+        desc += f" Outlier label/control pairs were removed with {names[outlier_method]}"
+        desc += (
+            ", decided on the CBF series of the unregressed, unsmoothed data and applied to "
+            "the processed series."
+            if processed_series
+            else "."
+        )
         best = (clean, "mean_cbf")
 
     workflow.connect(best[0], best[1], outputnode, "measured_cbf")
