@@ -111,6 +111,7 @@ def _report_failure(exc: Exception, log_dir: Path, work_dir: Path, started: floa
 def run_workflow(config, runs) -> int:
     """Create the outputs, build the graph, run it; return the exit status."""
     from asl_pipeline.cli.console import Progress
+    from asl_pipeline.cli.summary import summary_lines
     from asl_pipeline.derivatives import write_dataset_files
     from asl_pipeline.workflows.base import init_asl_pipeline_wf
 
@@ -144,6 +145,8 @@ def run_workflow(config, runs) -> int:
         return EXIT_FAILED
     reports = sorted(output_dir.glob("sub-*/figures/*_report.html"))
     print(f"Finished in {time.time() - started:.0f} s. Derivatives: {output_dir}")
+    for line in summary_lines(output_dir):
+        print(line)
     for rep in reports:
         print(f"Report: {rep}")
     return EXIT_OK
