@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -120,9 +121,10 @@ def test_progress_lines_from_a_linear_run(tmp_path, capsys):
     workflow.run(**settings)
     captured = capsys.readouterr()
     assert _lines(captured.out) == [
-        "sub-01 anatomical (T1w): 2/2 steps in T; 2/4 overall, T elapsed, about T left",
-        "sub-01 CBF: 1/1 steps in T; 3/4 overall, T elapsed, about T left",
-        "sub-01 QC and report: 1/1 steps in T; 4/4 overall, T elapsed",
+        "sub-01 anatomical (T1w): 2/2 steps done, T of processing; 2/4 overall, T elapsed, "
+        "about T left",
+        "sub-01 CBF: 1/1 steps done, T of processing; 3/4 overall, T elapsed, about T left",
+        "sub-01 QC and report: 1/1 steps done, T of processing; 4/4 overall, T elapsed",
     ]
     assert captured.err == ""
     assert progress.done == progress.total == 4
@@ -146,12 +148,14 @@ def test_a_failed_step_is_named(tmp_path, capsys):
         captured.err
     )
     assert _lines(captured.out) == [
-        "sub-01 anatomical (T1w): 2/2 steps in T; 2/4 overall, T elapsed, about T left"
+        "sub-01 anatomical (T1w): 2/2 steps done, T of processing; 2/4 overall, T elapsed, "
+        "about T left"
     ]
 
 
 def test_progress_arithmetic_with_a_fake_clock():
-    """Stage time from its first event; ETA = elapsed / done x steps left."""
+    """Processing time = summed step times (start to end; 0 for a cached step
+    reported without start); ETA = elapsed / done x steps left."""
     now = [100.0]
     hierarchy = "asl_pipeline_wf.sub_01_wf"
     nodes = [
@@ -160,9 +164,8 @@ def test_progress_arithmetic_with_a_fake_clock():
         ("c", f"{hierarchy}.asl_sub_01_asl.cbf_wf"),
         ("d", f"{hierarchy}.asl_sub_01_asl.cbf_wf"),
     ]
-    lines = []
-    progress = Progress(nodes, clock=lambda: now[0])
-    progress._print = lambda line, stream: lines.append(line)
+    lines = _Lines()
+    progress = Progress(nodes, out=lines, clock=lambda: now[0])
 
     def event(name, status, at):
         now[0] = at
@@ -177,10 +180,73 @@ def test_progress_arithmetic_with_a_fake_clock():
     event("c", "end", 205)  # twice: counted once
     event("d", "end", 220)
     assert lines == [
-        "sub-01 anatomical (T1w): 2/2 steps in 50 s; 2/4 overall, 1 min 00 s elapsed, "
-        "about 1 min 00 s left",
-        "sub-01 CBF: 2/2 steps in 50 s; 4/4 overall, 2 min 00 s elapsed",
+        "sub-01 anatomical (T1w): 2/2 steps done, 20 s of processing; 2/4 overall, "
+        "1 min 00 s elapsed, about 1 min 00 s left",
+        "sub-01 CBF: 2/2 steps done, 30 s of processing; 4/4 overall, 2 min 00 s elapsed",
     ]
+
+
+class _Lines(list):
+    """A stream that keeps the lines written to it."""
+
+    def write(self, text):
+        self.extend(text.splitlines())
+
+    def flush(self):
+        pass
+
+
+def _fake_progress(now):
+    top = "asl_pipeline_wf.sub_01_wf"
+    nodes = [("a", f"{top}.anat_wf"), ("b", f"{top}.anat_wf"), ("c", f"{top}.asl_x_asl.cbf_wf")]
+    lines = _Lines()
+    progress = Progress(nodes, out=lines, clock=lambda: now[0])
+    return progress, lines
+
+
+def test_still_running_line():
+    now = [100.0]
+    progress, lines = _fake_progress(now)
+    assert progress.running_line() is None
+    for name, at in (("b", 105), ("a", 110), ("c", 170)):
+        now[0] = at
+        progress(SimpleNamespace(itername=name), "start")
+    now[0] = 180
+    progress(SimpleNamespace(itername="b"), "end")
+    now[0] = 400
+    assert progress.running_line() == (
+        "still running: sub-01 anatomical (T1w): a (4 min 50 s), sub-01 CBF: c (3 min 50 s); "
+        "1/3 overall, 5 min 00 s elapsed"
+    )
+
+
+def test_heartbeat_speaks_only_after_a_silence():
+    now = [100.0]
+    progress, lines = _fake_progress(now)
+    now[0] = 110
+    progress(SimpleNamespace(itername="a"), "start")
+    now[0] = 150
+    progress.beat(60)  # 50 s of silence: nothing yet
+    assert lines == []
+    now[0] = 170
+    progress.beat(60)
+    assert lines == ["still running: sub-01 anatomical (T1w): a (1 min 00 s); 0/3 overall, "
+                     "1 min 10 s elapsed"]  # fmt: skip
+    now[0] = 200
+    progress.beat(60)  # 30 s after the last line
+    assert len(lines) == 1
+
+
+def test_heartbeat_thread(capsys):
+    """The thread prints while the block runs, and stops with it."""
+    progress = Progress([("a", "asl_pipeline_wf.sub_01_wf.anat_wf")])
+    with progress.heartbeat(interval=0.05):
+        progress(SimpleNamespace(itername="a"), "start")
+        time.sleep(0.5)
+    out = capsys.readouterr().out
+    assert out.startswith("still running: sub-01 anatomical (T1w): a (")
+    time.sleep(0.2)
+    assert capsys.readouterr().out == ""
 
 
 def test_several_runs_of_a_subject_are_told_apart():

@@ -1,10 +1,12 @@
 """What ``asl-pipeline`` prints while it runs.
 
 Quiet by default: one line per stage of each subject when the stage is done
-(steps done, time taken, overall count, time elapsed and an estimate of the
-time left), warnings and errors as ``asl-pipeline: warning: ...`` lines on
-stderr. ``-v`` adds nipype's INFO messages (which node runs where), ``-vv``
-debugging messages; ``-q`` leaves only warnings, errors and the closing lines.
+(steps done, their processing time, overall count, time elapsed and an
+estimate of the time left), a ``still running:`` line after a minute without
+news (the T1w registration alone takes minutes), warnings and errors as
+``asl-pipeline: warning: ...`` lines on stderr. ``-v`` adds nipype's INFO
+messages (which node runs where), ``-vv`` debugging messages; ``-q`` leaves
+only warnings, errors and the closing lines.
 
 :class:`Progress` is driven by nipype's status callback
 (``plugin_args["status_callback"]``), which the Linear, MultiProc and SLURM
@@ -14,9 +16,11 @@ the execution graph. No nipype import here: the module is usable without it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -199,11 +203,12 @@ class Progress:
         self._total = Counter(self._stage.values())
         self._done: Counter = Counter()
         self._seen: set[str] = set()
-        self._running: set[str] = set()
+        self._running: dict[str, float] = {}  # step -> when it started
         self._failures = 0
-        self._first: dict[Stage, float] = {}
+        self._busy: Counter = Counter()  # stage -> summed time of its steps
         self._out, self._err, self._clock = out, err, clock
-        self._started = clock()
+        self._started = self._last_line = clock()
+        self._lock = threading.Lock()
         runs = {(s.subject, s.run) for s in self._total if s.run is not None}
         per_subject = Counter(subject for subject, _ in runs)
         self._multi_run = {subject for subject, n in per_subject.items() if n > 1}
@@ -222,9 +227,8 @@ class Progress:
         stage = self._stage.get(name)
         if stage is None or name in self._seen:  # map-node subnodes, repeats
             return
-        self._first.setdefault(stage, self._clock())
         if status == "start":
-            self._running.add(name)
+            self._running[name] = self._clock()
         elif status == "exception":
             self._failures += 1
             self._failed(stage, name)
@@ -234,8 +238,9 @@ class Progress:
             # while nothing has failed).
             self._seen.add(name)
             self._done[stage] += 1
+            self._busy[stage] += self._clock() - self._running.get(name, self._clock())
             if self._done[stage] == self._total[stage]:
-                self._print(self.stage_line(stage), self._out or sys.stdout)
+                self._print(self.stage_line(stage), self._stdout())
 
     def label(self, stage: Stage) -> str:
         """``sub-01 CBF``, or ``sub-01 sub_01_run_2_asl CBF`` for a subject of several runs."""
@@ -249,9 +254,9 @@ class Progress:
         elapsed = now - self._started
         left = self.total - self.done
         line = (
-            f"{self.label(stage)}: {self._done[stage]}/{self._total[stage]} steps in "
-            f"{format_duration(now - self._first[stage])}; {self.done}/{self.total} overall, "
-            f"{format_duration(elapsed)} elapsed"
+            f"{self.label(stage)}: {self._done[stage]}/{self._total[stage]} steps done, "
+            f"{format_duration(self._busy[stage])} of processing; {self.done}/{self.total} "
+            f"overall, {format_duration(elapsed)} elapsed"
         )
         if left and self.done:
             line += f", about {format_duration(elapsed / self.done * left)} left"
@@ -262,9 +267,63 @@ class Progress:
         self._print(
             f"asl-pipeline: error: {self.label(stage)}: step {step} failed; the steps that "
             "need its result are skipped (details at the end)",
-            self._err or sys.stderr,
+            self._stderr(),
         )
 
-    @staticmethod
-    def _print(line: str, stream) -> None:
-        print(line, file=stream, flush=True)
+    def _stdout(self):
+        return sys.stdout if self._out is None else self._out
+
+    def _stderr(self):
+        return sys.stderr if self._err is None else self._err
+
+    def _print(self, line: str, stream) -> None:
+        with self._lock:  # the heartbeat thread prints too
+            self._last_line = self._clock()
+            stream.write(line + "\n")
+            stream.flush()
+
+    def running_line(self) -> str | None:
+        """``still running: sub-01 anatomical (T1w): t1w_preproc (3 min 05 s); ...``:
+        the steps started and not finished, the longest-running first."""
+        now = self._clock()
+        running = sorted(
+            (start, name) for name, start in list(self._running.items()) if name not in self._seen
+        )
+        if not running:
+            return None
+        steps = [
+            f"{self.label(self._stage[name])}: {name.split('.')[-1]} "
+            f"({format_duration(now - start)})"
+            for start, name in running[:3]
+        ]
+        more = f" and {len(running) - 3} more" if len(running) > 3 else ""
+        return (
+            f"still running: {', '.join(steps)}{more}; {self.done}/{self.total} overall, "
+            f"{format_duration(now - self._started)} elapsed"
+        )
+
+    def beat(self, interval: float) -> None:
+        """Print :meth:`running_line` when nothing was printed for ``interval`` s."""
+        if self._clock() - self._last_line >= interval:
+            line = self.running_line()
+            if line is not None:
+                self._print(line, self._stdout())
+
+    @contextlib.contextmanager
+    def heartbeat(self, interval: float = 60.0):
+        """While the block runs, a background thread calls :meth:`beat` so that a
+        long step (the T1w registration takes minutes) does not leave the
+        console silent."""
+        stop = threading.Event()
+
+        def loop():
+            while not stop.wait(interval / 4):
+                self.beat(interval)
+
+        thread = threading.Thread(target=loop, name="asl-pipeline-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -138,8 +139,10 @@ def run_workflow(config, runs) -> int:
         )
         settings = _with_progress(settings, progress)
     started = time.time()
+    heartbeat = progress.heartbeat() if config.verbosity >= 0 else contextlib.nullcontext()
     try:
-        workflow.run(**settings)
+        with heartbeat:
+            workflow.run(**settings)
     except Exception as exc:  # nipype raises RuntimeError on node failures
         _report_failure(exc, log_dir, work_dir, started)
         return EXIT_FAILED
