@@ -253,10 +253,13 @@ class Progress:
         now = self._clock()
         elapsed = now - self._started
         left = self.total - self.done
+        # steps found in the cache, or run in the main process by MultiProc,
+        # report no start: no processing time is known for them
+        busy = self._busy[stage]
         line = (
-            f"{self.label(stage)}: {self._done[stage]}/{self._total[stage]} steps done, "
-            f"{format_duration(self._busy[stage])} of processing; {self.done}/{self.total} "
-            f"overall, {format_duration(elapsed)} elapsed"
+            f"{self.label(stage)}: {self._done[stage]}/{self._total[stage]} steps done"
+            + (f", {format_duration(busy)} of processing" if busy >= 0.5 else "")
+            + f"; {self.done}/{self.total} overall, {format_duration(elapsed)} elapsed"
         )
         if left and self.done:
             line += f", about {format_duration(elapsed / self.done * left)} left"
