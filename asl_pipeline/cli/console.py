@@ -97,7 +97,9 @@ def configure_logging(verbosity: int) -> None:
 
     Plain one-line messages without ``-v``, timestamped records with it. The
     handler replaces nipype's own (which prints to stdout), so nipype adds none
-    when it is imported later; calling this again replaces the handler.
+    when it is imported later; calling this again replaces the handler. The
+    loggers still propagate, to a root logger the command leaves without
+    handlers.
     """
     handler = _Stderr()
     handler.setFormatter(_Plain() if verbosity <= 0 else logging.Formatter(_VERBOSE_FORMAT))
@@ -111,9 +113,9 @@ def configure_logging(verbosity: int) -> None:
                 logger.removeHandler(old)
         logger.addHandler(handler)
     logging.getLogger("asl_pipeline").setLevel(log_level(verbosity))
-    for name, key in (("workflow", "workflow_level"), ("utils", "utils_level")):
-        logging.getLogger(f"nipype.{name}").setLevel(nipype_logging(verbosity)[key])
-    logging.getLogger("nipype.interface").setLevel(nipype_logging(verbosity)["interface_level"])
+    levels = nipype_logging(verbosity)
+    for name in ("workflow", "utils", "interface"):
+        logging.getLogger(f"nipype.{name}").setLevel(levels[f"{name}_level"])
 
 
 def print_runs(runs, verbosity: int) -> None:
