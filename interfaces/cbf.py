@@ -25,6 +25,7 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from asl_pipeline import cbf as core
+from asl_pipeline import kinetics
 from asl_pipeline.errors import ASLInputError
 
 LOGGER = logging.getLogger("nipype.interface")
@@ -374,6 +375,14 @@ class ComputeCBF(SimpleInterface):
 # --------------------------------------------------------------------------------------
 
 
+_KINETIC_MODEL = {
+    "tissue": "Buxton general kinetic model (Buxton et al. 1998), single compartment: blood "
+    "T1 during transit, apparent tissue T1 (1/T1app = 1/T1Tissue + f/lambda) after arrival",
+    "blood": "Buxton general kinetic model (Buxton et al. 1998), single compartment, blood T1 "
+    "throughout (the ASL white paper's simplification)",
+}
+
+
 class _ComputeMultiPLDCBFInputSpec(BaseInterfaceInputSpec):
     asl_file = File(exists=True, mandatory=True, desc="motion-corrected 4D ASL series")
     aslcontext = File(exists=True, mandatory=True, desc="BIDS aslcontext.tsv of the series")
@@ -407,6 +416,14 @@ class _ComputeMultiPLDCBFInputSpec(BaseInterfaceInputSpec):
         traits.Float,
         usedefault=True,
         desc="CBF bounds (mL/100 g/min)",
+    )
+    t1_after_arrival = traits.Enum(
+        *kinetics.T1_AFTER_ARRIVAL,
+        usedefault=True,
+        desc="T1 of the label once it has reached the tissue: 'tissue', the apparent tissue "
+        "T1 1/T1app = 1/T1tissue + f/lambda (Buxton et al. 1998; T1tissue by field "
+        "strength, 1.4 s at 3 T), or 'blood', blood T1 throughout (the white paper's "
+        "simplification, which reads CBF lower on the same data)",
     )
 
 
@@ -443,11 +460,15 @@ class ComputeMultiPLDCBF(SimpleInterface):
             att_bounds=tuple(self.inputs.att_bounds),
             cbf_bounds=tuple(self.inputs.cbf_bounds),
             m0_fraction=self.inputs.m0_fraction,
+            t1_after_arrival=self.inputs.t1_after_arrival,
         )
         meta = {
             "Sources": [str(self.inputs.asl_file)],
             "QuantificationParameters": inp.params.to_dict(),
-            "Model": "Buxton general kinetic model, single compartment, blood T1",
+            "Model": _KINETIC_MODEL[self.inputs.t1_after_arrival],
+            "T1AfterArrival": self.inputs.t1_after_arrival,
+            "T1Blood": inp.params.t1b,
+            "T1Tissue": inp.params.t1_tissue,
             "PostLabelingDelay": dm.plds.tolist(),
             "ATTBounds": list(self.inputs.att_bounds),
             "CBFBounds": list(self.inputs.cbf_bounds),
