@@ -192,6 +192,12 @@ def test_compute_cbf_refuses_multi_pld_and_multi_pld_interface(tmp_path):
     assert sidecar["T1AfterArrival"] == "blood" and "white paper" in sidecar["Model"]
     # the white-paper simplification reads the Buxton (tissue-T1) data low
     assert np.all(nb.load(blood.outputs.cbf).get_fdata() < 0.97 * cbf)
+    # a longer tissue T1 than the data's (1.4 s) lets the label last longer and so
+    # reads them low; the value used is recorded
+    (tmp_path / "t1").mkdir()
+    longer = ComputeMultiPLDCBF(**files, t1_tissue=1.6).run(cwd=tmp_path / "t1")
+    assert json.loads(open(longer.outputs.cbf_json).read())["T1Tissue"] == 1.6
+    assert np.all(nb.load(longer.outputs.cbf).get_fdata() < 0.97 * cbf)
 
 
 def test_read_aslcontext_errors(tmp_path):
