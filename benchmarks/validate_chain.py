@@ -164,9 +164,36 @@ def _maps(out: Path, config: str) -> dict[str, Path]:
     return found
 
 
+def direct_paocsl(perf: Path) -> np.ndarray | None:
+    """``outliers.paocsl`` called directly on the run's realigned, unsmoothed CBF series
+    with the workflow's settings: the reference the in-workflow cleaning must match."""
+    from asl_pipeline import outliers
+
+    series = sorted(perf.glob("sub-01*_desc-timeseries_cbf.nii.gz"))
+    if not series:
+        return None
+    maps = {t: _load(perf / f"sub-01_label-{t.upper()}_probseg.nii.gz") for t in ("gm", "wm")}
+    mask = _load(perf / "sub-01_desc-brain_mask.nii.gz") > 0
+    result = outliers.paocsl(
+        _load(series[0]),
+        maps["gm"],
+        maps["wm"],
+        mask,
+        None,
+        n_passes=2,
+        **outliers.PAOCSL_NOISE_AWARE,
+    )
+    return result.mean_cbf
+
+
 def score_subject(root: Path, name: str, bids: Path) -> list[dict]:
     truth = truth_of(bids)
     rows = []
+    perf = root / "out" / "defaults" / name / "sub-01" / "perf"
+    direct = direct_paocsl(perf) if perf.exists() else None
+    if direct is not None:
+        rows.append({"subject": name, "config": "direct", "map": "paocsl",
+                     **score_map(direct, truth)})  # fmt: skip
     for config in CONFIGS:
         out = root / "out" / config / name
         maps = _maps(out, config)
