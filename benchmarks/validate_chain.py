@@ -132,7 +132,8 @@ def simulate(name: str, generator: str, seed: int, kwargs: dict, root: Path) -> 
 
 def run_pipeline(bids: Path, root: Path, name: str, config: str) -> tuple[int, float]:
     out = root / "out" / config / name
-    if (out / "sub-01").exists():
+    done = out / "logs" / "validate_chain.done"
+    if done.exists():
         return 0, 0.0
     cmd = [
         "asl-pipeline", str(bids), str(out), "participant",
@@ -142,7 +143,9 @@ def run_pipeline(bids: Path, root: Path, name: str, config: str) -> tuple[int, f
     ]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
+    if proc.returncode == 0:
+        done.write_text(" ".join(cmd) + "\n")
+    else:
         (root / "logs").mkdir(parents=True, exist_ok=True)
         (root / "logs" / f"{name}_{config}.log").write_text(proc.stdout + proc.stderr)
     return proc.returncode, time.perf_counter() - start
