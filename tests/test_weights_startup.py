@@ -130,14 +130,14 @@ def test_cli_refuses_tampered_weights_before_work(tmp_path, capsys):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert _cli(tmp_path, "--dwan-weights", str(path)) == 1
+    assert _cli(tmp_path, "--denoise", "--dwan-weights", str(path)) == 1
     err = capsys.readouterr().err
     assert str(path) in err and "Fix:" in err
 
 
 def test_cli_refuses_malformed_config_before_work(tmp_path, capsys):
     path = _rewrite(_small(tmp_path / "w.pt"), config={"width": "wide"})
-    assert _cli(tmp_path, "--dwan-weights", str(path)) == 1
+    assert _cli(tmp_path, "--denoise", "--dwan-weights", str(path)) == 1
     err = capsys.readouterr().err
     assert str(path) in err and "field 'config'" in err and "Traceback" not in err
 

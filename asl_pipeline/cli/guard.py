@@ -189,14 +189,18 @@ def _raise(signum, _frame):
 
 
 def _parents() -> dict[int, int]:
-    """pid -> parent pid of every process (Linux /proc; empty elsewhere)."""
+    """pid -> parent pid of every running process (Linux /proc; empty elsewhere).
+
+    Zombies (ended, not yet reaped by their parent) are left out.
+    """
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
         except (OSError, ValueError, IndexError):
             continue
+        if state != "Z":
+            parents[int(stat.parent.name)] = int(ppid)
     return parents
 
 

@@ -5,9 +5,11 @@ and runs :func:`validate` before any work starts: the BIDS reader (sidecars
 read with bounded size and depth, headers), the pre-flight check
 (:mod:`asl_pipeline.preflight`: every image read fully), the denoising weights
 (:func:`~asl_pipeline.models.io.verify_weights`) and the output folders. It
-prints what it understood of each run, and then either stops
-(``--validate-only``) or hands over to :func:`_run_workflow`, which holds the
-locks of :mod:`asl_pipeline.cli.guard` and stops cleanly on SIGTERM/SIGINT.
+runs the BIDS validator (unless ``--skip-bids-validation``), prints what it
+understood of each run, and then either stops (``--validate-only``), writes the
+methods text (``--boilerplate-only``) or hands over to :func:`_run_workflow`,
+which holds the locks of :mod:`asl_pipeline.cli.guard` and stops cleanly on
+SIGTERM/SIGINT.
 
 Exit status: 0 success, 1 bad input data (one line on stderr per problem,
 naming the file, the field and the fix; all problems found in one pass; no run
@@ -27,6 +29,20 @@ import sys
 EXIT_OK = 0
 EXIT_DATA_ERROR = 1
 EXIT_USAGE = 2
+
+
+def _check_bids(config) -> bool:
+    """The BIDS validator's verdict (True without it or with --skip-bids-validation)."""
+    from asl_pipeline.cli.bidsvalidator import check_input
+
+    return config.skip_bids_validation or check_input(config.bids_dir, config.participant_label)
+
+
+def _write_boilerplate(config, runs) -> int:
+    from asl_pipeline.cli.workflow import write_boilerplate
+
+    print(f"Methods text: {write_boilerplate(config, runs)}")
+    return EXIT_OK
 
 
 def _run_workflow(config, runs, *, command: str = "asl-pipeline") -> int:
@@ -63,7 +79,7 @@ def _quiet_reader(verbosity: int):
     """Hold back the reader's logged warnings: :func:`describe` prints them."""
     logger = logging.getLogger("asl_pipeline.bids")
     previous = logger.level
-    if verbosity == 0:
+    if verbosity <= 0:
         logger.setLevel(logging.ERROR)
     try:
         yield
@@ -83,7 +99,10 @@ def _read_runs(config) -> tuple[list, list]:
     try:
         with _quiet_reader(config.verbosity):
             return validate_dataset(
-                config.bids_dir, config.participant_label, session=config.session_label
+                config.bids_dir,
+                config.participant_label,
+                session=config.session_label,
+                bids_filters=config.bids_filters,
             )
     except ASLInputError as exc:  # problems of the whole dataset
         return [], list(getattr(exc, "errors", [exc]))
@@ -122,10 +141,9 @@ def validate(config) -> tuple[list, list]:
 
 
 def _report(runs, config) -> None:
-    from asl_pipeline.bids import describe
+    from asl_pipeline.cli.console import print_runs
 
-    for run in runs:
-        print(describe(run))
+    print_runs(runs, config.verbosity)
     suppressed = [r.asl_file.name for r in runs if r.background_suppression]
     if config.quantification == "asltbx" and suppressed:
         print(
@@ -138,16 +156,9 @@ def _report(runs, config) -> None:
     print(f"{len(runs)} ASL run(s) valid, {n_warn} warning(s).")
 
 
-def _setup_logging(verbosity: int) -> None:
-    if verbosity:
-        logging.basicConfig(
-            level=logging.INFO if verbosity == 1 else logging.DEBUG,
-            format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        )
-
-
 def main(argv=None) -> int:
     """Entry point; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit status."""
+    from asl_pipeline.cli.console import configure_logging
     from asl_pipeline.cli.parser import parse_args
     from asl_pipeline.config import Config
 
@@ -156,7 +167,7 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     config = Config.from_args(args)
-    _setup_logging(config.verbosity)
+    configure_logging(config.verbosity)
     try:
         runs, problems = validate(config)
     except Exception as exc:  # an unexpected failure: one line unless -vv
@@ -172,9 +183,13 @@ def main(argv=None) -> int:
         for exc in problems:
             print(f"asl-pipeline: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_DATA_ERROR
+    if not _check_bids(config):
+        return EXIT_DATA_ERROR
     _report(runs, config)
     if config.validate_only:
         return EXIT_OK
+    if config.boilerplate_only:
+        return _write_boilerplate(config, runs)
     argv = sys.argv[1:] if argv is None else list(argv)
     return _run_workflow(config, runs, command=shlex.join(["asl-pipeline", *map(str, argv)]))
 
