@@ -196,3 +196,19 @@ def test_config_file_per_participant_set():
     many = config_file_name([f"{i:02d}" for i in range(10)])
     assert many.startswith("asl_pipeline_config_10subjects-") and many.endswith(".toml")
     assert many != config_file_name([f"{i:02d}" for i in range(1, 11)])
+
+
+def test_forked_worker_dies_quietly_of_sigterm():
+    """A MultiProc worker (forked, so it inherits the handler) dies of SIGTERM
+    instead of raising Interrupted and printing a traceback."""
+    with guard.graceful_shutdown():
+        ready, tell = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker, once running Python code, waits for the signal
+            os.write(tell, b"1")
+            signal.pause()
+            os._exit(0)
+        os.read(ready, 1)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM

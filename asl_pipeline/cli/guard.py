@@ -184,8 +184,18 @@ class Interrupted(BaseException):  # noqa: N818 - a signal, not an error of the 
         return 128 + self.signum
 
 
-def _raise(signum, _frame):
-    raise Interrupted(signum)
+def _handler(main_pid: int):
+    """Raise :class:`Interrupted` in the run's process; forked workers, which
+    inherit the handler, die of the signal quietly as they would without it."""
+
+    def handle(signum, _frame):
+        if os.getpid() != main_pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Interrupted(signum)
+
+    return handle
 
 
 def _parents() -> dict[int, int]:
@@ -259,7 +269,8 @@ def _ignore_signals():
 def graceful_shutdown():
     """SIGTERM/SIGINT raise :class:`Interrupted` in the main thread; on it the
     run's child processes are ended; the run's temporary folder goes on any exit."""
-    handlers = {s: signal.signal(s, _raise) for s in (signal.SIGTERM, signal.SIGINT)}
+    handle = _handler(os.getpid())
+    handlers = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with _run_tmpdir() as tmp:
             try:
