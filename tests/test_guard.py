@@ -108,8 +108,8 @@ def test_stale_lock_is_taken_over_with_a_warning(dataset, tmp_path, capsys, dead
 
     monkeypatch.setattr("asl_pipeline.cli.workflow.run_workflow", fake)
     assert main(_argv(dataset, tmp_path)) == 0
-    out = capsys.readouterr().out
-    assert "stale lock" in out and f"pid {dead_pid}" in out
+    err = capsys.readouterr().err
+    assert "stale lock" in err and f"pid {dead_pid}" in err
     assert seen["holder"]["pid"] == os.getpid()
     assert "--no-denoise" in seen["holder"]["command"]
     assert not lock.exists()

@@ -21,14 +21,13 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from asl_pipeline.errors import ASLInputError
-
-LOGGER = logging.getLogger("asl_pipeline.cli")
 
 #: Lock file of a work folder.
 WORK_LOCK = ".asl_pipeline.lock"
@@ -117,10 +116,10 @@ def acquire(path: Path, holder: Holder) -> None:
     previous = _read_holder(path)
     if _alive(previous):
         raise _busy(path, previous)
-    LOGGER.warning("taking over the stale lock %s (%s is not running)", path, previous)
     print(
         f"asl-pipeline: warning: {path}: stale lock of a run that is not running any more "
         f"({previous or 'unreadable'}); taken over.",
+        file=sys.stderr,
         flush=True,
     )
     path.unlink(missing_ok=True)
@@ -277,6 +276,8 @@ def graceful_shutdown():
                 yield tmp
             except Interrupted:
                 _ignore_signals()  # a second Ctrl-C must not cut the clean-up short
+                # the worker pool breaks as its processes end: that is expected here
+                logging.getLogger("concurrent.futures").disabled = True
                 end_children()
                 raise
     finally:
