@@ -212,3 +212,34 @@ def test_forked_worker_dies_quietly_of_sigterm():
         os.kill(pid, signal.SIGTERM)
         _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+
+
+_KILLED_RUN = """
+import multiprocessing, sys, time
+from asl_pipeline.cli import guard
+
+def work():
+    time.sleep(60)
+
+with guard.graceful_shutdown():
+    worker = multiprocessing.get_context("fork").Process(target=work)
+    worker.start()
+    print(worker.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_workers_end_when_the_run_is_killed(tmp_path):
+    run = subprocess.Popen([sys.executable, "-c", _KILLED_RUN], stdout=subprocess.PIPE, text=True)
+    worker = int(run.stdout.readline())
+    run.kill()  # SIGKILL: no handler runs in the run itself
+    run.wait()
+    for _ in range(50):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        subprocess.run(["sleep", "0.1"])
+    else:
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the worker outlived the killed run")

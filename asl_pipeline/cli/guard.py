@@ -9,14 +9,18 @@
 * :func:`graceful_shutdown` turns SIGTERM and SIGINT into
   :class:`Interrupted`, ends the run's child processes (workers, ANTs
   subprocesses), and removes the run's temporary folder (``TMPDIR`` of the
-  run, so the children's temporary files go there too).
+  run, so the children's temporary files go there too). Its multiprocessing
+  workers also end when the run is killed with SIGKILL
+  (:func:`die_with_parent`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
+import multiprocessing.util
 import os
 import shutil
 import signal
@@ -259,6 +263,31 @@ def _run_tmpdir():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: ``prctl`` option: the signal a process gets when its parent dies (Linux).
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> bool:
+    """Ask Linux to send this process SIGTERM when its parent dies, even of SIGKILL.
+
+    Run in every multiprocessing worker of the run (nipype's MultiProc pool),
+    so a ``kill -9`` of the run does not leave its workers computing. False
+    where ``prctl`` is not available.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+class _AfterFork:
+    """Anchor of the after-fork hook (multiprocessing keeps a weak reference)."""
+
+
+_AFTER_FORK = _AfterFork()
+
+
 def _ignore_signals():
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)
@@ -268,6 +297,7 @@ def _ignore_signals():
 def graceful_shutdown():
     """SIGTERM/SIGINT raise :class:`Interrupted` in the main thread; on it the
     run's child processes are ended; the run's temporary folder goes on any exit."""
+    multiprocessing.util.register_after_fork(_AFTER_FORK, lambda _: die_with_parent())
     handle = _handler(os.getpid())
     handlers = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
