@@ -23,6 +23,15 @@ def get_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("output_dir", type=Path, help="new or empty directory to create")
+    parser.add_argument(
+        "--generator",
+        choices=["mni", "phantom"],
+        default="mni",
+        type=str.lower,
+        help="mni (default): MNI152 templates, white-paper kinetics; phantom: the ASL DRO "
+        "label map, Buxton general kinetic model, correlated noise (needs asldro; see "
+        "asl_pipeline.simulate.phantom)",
+    )
     g = parser.add_argument_group("dataset")
     g.add_argument("--n-subjects", type=int, default=3, help="number of subjects (default 3)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -49,8 +58,8 @@ def get_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--t1w-voxel-size",
         type=float,
-        default=1.0,
-        help="isotropic T1w voxel size in mm (default 1.0)",
+        default=None,
+        help="isotropic T1w voxel size in mm (default 1.0; 1.5 with --generator phantom)",
     )
     s = parser.add_argument_group("subject")
     s.add_argument("--no-motion", action="store_true", help="no head motion")
@@ -59,7 +68,42 @@ def get_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--noise-scale", type=float, default=1.0, help="multiplies thermal and physiological noise"
     )
+    p = parser.add_argument_group("phantom generator only (--generator phantom)")
+    p.add_argument(
+        "--pld",
+        type=float,
+        nargs="+",
+        default=None,
+        help="post-labeling delay(s) or PASL TI(s), s; several give a multi-PLD run "
+        "(--n-pairs pairs per delay; default 1.8)",
+    )
+    p.add_argument(
+        "--motion",
+        choices=["none", "drift", "jumps"],
+        default=None,
+        type=str.lower,
+        help="head motion: none (default), drift (0->2 mm, 0->2 deg) or jumps",
+    )
+    p.add_argument(
+        "--outlier-types",
+        nargs="+",
+        default=None,
+        choices=["none", "all", "dropout", "spike", "global", "slabmotion"],
+        type=str.lower,
+        help="corruptions (default none)",
+    )
+    p.add_argument(
+        "--t1-after-arrival",
+        choices=["tissue", "blood"],
+        default="tissue",
+        type=str.lower,
+        help="T1 of the label after arrival: apparent tissue T1 (default) or blood T1",
+    )
     return parser
+
+
+_MNI_ONLY = ("lesion", "label_first", "no_motion", "no_outliers")
+_PHANTOM_ONLY = ("pld", "motion", "outlier_types")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,8 +115,28 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--n-pairs must be at least 1")
     if args.noise_scale < 0:
         parser.error("--noise-scale must be >= 0")
+    if args.t1w_voxel_size is None:
+        args.t1w_voxel_size = 1.5 if args.generator == "phantom" else 1.0
     if not 0.5 <= args.t1w_voxel_size <= 4:
         parser.error("--t1w-voxel-size must be between 0.5 and 4 mm")
+    if args.generator == "phantom":
+        used = [n for n in _MNI_ONLY if getattr(args, n)]
+        if args.m0_type != "separate":
+            used.append("m0_type")
+        if used:
+            parser.error(
+                "--generator phantom does not take "
+                + ", ".join("--" + n.replace("_", "-") for n in used)
+                + " (use --motion / --outlier-types)"
+            )
+        if args.pld is not None and min(args.pld) <= 0:
+            parser.error("--pld must be positive")
+    else:
+        used = [n for n in _PHANTOM_ONLY if getattr(args, n) is not None]
+        if used:
+            parser.error(
+                ", ".join("--" + n.replace("_", "-") for n in used) + " need --generator phantom"
+            )
     return args
 
 
@@ -93,6 +157,8 @@ def main(argv=None) -> int:
             flush=True,
         )
 
+    if args.generator == "phantom":
+        return _main_phantom(args, start)
     try:
         out = simulate_dataset(
             args.output_dir,
@@ -110,6 +176,44 @@ def main(argv=None) -> int:
             background_suppression=args.background_suppression,
             label_first=args.label_first,
             m0_type=args.m0_type.capitalize(),
+            t1w_voxel_size=args.t1w_voxel_size,
+        )
+    except ASLInputError as exc:
+        print(f"asl-simulate: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _main_phantom(args, start) -> int:
+    from asl_pipeline.errors import ASLInputError
+    from asl_pipeline.simulate.phantom import simulate_phantom_dataset
+
+    def progress(i, n, label, sub):
+        print(
+            f"[{i + 1}/{n}] sub-{label}: {sub.asl.shape[3]} volumes, "
+            f"{len(sub.outlier_rows)} corrupted (volume, slice) rows, GM CBF "
+            f"{float(sub.cbf[sub.gm > 0.7].mean()):.1f} mL/100 g/min "
+            f"({time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
+
+    try:
+        out = simulate_phantom_dataset(
+            args.output_dir,
+            n_subjects=args.n_subjects,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            progress=progress,
+            labeling=args.labeling.upper(),
+            readout=args.readout.upper(),
+            pld=1.8 if args.pld is None else (args.pld if len(args.pld) > 1 else args.pld[0]),
+            n_pairs=args.n_pairs,
+            background_suppression=args.background_suppression,
+            noise_level=args.noise_scale,
+            motion=args.motion or "none",
+            outliers=[] if args.outlier_types is None else args.outlier_types,
+            t1_after_arrival=args.t1_after_arrival,
             t1w_voxel_size=args.t1w_voxel_size,
         )
     except ASLInputError as exc:
