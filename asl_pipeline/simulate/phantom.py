@@ -37,6 +37,15 @@ outliers                 global gain + motion jerk; single-   slab dropouts, k-s
                          slice drop or N/2 ghost              global fluctuations, slab motion
 =======================  ===================================  ==================================
 
+The anatomy source, honestly: the DRO's label map is a segmentation of the
+ICBM 2009a nonlinear symmetric average, the same population average as
+nilearn's MNI152 2009a templates, so the underlying average brain is shared;
+what differs is the segmentation (hard GM/WM/CSF labels, only ventricular CSF
+labelled), the tissue parameters, the subject warp model and the head model.
+Licence: asldro 2.2.0 is MIT licensed (Copyright (c) 2020 Gold Standard
+Phantoms LTD; ``asldro-*.dist-info/LICENSE``); the label map is read from the
+installed package at run time and not copied into this project.
+
 Signal model
 ------------
 The subject is a hard-label image at ``anatomy_voxel`` mm (1 GM, 2 WM, 3
@@ -69,9 +78,10 @@ CBF = ``6000 mean(f)`` (mL/100 g/min), ATT = flow-weighted mean arrival,
 GM/WM/CSF = fractions of points, M0 = ``m0_v``, brain mask = GM+WM+CSF >= 0.5.
 ``desc-whitepaper_cbf`` is what a perfect white-paper quantification reads
 (noise-free ΔM, true M0, longest delay): with the default apparent tissue T1
-and the DRO's T1 (GM 1.33 s, WM 0.83 s) it is about 20% below the truth in GM
-and 50% in WM at PLD 1.8 s, a model difference no single-PLD white-paper
-pipeline removes; compare a pipeline with it to see its own error.
+and the DRO's T1 (GM 1.33 s, WM 0.83 s) it is about 27% below the truth in GM
+and 60% in WM for the default 2D PCASL run (PLD 1.8 s plus slice times; GM >
+0.7 / WM > 0.9), a model difference no single-PLD white-paper pipeline
+removes; compare a pipeline with it to see its own error.
 
 The images: ``|signal x gain + n|``, ``n`` complex Gaussian correlated in
 plane (separable 3-tap kernel, lag-1 correlation :data:`NOISE_LAG1`), SD per
@@ -622,7 +632,7 @@ class _Signals:
     fractions: dict | None = None
 
 
-def _signals(anat, grid, proto, tables, pts, *, t1_mode, dro, truth=False) -> _Signals:
+def _signals(anat, grid, proto, tables, pts, *, t1_mode, dro, delays, truth=False) -> _Signals:
     """Voxel means of m0, static and kinetic terms of points ``pts`` (n_active, n_sub, 3)."""
     m0_tab, t1_tab = tables
     n_act, n_sub = pts.shape[:2]
@@ -634,7 +644,7 @@ def _signals(anat, grid, proto, tables, pts, *, t1_mode, dro, truth=False) -> _S
     z = np.repeat(grid.active % grid.shape[2], n_sub)
     t1_tissue = None if t1_mode == "blood" else t1
     out = _Signals(m0=m0.reshape(n_act, n_sub).mean(1), static={}, kinetic={})
-    for delay in proto.pld_list:
+    for delay in delays:
         t_read = proto.read_times(delay)[z]
         mz = mz_after_saturation(t1, t_read, proto.bs_times)
         out.static[delay] = (m0 * mz).reshape(n_act, n_sub).mean(1)
@@ -774,6 +784,29 @@ def _corrupt(rng, vol, slices, kind, static_mean) -> None:
 # subject
 
 
+@dataclass(frozen=True)
+class _Readout:
+    """Through-plane blur (3D readouts, FWHM in slices) and the magnitude with noise."""
+
+    sigma: np.ndarray  # per slice; all zero for noise-free images
+    z_fwhm: float
+
+    def __call__(self, rng, vol) -> np.ndarray:
+        if self.z_fwhm > 0:
+            vol = ndimage.gaussian_filter1d(vol, self.z_fwhm / np.sqrt(8 * np.log(2)), axis=2)
+        if np.any(self.sigma > 0):
+            return _magnitude(rng, vol, self.sigma)
+        return np.abs(vol)
+
+
+def _m0_scan(anat, grid, tables, m0_tr) -> np.ndarray:
+    """Noise-free M0 scan: saturation recovery over ``m0_tr``, no BS, head at volume 0."""
+    m0_tab, t1_tab = tables
+    lab = anat.labels_at(grid.points.reshape(-1, 3))
+    rec = (m0_tab[lab] * -np.expm1(-m0_tr / t1_tab[lab])).reshape(grid.points.shape[:2])
+    return _to_grid(rec.mean(1), grid)
+
+
 @dataclass
 class PhantomSubject:
     """One phantom subject: scanner images, sidecars and the truth (ASL grid).
@@ -786,8 +819,8 @@ class PhantomSubject:
     1.65 s, λ 0.9) reads from the noise-free ΔM and ``m0_true`` at the longest
     delay; equal to ``cbf`` when ``t1_after_arrival="blood"`` and every ATT is
     below the PLD, lower with the apparent tissue T1 (the model difference a
-    white-paper pipeline cannot remove, about -20% in GM and -50% in WM at PLD
-    1.8 s with the DRO's T1 of 1.33 / 0.83 s).
+    white-paper pipeline cannot remove, about -27% in GM and -60% in WM for
+    the default 2D PCASL run with the DRO's T1 of 1.33 / 0.83 s).
     """
 
     asl: np.ndarray
@@ -929,60 +962,59 @@ def simulate_phantom(
     anat = make_anatomy(rng, dro, voxel=anatomy_voxel)
     grid = _asl_grid(anat, rng, shape, voxel_size, subsample)
     tables = _tissue_tables(dro, _TE[proto.readout])
-    ref = _signals(anat, grid, proto, tables, grid.points, t1_mode=t1_mode, dro=dro, truth=True)
+    ref = _signals(
+        anat,
+        grid,
+        proto,
+        tables,
+        grid.points,
+        t1_mode=t1_mode,
+        dro=dro,
+        delays=proto.pld_list,
+        truth=True,
+    )
     alpha = proto.alpha
-
     n_vol = 2 * len(proto.plds)
-    is_label = np.arange(n_vol) % 2 == 1
     params = _motion_params(rng, motion, n_vol)
     brain = _to_grid(ref.fractions["gm"] + ref.fractions["wm"] + ref.fractions["csf"], grid)
     brain_slices = np.flatnonzero((brain >= 0.5).sum((0, 1)) >= 10)
     if brain_slices.size == 0:
         brain_slices = np.arange(shape[2])
     corrupt = _pick_outliers(rng, kinds, n_vol, shape[2], brain_slices, outlier_rate)
-    by_volume = {t: (slices, kind) for t, slices, kind in corrupt}
     offsets = rng.normal(0.0, pair_offset_sd * noise_level, len(proto.plds))
     offsets -= offsets.mean()  # zero over the run: the mean ΔM keeps its truth
-    sigma = NOISE_SD * M0_SCALE * noise_level * _noise_profile(shape[2])
-    z_fwhm = (1.5 if proto.readout == "3D" else 0.0) if z_blur_fwhm is None else z_blur_fwhm
-    static_mean = float(np.mean(ref.static[proto.pld_list[0]][ref.m0 > 0.3 * ref.m0.max()]))
+    readout = _Readout(
+        sigma=NOISE_SD * M0_SCALE * noise_level * _noise_profile(shape[2]),
+        z_fwhm=(1.5 if proto.readout == "3D" else 0.0) if z_blur_fwhm is None else z_blur_fwhm,
+    )
 
-    def moved_signals(p):
+    def signals_at(p, delay):
+        if not np.any(p):
+            return ref
         mat_inv = np.linalg.inv(motion_matrix(p, grid.affine, shape))
         pts = grid.points @ mat_inv[:3, :3].T + mat_inv[:3, 3]
-        return _signals(anat, grid, proto, tables, pts, t1_mode=t1_mode, dro=dro)
+        return _signals(anat, grid, proto, tables, pts, t1_mode=t1_mode, dro=dro, delays=[delay])
 
     asl = np.empty(shape + (n_vol,), dtype=dtype)
+    static_mean = float(np.mean(ref.static[proto.pld_list[0]][ref.m0 > 0.3 * ref.m0.max()]))
+    by_volume = {t: (slices, kind) for t, slices, kind in corrupt}
     for t in range(n_vol):
-        delay = proto.plds[t // 2]
-        sig = moved_signals(params[t]) if np.any(params[t]) else ref
-        vol = _volume(sig, delay, is_label[t], alpha, grid)
+        delay, label = proto.plds[t // 2], t % 2 == 1
+        vol = _volume(signals_at(params[t], delay), delay, label, proto.alpha, grid)
         slices, kind = by_volume.get(t, ([], None))
         if kind == "slabmotion":
-            jolt = np.r_[rng.uniform(3, 5, 3) * rng.choice([-1, 1], 3), 0, 0, 0]
-            jolt[3:] = np.deg2rad(rng.uniform(3, 5, 3) * rng.choice([-1, 1], 3))
-            moved = _volume(moved_signals(params[t] + jolt), delay, is_label[t], alpha, grid)
-            vol[:, :, slices] = moved[:, :, slices]
+            trans = rng.uniform(3, 5, 3) * rng.choice([-1, 1], 3)
+            rot = np.deg2rad(rng.uniform(3, 5, 3) * rng.choice([-1, 1], 3))
+            p = params[t] + np.r_[trans, rot]
+            vol[:, :, slices] = _volume(signals_at(p, delay), delay, label, proto.alpha, grid)[
+                :, :, slices
+            ]
         if noise_level > 0:
-            gain = 1.0 + drift * t / max(n_vol - 1, 1)
-            if is_label[t]:
-                gain += offsets[t // 2]
-            vol = vol * gain
+            vol = vol * (1.0 + drift * t / max(n_vol - 1, 1) + (offsets[t // 2] if label else 0))
         if kind in ("global", "dropout", "spike"):
             _corrupt(rng, vol, slices, kind, static_mean)
-        if z_fwhm > 0:
-            vol = ndimage.gaussian_filter1d(vol, z_fwhm / np.sqrt(8 * np.log(2)), axis=2)
-        asl[..., t] = _magnitude(rng, vol, sigma) if noise_level > 0 else np.abs(vol)
-
-    # separate M0 scan: saturation recovery over m0_tr, no BS, head at volume 0
-    m0_tab, t1_tab = tables
-    flat = grid.points.reshape(-1, 3)
-    lab = anat.labels_at(flat)
-    rec = (m0_tab[lab] * -np.expm1(-proto.m0_tr / t1_tab[lab])).reshape(grid.points.shape[:2])
-    m0_img = _to_grid(rec.mean(1), grid)
-    if z_fwhm > 0:
-        m0_img = ndimage.gaussian_filter1d(m0_img, z_fwhm / np.sqrt(8 * np.log(2)), axis=2)
-    m0_img = _magnitude(rng, m0_img, sigma) if noise_level > 0 else np.abs(m0_img)
+        asl[..., t] = readout(rng, vol)
+    m0_img = readout(rng, _m0_scan(anat, grid, tables, proto.m0_tr))
 
     deltam = {d: _to_grid(2 * alpha * ref.m0 * ref.kinetic[d], grid) for d in proto.pld_list}
     longest = proto.pld_list[-1]
@@ -1097,6 +1129,22 @@ def write_phantom_subject(out_dir, label: str, sub: PhantomSubject) -> list[Path
     cols = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
     _write_tsv(
         dp / f"{s}_desc-true_motion.tsv", cols, [[f"{v:.9f}" for v in r] for r in sub.motion]
+    )
+    _write_json(
+        dp / f"{s}_desc-true_motion.json",
+        {
+            "Description": (
+                "True head motion of each ASL volume relative to volume 0, in the "
+                "convention of asl_pipeline.simulate.motion.motion_matrix (SPM signs, "
+                "rotation about FOVCentre); the M0 scan is at the position of volume 0."
+            ),
+            "FOVCentre": [
+                float(v) for v in (aff @ np.r_[(np.array(sub.asl.shape[:3]) - 1) / 2, 1])[:3]
+            ],
+            "M0ScanMotion": [0.0] * 6,
+            **{c: {"Units": "mm"} for c in cols[:3]},
+            **{c: {"Units": "rad"} for c in cols[3:]},
+        },
     )
     _write_tsv(
         dp / f"{s}_desc-true_outliers.tsv", ["volume", "slice", "pair", "type"], sub.outlier_rows
