@@ -11,8 +11,15 @@ environment change).
 
 Defaults chosen where the methods spec leaves a choice open:
 
-* ``smoothing_fwhm`` = 3 mm, the source study's value (ASLtbx uses 6 mm);
-  0 disables smoothing.
+Defaults chosen by the validation panel (``benchmarks/validate_chain.py``,
+figures in ``benchmarks/RESULTS.md``):
+
+* ``smoothing_fwhm`` = 0: quantitative maps are unsmoothed (3 mm, the source
+  study's value, inflated WM CBF by a quarter); ``nuisance_regression`` =
+  False (before cleaning it spreads each outlier pair's error over all pairs);
+  ``denoise`` = False (the shipped DWAN lowers GM/WM contrast); motion
+  correction removes the label/control bias through interpolated pair means
+  (``zigzag_method``) and reslices each volume once (``reslice_mode``).
 * ``outlier_threshold`` = None means the method's own default
   (:data:`OUTLIER_THRESHOLDS`): PAOCSL 2 (the study's batch), SCORE 2.5
   (robust SD), AOC 0.17 (correlation).
@@ -75,10 +82,12 @@ class Config:
     outlier_method: str = "paocsl"
     outlier_threshold: float | None = None
     paocsl_spec_rules: bool = False
-    denoise: bool = True
+    denoise: bool = False
     dwan_weights: Path | None = None
-    smoothing_fwhm: float = 3.0
-    nuisance_regression: bool = True
+    smoothing_fwhm: float = 0.0
+    nuisance_regression: bool = False
+    zigzag_method: str = "interpolate"
+    reslice_mode: str = "volume"
     output_spaces: list[str] = field(default_factory=lambda: ["asl", "MNI152NLin2009aSym"])
     m0_scale: float = 1.0
     quantification: str = "white-paper"

@@ -48,6 +48,7 @@ import numpy as np
 from scipy import ndimage
 
 from asl_pipeline.errors import ASLInputError
+from asl_pipeline.outliers import pairs_from_aslcontext
 
 #: Radius (mm) of the sphere on which rotations become displacements for the
 #: framewise displacement (Power et al. 2012).
@@ -541,6 +542,73 @@ def _check_image(data, name, file, ndim):
         )
 
 
+#: How the label/control zig-zag is taken out of the motion estimates:
+#: ``"interpolate"`` (each pair's mean parameters, linearly interpolated to the
+#: acquisition index of every volume: the alternating label/control bias
+#: cancels in the pair mean while motion *within* a pair, e.g. slow drift, is
+#: kept) or ``"regress"`` (the methods spec's step 2, Wang 2012: the fitted
+#: zig-zag component is subtracted, which also removes the true within-pair
+#: part of any drift: under a 2 mm / 2 deg drift the resliced mean ΔM then
+#: correlates less with the truth than the uncorrected series).
+ZIGZAG_METHODS = ("interpolate", "regress")
+
+#: How the series is resliced: ``"volume"`` (each volume with its own cleaned
+#: parameters), ``"pair"`` (both volumes of a control/label pair with the
+#: pair's mean cleaned parameters, so static tissue is interpolated
+#: identically in the two) or ``"none"`` (motion is estimated and reported,
+#: the series is not resliced: the do-nothing baseline of the harness).
+RESLICE_MODES = ("volume", "pair", "none")
+
+
+def _pair_means(params, pairs) -> np.ndarray:
+    return np.asarray(params, dtype=float)[pairs].mean(axis=1)
+
+
+def interpolate_pair_trajectory(params, volume_types) -> np.ndarray:
+    """Motion with the label/control bias removed through pair means.
+
+    Each control/label pair's mean parameters are placed at the pair's mean
+    volume index and linearly interpolated (held constant beyond the first
+    and last pair) at the index of every control and label volume. A constant
+    label/control bias (+e, -e) cancels exactly in the pair mean; a linear
+    drift passes through unchanged. Other volumes keep their parameters.
+    """
+    out = np.array(params, dtype=float, copy=True)
+    pairs = pairs_from_aslcontext(volume_types)
+    if pairs is None:
+        return out
+    centres = pairs.mean(axis=1)
+    means = _pair_means(out, pairs)
+    rows = pairs.ravel()
+    for j in range(out.shape[1]):
+        out[rows, j] = np.interp(rows, centres, means[:, j])
+    return out
+
+
+def pair_consistent_params(params, volume_types) -> np.ndarray:
+    """Give both volumes of every control/label pair the pair's mean parameters.
+
+    Reslicing the control and the label of a pair with one transform
+    interpolates the static tissue (about 100x the perfusion signal) in the
+    same way in both, so it cancels exactly in ΔM; motion *within* the pair
+    is then left uncorrected. Other volumes keep their own parameters.
+    """
+    out = np.array(params, dtype=float, copy=True)
+    pairs = pairs_from_aslcontext(volume_types)
+    if pairs is not None:
+        out[pairs[:, 0]] = out[pairs[:, 1]] = _pair_means(out, pairs)
+    return out
+
+
+def clean_params(params, volume_types, method: str = "interpolate") -> np.ndarray:
+    """The label/control zig-zag taken out of ``params`` (:data:`ZIGZAG_METHODS`)."""
+    if method == "interpolate":
+        return interpolate_pair_trajectory(params, volume_types)
+    if method == "regress":
+        return remove_zigzag(params, zigzag_regressor(volume_types))
+    raise ValueError(f"zig-zag method must be one of {ZIGZAG_METHODS}, not {method!r}")
+
+
 def realign_asl(
     asl,
     affine,
@@ -555,6 +623,8 @@ def realign_asl(
     fwhm_mm: float | None = None,
     order: int = 3,
     remove_zigzag_from_params: bool = True,
+    zigzag_method: str = "interpolate",
+    reslice_mode: str = "volume",
     fd_radius: float = FD_RADIUS,
 ) -> RealignResult:
     """ASL-aware realignment of a series (and of a separate M0) to one reference.
@@ -578,6 +648,10 @@ def realign_asl(
     remove_zigzag_from_params
         Apply the ASL-aware correction (Wang 2012); ``False`` reslices with
         the raw estimates (plain realignment).
+    zigzag_method
+        ``"interpolate"`` (default) or ``"regress"``, see :data:`ZIGZAG_METHODS`.
+    reslice_mode
+        ``"volume"`` (default), ``"pair"`` or ``"none"``, see :data:`RESLICE_MODES`.
     fd_radius
         Sphere radius (mm) for FD and RMSD.
     """
@@ -649,6 +723,8 @@ def realign_asl(
         centre=centre,
         order=order,
         remove_zigzag_from_params=remove_zigzag_from_params,
+        zigzag_method=zigzag_method,
+        reslice_mode=reslice_mode,
         fd_radius=fd_radius,
     )
 
@@ -664,13 +740,18 @@ def apply_realignment(
     centre=None,
     order: int = 3,
     remove_zigzag_from_params: bool = True,
+    zigzag_method: str = "interpolate",
+    reslice_mode: str = "volume",
     fd_radius: float = FD_RADIUS,
 ) -> RealignResult:
     """Steps 2-3 of the ASL-aware correction from estimated parameters.
 
     Removes the zig-zag from ``params_raw`` (``(n, 6)`` in this module's
     convention about ``centre``), reslices the series (and the M0 with its
-    own parameters) once and computes FD/RMSD. Shared by the embedded and the
+    own parameters) once and computes FD/RMSD. ``zigzag_method`` and
+    ``reslice_mode``: see :data:`ZIGZAG_METHODS` and :data:`RESLICE_MODES`;
+    the parameters reported (and FD/RMSD) are the cleaned per-volume ones.
+    Shared by the embedded and the
     SPM backends (the latter converts SPM's ``rp_*.txt`` with
     :func:`spm_rp_to_params` first).
     """
@@ -680,8 +761,16 @@ def apply_realignment(
         centre = grid_centre(data.shape, affine)
     zig = zigzag_regressor(volume_types)
     raw = np.asarray(params_raw, dtype=float)
-    clean = remove_zigzag(raw, zig) if remove_zigzag_from_params else raw.copy()
-    corrected = reslice(data, affine, clean, centre=centre, order=order)
+    clean = (
+        clean_params(raw, volume_types, zigzag_method) if remove_zigzag_from_params else raw.copy()
+    )
+    if reslice_mode not in RESLICE_MODES:
+        raise ValueError(f"reslice_mode must be one of {RESLICE_MODES}, not {reslice_mode!r}")
+    if reslice_mode == "none":
+        corrected = data.astype(np.float32)
+    else:
+        applied = pair_consistent_params(clean, volume_types) if reslice_mode == "pair" else clean
+        corrected = reslice(data, affine, applied, centre=centre, order=order)
     m0_corr = None
     if m0 is not None:
         m0 = np.asarray(m0)

@@ -946,6 +946,25 @@ def _slice_means(data: np.ndarray, outliers: np.ndarray, fallback: np.ndarray) -
     return out
 
 
+def apply_outliers(cbf_ts, outliers) -> np.ndarray:
+    """Mean of ``cbf_ts`` over the pairs each slice keeps in an outlier matrix.
+
+    ``outliers`` is a :attr:`CleaningResult.outliers` matrix found on another
+    series of the same run (e.g. the unregressed, unsmoothed one), so that
+    the decisions of the cleaning and the series averaged can differ.
+    """
+    data = _as_series(cbf_ts)
+    outliers = np.asarray(outliers, dtype=bool)
+    if outliers.shape != (data.shape[2], data.shape[3]):
+        raise ASLInputError(
+            f"an outlier matrix of {outliers.shape[0]} slices x {outliers.shape[1]} pairs "
+            f"cannot be applied to a series of {data.shape[2]} slices and {data.shape[3]} pairs",
+            field="cbf_ts",
+            fix="apply the matrix to a CBF series of the same run and grid",
+        )
+    return _slice_means(data, outliers, np.ones(data.shape[3], dtype=bool))
+
+
 def clean(method: str, cbf_ts, *, gm=None, wm=None, csf=None, mask=None, motion=None, **kwargs):
     """Run one of :data:`METHODS` with the inputs it uses (dispatcher for interfaces)."""
     method = str(method).lower()

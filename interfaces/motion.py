@@ -68,6 +68,22 @@ class _ASLRealignInputSpec(BaseInterfaceInputSpec):
         True, usedefault=True, desc="regress the label/control zig-zag out of the parameters"
     )
     fd_radius = traits.Float(50.0, usedefault=True, desc="sphere radius (mm) for FD and RMSD")
+    zigzag_method = traits.Enum(
+        "interpolate",
+        "regress",
+        usedefault=True,
+        desc="interpolate: pair-mean parameters interpolated to each volume (keeps drift "
+        "within a pair); regress: subtract the fitted zig-zag (methods spec, Wang 2012)",
+    )
+    reslice_mode = traits.Enum(
+        "volume",
+        "pair",
+        "none",
+        usedefault=True,
+        desc="volume: each volume with its own cleaned parameters; pair: both volumes of a "
+        "control/label pair with the pair's mean parameters; none: parameters estimated and "
+        "reported, series not resliced",
+    )
 
 
 class _ASLRealignOutputSpec(TraitedSpec):
@@ -111,6 +127,8 @@ class ASLRealign(SimpleInterface):
             fwhm_mm=inp.fwhm if isdefined(inp.fwhm) else None,
             order=inp.interp_order,
             remove_zigzag_from_params=inp.remove_zigzag,
+            zigzag_method=inp.zigzag_method,
+            reslice_mode=inp.reslice_mode,
             fd_radius=inp.fd_radius,
         )
         LOGGER.info(

@@ -190,6 +190,11 @@ class _CleanCBFInputSpec(BaseInterfaceInputSpec):
         mandatory=True,
         desc="4D CBF series in mL/100 g/min, one map per control/label pair",
     )
+    cbf_ts_apply = File(
+        exists=True,
+        desc="optional CBF series of the same run (e.g. regressed or smoothed) whose mean over "
+        "the pairs kept in each slice is returned; the decisions are made on cbf_ts",
+    )
     method = traits.Enum(
         "paocsl",
         "score",
@@ -329,9 +334,15 @@ class CleanCBF(SimpleInterface):
                 ) from err
             raise
 
+        mean_cbf = result.mean_cbf
+        if isdefined(inp.cbf_ts_apply):
+            files["cbf_ts_apply"] = inp.cbf_ts_apply
+            mean_cbf = core.apply_outliers(
+                _load(inp.cbf_ts_apply, "cbf_ts_apply", (4,))[1], result.outliers
+            )
         stem = Path(str(inp.cbf_ts)).name.removesuffix(".gz").removesuffix(".nii")
         base = fname_presuffix(f"{stem}_{method}", newpath=runtime.cwd)
-        out_nii = _write_mean(f"{base}_meancbf.nii.gz", result.mean_cbf, img)
+        out_nii = _write_mean(f"{base}_meancbf.nii.gz", mean_cbf, img)
         counts = result.counts
         meta = {
             "Units": "mL/100 g/min",

@@ -113,6 +113,8 @@ class ComputeQC(SimpleInterface):
             row["outlier_slice_volumes"] = int(mat.sum())
             row["outlier_fraction"] = float(mat.mean()) if mat.size else 0.0
             row["outlier_volumes_all_slices"] = int(np.all(mat > 0, axis=0).sum())
+            row["outlier_pairs_partial"] = int((mat.any(axis=0) & ~mat.all(axis=0)).sum())
+            row["n_pairs"] = int(mat.shape[1])
         out = Path(runtime.cwd) / "qc.tsv"
         _write_tsv(out, {k: [v] for k, v in row.items()})
         out_json = Path(runtime.cwd) / "qc.json"
@@ -178,6 +180,9 @@ class _SubjectReportInputSpec(BaseInterfaceInputSpec):
     cleaned_cbf = File(exists=True, desc="outlier-cleaned mean CBF, native space")
     denoised_cbf = File(exists=True, desc="DWAN-denoised CBF, native space")
     mni_cbf = File(exists=True, desc="final CBF map in MNI space")
+    final_label = traits.Str(
+        "measured", usedefault=True, desc="which map the final (MNI) map is, for its caption"
+    )
     mni_mask = File(exists=True, desc="MNI template brain mask for the MNI overlay")
     ref_image = File(exists=True, desc="ASL reference image")
     t1w_mask_asl = File(exists=True, desc="T1w brain mask resampled into ASL space")
@@ -232,7 +237,7 @@ class SubjectReport(SimpleInterface):
         if "mni_cbf" in opt:
             cbf_figs.append(
                 (
-                    "CBF in MNI152NLin2009aSym space",
+                    f"Final CBF ({inp.final_label} map) in MNI152NLin2009aSym space",
                     png(
                         reports.plot_mosaic(
                             _load(opt["mni_cbf"]),
@@ -247,7 +252,12 @@ class SubjectReport(SimpleInterface):
         sections = [reports.ReportSection("Cerebral blood flow", figures=cbf_figs)]
         if "qc_json" in opt:
             table = json.loads(Path(opt["qc_json"]).read_text())
-            sections[0].tables.append(("Quality control", table))
+            caption = (
+                "Quality control: cbf_* describe the measured map (outlier-cleaned when "
+                "cleaning ran, else the plain mean); mean_* the plain mean of all pairs; "
+                "denoised_* the DWAN map, when denoising ran"
+            )
+            sections[0].tables.append((caption, table))
         if "ref_image" in opt and "t1w_mask_asl" in opt:
             sections.append(
                 reports.ReportSection(

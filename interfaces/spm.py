@@ -87,6 +87,22 @@ class _SPMRealignInputSpec(BaseInterfaceInputSpec):
     )
     interp_order = traits.Int(3, usedefault=True, desc="spline order of the final reslice")
     remove_zigzag = traits.Bool(True, usedefault=True, desc="remove the label/control zig-zag")
+    zigzag_method = traits.Enum(
+        "interpolate",
+        "regress",
+        usedefault=True,
+        desc="interpolate: pair-mean parameters interpolated to each volume (keeps drift "
+        "within a pair); regress: subtract the fitted zig-zag (methods spec, Wang 2012)",
+    )
+    reslice_mode = traits.Enum(
+        "volume",
+        "pair",
+        "none",
+        usedefault=True,
+        desc="volume: each volume with its own cleaned parameters; pair: both volumes of a "
+        "control/label pair with the pair's mean parameters; none: parameters estimated and "
+        "reported, series not resliced",
+    )
 
 
 class _SPMRealignOutputSpec(TraitedSpec):
@@ -125,6 +141,8 @@ class SPMASLRealign(SimpleInterface):
             centre=centre,
             order=inp.interp_order,
             remove_zigzag_from_params=inp.remove_zigzag,
+            zigzag_method=inp.zigzag_method,
+            reslice_mode=inp.reslice_mode,
         )
         self._results.update(write_realign_outputs(res, inp.asl_file, img, runtime.cwd))
         if res.m0_corrected is not None:

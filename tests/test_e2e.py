@@ -76,7 +76,6 @@ EXPECTED = [
     "sub-01/perf/sub-01_desc-mean_cbf.nii.gz",
     "sub-01/perf/sub-01_desc-paocsl_cbf.nii.gz",
     "sub-01/perf/sub-01_desc-paocsl_outliers.tsv",
-    "sub-01/perf/sub-01_desc-denoised_cbf.nii.gz",
     "sub-01/perf/sub-01_space-MNI152NLin2009aSym_desc-mean_cbf.nii.gz",
     "sub-01/perf/sub-01_space-MNI152NLin2009aSym_desc-final_cbf.nii.gz",
     "sub-01/perf/sub-01_desc-preproc_m0scan.nii.gz",
@@ -98,8 +97,7 @@ def test_outputs_complete_and_input_untouched(first_run, sim_bids):
     assert snapshot(sim_bids) == first_run["before"]
     meta = json.loads((out / "sub-01/perf/sub-01_desc-mean_cbf.json").read_text())
     assert meta["Units"] == "mL/100 g/min" and meta["Sources"]
-    dwan = json.loads((out / "sub-01/perf/sub-01_desc-denoised_cbf.json").read_text())
-    assert len(json.dumps(dwan)) > 10 and "sha256" in json.dumps(dwan).lower()
+    assert not (out / "sub-01/perf/sub-01_desc-denoised_cbf.nii.gz").exists()  # opt-in
     page = (out / "sub-01/figures/sub-01_report.html").read_text()
     assert page.count("<img") >= 7 and "white paper" in page
 
@@ -119,12 +117,13 @@ def test_cbf_matches_ground_truth(first_run, sim_bids):
     got = tissue_cbf_stats(cleaned, gm, wm)
     assert got["gm_cbf_mean"] == pytest.approx(expected["gm_cbf_mean"], rel=0.15)
     assert got["gm_wm_ratio"] == pytest.approx(expected["gm_wm_ratio"], rel=0.15)
-    # the QC table describes the final (denoised) map
-    final = nib.load(out / "sub-01_desc-denoised_cbf.nii.gz").get_fdata()
+    # the QC table describes the measured (cleaned) map, the plain mean in its own columns
+    mean = nib.load(out / "sub-01_desc-mean_cbf.nii.gz").get_fdata()
     qc = (out / "sub-01_desc-qualitycontrol_cbf.tsv").read_text().splitlines()
     row = dict(zip(qc[0].split("\t"), qc[1].split("\t"), strict=True))
-    assert float(row["cbf_gm_cbf_mean"]) == pytest.approx(
-        tissue_cbf_stats(final, gm, wm)["gm_cbf_mean"], rel=1e-4
+    assert float(row["cbf_gm_cbf_mean"]) == pytest.approx(got["gm_cbf_mean"], rel=1e-4)
+    assert float(row["mean_gm_cbf_mean"]) == pytest.approx(
+        tissue_cbf_stats(mean, gm, wm)["gm_cbf_mean"], rel=1e-4
     )
     assert 0.0 < float(row["cbf_qei"]) <= 1.0
 
@@ -190,7 +189,7 @@ def test_two_subjects_on_slurm_then_a_failing_node(sim_bids, tmp_path, monkeypat
     work, out = tmp_path / "work", tmp_path / "out"
     assert main(_argv(sim_bids, out, work, "--plugin", "SLURM")) == 0
     for sub in ("01", "02"):
-        assert (out / f"sub-{sub}/perf/sub-{sub}_desc-denoised_cbf.nii.gz").exists()
+        assert (out / f"sub-{sub}/perf/sub-{sub}_desc-paocsl_cbf.nii.gz").exists()
         assert (out / f"sub-{sub}/figures/sub-{sub}_report.html").exists()
     assert list(work.rglob("slurm-*.out")), "nodes did not run as SLURM jobs"
     # a corrupted weights file makes the denoising node fail under SLURM
@@ -206,6 +205,7 @@ def test_two_subjects_on_slurm_then_a_failing_node(sim_bids, tmp_path, monkeypat
             "01",
             "--plugin",
             "SLURM",
+            "--denoise",
             "--dwan-weights",
             str(bad),
         )

@@ -142,7 +142,7 @@ def test_fd_and_rmsd_known_answers():
 
 def test_realign_recovers_true_motion_and_removes_zigzag():
     vols, aff, types, true, mats, centre = _series(seed=3)
-    res = mo.realign_asl(vols, aff, types)
+    res = mo.realign_asl(vols, aff, types, zigzag_method="regress")
     err = _errors(res.params_raw, mats, centre)
     assert err[:, 0].max() <= 0.1, err[:, 0].max()
     assert err[:, 1].max() <= 0.1, err[:, 1].max()
@@ -210,11 +210,13 @@ def test_realign_simulated_subject_against_true_motion():
     estimate within 0.1 mm and 0.1 deg of the true pose; the cleaned parameters
     equal the truth with its own zig-zag component removed (Wang's correction
     removes whatever part of the true motion follows the zig-zag too)."""
-    sim = pytest.importorskip("asl_pipeline.simulate")
+    from asl_pipeline.simulate import simulate_subject
     from asl_pipeline.simulate.motion import motion_matrix
 
-    s = sim.simulate_subject(2, t1w=False, n_pairs=20)
-    res = mo.realign_asl(s.asl, s.asl_affine, s.aslcontext, m0=s.m0, m0_affine=s.asl_affine)
+    s = simulate_subject(2, t1w=False, n_pairs=20)
+    res = mo.realign_asl(
+        s.asl, s.asl_affine, s.aslcontext, m0=s.m0, m0_affine=s.asl_affine, zigzag_method="regress"
+    )
     true = np.array([motion_matrix(p, s.asl_affine, s.asl.shape[:3]) for p in s.motion])
     err = _errors(res.params_raw, true, res.centre)
     assert err[:, 0].max() <= 0.1, err[:, 0].max()
@@ -237,3 +239,95 @@ def test_simulator_and_estimator_share_the_rigid_convention():
         np.testing.assert_allclose(
             spm_rigid_matrix(params, centre), mo.params_to_matrix(params, centre), atol=1e-12
         )
+
+
+def test_interpolated_pair_trajectory_keeps_drift_and_cancels_bias():
+    types = ["control", "label"] * 6
+    n = len(types)
+    drift = np.outer(np.arange(n), [0.05, -0.02, 0.01, 0.001, 0.0, -0.002])
+    bias = np.outer(mo.zigzag_regressor(types), [0.03, 0.01, -0.02, 0.0005, 0.001, 0.0])
+    cleaned = mo.clean_params(drift + bias, types, "interpolate")
+    inner = slice(1, n - 1)  # the first and last volumes are held at their pair's mean
+    np.testing.assert_allclose(cleaned[inner], drift[inner], atol=1e-12)
+    # the spec's regression removes the within-pair half of the drift as well
+    regressed = mo.clean_params(drift + bias, types, "regress")
+    assert np.abs(regressed[inner] - drift[inner]).max() > 0.02
+
+
+def test_pair_consistent_params_share_one_transform_per_pair():
+    types = ["m0scan", "label", "control", "label", "control"]
+    params = np.arange(30, dtype=float).reshape(5, 6)
+    out = mo.pair_consistent_params(params, types)
+    np.testing.assert_array_equal(out[0], params[0])
+    np.testing.assert_array_equal(out[1], (params[1] + params[2]) / 2)
+    np.testing.assert_array_equal(out[1], out[2])
+    np.testing.assert_array_equal(out[3], out[4])
+
+
+@pytest.fixture(scope="module")
+def static_subject():
+    from asl_pipeline.simulate.series import simulate_subject
+
+    return simulate_subject(5, motion=False, outliers=False, t1w=False, n_pairs=20)
+
+
+def _mean_deltam(series, types):
+    idx = {t: [i for i, v in enumerate(types) if v == t] for t in ("control", "label")}
+    return (series[..., idx["control"]] - series[..., idx["label"]]).mean(-1)
+
+
+def _inner_brain(sub):
+    mask = sub.brain_mask > 0
+    mask[..., :2] = mask[..., -2:] = False  # tissue moves out of the slab's edge slices
+    return mask
+
+
+def test_default_motion_correction_leaves_static_deltam_unchanged(static_subject):
+    sub = static_subject
+    mask = _inner_brain(sub)
+    raw = _mean_deltam(sub.asl, sub.aslcontext)
+    res = mo.realign_asl(sub.asl, sub.asl_affine, sub.aslcontext)
+    r = np.corrcoef(_mean_deltam(res.corrected, sub.aslcontext)[mask], raw[mask])[0, 1]
+    assert r >= 0.999, r
+
+
+def _moved_series(sub, params, noise_sd, seed):
+    from scipy import ndimage
+
+    from asl_pipeline.simulate.motion import resample_moved
+
+    rng = np.random.default_rng(seed)
+    images = {"control": sub.static, "label": sub.static - sub.deltam}
+    coefs = {t: ndimage.spline_filter(img, order=3) for t, img in images.items()}
+    vols = [
+        resample_moved(coefs[t], sub.asl_affine, params[k]) for k, t in enumerate(sub.aslcontext)
+    ]
+    return np.stack(vols, -1) + rng.normal(0, noise_sd, sub.asl.shape)
+
+
+def _drift_and_jumps(n):
+    drift = np.linspace(0, 1, n)[:, None] * np.r_[2.0, 0, 0, np.deg2rad(2.0), 0, 0][None]
+    jumps = np.zeros((n, 6))
+    jumps[21:, 0] = 1.5  # inside a pair (volumes 20, 21)
+    jumps[21:, 4] = np.deg2rad(1.0)
+    jumps[30:, 1] = -1.0  # between two pairs
+    return {"drift": drift, "jumps": jumps}
+
+
+@pytest.mark.parametrize("kind", ["drift", "jumps"])
+def test_default_motion_correction_beats_no_correction(static_subject, kind):
+    """Slow drift (0 -> 2 mm, 0 -> 2 deg) and sudden jumps: the mean ΔM of the
+    corrected series correlates better with the true ΔM than the raw one."""
+    sub = static_subject
+    mask = _inner_brain(sub)
+    truth = sub.deltam[mask]
+    params = _drift_and_jumps(len(sub.aslcontext))[kind]
+    noise_sd = 3 * np.sqrt(2) * 0.5 * np.abs(truth).mean()
+    series = _moved_series(sub, params, noise_sd, seed=0)
+
+    def r(s):
+        return np.corrcoef(_mean_deltam(s, sub.aslcontext)[mask], truth)[0, 1]
+
+    r_none = r(series)
+    r_default = r(mo.realign_asl(series, sub.asl_affine, sub.aslcontext).corrected)
+    assert r_default > r_none + 0.02, (r_default, r_none)

@@ -44,16 +44,13 @@ def test_default_graph(dataset, tmp_path):
         "asl_realign",
         "t1w_preproc",
         "asl_to_t1w",
-        "nuisance",
         "compute_m0",
         "compute_cbf",
         "clean_cbf",
-        "dwan_denoise",
         "compute_qc",
         "report",
         "ds_mean_cbf",
         "ds_cleaned_cbf",
-        "ds_denoised_cbf",
         "ds_mni_cbf",
         "ds_confounds",
         "ds_qc",
@@ -61,9 +58,63 @@ def test_default_graph(dataset, tmp_path):
         "ds_t1w_to_mni",
     ):
         assert name in nodes, name
+    # evidence-based defaults: no regression, no smoothing, no denoising
+    for name in ("nuisance", "dwan_denoise", "ds_denoised_cbf", "compute_cbf_unprocessed"):
+        assert name not in nodes, name
     clean = nodes["clean_cbf"]
     assert clean.inputs.method == "paocsl" and clean.inputs.noise_aware is True
     assert nodes["ds_mni_cbf"].inputs.space == "MNI152NLin2009aSym"
+    assert nodes["ds_mean_cbf"].inputs.desc == "mean"
+    realign = nodes["asl_realign"]
+    assert realign.inputs.zigzag_method == "interpolate"
+    assert realign.inputs.reslice_mode == "volume"
+    assert nodes["compute_qc"].inputs.extra_names == ["mean"]
+
+
+def _upstream(workflow, node):
+    """Every node whose output reaches ``node`` (through sub-workflows)."""
+    import networkx as nx
+    from nipype.pipeline.engine.utils import _remove_nonjoin_identity_nodes
+
+    flat = _remove_nonjoin_identity_nodes(workflow._create_flat_graph())
+    target = next(n for n in flat.nodes if n.fullname.endswith("." + node))
+
+    return {n.fullname.split(".")[-1] for n in nx.ancestors(flat, target)}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],
+        ["--nuisance-regression"],
+        ["--smoothing-fwhm", "3"],
+        ["--nuisance-regression", "--smoothing-fwhm", "3"],
+    ],
+)
+def test_regression_and_smoothing_never_reach_the_cleaning_decisions(dataset, tmp_path, options):
+    wf = _build(dataset, tmp_path, *options)
+    nodes = _nodes(wf)
+    clean_cbf_source = _clean_inputs(wf)
+    assert ("cbf_ts", "cbf_ts") in clean_cbf_source[1]
+    upstream_of_decisions = _upstream(wf, "compute_cbf_unprocessed" if options else "compute_cbf")
+    assert "nuisance" not in upstream_of_decisions
+    if options:
+        assert "nuisance" in nodes  # the option still runs, on the quantified series
+        assert "nuisance" in _upstream(wf, "clean_cbf")  # ... whose mean is averaged
+        assert "nuisance" not in _upstream(wf, "compute_cbf_unprocessed")
+        cbf_wf = wf.get_node("sub_01_wf.asl_sub_01_asl.cbf_wf")
+        edges = cbf_wf._graph.in_edges(cbf_wf.get_node("clean_cbf"), data=True)
+        sources = {(u.name, c) for u, _, d in edges for c in d["connect"]}
+        assert ("compute_cbf_unprocessed", ("cbf_ts", "cbf_ts")) in sources
+        assert ("compute_cbf", ("cbf_ts", "cbf_ts_apply")) in sources
+
+
+def test_smoothed_maps_are_named_as_such(dataset, tmp_path):
+    nodes = _nodes(_build(dataset, tmp_path, "--smoothing-fwhm", "2.5"))
+    assert nodes["ds_mean_cbf"].inputs.desc == "meanSmooth2p5mm"
+    assert nodes["ds_mean_cbf"].inputs.meta_dict["SmoothingFWHM"] == 2.5
+    assert nodes["ds_cleaned_cbf"].inputs.desc == "paocslSmooth2p5mm"
+    assert nodes["ds_mni_cbf"].inputs.desc == "finalSmooth2p5mm"
 
 
 def _clean_inputs(workflow):
@@ -88,12 +139,19 @@ def test_paocsl_spec_rules_use_motion(dataset, tmp_path):
     "options, present, absent",
     [
         (["--no-denoise"], ["clean_cbf"], ["dwan_denoise", "ds_denoised_cbf"]),
-        (["--outlier-method", "none"], ["dwan_denoise"], ["clean_cbf", "ds_cleaned_cbf"]),
+        (["--denoise"], ["dwan_denoise", "ds_denoised_cbf"], []),
+        (
+            ["--outlier-method", "none", "--denoise"],
+            ["dwan_denoise"],
+            ["clean_cbf", "ds_cleaned_cbf"],
+        ),
         (["--outlier-method", "score"], ["clean_cbf"], []),
         (["--outlier-method", "aoc", "--outlier-threshold", "0.2"], ["clean_cbf"], []),
         (["--output-spaces", "asl"], ["ds_mean_cbf"], ["ds_mni_cbf", "to_mni"]),
         (["--output-spaces", "asl", "T1w"], ["ds_t1w_cbf"], ["ds_mni_cbf"]),
         (["--no-nuisance-regression", "--smoothing-fwhm", "0"], ["compute_cbf"], ["nuisance"]),
+        (["--nuisance-regression"], ["nuisance", "compute_cbf_unprocessed"], []),
+        (["--hmc-reslice", "pair", "--hmc-zigzag", "regress"], ["asl_realign"], []),
         (["--quantification", "asltbx"], ["compute_cbf"], []),
         (["--registration-backend", "spm"], ["compute_cbf"], ["asl_realign"]),
     ],

@@ -30,10 +30,12 @@ def init_asl_preproc_wf(
     outlier_method: str = "paocsl",
     outlier_threshold: float | None = None,
     paocsl_spec_rules: bool = False,
-    denoise: bool = True,
+    denoise: bool = False,
     dwan_weights: str | None = None,
-    smoothing_fwhm: float = 3.0,
-    nuisance_regression: bool = True,
+    smoothing_fwhm: float = 0.0,
+    nuisance_regression: bool = False,
+    zigzag_method: str = "interpolate",
+    reslice_mode: str = "volume",
     output_spaces: tuple[str, ...] = ("asl", MNI_SPACE),
     m0_scale: float = 1.0,
     quantification: str = "white-paper",
@@ -109,6 +111,8 @@ def init_asl_preproc_wf(
         spm_cmd=spm_cmd,
         volume_types=list(run.volume_types),
         has_m0_file=has_m0_file,
+        zigzag_method=zigzag_method,
+        reslice_mode=reslice_mode,
         mem_gb=mem_gb,
         omp_nthreads=omp_nthreads,
     )
@@ -118,8 +122,10 @@ def init_asl_preproc_wf(
         mem_gb=mem_gb,
         omp_nthreads=omp_nthreads,
     )
+    processed = has_pairs and (nuisance_regression or smoothing_fwhm > 0)
     cbf_wf = init_cbf_wf(
         metadata=dict(run.metadata),
+        processed_series=processed,
         m0_metadata=dict(run.m0_metadata) or None,
         multi_pld=multi_pld,
         n_pairs=n_pairs,
@@ -144,6 +150,7 @@ def init_asl_preproc_wf(
                              ("csf_t1w", "inputnode.csf_t1w")]),
         (source_node, cbf_wf, [("aslcontext", "inputnode.aslcontext")]),
         (hmc_wf, cbf_wf, [("outputnode.asl_corrected", "inputnode.asl_m0_source"),
+                          ("outputnode.asl_corrected", "inputnode.asl_unprocessed"),
                           ("outputnode.motion_params", "inputnode.motion")]),
         (reg_wf, cbf_wf, [("outputnode.asl_mask", "inputnode.mask"),
                           ("outputnode.gm", "inputnode.gm"), ("outputnode.wm", "inputnode.wm"),
@@ -157,9 +164,10 @@ def init_asl_preproc_wf(
             (hmc_wf, cbf_wf, [("outputnode.m0_corrected", "inputnode.m0_file")]),
         ])  # fmt: skip
 
-    # nuisance regression and smoothing act on the series that is quantified;
-    # the M0 always comes from the unsmoothed, unregressed series
-    if has_pairs and (nuisance_regression or smoothing_fwhm > 0):
+    # nuisance regression and smoothing (options reproducing the source study)
+    # act on the series that is quantified; the M0 and the outlier-cleaning
+    # decisions always come from the unsmoothed, unregressed series
+    if processed:
         nuisance_wf = init_nuisance_wf(
             volume_types=list(run.volume_types),
             regress=nuisance_regression,
@@ -209,6 +217,7 @@ def init_asl_preproc_wf(
         source_file=source,
         stored=frozenset(stored),
         outlier_method=outlier,
+        smoothing_fwhm=smoothing_fwhm if processed else 0.0,
     )
     cbf_fields = [f for f in CBF_OUTPUTS if f in stored]
     workflow.connect([
@@ -244,12 +253,21 @@ def init_asl_preproc_wf(
 
     # confounds, QC and report
     confounds = pe.Node(ConfoundsTable(), name="confounds", mem_gb=mem_gb)
-    qc = pe.Node(ComputeQC(), name="compute_qc", mem_gb=mem_gb)
+    # the QC describes the measured map (cleaned when cleaning ran); the plain
+    # mean and the denoised map get their own, labelled columns
+    qc_names = ["mean"] + (["denoised"] if denoise and not multi_pld else [])
+    qc = pe.Node(ComputeQC(extra_names=qc_names), name="compute_qc", mem_gb=mem_gb)
+    qc_maps = pe.Node(niu.Merge(len(qc_names)), name="qc_maps", run_without_submitting=True)
     report = pe.Node(
         SubjectReport(
             subject=run.subject,
             run_name=stem,
             warnings=list(run.warnings),
+            final_label=(
+                "DWAN-denoised"
+                if denoise and not multi_pld
+                else ("outlier-cleaned" if "cleaned_cbf" in stored else "mean")
+            ),
             methods=_methods_text(workflow, cbf_wf, hmc_wf, reg_wf),
         ),
         name="report",
@@ -260,7 +278,9 @@ def init_asl_preproc_wf(
                              ("outputnode.confounds", "motion_confounds")]),
         (source_node, confounds, [("aslcontext", "aslcontext")]),
         (reg_wf, confounds, [("outputnode.asl_mask", "mask")]),
-        (cbf_wf, qc, [("outputnode.final_cbf", "cbf")]),
+        (cbf_wf, qc, [("outputnode.measured_cbf", "cbf")]),
+        (cbf_wf, qc_maps, [("outputnode.mean_cbf", "in1")]),
+        (qc_maps, qc, [("out", "extra_maps")]),
         (reg_wf, qc, [("outputnode.gm", "gm"), ("outputnode.wm", "wm"),
                       ("outputnode.csf", "csf"), ("outputnode.asl_mask", "asl_mask"),
                       ("outputnode.t1w_mask_asl", "t1w_mask")]),
@@ -286,7 +306,10 @@ def init_asl_preproc_wf(
                               ("outputnode.outlier_matrix", "outlier_matrix")]),
         ])  # fmt: skip
     if "denoised_cbf" in stored:
-        workflow.connect(cbf_wf, "outputnode.denoised_cbf", report, "denoised_cbf")
+        workflow.connect([
+            (cbf_wf, report, [("outputnode.denoised_cbf", "denoised_cbf")]),
+            (cbf_wf, qc_maps, [("outputnode.denoised_cbf", "in2")]),
+        ])  # fmt: skip
     if mni:
         workflow.connect(
             workflow.get_node("resample_final_wf"), "outputnode.mni_file", report, "mni_cbf"

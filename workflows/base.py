@@ -46,6 +46,8 @@ def init_asl_pipeline_wf(config, runs) -> pe.Workflow:
                     dwan_weights=str(config.dwan_weights) if config.dwan_weights else None,
                     smoothing_fwhm=config.smoothing_fwhm,
                     nuisance_regression=config.nuisance_regression,
+                    zigzag_method=config.zigzag_method,
+                    reslice_mode=config.reslice_mode,
                     output_spaces=tuple(config.output_spaces),
                     m0_scale=config.m0_scale,
                     quantification=config.quantification,

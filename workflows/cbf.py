@@ -34,6 +34,8 @@ def init_cbf_wf(
     metadata: dict,
     m0_metadata: dict | None = None,
     multi_pld: bool = False,
+    processed_series: bool = False,
+    t1_after_arrival: str = "tissue",
     n_pairs: int,
     quantification: str = "white-paper",
     m0_scale: float = 1.0,
@@ -60,6 +62,16 @@ def init_cbf_wf(
     ----------
     metadata, m0_metadata
         The run's ASL sidecar and the separate M0's sidecar (merged, as read).
+    t1_after_arrival
+        Multi-PLD fit: the T1 governing the label after it reaches tissue,
+        ``"tissue"`` (apparent tissue T1, Buxton et al. 1998) or ``"blood"``
+        (the white-paper simplification).
+    processed_series
+        ``inputnode.asl_file`` was regressed and/or smoothed (the source
+        study's options): the outlier cleaning then decides on the CBF series
+        of ``inputnode.asl_unprocessed`` and its outlier matrix is applied to
+        the processed series, so that no regression or smoothing reaches the
+        cleaning's decisions.
     multi_pld
         Fit the general kinetic model (CBF and ATT) instead of the single-PLD
         equation; outlier cleaning and denoising are then skipped (both are
@@ -87,7 +99,11 @@ def init_cbf_wf(
     Inputs
     ------
     asl_file
-        Motion-corrected (and nuisance-regressed) 4D ASL series.
+        Motion-corrected 4D ASL series to quantify (regressed and/or smoothed
+        when ``processed_series``).
+    asl_unprocessed
+        The motion-corrected series before any regression or smoothing (used
+        only when ``processed_series``).
     asl_m0_source
         Motion-corrected series used for the M0 (no smoothing or regression).
     aslcontext, m0_file, mask, gm, wm, csf, motion
@@ -97,13 +113,16 @@ def init_cbf_wf(
     Outputs
     -------
     m0, cbf_ts, mean_cbf, att, cleaned_cbf, outlier_matrix, volume_status,
-    denoised_cbf, final_cbf, and the JSON sidecars of the maps.
+    denoised_cbf, the JSON sidecars of the maps, measured_cbf (the cleaned map,
+    or the mean when no cleaning ran) and final_cbf (the denoised map when
+    denoising ran, else measured_cbf).
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
         niu.IdentityInterface(
             fields=[
                 "asl_file",
+                "asl_unprocessed",
                 "asl_m0_source",
                 "aslcontext",
                 "m0_file",
@@ -117,7 +136,7 @@ def init_cbf_wf(
         name="inputnode",
     )
     outputnode = pe.Node(
-        niu.IdentityInterface(fields=list(CBF_OUTPUTS) + ["final_cbf"]),
+        niu.IdentityInterface(fields=list(CBF_OUTPUTS) + ["measured_cbf", "final_cbf"]),
         name="outputnode",
     )
     m0_kwargs = {"m0_metadata": m0_metadata} if m0_metadata else {}
@@ -136,12 +155,20 @@ def init_cbf_wf(
 
     if multi_pld:
         fit = pe.Node(
-            ComputeMultiPLDCBF(metadata=metadata), name="fit_multi_pld", mem_gb=2 * mem_gb
+            ComputeMultiPLDCBF(metadata=metadata, t1_after_arrival=t1_after_arrival),
+            name="fit_multi_pld",
+            mem_gb=2 * mem_gb,
         )
         workflow.__desc__ = (
             "CBF and arterial transit time (ATT) were estimated voxel by voxel by fitting "
             "the general kinetic model (Buxton et al. 1998) to the control-label "
-            "differences at all post-labeling delays."
+            "differences at all post-labeling delays. The label decayed with the blood T1 "
+            "during transit and "
+            + (
+                "with the apparent tissue T1 (1/T1app = 1/T1tissue + f/lambda) after arrival."
+                if t1_after_arrival == "tissue"
+                else "after arrival (the white-paper simplification)."
+            )
         )
         workflow.connect([
             (inputnode, fit, [("asl_file", "asl_file"), ("aslcontext", "aslcontext"),
@@ -149,7 +176,7 @@ def init_cbf_wf(
             (compute_m0, fit, [("m0_file", "m0_file")]),
             (fit, outputnode, [("cbf", "mean_cbf"), ("cbf_json", "mean_cbf_json"),
                                ("att", "att"), ("att_json", "att_json"),
-                               ("cbf", "final_cbf")]),
+                               ("cbf", "measured_cbf"), ("cbf", "final_cbf")]),
         ])  # fmt: skip
         return workflow
 
@@ -180,12 +207,25 @@ def init_cbf_wf(
         if noise_aware:
             kwargs["noise_aware"] = True
         clean = pe.Node(CleanCBF(method=outlier_method, **kwargs), name="clean_cbf", mem_gb=mem_gb)
+        decide_on = compute_cbf
+        if processed_series:  # cleaning decides on the unprocessed series' CBF
+            decide_on = pe.Node(
+                ComputeCBF(metadata=metadata, quantification=quant),
+                name="compute_cbf_unprocessed",
+                mem_gb=mem_gb,
+            )
+            workflow.connect([
+                (inputnode, decide_on, [("asl_unprocessed", "asl_file"),
+                                        ("aslcontext", "aslcontext"), ("mask", "mask")]),
+                (compute_m0, decide_on, [("m0_file", "m0_file")]),
+                (compute_cbf, clean, [("cbf_ts", "cbf_ts_apply")]),
+            ])  # fmt: skip
         if not noise_aware:  # the noise-aware PAOCSL runs without the motion pre-screen
             workflow.connect(inputnode, "motion", clean, "motion")
         workflow.connect([
             (inputnode, clean, [("gm", "gm"), ("wm", "wm"), ("csf", "csf"), ("mask", "mask"),
                                 ("aslcontext", "aslcontext")]),
-            (compute_cbf, clean, [("cbf_ts", "cbf_ts")]),
+            (decide_on, clean, [("cbf_ts", "cbf_ts")]),
             (clean, outputnode, [("mean_cbf", "cleaned_cbf"),
                                  ("mean_cbf_json", "cleaned_cbf_json"),
                                  ("outlier_matrix", "outlier_matrix"),
@@ -197,9 +237,16 @@ def init_cbf_wf(
             "score": "SCORE (Dolui et al. 2017)",
             "aoc": "adaptive outlier cleaning (AOC, Wang 2013)",
         }
-        desc += f" Outlier label/control pairs were removed with {names[outlier_method]}."
+        desc += f" Outlier label/control pairs were removed with {names[outlier_method]}"
+        desc += (
+            ", decided on the CBF series of the unregressed, unsmoothed data and applied to "
+            "the processed series."
+            if processed_series
+            else "."
+        )
         best = (clean, "mean_cbf")
 
+    workflow.connect(best[0], best[1], outputnode, "measured_cbf")
     if denoise:
         kwargs = {"weights": str(dwan_weights)} if dwan_weights else {}
         dwan = pe.Node(

@@ -32,6 +32,7 @@ def init_asl_derivatives_wf(
     stored: set[str] | frozenset[str],
     outlier_method: str = "paocsl",
     mni_space: str = "MNI152NLin2009aSym",
+    smoothing_fwhm: float = 0.0,
     name: str = "asl_derivatives_wf",
 ) -> pe.Workflow:
     """Store a run's outputs under BIDS-derivative names.
@@ -49,6 +50,11 @@ def init_asl_derivatives_wf(
         Gives the ``desc`` of the cleaned map and outlier tables.
     mni_space
         Name of the template space of the ``mni_*`` fields.
+    smoothing_fwhm
+        FWHM (mm) of the smoothing applied to the series before quantification
+        (0: none). Every CBF map then carries it in its ``desc``
+        (``desc-meanSmooth3mm``) and its sidecar (``SmoothingFWHM``), so a
+        smoothed map is never mistaken for a quantitative one.
 
     Inputs
     ------
@@ -95,23 +101,38 @@ def init_asl_derivatives_wf(
             workflow.connect(inputnode, sidecar, node, "in_meta")
         return node
 
+    smooth = f"Smooth{smoothing_fwhm:g}mm".replace(".", "p") if smoothing_fwhm > 0 else ""
+    cbf_units = dict(CBF_UNITS, SmoothingFWHM=smoothing_fwhm) if smooth else CBF_UNITS
+
+    def cbf_desc(desc):
+        return desc + smooth
+
     for field, suffix, entities, meta, sidecar in _PERF_OUTPUTS:
+        if suffix == "cbf" and meta is CBF_UNITS:
+            entities, meta = dict(entities, desc=cbf_desc(entities["desc"])), cbf_units
         sink(f"ds_{field}", field, suffix, meta, sidecar, **entities)
     if outlier_method != "none":
         sink(
             "ds_cleaned_cbf",
             "cleaned_cbf",
             "cbf",
-            CBF_UNITS,
+            cbf_units,
             "cleaned_cbf_json",
-            desc=outlier_method,
+            desc=cbf_desc(outlier_method),
         )
         sink("ds_outlier_matrix", "outlier_matrix", "outliers", desc=outlier_method)
         sink("ds_volume_status", "volume_status", "outliers", desc=f"{outlier_method}pairs")
     sink("ds_asl_to_t1w", "asl_to_t1w", "xfm", from_space="asl", to_space="T1w", mode="image")
-    space_meta = dict(CBF_UNITS, SpatialReference=mni_space)
-    sink("ds_mni_cbf", "mni_cbf", "cbf", space_meta, space=mni_space, desc="final")
-    sink("ds_mni_mean_cbf", "mni_mean_cbf", "cbf", space_meta, space=mni_space, desc="mean")
-    sink("ds_t1w_cbf", "t1w_cbf", "cbf", CBF_UNITS, space="T1w", desc="final")
+    space_meta = dict(cbf_units, SpatialReference=mni_space)
+    sink("ds_mni_cbf", "mni_cbf", "cbf", space_meta, space=mni_space, desc=cbf_desc("final"))
+    sink(
+        "ds_mni_mean_cbf",
+        "mni_mean_cbf",
+        "cbf",
+        space_meta,
+        space=mni_space,
+        desc=cbf_desc("mean"),
+    )
+    sink("ds_t1w_cbf", "t1w_cbf", "cbf", cbf_units, space="T1w", desc=cbf_desc("final"))
     sink("ds_report", "report", "report", datatype="figures", extension=".html")
     return workflow

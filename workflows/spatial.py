@@ -90,6 +90,8 @@ def init_asl_hmc_wf(
     has_m0_file: bool = False,
     remove_zigzag: bool = True,
     interp_order: int = 3,
+    zigzag_method: str = "interpolate",
+    reslice_mode: str = "volume",
     mem_gb: float = 1.0,
     omp_nthreads: int = 1,
     name: str = "asl_hmc_wf",
@@ -115,6 +117,13 @@ def init_asl_hmc_wf(
         Regress the label/control zig-zag out of the parameters (Wang 2012).
     interp_order
         Spline order of the single final reslice.
+    zigzag_method
+        ``"interpolate"`` (default): each pair's mean parameters interpolated
+        to every volume (the label/control bias cancels, drift within a pair
+        is kept); ``"regress"``: the spec's zig-zag regression (Wang 2012).
+    reslice_mode
+        ``"volume"`` (default), ``"pair"`` (both volumes of a pair with the
+        pair's mean parameters) or ``"none"`` (estimate and report only).
 
     Inputs
     ------
@@ -129,13 +138,26 @@ def init_asl_hmc_wf(
     _check_backend(backend)
     workflow = pe.Workflow(name=name)
     tool = "SPM12 Realign (estimation)" if backend == "spm" else "a Gauss-Newton rigid-body fit"
+    zigzag = {
+        "interpolate": "the label/control bias of the estimates (Wang 2012) was removed by "
+        "averaging the parameters of each control/label pair and interpolating these pair "
+        "means linearly to every volume (which keeps drift within a pair)",
+        "regress": "following Wang (2012), the label/control zig-zag (+1 control, -1 label) "
+        "was regressed out of each parameter time course (orthogonal projection, intercept "
+        "kept)",
+    }[zigzag_method]
+    reslicing = {
+        "pair": "the control and label images of each pair were resliced once with the "
+        "pair's mean cleaned parameters, so that static tissue cancels exactly in their "
+        f"difference (spline order {interp_order})",
+        "volume": "every volume was resliced once with its cleaned parameters "
+        f"(spline order {interp_order})",
+        "none": "the series was not resliced (motion estimates reported only)",
+    }[reslice_mode]
     workflow.__desc__ = (
         f"Head motion was estimated with {tool}: six rigid-body parameters per volume, "
         "first against the first volume and then against the mean of the realigned "
-        "series. Following Wang (2012), the label/control zig-zag (+1 control, -1 label) "
-        "was regressed out of each parameter time course (orthogonal projection, "
-        "intercept kept), and every volume was resliced once with the cleaned "
-        f"parameters (spline order {interp_order}). Framewise displacement (Power et "
+        f"series; {zigzag}, and {reslicing}. Framewise displacement (Power et "
         "al. 2012, 50 mm sphere) and RMS displacement (Jenkinson 2002) were computed "
         "from the cleaned parameters."
     )
@@ -146,7 +168,12 @@ def init_asl_hmc_wf(
 
     if backend == "embedded":
         realign = pe.Node(
-            ASLRealign(remove_zigzag=remove_zigzag, interp_order=interp_order),
+            ASLRealign(
+                remove_zigzag=remove_zigzag,
+                zigzag_method=zigzag_method,
+                interp_order=interp_order,
+                reslice_mode=reslice_mode,
+            ),
             name="asl_realign",
             mem_gb=mem_gb * 3,
             n_procs=1,
@@ -175,7 +202,12 @@ def init_asl_hmc_wf(
             interp=2,
         )
         final = pe.Node(
-            SPMASLRealign(remove_zigzag=remove_zigzag, interp_order=interp_order),
+            SPMASLRealign(
+                remove_zigzag=remove_zigzag,
+                zigzag_method=zigzag_method,
+                interp_order=interp_order,
+                reslice_mode=reslice_mode,
+            ),
             name="spm_asl_realign",
             mem_gb=mem_gb * 3,
         )

@@ -190,7 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="threshold of the outlier method (default: paocsl 2, score 2.5, aoc 0.17)",
     )
     g.add_argument(
-        "--no-denoise", dest="denoise", action="store_false", help="skip DWAN denoising"
+        "--denoise",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="apply DWAN to the cleaned mean CBF and write desc-denoised maps next to the "
+        "measured ones (default off: on the validation panel the shipped weights lower "
+        "GM/WM contrast, see README 'Defaults and the evidence for them')",
     )
     g.add_argument(
         "--dwan-weights",
@@ -202,8 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--smoothing-fwhm",
         type=_float(0, False),
-        default=3.0,
-        help="Gaussian smoothing FWHM in mm (3 as in the source study; 0 disables)",
+        default=0.0,
+        help="Gaussian smoothing FWHM in mm of the series before quantification, as in the "
+        "source study (3); default 0: quantitative maps are unsmoothed. The smoothed maps "
+        "carry the FWHM in their desc and sidecar; outlier cleaning still decides on "
+        "unsmoothed data",
     )
     g.add_argument(
         "--paocsl-spec-rules",
@@ -212,10 +220,28 @@ def build_parser() -> argparse.ArgumentParser:
         "its motion pre-rejection (default: the noise-aware stop rule, no motion screen)",
     )
     g.add_argument(
-        "--no-nuisance-regression",
-        dest="nuisance_regression",
-        action="store_false",
-        help="skip the regression of motion, CSF and global signals",
+        "--nuisance-regression",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="regress motion, CSF and global signals out of the series before quantification "
+        "(the source study's step; default off: it spreads each outlier pair's error over "
+        "all pairs). Outlier cleaning always decides on the unregressed series",
+    )
+    g.add_argument(
+        "--hmc-zigzag",
+        dest="zigzag_method",
+        choices=("interpolate", "regress"),
+        default="interpolate",
+        help="how the label/control bias is removed from the motion estimates: interpolate "
+        "pair means (default, keeps drift within a pair) or regress the zig-zag (Wang 2012)",
+    )
+    g.add_argument(
+        "--hmc-reslice",
+        dest="reslice_mode",
+        choices=("volume", "pair", "none"),
+        default="volume",
+        help="reslice each volume with its own parameters (default), both volumes of a pair "
+        "with the pair's mean, or not at all (motion still estimated and reported)",
     )
     g.add_argument(
         "--output-spaces",

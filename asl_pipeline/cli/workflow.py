@@ -48,6 +48,7 @@ def run_workflow(config, runs) -> int:
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
 
+    from asl_pipeline.cli.summary import summary_lines
     from asl_pipeline.derivatives import write_dataset_files
     from asl_pipeline.itkthreads import ENV_VAR as ITK_THREADS_VAR
     from asl_pipeline.workflows.base import init_asl_pipeline_wf
@@ -110,6 +111,8 @@ def run_workflow(config, runs) -> int:
         return EXIT_FAILED
     reports = sorted(output_dir.glob("sub-*/figures/*_report.html"))
     print(f"Finished in {time.time() - started:.0f} s. Derivatives: {output_dir}")
+    for line in summary_lines(output_dir):
+        print(line)
     for rep in reports:
         print(f"Report: {rep}")
     return EXIT_OK
