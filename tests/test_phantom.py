@@ -37,16 +37,27 @@ def _small(seed=3, **kw):
 
 
 @pytest.mark.parametrize("labeling", ["PCASL", "PASL"])
-def test_gkm_with_blood_t1_is_the_projects_model(labeling):
+@pytest.mark.parametrize("t1_after_arrival", ["blood", "tissue"])
+def test_gkm_matches_the_projects_kinetics(labeling, t1_after_arrival):
+    """Same physics as asl_pipeline.kinetics (written independently), both T1 choices."""
     att = np.linspace(0.3, 2.5, 23)[:, None]
     delay = np.linspace(0.9, 3.0, 8)[None, :]
     f = 55.0 / kinetics.CBF_UNITS
-    g = phantom.gkm_kernel(f, att, delay, labeling=labeling, tau=0.8, t1b=1.65)
-    if labeling == "PCASL":
-        ref = kinetics.pcasl_deltam(55.0, att, delay, 0.8, 1.0, alpha=0.5, t1b=1.65)
-    else:
-        ref = kinetics.pasl_deltam(55.0, att, delay, 0.8, 1.0, alpha=0.5, t1b=1.65)
-    np.testing.assert_allclose(g, ref, rtol=1e-12, atol=1e-15)
+    t1t = None if t1_after_arrival == "blood" else 1.33
+    g = phantom.gkm_kernel(f, att, delay, labeling=labeling, tau=0.8, t1b=1.65, t1_tissue=t1t)
+    model = kinetics.pcasl_deltam if labeling == "PCASL" else kinetics.pasl_deltam
+    ref = model(
+        55.0,
+        att,
+        delay,
+        0.8,
+        1.0,
+        alpha=0.5,
+        t1b=1.65,
+        t1_after_arrival=t1_after_arrival,
+        t1_tissue=1.33,
+    )
+    np.testing.assert_allclose(g, ref, rtol=1e-9, atol=1e-15)
 
 
 @pytest.mark.parametrize("labeling", ["PCASL", "PASL"])
@@ -195,13 +206,21 @@ def test_outlier_table_lists_exactly_the_corrupted_slices():
     assert 0 not in listed
 
 
+def test_multi_pld_pairs_cycle_the_delays():
+    sub = _small(plds=[0.5, 1.5, 2.5], n_pairs=6, noise_level=0.0)
+    assert sub.plds == (0.5, 1.5, 2.5, 0.5, 1.5, 2.5)
+    assert sub.metadata["PostLabelingDelay"][:4] == [0.5, 0.5, 1.5, 1.5]
+    single = _small(plds=[2.0], n_pairs=2, noise_level=0.0)
+    assert single.metadata["PostLabelingDelay"] == 2.0
+
+
 def test_deterministic_per_seed():
-    a = _small(seed=5, motion="jumps", outliers="spike,dropout")
-    b = _small(seed=5, motion="jumps", outliers="spike,dropout")
+    a = _small(seed=5, motion="jumps", outliers="spikes,dropout")
+    b = _small(seed=5, motion="jumps", outliers="spikes,dropout")
     np.testing.assert_array_equal(a.asl, b.asl)
     np.testing.assert_array_equal(a.m0, b.m0)
     assert a.outliers == b.outliers
-    c = _small(seed=6, motion="jumps", outliers="spike,dropout")
+    c = _small(seed=6, motion="jumps", outliers="spikes,dropout")
     assert not np.array_equal(a.asl, c.asl)
 
 
@@ -214,6 +233,8 @@ def test_bad_options_name_the_field():
         _small(outliers="gremlins")
     with pytest.raises(ASLInputError, match="pld"):
         _small(labeling="PASL", pld=0.5)
+    with pytest.raises(ASLInputError, match="n_pairs"):
+        _small(plds=[1.0, 2.0], n_pairs=3)
 
 
 # --------------------------------------------------------------------------
@@ -225,9 +246,9 @@ def test_dataset_layout_and_reader(tmp_path):
         tmp_path / "ds",
         n_subjects=1,
         seed=2,
-        pld=[0.8, 1.6, 2.4],
-        n_pairs=1,
-        outliers="dropout",
+        plds=[0.8, 1.6, 2.4],
+        pld_repeats=1,
+        outliers="slab_dropout",
         t1w_voxel_size=3.0,
         **SMALL,
     )
@@ -256,7 +277,7 @@ def test_dataset_layout_and_reader(tmp_path):
         assert (truth / f"{s}_{name}.nii.gz").is_file(), name
     with open(truth / f"{s}_desc-true_outliers.tsv") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
-    assert rows and all(r["type"] == "dropout" for r in rows)
+    assert rows and all(r["type"] == "slab_dropout" for r in rows)
 
     (run,) = collect_runs(root)
     assert run.shape[:3] == SMALL["shape"]
@@ -267,9 +288,9 @@ def test_dataset_layout_and_reader(tmp_path):
 
 def test_cli_phantom_options():
     args = parse_args(
-        ["out", "--generator", "phantom", "--pld", "1.0", "2.0", "--motion", "drift"]
+        ["out", "--generator", "phantom", "--plds", "1.0", "2.0", "--motion", "drift"]
     )
-    assert args.t1w_voxel_size == 1.5 and args.pld == [1.0, 2.0]
+    assert args.t1w_voxel_size == 1.5 and args.plds == [1.0, 2.0]
     assert parse_args(["out"]).t1w_voxel_size == 1.0
     with pytest.raises(SystemExit):
         parse_args(["out", "--motion", "drift"])  # phantom-only flag

@@ -92,14 +92,9 @@ def get_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--noise-scale", type=float, default=1.0, help="multiplies thermal and physiological noise"
     )
-    p = parser.add_argument_group("phantom generator only (--generator phantom)")
-    p.add_argument(
-        "--pld",
-        type=float,
-        nargs="+",
-        default=None,
-        help="post-labeling delay(s) or PASL TI(s), s; several give a multi-PLD run "
-        "(--n-pairs pairs per delay; default 1.8)",
+    p = parser.add_argument_group(
+        "phantom generator only (--generator phantom; it also takes --plds with one value "
+        "for a single delay, and --t1-after-arrival, default tissue)"
     )
     p.add_argument(
         "--motion",
@@ -112,22 +107,15 @@ def get_parser() -> argparse.ArgumentParser:
         "--outlier-types",
         nargs="+",
         default=None,
-        choices=["none", "all", "dropout", "spike", "global", "slabmotion"],
+        choices=["none", "all", "slab_dropout", "spikes", "global", "slab_motion"],
         type=str.lower,
         help="corruptions (default none)",
-    )
-    p.add_argument(
-        "--t1-after-arrival",
-        choices=["tissue", "blood"],
-        default="tissue",
-        type=str.lower,
-        help="T1 of the label after arrival: apparent tissue T1 (default) or blood T1",
     )
     return parser
 
 
 _MNI_ONLY = ("lesion", "label_first", "no_motion", "no_outliers")
-_PHANTOM_ONLY = ("pld", "motion", "outlier_types")
+_PHANTOM_ONLY = ("motion", "outlier_types")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -157,8 +145,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                 + ", ".join("--" + n.replace("_", "-") for n in used)
                 + " (use --motion / --outlier-types)"
             )
-        if args.pld is not None and min(args.pld) <= 0:
-            parser.error("--pld must be positive")
     else:
         used = [n for n in _PHANTOM_ONLY if getattr(args, n) is not None]
         if used:
@@ -249,13 +235,14 @@ def _main_phantom(args, start) -> int:
             progress=progress,
             labeling=args.labeling.upper(),
             readout=args.readout.upper(),
-            pld=1.8 if args.pld is None else (args.pld if len(args.pld) > 1 else args.pld[0]),
+            plds=args.plds,
+            pld_repeats=args.pld_repeats,
             n_pairs=args.n_pairs,
             background_suppression=args.background_suppression,
             noise_level=args.noise_scale,
             motion=args.motion or "none",
             outliers=[] if args.outlier_types is None else args.outlier_types,
-            t1_after_arrival=args.t1_after_arrival,
+            t1_after_arrival=args.t1_after_arrival or "tissue",
             t1w_voxel_size=args.t1w_voxel_size,
         )
     except ASLInputError as exc:

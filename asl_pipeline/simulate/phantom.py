@@ -139,7 +139,9 @@ NOISE_LAG1 = 0.4
 OUTLIER_VOXEL_RATE = 0.002
 
 MOTIONS = ("none", "drift", "jumps")
-OUTLIER_TYPES = ("dropout", "spike", "global", "slabmotion")
+OUTLIER_TYPES = ("slab_dropout", "spikes", "global", "slab_motion")
+#: Other spellings accepted for the outlier types.
+OUTLIER_ALIASES = {"dropout": "slab_dropout", "spike": "spikes", "slabmotion": "slab_motion"}
 
 _TE = {"2D": 0.014, "3D": 0.0106}
 #: Tissues outside the DRO: (PD, T1 s, T2* s, T1w intensity). Scalp is mostly
@@ -542,24 +544,42 @@ def _choice(value, choices, name):
     return key
 
 
-def _protocol(*, labeling, readout, pld, n_pairs, n_slices, tau, bs, slice_duration, m0_tr):
+def _protocol(
+    *, labeling, readout, pld, plds, pld_repeats, n_pairs, n_slices, tau, bs, slice_duration, m0_tr
+):
     labeling = _choice(labeling, ("PCASL", "PASL"), "labeling")
     readout = _choice(readout, ("2D", "3D"), "readout")
     if int(n_pairs) < 1:
         raise ASLInputError(
             f"n_pairs={n_pairs} gives no pair.", field="n_pairs", fix="use n_pairs >= 1."
         )
-    plds = [float(p) for p in np.atleast_1d(pld if pld is not None else 1.8)]
+    delays = [float(pld)] if plds is None else [float(p) for p in np.atleast_1d(plds)]
     if tau is None:
         tau = 1.8 if labeling == "PCASL" else 0.8
-    if min(plds) <= 0 or (labeling == "PASL" and min(plds) <= tau):
+    if not delays or min(delays) <= 0 or (labeling == "PASL" and min(delays) <= tau):
         raise ASLInputError(
-            f"delays {plds} must be positive (PASL: longer than the bolus duration {tau} s).",
-            field="pld",
+            f"delays {delays} must be positive (PASL: longer than the bolus duration {tau} s).",
+            field="plds" if plds is not None else "pld",
             fix="use e.g. pld=1.8 (PCASL) or pld=1.8 with tau=0.8 (PASL).",
         )
-    # n_pairs pairs per delay, the delays cycled within each repeat
-    cycle = tuple(plds) * int(n_pairs)
+    if pld_repeats is not None:
+        repeats = int(pld_repeats)
+    elif int(n_pairs) % len(delays) == 0:
+        repeats = int(n_pairs) // len(delays)
+    else:
+        raise ASLInputError(
+            f"n_pairs={n_pairs} is not a multiple of the {len(delays)} delays.",
+            field="n_pairs",
+            fix=f"use a multiple of {len(delays)}, or give pld_repeats (pairs per delay).",
+        )
+    if repeats < 1:
+        raise ASLInputError(
+            f"pld_repeats={pld_repeats} gives no pair.",
+            field="pld_repeats",
+            fix="use pld_repeats >= 1.",
+        )
+    # the delays cycled within each repeat, so that drift does not alias into delay
+    cycle = tuple(delays) * repeats
     return PhantomProtocol(
         labeling=labeling,
         readout=readout,
@@ -753,13 +773,13 @@ def _pick_outliers(rng, kinds, n_vol, n_slices, brain_slices, rate):
         kind = kinds[i % len(kinds)]
         if kind == "global":
             slices = []
-        elif kind == "spike":
+        elif kind == "spikes":
             slices = [int(rng.integers(lo, hi + 1))]
-        elif kind == "dropout":
+        elif kind == "slab_dropout":
             width = int(rng.integers(2, 5))
             z0 = int(rng.integers(lo, max(lo + 1, hi - width + 2)))
             slices = list(range(z0, min(z0 + width, n_slices)))
-        else:  # slabmotion: the head moves while slice z0 is acquired
+        else:  # slab_motion: the head moves while slice z0 is acquired
             z0 = int(rng.integers(lo + 1, hi))
             slices = list(range(z0, n_slices))
         out.append((int(t), slices, kind))
@@ -769,9 +789,9 @@ def _pick_outliers(rng, kinds, n_vol, n_slices, brain_slices, rate):
 def _corrupt(rng, vol, slices, kind, static_mean) -> None:
     if kind == "global":
         vol *= 1.0 + rng.choice([-1, 1]) * rng.uniform(0.04, 0.08)
-    elif kind == "dropout":
+    elif kind == "slab_dropout":
         vol[:, :, slices] *= rng.uniform(0.4, 0.7)
-    elif kind == "spike":
+    elif kind == "spikes":
         z = slices[0]
         nx, ny = vol.shape[:2]
         kx, ky = rng.integers(1, nx // 4), rng.integers(1, ny // 4)
@@ -894,7 +914,9 @@ def simulate_phantom(
     *,
     labeling: str = "PCASL",
     readout: str = "2D",
-    pld=1.8,
+    pld: float = 1.8,
+    plds=None,
+    pld_repeats: int | None = None,
     tau: float | None = None,
     n_pairs: int = 40,
     background_suppression: bool = False,
@@ -918,15 +940,19 @@ def simulate_phantom(
 ) -> PhantomSubject:
     """Simulate one phantom subject (see the module docstring for the model).
 
-    ``pld``: one delay or a list (multi-PLD: ``n_pairs`` pairs per delay, the
-    delays cycled within each repeat; PASL: the TIs). ``tau``: labeling
+    ``pld``: the delay of a single-PLD run (PASL: the TI); ``plds``: the delays
+    of a multi-PLD run (one value gives a single-PLD run at it), cycled within
+    each repeat, ``pld_repeats`` pairs per delay or else ``n_pairs`` in all (a
+    multiple of their number), as for ``simulate_subject``. ``tau``: labeling
     duration (PCASL, default 1.8 s) or QUIPSS II bolus TI1 (PASL, 0.8 s).
     ``motion``: "none", "drift" (linear 0 -> 2 mm and 0 -> 2 degrees over the
     run, random axes) or "jumps" (2-3 persistent steps of up to 2 mm / 2
-    degrees per axis). ``outliers``: any of "dropout" (a 2-4 slice slab at
-    40-70%), "spike" (a k-space spike: a plane wave in one slice), "global"
-    (whole-volume gain 4-8%) and "slabmotion" (the slices from z0 on acquired
-    after a 3-5 mm / 3-5 degree move), or "all"; about ``outlier_rate`` of the
+    degrees per axis). ``outliers``: "none", or any of "slab_dropout" (a 2-4
+    slice slab at 40-70%), "spikes" (a k-space spike: a plane wave in one
+    slice), "global" (whole-volume gain 4-8%) and "slab_motion" (the slices
+    from z0 on acquired after a 3-5 mm / 3-5 degree move; 2D-like, in 3D the
+    readout blur spreads it by a slice), or "all", as a list or a
+    comma-separated string; about ``outlier_rate`` of the
     volumes (at least one per kind). ``noise_level`` scales the thermal noise
     and the pair offsets (0: noise-free images, no drift). ``z_blur_fwhm``
     (slices): through-plane blur of the readout, default 1.5 for 3D, 0 for 2D.
@@ -951,6 +977,8 @@ def simulate_phantom(
         labeling=labeling,
         readout=readout,
         pld=pld,
+        plds=plds,
+        pld_repeats=pld_repeats,
         n_pairs=n_pairs,
         n_slices=shape[2],
         tau=tau,
@@ -1002,7 +1030,7 @@ def simulate_phantom(
         delay, label = proto.plds[t // 2], t % 2 == 1
         vol = _volume(signals_at(params[t], delay), delay, label, proto.alpha, grid)
         slices, kind = by_volume.get(t, ([], None))
-        if kind == "slabmotion":
+        if kind == "slab_motion":
             trans = rng.uniform(3, 5, 3) * rng.choice([-1, 1], 3)
             rot = np.deg2rad(rng.uniform(3, 5, 3) * rng.choice([-1, 1], 3))
             p = params[t] + np.r_[trans, rot]
@@ -1011,7 +1039,7 @@ def simulate_phantom(
             ]
         if noise_level > 0:
             vol = vol * (1.0 + drift * t / max(n_vol - 1, 1) + (offsets[t // 2] if label else 0))
-        if kind in ("global", "dropout", "spike"):
+        if kind in ("global", "slab_dropout", "spikes"):
             _corrupt(rng, vol, slices, kind, static_mean)
         asl[..., t] = readout(rng, vol)
     m0_img = readout(rng, _m0_scan(anat, grid, tables, proto.m0_tr))
@@ -1064,7 +1092,7 @@ def _outlier_kinds(outliers) -> list:
             if part == "all":
                 kinds += [k for k in OUTLIER_TYPES if k not in kinds]
                 continue
-            kinds.append(_choice(part, OUTLIER_TYPES, "outliers"))
+            kinds.append(_choice(OUTLIER_ALIASES.get(part, part), OUTLIER_TYPES, "outliers"))
     return list(dict.fromkeys(kinds))
 
 
@@ -1247,3 +1275,7 @@ def simulate_phantom_dataset(
     )
     _write_tsv(out / "participants.tsv", ["participant_id", "age", "sex"], rows)
     return out
+
+
+#: The name ``benchmarks/validate_chain.py`` calls, as in :mod:`asl_pipeline.simulate`.
+simulate_dataset = simulate_phantom_dataset
