@@ -23,6 +23,22 @@ EXIT_DATA_ERROR = 1
 EXIT_USAGE = 2
 
 
+def _run_group(output_dir) -> int:
+    """The dataset level: read the participant outputs, write the group files."""
+    from asl_pipeline.errors import ASLInputError
+    from asl_pipeline.group import run_group_level
+
+    try:
+        out = run_group_level(output_dir)
+    except ASLInputError as exc:
+        print(f"asl-pipeline: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_DATA_ERROR
+    print(f"Group QC table: {out.qc_table}\nGroup report: {out.report}")
+    for path in out.regional:
+        print(f"Regional CBF: {path}")
+    return EXIT_OK
+
+
 def _run_workflow(config, runs) -> int:
     """Build and run the processing workflow for validated ``runs``."""
     from asl_pipeline.cli.workflow import run_workflow
@@ -64,6 +80,8 @@ def main(argv=None) -> int:
             level=logging.INFO if config.verbosity == 1 else logging.DEBUG,
             format="%(asctime)s %(name)s %(levelname)s: %(message)s",
         )
+    if config.analysis_level == "group":  # reads the participant outputs, re-runs nothing
+        return _run_group(config.output_dir)
     try:
         with _quiet_reader(config.verbosity):
             runs, errors = validate_dataset(
