@@ -158,9 +158,7 @@ def test_cli_group_writes_table_report_and_regional(tree, capsys):
     assert gm["cbf_mean"].tolist() == [40.0]
     assert gm["session"].tolist() == [1] and gm["run"].tolist() == [2]
     meta = json.loads((tree / "sub-02/perf/sub-02_desc-regional_cbf.json").read_text())
-    assert (
-        "bids::sub-02/ses-1/perf/sub-02_ses-1_run-2_label-GM_probseg.nii.gz" in meta["Sources"]
-    )
+    assert "bids::sub-02/ses-1/perf/sub-02_ses-1_run-2_label-GM_probseg.nii.gz" in meta["Sources"]
     assert "Group report:" in capsys.readouterr().out
 
 
