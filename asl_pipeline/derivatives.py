@@ -62,11 +62,11 @@ BIDSIGNORE = (
     ("spatial transforms: the schema has no rule for _xfm files", ("*_xfm.*",)),
     (
         "reports, logs and run configuration: not data files",
-        ("*.html", "**/figures/", "logs/", "*_config.toml"),
+        ("*.html", "figures", "logs", "*_config.toml"),
     ),
     (
         "group level (asl-pipeline ... group): dataset-level tables and figures",
-        ("group_*", "group/"),
+        ("group_*",),
     ),
 )
 

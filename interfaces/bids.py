@@ -43,6 +43,9 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
         desc="BIDS URIs of the files the derivative was made from (absolute paths under the "
         "input or output dataset are turned into BIDS URIs)",
     )
+    description = traits.Str(
+        desc="the sidecar's Description when neither in_meta nor meta_dict gives one"
+    )
     file_keys = traits.Dict(
         traits.Str,
         traits.Str,
@@ -133,6 +136,8 @@ class DerivativesDataSink(SimpleInterface):
             meta.update(inputs.meta_dict)
         if inputs.sources:
             meta["Sources"] = list(inputs.sources)
+        if inputs.description and not meta.get("Description"):
+            meta["Description"] = inputs.description
         roots = {"": inputs.base_directory}
         try:
             roots[RAW] = str(dataset_root(inputs.source_file))

@@ -24,6 +24,32 @@ SPACE_MAPS = ("mean_cbf", "cleaned_cbf", "denoised_cbf")
 #: Inputnode prefix of each output space other than the ASL one.
 SPACE_FIELDS = {"T1w": "t1w"}
 
+#: ``Description`` of each stored file (the sidecar's first line for a reader).
+DESCRIPTIONS = {
+    "asl_preproc": "ASL series realigned for head motion, on its native grid; its volumes "
+    "are those of the raw series (aslcontext).",
+    "asl_ref": "ASL reference: mean of the realigned control and label volumes, the image "
+    "registered to the T1w.",
+    "m0": "M0 image used for quantification (as M0Type says), multiplied by M0Scale and "
+    "divided by M0RecoveryFactor for incomplete recovery.",
+    "cbf_ts": "CBF of every label/control pair.",
+    "mean_cbf": "Mean CBF over all pairs, before outlier cleaning (multi-PLD: CBF fitted "
+    "with the general kinetic model).",
+    "att": "Arterial transit time fitted with the general kinetic model.",
+    "cleaned_cbf": "Mean CBF after outlier cleaning: the measured map.",
+    "denoised_cbf": "Outlier-cleaned mean CBF denoised with DWAN (opt-in).",
+    "asl_to_t1w": "Rigid transform from the ASL reference to the T1w (ITK).",
+    "asl_mask": "Brain mask in ASL space (T1w brain mask where the ASL image has signal).",
+    "gm": "Grey-matter probability in ASL space.",
+    "wm": "White-matter probability in ASL space.",
+    "csf": "CSF probability in ASL space.",
+    "confounds": "Per volume: motion parameters, framewise displacement, RMSD, DVARS and "
+    "the outlier cleaning's decisions.",
+    "qc": "Quality-control figures of the run (one row; cbf_ columns describe the measured map).",
+    "outlier_matrix": "Outlier matrix, slice x label/control pair (1 = removed).",
+    "volume_status": "Status of each label/control pair after outlier cleaning.",
+}
+
 
 def init_asl_derivatives_wf(
     *,
@@ -96,7 +122,7 @@ def init_asl_derivatives_wf(
         "asl_preproc": (
             "asl",
             {"desc": "preproc"},
-            dict(metadata or {}, MotionCorrected=True),
+            dict(metadata or {}, MotionCorrected=True, SkullStripped=False),
             [raw_uri(source_file)],
             ".nii.gz",
         ),
@@ -232,6 +258,7 @@ def init_asl_derivatives_wf(
             suffix=suffix,
             extension=ext,
             meta_dict=meta,
+            description=_description(field, mni_space),
             sources=[u for u in uris if u],
             file_keys=file_keys,
             **_sink_entities(entities),
@@ -249,6 +276,14 @@ def init_asl_derivatives_wf(
             write_sidecar=False,
         )
     return workflow
+
+
+def _description(field: str, mni_space: str) -> str:
+    prefix, _, native = field.partition("_")
+    spaces = {v: k for k, v in SPACE_FIELDS.items()} | {"mni": mni_space}
+    if native in SPACE_MAPS and prefix in spaces:
+        return f"{DESCRIPTIONS[native]} Resampled into {spaces[prefix]}."
+    return DESCRIPTIONS[field]
 
 
 def _sink_entities(entities: dict) -> dict:

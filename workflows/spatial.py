@@ -351,11 +351,18 @@ def init_anat_wf(
         )
         raw_t1w = raw_uri(source_file)
         preproc = derivative_path(source_file, suffix="T1w", datatype="anat", desc="preproc")
+        on_t1w = {"SpatialReference": f"bids::{preproc}"}
         meta = {
             # BIDS requires SkullStripped in the sidecar of desc-preproc_T1w
-            "t1w_preproc": {"SkullStripped": False},
-            "t1w_mask": {"Type": "Brain"},
-        }
+            "t1w_preproc": {"SkullStripped": False, "Description": "T1w corrected for "
+                            "intensity non-uniformity (N4 or SPM's bias correction)."},
+            "t1w_mask": {"Type": "Brain", "Description": "Brain mask of the T1w.", **on_t1w},
+            "gm_t1w": {"Description": "Grey-matter probability (T1w space).", **on_t1w},
+            "wm_t1w": {"Description": "White-matter probability (T1w space).", **on_t1w},
+            "csf_t1w": {"Description": "CSF probability (T1w space).", **on_t1w},
+            "t1w_to_mni": {"Description": "Transform from the T1w to the template."},
+            "mni_to_t1w": {"Description": "Transform from the template to the T1w."},
+        }  # fmt: skip
         for field, entities in stored:
             ds = pe.Node(
                 DerivativesDataSink(
