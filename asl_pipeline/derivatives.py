@@ -61,8 +61,8 @@ BIDSIGNORE = (
     ),
     ("spatial transforms: the schema has no rule for _xfm files", ("*_xfm.*",)),
     (
-        "reports, logs and run configuration: not data files",
-        ("*.html", "figures", "logs", "*_config.toml"),
+        "reports and logs (with the run's configuration): not data files",
+        ("*.html", "figures", "logs"),
     ),
     (
         "group level (asl-pipeline ... group): dataset-level tables and figures",
