@@ -35,6 +35,7 @@ def init_cbf_wf(
     m0_metadata: dict | None = None,
     multi_pld: bool = False,
     processed_series: bool = False,
+    t1_after_arrival: str = "tissue",
     n_pairs: int,
     quantification: str = "white-paper",
     m0_scale: float = 1.0,
@@ -61,6 +62,10 @@ def init_cbf_wf(
     ----------
     metadata, m0_metadata
         The run's ASL sidecar and the separate M0's sidecar (merged, as read).
+    t1_after_arrival
+        Multi-PLD fit: the T1 governing the label after it reaches tissue,
+        ``"tissue"`` (apparent tissue T1, Buxton et al. 1998) or ``"blood"``
+        (the white-paper simplification).
     processed_series
         ``inputnode.asl_file`` was regressed and/or smoothed (the source
         study's options): the outlier cleaning then decides on the CBF series
@@ -150,12 +155,20 @@ def init_cbf_wf(
 
     if multi_pld:
         fit = pe.Node(
-            ComputeMultiPLDCBF(metadata=metadata), name="fit_multi_pld", mem_gb=2 * mem_gb
+            ComputeMultiPLDCBF(metadata=metadata, t1_after_arrival=t1_after_arrival),
+            name="fit_multi_pld",
+            mem_gb=2 * mem_gb,
         )
         workflow.__desc__ = (
             "CBF and arterial transit time (ATT) were estimated voxel by voxel by fitting "
             "the general kinetic model (Buxton et al. 1998) to the control-label "
-            "differences at all post-labeling delays."
+            "differences at all post-labeling delays. The label decayed with the blood T1 "
+            "during transit and "
+            + (
+                "with the apparent tissue T1 (1/T1app = 1/T1tissue + f/lambda) after arrival."
+                if t1_after_arrival == "tissue"
+                else "after arrival (the white-paper simplification)."
+            )
         )
         workflow.connect([
             (inputnode, fit, [("asl_file", "asl_file"), ("aslcontext", "aslcontext"),
