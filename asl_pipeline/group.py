@@ -424,7 +424,10 @@ def qc_columns_description() -> dict:
             desc[column]["Units"] = units
     desc["n_flags"] = {"Description": "number of flags raised"}
     desc["flags"] = {
-        "Description": "flags raised ('; '-separated, n/a when none)",
+        "Description": "flags raised (n/a when none): the limits in Levels, and '<metric> "
+        f"<z> robust SD from the group' for a run more than {ROBUST_Z} robust SD from the "
+        f"group median (from {MIN_RUNS_FOR_Z} runs on)",
+        "Delimiter": "; ",
         "Levels": {f.text(): f.reason for f in FLAGS},
     }
     return desc
