@@ -203,12 +203,11 @@ def init_asl_derivatives_wf(
         [best, "asl_mask"],
         ".nii.gz",
     )
-    measured = best if "denoised_cbf" not in stored else "denoised_cbf"
-    outputs["qc"] = (
+    outputs["qc"] = (  # cbf_ columns: the measured map; mean_/denoised_: the others
         "cbf",
         {"desc": "qualitycontrol"},
         {},
-        [measured, "mean_cbf", "gm", "wm", "csf", "asl_mask", "confounds"],
+        [best, "mean_cbf", "denoised_cbf", "gm", "wm", "csf", "asl_mask", "confounds"],
         ".tsv",
     )
     t1w_to_mni = anat("xfm", ext=anat_xfm_ext, from_="T1w", to=mni_space, mode="image")
@@ -252,6 +251,7 @@ def init_asl_derivatives_wf(
             continue
         # a source that is not stored in this run (e.g. no separate M0) is left out
         uris = [uri(s) for s in sources if s is None or s.startswith("bids:") or s in stored]
+        uris = list(dict.fromkeys(uris))
         sink(
             f"ds_{field}",
             field,
