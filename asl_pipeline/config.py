@@ -144,6 +144,7 @@ class Config:
     reslice_mode: str = "volume"
     output_spaces: list[str] = field(default_factory=lambda: ["asl", "MNI152NLin2009aSym"])
     m0_scale: float = 1.0
+    m0_recovery: str = "tissue"
     quantification: str = "white-paper"
     # other
     work_dir: Path | None = None
@@ -162,6 +163,8 @@ class Config:
             raise ValueError(f"unknown outlier method {self.outlier_method!r}")
         if self.plugin not in PLUGINS:
             raise ValueError(f"unknown plugin {self.plugin!r}")
+        if self.m0_recovery not in ("tissue", "single"):
+            raise ValueError(f"unknown M0 recovery correction {self.m0_recovery!r}")
         if self.quantification not in QUANTIFICATIONS:
             raise ValueError(f"unknown quantification {self.quantification!r}")
         if self.registration_backend not in REGISTRATION_BACKENDS:

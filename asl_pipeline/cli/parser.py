@@ -333,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="factor applied to M0 (e.g. a vendor scaling between M0 and ASL images)",
     )
     g.add_argument(
+        "--m0-recovery",
+        choices=("tissue", "single"),
+        default="tissue",
+        help="M0 incomplete-recovery correction (M0 TR known and < 5 s): tissue (default: "
+        "each voxel's T1 from its GM/WM/CSF fractions) or single (one tissue T1, as in the "
+        "methods spec)",
+    )
+    g.add_argument(
         "--quantification",
         choices=QUANTIFICATIONS,
         default="white-paper",
