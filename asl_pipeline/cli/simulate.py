@@ -28,8 +28,8 @@ def get_parser() -> argparse.ArgumentParser:
         choices=["mni", "phantom"],
         default="mni",
         type=str.lower,
-        help="mni (default): MNI152 templates, white-paper kinetics; phantom: the ASL DRO "
-        "label map, Buxton general kinetic model, correlated noise (needs asldro; see "
+        help="mni (default): deformed MNI152 templates; phantom: the ASL DRO hard "
+        "labels, per-tissue Buxton kinetics, correlated noise (needs asldro; see "
         "asl_pipeline.simulate.phantom)",
     )
     g = parser.add_argument_group("dataset")
