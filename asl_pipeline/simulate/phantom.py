@@ -185,7 +185,8 @@ def _dro_path():
             "the phantom generator needs the ASL digital reference object's label map, "
             "shipped in the asldro package, which is not installed.",
             field="generator",
-            fix="pip install 'asl_pipeline[phantom]' (or pip install asldro).",
+            fix="pip install --no-deps asldro==2.2.0 (its pinned 2020 dependencies do not "
+            "install).",
         ) from exc
 
 
