@@ -105,17 +105,15 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from asl_pipeline import __version__, kinetics
+from asl_pipeline import kinetics
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.simulate.anatomy import grid_affine
 from asl_pipeline.simulate.dataset import (
-    BIDS_VERSION,
-    _check_out_dir,
     _write_bytes,
     _write_json,
     _write_nifti,
     _write_tsv,
-    subject_seed,
+    write_dataset,
 )
 from asl_pipeline.simulate.motion import motion_matrix
 from asl_pipeline.simulate.series import M0_SCALE
@@ -1201,81 +1199,30 @@ def simulate_phantom_dataset(
     the layout and the overwrite rule are those of
     :func:`asl_pipeline.simulate.simulate_dataset`.
     """
-    out = Path(out_dir)
-    if int(n_subjects) < 1:
-        raise ASLInputError(
-            f"n_subjects={n_subjects} would write an empty dataset.",
-            field="n_subjects",
-            fix="ask for at least one subject.",
-        )
-    _check_out_dir(out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
     call = ", ".join(f"{k}={v!r}" for k, v in sorted(subject_kwargs.items()))
-    generated = {
-        "Name": "asl_pipeline.simulate",
-        "Version": __version__,
-        "Description": (
+    return write_dataset(
+        out_dir,
+        n_subjects,
+        seed,
+        simulate=simulate_phantom,
+        write=write_phantom_subject,
+        title="Simulated ASL dataset (asl_pipeline phantom generator)",
+        author="asl_pipeline phantom generator",
+        description=(
             f"simulate_phantom_dataset(seed={int(seed)}, n_subjects={int(n_subjects)}"
             + (f", {call})" if call else ")")
         ),
-    }
-    _write_json(
-        out / "dataset_description.json",
-        {
-            "Name": "Simulated ASL dataset (asl_pipeline phantom generator)",
-            "BIDSVersion": BIDS_VERSION,
-            "DatasetType": "raw",
-            "License": "CC0",
-            "Authors": ["asl_pipeline phantom generator"],
-            "GeneratedBy": [generated],
-        },
-    )
-    _write_bytes(
-        out / "README",
-        (
+        readme=(
             "Simulated arterial spin labeling dataset written by "
             f"asl_pipeline.simulate.phantom (seed {int(seed)}).\nAnatomy from the label map "
             "of the ASL digital reference object (asldro, MIT licence; a segmentation of "
             "ICBM 2009a), warped per subject; signal from the Buxton general kinetic model "
             "with the apparent tissue T1. Ground truth in derivatives/simulation.\n"
-        ).encode(),
+        ),
+        overwrite=overwrite,
+        progress=progress,
+        **subject_kwargs,
     )
-    deriv = out / "derivatives" / "simulation"
-    _write_json(
-        deriv / "dataset_description.json",
-        {
-            "Name": "Ground truth of the simulated ASL dataset",
-            "BIDSVersion": BIDS_VERSION,
-            "DatasetType": "derivative",
-            "GeneratedBy": [generated],
-            "SourceDatasets": [{"URL": "../.."}],
-        },
-    )
-    _write_bytes(
-        deriv / ".bidsignore",
-        b"# ground-truth files the BIDS derivatives specification does not cover\n"
-        b"**/perf/*\n**/*_xfm.*\n",
-    )
-    width = max(2, len(str(n_subjects)))
-    rows = []
-    for i in range(int(n_subjects)):
-        label = f"{i + 1:0{width}d}"
-        sseed = subject_seed(seed, i)
-        sub = simulate_phantom(sseed, **subject_kwargs)
-        write_phantom_subject(out, label, sub)
-        meta_rng = np.random.default_rng(sseed)
-        rows.append([f"sub-{label}", int(meta_rng.integers(20, 80)), meta_rng.choice(["F", "M"])])
-        if progress is not None:
-            progress(i, int(n_subjects), label, sub)
-    _write_json(
-        out / "participants.json",
-        {
-            "age": {"Description": "simulated age", "Units": "year"},
-            "sex": {"Description": "simulated sex", "Levels": {"F": "female", "M": "male"}},
-        },
-    )
-    _write_tsv(out / "participants.tsv", ["participant_id", "age", "sex"], rows)
-    return out
 
 
 #: The name ``benchmarks/validate_chain.py`` calls, as in :mod:`asl_pipeline.simulate`.
