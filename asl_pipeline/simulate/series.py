@@ -326,6 +326,8 @@ class _ASLAnatomy:
     asl_to_t1w: np.ndarray
     t1w_centre: np.ndarray
     padded: dict = field(default_factory=dict)
+    cbf_gm: np.ndarray | None = None  # per-tissue CBF at the voxel centre (partial-volume
+    cbf_wm: np.ndarray | None = None  # truth: cbf = gm * cbf_gm + wm * cbf_wm)
 
 
 def _unit_field(rng, spacing):
@@ -445,6 +447,8 @@ def _asl_anatomy(
         asl_to_t1w=asl_to_t1w,
         t1w_centre=head_t1w,
         padded={"affine": affine, "fractions": fractions, "cbf": cbf, "att": att},
+        cbf_gm=cbf_gm.reshape(shape)[crop].astype(np.float32),
+        cbf_wm=cbf_wm.reshape(shape)[crop].astype(np.float32),
     )
 
 
@@ -578,7 +582,9 @@ class SimulatedSubject:
     gives), ``readout_gain`` (susceptibility signal loss, 1 = none), ``deltam``
     (noise-free control - label), ``static`` (noise-free control), ``alpha``
     (effective labeling efficiency), ``slice_pld`` (s, per slice),
-    ``lesion`` (0-1 weight, or None). Truth in T1w space: ``gm_t1w``,
+    ``lesion`` (0-1 weight, or None), ``cbf_gm`` / ``cbf_wm`` (the tissue
+    CBF of the voxel, ``cbf = gm * cbf_gm + wm * cbf_wm``: partial-volume
+    truth). Truth in T1w space: ``gm_t1w``,
     ``wm_t1w``, ``csf_t1w``, ``brain_mask_t1w``. Relations: ``asl_to_t1w``
     (4x4, ASL world -> T1w world), ``deformation`` (T1w world -> MNI, see
     :class:`~asl_pipeline.simulate.anatomy.SubjectDeformation`).
@@ -622,6 +628,8 @@ class SimulatedSubject:
     alpha: float = 0.85
     slice_pld: np.ndarray = field(default_factory=lambda: np.zeros(0))
     seed: int = 0
+    cbf_gm: np.ndarray | None = None
+    cbf_wm: np.ndarray | None = None
 
     def _pair_of(self, volume: int) -> int:
         """Pair index of an ASL volume (an included M0 volume comes first)."""
@@ -891,6 +899,8 @@ def simulate_subject(
         alpha=proto.alpha,
         slice_pld=proto.slice_pld,
         seed=int(seed),
+        cbf_gm=anat.cbf_gm,
+        cbf_wm=anat.cbf_wm,
     )
     if m0_type == "INCLUDED":
         _include_m0(sub, proto)
@@ -926,7 +936,8 @@ class SimulatedCBFSeries:
     asked for) is ``(x, y, z, n_pairs)``: the label/control average of each
     pair, ``(control + label) / 2`` of the magnitude images (arbitrary units,
     M0- and BOLD-weighted, with the same motion, physiological noise and
-    outliers as the pair's CBF).
+    outliers as the pair's CBF). ``cbf_gm`` / ``cbf_wm``: the tissue CBF of
+    each voxel, ``cbf = gm * cbf_gm + wm * cbf_wm``.
     """
 
     cbf_series: np.ndarray
@@ -948,6 +959,8 @@ class SimulatedCBFSeries:
     metadata: dict = field(default_factory=dict)
     seed: int = 0
     mean_series: np.ndarray | None = None
+    cbf_gm: np.ndarray | None = None
+    cbf_wm: np.ndarray | None = None
 
 
 def simulate_cbf_series(
@@ -1110,4 +1123,6 @@ def simulate_cbf_series(
         metadata=proto.metadata(voxel_size),
         seed=int(seed),
         mean_series=means,
+        cbf_gm=anat.cbf_gm,
+        cbf_wm=anat.cbf_wm,
     )
