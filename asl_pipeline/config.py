@@ -45,6 +45,7 @@ REGISTRATION_BACKENDS = ("embedded", "spm")
 OUTLIER_METHODS = tuple(OUTLIER_THRESHOLDS)
 OUTPUT_SPACES = ("asl", "T1w", "MNI152NLin2009aSym")
 QUANTIFICATIONS = ("white-paper", "asltbx")
+PVC_METHODS = ("none", "lr")
 
 _PATH_FIELDS = ("bids_dir", "output_dir", "work_dir", "plugin_config", "dwan_weights")
 
@@ -91,6 +92,7 @@ class Config:
     output_spaces: list[str] = field(default_factory=lambda: ["asl", "MNI152NLin2009aSym"])
     m0_scale: float = 1.0
     quantification: str = "white-paper"
+    pvc: str = "none"
     # other
     work_dir: Path | None = None
     validate_only: bool = False
@@ -109,6 +111,8 @@ class Config:
             raise ValueError(f"unknown plugin {self.plugin!r}")
         if self.quantification not in QUANTIFICATIONS:
             raise ValueError(f"unknown quantification {self.quantification!r}")
+        if self.pvc not in PVC_METHODS:
+            raise ValueError(f"unknown partial-volume correction {self.pvc!r}")
         if self.registration_backend not in REGISTRATION_BACKENDS:
             raise ValueError(f"unknown registration backend {self.registration_backend!r}")
         unknown = [s for s in self.output_spaces if s not in OUTPUT_SPACES]

@@ -11,6 +11,7 @@ from asl_pipeline.derivatives import derivative_path
 from asl_pipeline.interfaces.reports import ComputeQC, ConfoundsTable, SubjectReport
 from asl_pipeline.workflows.cbf import CBF_OUTPUTS, init_cbf_wf, is_multi_pld
 from asl_pipeline.workflows.outputs import init_asl_derivatives_wf
+from asl_pipeline.workflows.pvc import PVC_OUTPUTS, init_pvc_wf
 from asl_pipeline.workflows.spatial import (
     init_asl_hmc_wf,
     init_asl_reg_wf,
@@ -39,6 +40,7 @@ def init_asl_preproc_wf(
     output_spaces: tuple[str, ...] = ("asl", MNI_SPACE),
     m0_scale: float = 1.0,
     quantification: str = "white-paper",
+    pvc: str = "none",
     omp_nthreads: int = 1,
     name: str | None = None,
 ) -> pe.Workflow:
@@ -207,6 +209,8 @@ def init_asl_preproc_wf(
         stored |= {"cleaned_cbf", "cleaned_cbf_json", "outlier_matrix", "volume_status"}
     if denoise and not multi_pld:
         stored |= {"denoised_cbf", "denoised_cbf_json"}
+    if pvc != "none":
+        stored |= set(PVC_OUTPUTS)
     mni = MNI_SPACE in output_spaces
     if mni:
         stored |= {"mni_cbf", "mni_mean_cbf"}
@@ -314,6 +318,20 @@ def init_asl_preproc_wf(
         workflow.connect(
             workflow.get_node("resample_final_wf"), "outputnode.mni_file", report, "mni_cbf"
         )
+    if pvc != "none":  # partial-volume correction of the measured map (Asllani 2008)
+        pvc_wf = init_pvc_wf(mem_gb=mem_gb)
+        workflow.connect([
+            (cbf_wf, pvc_wf, [("outputnode.measured_cbf", "inputnode.cbf")]),
+            (reg_wf, pvc_wf, [("outputnode.asl_mask", "inputnode.mask"),
+                              ("outputnode.asl_to_t1w", "inputnode.asl_to_t1w")]),
+            (hmc_wf, pvc_wf, [("outputnode.ref_image", "inputnode.ref_image")]),
+            (inputnode, pvc_wf, [("gm_t1w", "inputnode.gm_t1w"), ("wm_t1w", "inputnode.wm_t1w")]),
+            (pvc_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in PVC_OUTPUTS]),
+            (pvc_wf, qc, [("outputnode.pvc_gm_cbf", "pvc_gm_cbf"),
+                          ("outputnode.pvc_wm_cbf", "pvc_wm_cbf")]),
+        ])  # fmt: skip
+        report.inputs.methods = "\n\n".join(filter(None, [report.inputs.methods,
+                                                            pvc_wf.__desc__]))  # fmt: skip
     return workflow
 
 

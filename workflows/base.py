@@ -51,6 +51,7 @@ def init_asl_pipeline_wf(config, runs) -> pe.Workflow:
                     output_spaces=tuple(config.output_spaces),
                     m0_scale=config.m0_scale,
                     quantification=config.quantification,
+                    pvc=config.pvc,
                     omp_nthreads=config.omp_nthreads,
                 )
             ]

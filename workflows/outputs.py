@@ -15,6 +15,8 @@ _PERF_OUTPUTS = (
     ("mean_cbf", "cbf", {"desc": "mean"}, CBF_UNITS, "mean_cbf_json"),
     ("att", "att", {}, {"Units": "s"}, "att_json"),
     ("denoised_cbf", "cbf", {"desc": "denoised"}, CBF_UNITS, "denoised_cbf_json"),
+    ("pvc_gm_cbf", "cbf", {"desc": "pvcGM"}, CBF_UNITS, "pvc_gm_cbf_json"),
+    ("pvc_wm_cbf", "cbf", {"desc": "pvcWM"}, CBF_UNITS, "pvc_wm_cbf_json"),
     ("m0", "m0scan", {"desc": "preproc"}, {"SkullStripped": False}, "m0_json"),
     ("asl_mask", "mask", {"desc": "brain"}, {"Type": "Brain"}, None),
     ("gm", "probseg", {"label": "GM"}, {}, None),
