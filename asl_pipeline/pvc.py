@@ -38,7 +38,11 @@ point-spread function. ``psf_fwhm`` (voxels, per axis, e.g. ``(0, 0, 1.2)``
 for a 3D GRASE readout) blurs the given fractions with a Gaussian of that
 width before the regression (:func:`blur_fractions`). Fractions sampled at
 the ASL voxel centres from the 1 mm maps (plain interpolation) are sharper
-than the true partial volumes and bias the correction.
+than the true partial volumes and bias the correction (on simulated subjects
+GM CBF by about -5%, WM CBF by about +15%); :func:`fine_grid` and
+:func:`block_mean` give the voxel averages instead (the workflow's
+``TissueFractions`` interface samples the T1w maps on a grid of about 1 mm
+inside each ASL voxel and averages them).
 
 Known limits
 ------------
