@@ -549,6 +549,7 @@ def collect_runs(
     *,
     session=None,
     require_t1w: bool = True,
+    bids_filters: dict | None = None,
 ) -> list[ASLRun]:
     """Find and validate every ASL run of a BIDS dataset.
 
@@ -565,7 +566,11 @@ def collect_runs(
         On the first problem found; nothing is written anywhere.
     """
     runs, errors = validate_dataset(
-        bids_dir, participant_label, session=session, require_t1w=require_t1w
+        bids_dir,
+        participant_label,
+        session=session,
+        require_t1w=require_t1w,
+        bids_filters=bids_filters,
     )
     if errors:
         raise errors[0]
@@ -578,6 +583,7 @@ def validate_dataset(
     *,
     session=None,
     require_t1w: bool = True,
+    bids_filters: dict | None = None,
 ) -> tuple[list[ASLRun], list[ASLInputError]]:
     """Read every selected ASL run and collect the problems of each.
 
@@ -592,6 +598,11 @@ def validate_dataset(
     require_t1w
         Refuse a run whose subject has no T1w image (the pipeline registers
         to it). With False the run gets ``t1w_file=None``.
+    bids_filters
+        pybids entity filters by query, as read from ``--bids-filter-file``
+        (:func:`asl_pipeline.config.read_bids_filters`): ``"asl"`` selects the
+        ASL series, ``"t1w"`` the T1w image; a None value means the entity
+        must be absent. Participant and session labels take precedence.
 
     Returns
     -------
@@ -639,7 +650,12 @@ def validate_dataset(
                 field="session_label",
                 fix="pass labels of existing ses-<label> folders (with or without 'ses-').",
             )
-    query = {"suffix": "asl", "extension": [".nii", ".nii.gz"], "datatype": "perf"}
+    query = {
+        **_pybids_filters(bids_filters, "asl"),
+        "suffix": "asl",
+        "extension": [".nii", ".nii.gz"],
+        "datatype": "perf",
+    }
     if wanted is not None:
         query["subject"] = wanted
     if sessions is not None:
@@ -647,6 +663,7 @@ def validate_dataset(
     files = sorted(layout.get(**query), key=lambda f: f.path)
     if not files:
         where = f" for participant(s) {', '.join(wanted)}" if wanted else ""
+        where += " matching the BIDS filter file" if bids_filters else ""
         raise ASLInputError(
             f"holds no ASL series (sub-*/[ses-*/]perf/*_asl.nii[.gz]){where}.",
             file=root,
@@ -667,13 +684,31 @@ def validate_dataset(
     runs, errors = [], []
     for f in files:
         try:
-            runs.append(_read_run(layout, root, Path(f.path), require_t1w=require_t1w))
+            runs.append(
+                _read_run(
+                    layout,
+                    root,
+                    Path(f.path),
+                    require_t1w=require_t1w,
+                    t1w_filters=_pybids_filters(bids_filters, "t1w"),
+                )
+            )
         except ASLInputError as exc:
             errors.append(exc)
     return runs, errors
 
 
-def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRun:
+def _pybids_filters(bids_filters: dict | None, query: str) -> dict:
+    """The entity filters of one query, with null as pybids' "entity absent"."""
+    from bids.layout import Query
+
+    entities = (bids_filters or {}).get(query) or {}
+    return {key: Query.NONE if value is None else value for key, value in entities.items()}
+
+
+def _read_run(
+    layout, root: Path, asl_file: Path, *, require_t1w: bool, t1w_filters: dict | None = None
+) -> ASLRun:
     warnings: list[str] = []
     entities = layout.parse_file_entities(str(asl_file))
     subject = entities["subject"]
@@ -1082,7 +1117,7 @@ def _read_run(layout, root: Path, asl_file: Path, *, require_t1w: bool) -> ASLRu
             f"{m0_type})"
         )
 
-    t1w = _find_t1w(layout, subject, session, warnings)
+    t1w = _find_t1w(layout, subject, session, warnings, t1w_filters)
     if t1w is not None:
         t1w_img = _load_image(t1w)
         if len(t1w_img.shape) != 3 and not (len(t1w_img.shape) == 4 and t1w_img.shape[3] == 1):
@@ -1252,15 +1287,16 @@ def _pepolar_m0(layout, root, subject, session, asl_file) -> list[tuple[Path, di
     return found
 
 
-def _find_t1w(layout, subject, session, warnings) -> Path | None:
+def _find_t1w(layout, subject, session, warnings, filters=None) -> Path | None:
     query = {
+        **(filters or {}),
         "subject": subject,
         "suffix": "T1w",
         "datatype": "anat",
         "extension": [".nii", ".nii.gz"],
     }
     files = []
-    if session:
+    if session and "session" not in query:  # a filter's session wins
         files = layout.get(session=session, **query)
     if not files:
         files = layout.get(**query)

@@ -28,6 +28,11 @@ figures in ``benchmarks/RESULTS.md``):
   opt-in.
 * ``quantification`` = "white-paper" (M0 from the M0 source of the run);
   "asltbx" uses each pair's control image as M0, voxel by voxel.
+* ``verbosity`` = 0: one console line per stage; each ``-v`` adds one level
+  (nipype's INFO, then DEBUG), each ``-q`` removes one (-1: errors only).
+* ``bids_filter_file``: a JSON file of pybids entity filters, as fMRIPrep and
+  ASLPrep read it (``{"asl": {"acquisition": "pcasl"}}``); only the path is
+  stored, :attr:`Config.bids_filters` reads it (:func:`read_bids_filters`).
 """
 
 from __future__ import annotations
@@ -47,7 +52,16 @@ OUTPUT_SPACES = ("asl", "T1w", "MNI152NLin2009aSym")
 QUANTIFICATIONS = ("white-paper", "asltbx")
 PVC_METHODS = ("none", "lr")
 
-_PATH_FIELDS = ("bids_dir", "output_dir", "work_dir", "plugin_config", "dwan_weights")
+_PATH_FIELDS = (
+    "bids_dir",
+    "output_dir",
+    "work_dir",
+    "plugin_config",
+    "dwan_weights",
+    "bids_filter_file",
+)
+#: Queries of a BIDS filter file that the pipeline applies (fMRIPrep's names).
+BIDS_FILTER_QUERIES = ("asl", "t1w")
 
 
 def _plain(value):
@@ -60,6 +74,43 @@ def _plain(value):
     return value
 
 
+def read_bids_filters(path) -> dict:
+    """Read a BIDS filter file: ``{query: {entity: value(s)}}``.
+
+    ``query`` is one of :data:`BIDS_FILTER_QUERIES`; a value is a string, a
+    number, a list of them, or null (the entity must be absent), as in
+    fMRIPrep's ``--bids-filter-file``. Raises ValueError saying what is wrong.
+    """
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise ValueError(f"is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError('must hold a JSON object such as {"asl": {"acquisition": "pcasl"}}')
+    for query, entities in data.items():
+        _check_filter(query, entities)
+    return data
+
+
+def _check_filter(query, entities) -> None:
+    if query not in BIDS_FILTER_QUERIES:
+        raise ValueError(
+            f"query {query!r} is not used by asl-pipeline (use {', '.join(BIDS_FILTER_QUERIES)})"
+        )
+    if not isinstance(entities, dict):
+        raise ValueError(f'{query!r} must map entities to values, e.g. {{"session": "01"}}')
+    for entity, value in entities.items():
+        values = value if isinstance(value, list) else [value]
+        if not all(v is None or isinstance(v, str | int | float) for v in values):
+            raise ValueError(
+                f"{query}.{entity}: a value is a string, a number, a list of them or null"
+            )
+
+
 @dataclass
 class Config:
     """Settings of one ``asl-pipeline`` run (see the module docstring)."""
@@ -70,6 +121,8 @@ class Config:
     # filtering
     participant_label: list[str] | None = None
     session_label: list[str] | None = None
+    bids_filter_file: Path | None = None
+    skip_bids_validation: bool = False
     # performance
     nprocs: int = 1
     omp_nthreads: int = 1
@@ -77,6 +130,7 @@ class Config:
     plugin: str = "MultiProc"
     plugin_config: Path | None = None
     plugin_args: dict = field(default_factory=dict)
+    stop_on_first_crash: bool = False
     # workflow
     registration_backend: str = "embedded"
     spm_cmd: str | None = None
@@ -91,11 +145,13 @@ class Config:
     reslice_mode: str = "volume"
     output_spaces: list[str] = field(default_factory=lambda: ["asl", "MNI152NLin2009aSym"])
     m0_scale: float = 1.0
+    m0_recovery: str = "tissue"
     quantification: str = "white-paper"
     pvc: str = "none"
     # other
     work_dir: Path | None = None
     validate_only: bool = False
+    boilerplate_only: bool = False
     seed: int = 0
     clean_workdir: bool = False
     verbosity: int = 0
@@ -109,6 +165,8 @@ class Config:
             raise ValueError(f"unknown outlier method {self.outlier_method!r}")
         if self.plugin not in PLUGINS:
             raise ValueError(f"unknown plugin {self.plugin!r}")
+        if self.m0_recovery not in ("tissue", "single"):
+            raise ValueError(f"unknown M0 recovery correction {self.m0_recovery!r}")
         if self.quantification not in QUANTIFICATIONS:
             raise ValueError(f"unknown quantification {self.quantification!r}")
         if self.pvc not in PVC_METHODS:
@@ -125,6 +183,13 @@ class Config:
         if self.outlier_threshold is not None:
             return self.outlier_threshold
         return OUTLIER_THRESHOLDS[self.outlier_method]
+
+    @property
+    def bids_filters(self) -> dict:
+        """The filters of ``bids_filter_file`` (``{}`` without one)."""
+        if self.bids_filter_file is None:
+            return {}
+        return read_bids_filters(self.bids_filter_file)
 
     @property
     def plugin_settings(self) -> dict:

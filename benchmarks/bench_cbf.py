@@ -59,7 +59,9 @@ def single_pld(repeats):
     cbf = rng.uniform(10, 90, shape)
     m0_true = rng.uniform(800, 1200, shape)
     delays = 1.8 + np.asarray(params.slice_timing)
-    dm = K.pcasl_deltam(cbf, 1.0, delays, 1.8, m0_true, alpha=params.alpha)
+    dm = K.pcasl_deltam(
+        cbf, 1.0, delays, 1.8, m0_true, alpha=params.alpha, t1_after_arrival="blood"
+    )
     control = rng.uniform(400, 600, shape + (n_pairs,))
     series = np.empty(shape + (2 * n_pairs,), dtype=np.float32)
     series[..., 0::2] = control

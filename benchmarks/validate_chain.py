@@ -56,7 +56,35 @@ PANEL = [
     ("sim-pasl3d-lf", "sim", 108, {"labeling": "PASL", "readout": "3D", "label_first": True}),
     ("sim-m0incl", "sim", 109, {"m0_type": "Included", "noise_scale": 1.2}),
     ("sim-lesion", "sim", 110, {"lesion": True}),
-    ("sim-multipld", "sim", 111, {"plds": [0.5, 1.0, 1.5, 2.0, 2.5], "n_pairs": 30}),
+    (
+        "sim-multipld",
+        "sim",
+        111,
+        {
+            "plds": [0.5, 1.0, 1.5, 2.0, 2.5],
+            "pld_repeats": 8,
+            "readout": "3D",
+            "background_suppression": True,
+        },
+    ),
+    (
+        "sim-multipld-2d",
+        "sim",
+        112,
+        {"plds": [0.5, 1.0, 1.5, 2.0, 2.5], "pld_repeats": 8, "background_suppression": True},
+    ),
+    (
+        "sim-multipld-t1",
+        "sim",
+        113,
+        {
+            "plds": [0.5, 1.0, 1.5, 2.0, 2.5],
+            "pld_repeats": 8,
+            "readout": "3D",
+            "background_suppression": True,
+            "t1_tissue": 1.6,
+        },
+    ),
     ("ph-drift", "phantom", 201, {"motion": "drift", "outliers": "none"}),
     ("ph-jumps", "phantom", 202, {"motion": "jumps", "outliers": "spikes"}),
     ("ph-slabs", "phantom", 203, {"motion": "none", "outliers": "slab_dropout"}),
@@ -104,7 +132,8 @@ def simulate(name: str, generator: str, seed: int, kwargs: dict, root: Path) -> 
 
 def run_pipeline(bids: Path, root: Path, name: str, config: str) -> tuple[int, float]:
     out = root / "out" / config / name
-    if (out / "sub-01").exists():
+    done = out / "logs" / "validate_chain.done"
+    if done.exists():
         return 0, 0.0
     cmd = [
         "asl-pipeline", str(bids), str(out), "participant",
@@ -114,7 +143,9 @@ def run_pipeline(bids: Path, root: Path, name: str, config: str) -> tuple[int, f
     ]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
+    if proc.returncode == 0:
+        done.write_text(" ".join(cmd) + "\n")
+    else:
         (root / "logs").mkdir(parents=True, exist_ok=True)
         (root / "logs" / f"{name}_{config}.log").write_text(proc.stdout + proc.stderr)
     return proc.returncode, time.perf_counter() - start
@@ -164,9 +195,36 @@ def _maps(out: Path, config: str) -> dict[str, Path]:
     return found
 
 
+def direct_paocsl(perf: Path) -> np.ndarray | None:
+    """``outliers.paocsl`` called directly on the run's realigned, unsmoothed CBF series
+    with the workflow's settings: the reference the in-workflow cleaning must match."""
+    from asl_pipeline import outliers
+
+    series = sorted(perf.glob("sub-01*_desc-timeseries_cbf.nii.gz"))
+    if not series:
+        return None
+    maps = {t: _load(perf / f"sub-01_label-{t.upper()}_probseg.nii.gz") for t in ("gm", "wm")}
+    mask = _load(perf / "sub-01_desc-brain_mask.nii.gz") > 0
+    result = outliers.paocsl(
+        _load(series[0]),
+        maps["gm"],
+        maps["wm"],
+        mask,
+        None,
+        n_passes=2,
+        **outliers.PAOCSL_NOISE_AWARE,
+    )
+    return result.mean_cbf
+
+
 def score_subject(root: Path, name: str, bids: Path) -> list[dict]:
     truth = truth_of(bids)
     rows = []
+    perf = root / "out" / "defaults" / name / "sub-01" / "perf"
+    direct = direct_paocsl(perf) if perf.exists() else None
+    if direct is not None:
+        rows.append({"subject": name, "config": "direct", "map": "paocsl",
+                     **score_map(direct, truth)})  # fmt: skip
     for config in CONFIGS:
         out = root / "out" / config / name
         maps = _maps(out, config)

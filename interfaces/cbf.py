@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nb
@@ -25,6 +26,7 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from asl_pipeline import cbf as core
+from asl_pipeline import kinetics
 from asl_pipeline.errors import ASLInputError
 
 LOGGER = logging.getLogger("nipype.interface")
@@ -205,6 +207,18 @@ class _ComputeM0InputSpec(BaseInterfaceInputSpec):
     m0_metadata = traits.Either(traits.Dict, File(exists=True), desc=_M0_META_DESC)
     mask = File(exists=True, desc="brain mask on the ASL grid (reported statistics only)")
     m0_scale = traits.Float(1.0, usedefault=True, desc="multiplier applied to the M0")
+    gm = File(exists=True, desc="GM partial-volume map on the ASL grid (tissue-weighted recovery)")
+    wm = File(exists=True, desc="WM partial-volume map on the ASL grid (tissue-weighted recovery)")
+    csf = File(
+        exists=True, desc="CSF partial-volume map on the ASL grid (tissue-weighted recovery)"
+    )
+    recovery = traits.Enum(
+        "tissue",
+        "single",
+        usedefault=True,
+        desc="incomplete-recovery correction: tissue (each voxel's T1 mix from gm/wm/csf; "
+        "needs the three maps, else single) or single (one tissue T1, the methods spec's)",
+    )
 
 
 class _ComputeM0OutputSpec(TraitedSpec):
@@ -230,6 +244,7 @@ class ComputeM0(SimpleInterface):
         if isdefined(self.inputs.m0_file):
             _, m0_vols = _image(self.inputs.m0_file, ndim=(3, 4), what="M0 image")
             _same_grid(inp.series.shape, m0_vols.shape, self.inputs.m0_file, "M0 image")
+        fractions = self._fractions(inp.series.shape)
         m0 = core.compute_m0(
             inp.params,
             m0_volumes=m0_vols,
@@ -237,6 +252,7 @@ class ComputeM0(SimpleInterface):
             volume_types=inp.vtypes,
             m0_scale=self.inputs.m0_scale,
             source=self.inputs.m0_file if m0_vols is not None else self.inputs.asl_file,
+            tissue_fractions=fractions,
         )
         if not np.all(np.isfinite(m0)):
             LOGGER.warning("non-finite M0 voxels set to 0")
@@ -246,6 +262,7 @@ class ComputeM0(SimpleInterface):
             "M0Scale": self.inputs.m0_scale,
             "RepetitionTimePreparation": inp.params.m0_tr,
             "T1Tissue": inp.params.t1_tissue,
+            "M0RecoveryCorrection": "single T1" if fractions is None else "tissue-weighted",
             "M0RecoveryFactor": core.m0_recovery_factor(
                 None if inp.params.m0_type == "Estimate" else inp.params.m0_tr,
                 inp.params.t1_tissue,
@@ -253,11 +270,28 @@ class ComputeM0(SimpleInterface):
             "Sources": [str(self.inputs.asl_file)]
             + ([str(self.inputs.m0_file)] if m0_vols is not None else []),
         }
+        if fractions is not None:
+            meta["T1ByTissue"] = kinetics.t1_by_tissue(inp.params.field_strength)
+            meta["ProtonDensityByTissue"] = dict(kinetics.PROTON_DENSITY)
         if inp.mask is not None:
             meta["MeanM0InMask"] = float(m0[inp.mask].mean())
         out, js = _save(m0, inp.img, self.inputs.asl_file, "_desc-quant_m0scan", runtime.cwd, meta)
         self._results["m0_file"], self._results["m0_json"] = out, js
         return runtime
+
+    def _fractions(self, shape) -> dict | None:
+        """The tissue maps for a tissue-weighted correction, or None."""
+        names = ("gm", "wm", "csf")
+        if self.inputs.recovery != "tissue" or not all(
+            isdefined(getattr(self.inputs, n)) for n in names
+        ):
+            return None
+        maps = {}
+        for name in names:
+            path = getattr(self.inputs, name)
+            _, maps[name] = _image(path, ndim=(3,), what=f"{name.upper()} map")
+            _same_grid(shape, maps[name].shape, path, f"{name.upper()} map")
+        return maps
 
 
 # --------------------------------------------------------------------------------------
@@ -374,6 +408,14 @@ class ComputeCBF(SimpleInterface):
 # --------------------------------------------------------------------------------------
 
 
+_KINETIC_MODEL = {
+    "tissue": "Buxton general kinetic model (Buxton et al. 1998), single compartment: blood "
+    "T1 during transit, apparent tissue T1 (1/T1app = 1/T1Tissue + f/lambda) after arrival",
+    "blood": "Buxton general kinetic model (Buxton et al. 1998), single compartment, blood T1 "
+    "throughout (the ASL white paper's simplification)",
+}
+
+
 class _ComputeMultiPLDCBFInputSpec(BaseInterfaceInputSpec):
     asl_file = File(exists=True, mandatory=True, desc="motion-corrected 4D ASL series")
     aslcontext = File(exists=True, mandatory=True, desc="BIDS aslcontext.tsv of the series")
@@ -408,6 +450,19 @@ class _ComputeMultiPLDCBFInputSpec(BaseInterfaceInputSpec):
         usedefault=True,
         desc="CBF bounds (mL/100 g/min)",
     )
+    t1_after_arrival = traits.Enum(
+        *kinetics.T1_AFTER_ARRIVAL,
+        usedefault=True,
+        desc="T1 of the label once it has reached the tissue: 'tissue', the apparent tissue "
+        "T1 1/T1app = 1/T1tissue + f/lambda (Buxton et al. 1998; T1tissue by field "
+        "strength, 1.4 s at 3 T), or 'blood', blood T1 throughout (the white paper's "
+        "simplification, which reads CBF lower on the same data)",
+    )
+    t1_tissue = traits.Float(
+        desc="tissue T1 (s) of the kinetic model with t1_after_arrival='tissue' (default: by "
+        "field strength, 1.4 s at 3 T, the value of the M0 recovery correction); the fitted "
+        "CBF depends on it (GM data made with 1.6 s read about 17% high with 1.4 s)",
+    )
 
 
 class _ComputeMultiPLDCBFOutputSpec(TraitedSpec):
@@ -434,20 +489,27 @@ class ComputeMultiPLDCBF(SimpleInterface):
                 field="volume_type",
             )
         m0, extra = inp.m0(self.inputs, dm=dm)
+        params = inp.params
+        if isdefined(self.inputs.t1_tissue):
+            params = replace(params, t1_tissue=self.inputs.t1_tissue)
         cbf, att, failed = core.fit_multi_pld(
             dm.deltam,
             dm.plds,
             m0,
-            inp.params,
+            params,
             mask=inp.mask,
             att_bounds=tuple(self.inputs.att_bounds),
             cbf_bounds=tuple(self.inputs.cbf_bounds),
             m0_fraction=self.inputs.m0_fraction,
+            t1_after_arrival=self.inputs.t1_after_arrival,
         )
         meta = {
             "Sources": [str(self.inputs.asl_file)],
-            "QuantificationParameters": inp.params.to_dict(),
-            "Model": "Buxton general kinetic model, single compartment, blood T1",
+            "QuantificationParameters": params.to_dict(),
+            "Model": _KINETIC_MODEL[self.inputs.t1_after_arrival],
+            "T1AfterArrival": self.inputs.t1_after_arrival,
+            "T1Blood": params.t1b,
+            "T1Tissue": params.t1_tissue,
             "PostLabelingDelay": dm.plds.tolist(),
             "ATTBounds": list(self.inputs.att_bounds),
             "CBFBounds": list(self.inputs.cbf_bounds),

@@ -30,9 +30,14 @@ BASE_SIDECAR = {
     "M0Type": "Separate",
     "RepetitionTimePreparation": 4.5,
     "TotalAcquiredPairs": 3,
+    "EchoTime": 0.012,  # REQUIRED by the BIDS validator, unused by the pipeline
 }
 BASE_CONTEXT = ("control", "label") * 3
-M0_SIDECAR = {"RepetitionTimePreparation": 6.0, "IntendedFor": "perf/sub-01_asl.nii.gz"}
+M0_SIDECAR = {
+    "RepetitionTimePreparation": 6.0,
+    "EchoTime": 0.012,
+    "IntendedFor": "perf/sub-01_asl.nii.gz",
+}
 
 #: ``simulate_dataset`` settings of a small, fast simulated BIDS dataset with
 #: (nearly) known per-pair CBF: no motion, no outliers. At 8 x 8 x 14 mm the

@@ -297,7 +297,10 @@ def test_volume_type_case_is_tolerated(tmp_path):
 def test_cli_validates_with_warnings_and_exit_zero(tmp_path, capsys):
     root = make_dataset(tmp_path / "ds", sidecar={"MRAcquisitionType": "2D"})
     out = tmp_path / "out"
-    assert main([str(root), str(out), "participant", "--validate-only"]) == 0
+    # the BIDS validator refuses 2D ASL without SliceTiming (test_cli tests that);
+    # the pipeline's reader accepts it with a warning
+    argv = [str(root), str(out), "participant", "--validate-only", "--skip-bids-validation"]
+    assert main(argv) == 0
     stdout = capsys.readouterr().out
     assert "WARNING: 2D acquisition without SliceTiming" in stdout
     assert "1 ASL run(s) valid, 1 warning(s)." in stdout

@@ -80,7 +80,7 @@ def test_casl_pcasl_known_answer(ltype, alpha0, n_bs, order):
     params = C.quant_params_from_metadata(meta, m0_metadata={"RepetitionTimePreparation": 3.0})
     assert params.alpha == pytest.approx(alpha, rel=1e-12)
     assert params.t1b == T1B_3T
-    dm = K.pcasl_deltam(cbf, att, 1.8, 1.8, m0, alpha=alpha, t1b=T1B_3T)
+    dm = K.pcasl_deltam(cbf, att, 1.8, 1.8, m0, alpha=alpha, t1b=T1B_3T, t1_after_arrival="blood")
     series, vtypes = _series(dm, rng, order=order)
     pairs = C.deltam_series(series, vtypes, plds=params.pld)
     np.testing.assert_allclose(pairs.deltam, np.repeat(dm[..., None], 3, axis=3), rtol=1e-9)
@@ -124,7 +124,7 @@ def test_pasl_known_answer(technique, delay, ti1):
     )
     params = C.quant_params_from_metadata(meta)
     assert params.ti1 == ti1 and params.tau is None and params.alpha == 0.98
-    dm = K.pasl_deltam(cbf, att, ti, ti1, m0, alpha=0.98, t1b=T1B_3T)
+    dm = K.pasl_deltam(cbf, att, ti, ti1, m0, alpha=0.98, t1b=T1B_3T, t1_after_arrival="blood")
     res = C.cbf_single_pld(dm, m0, params)
     np.testing.assert_allclose(res.mean_cbf, cbf, rtol=1e-6)
 
@@ -136,7 +136,9 @@ def test_2d_slice_timing_known_answer():
     meta = _meta(MRAcquisitionType="2D", SliceTiming=st.tolist(), PostLabelingDelay=1.5)
     params = C.quant_params_from_metadata(meta, m0_tr=6.0)  # TR >= 5 s: no correction
     att = rng.uniform(0.5, 1.4, SHAPE)
-    dm = K.pcasl_deltam(cbf, att, 1.5 + st, 1.8, m0, alpha=0.85, t1b=T1B_3T)
+    dm = K.pcasl_deltam(
+        cbf, att, 1.5 + st, 1.8, m0, alpha=0.85, t1b=T1B_3T, t1_after_arrival="blood"
+    )
     res = C.cbf_single_pld(dm, C.compute_m0(params, m0_volumes=m0), params)
     np.testing.assert_allclose(res.mean_cbf, cbf, rtol=1e-6)
     # ignoring the slice delay biases the last slice by exp(-0.9/1.65)
@@ -151,7 +153,7 @@ def test_2d_slice_timing_known_answer():
 def test_m0_included_with_tr_correction_and_scale():
     rng = np.random.default_rng(4)
     cbf, m0 = _truth(rng)
-    dm = K.pcasl_deltam(cbf, 1.0, 1.8, 1.8, m0, alpha=0.85, t1b=T1B_3T)
+    dm = K.pcasl_deltam(cbf, 1.0, 1.8, 1.8, m0, alpha=0.85, t1b=T1B_3T, t1_after_arrival="blood")
     series, vtypes = _series(dm, rng)
     raw = m0 * _recovery(3.0) / 2.0  # stored at half scale, TR 3 s
     m0vols = np.stack([raw - 5.0, raw + 5.0], axis=3)
@@ -173,14 +175,16 @@ def test_m0_estimate_broadcast_not_corrected():
     assert m0.shape == SHAPE and np.all(m0 == 2500.0)
     rng = np.random.default_rng(5)
     cbf, _ = _truth(rng)
-    dm = K.pcasl_deltam(cbf, 1.0, 1.8, 1.8, 2500.0, alpha=0.85, t1b=T1B_3T)
+    dm = K.pcasl_deltam(
+        cbf, 1.0, 1.8, 1.8, 2500.0, alpha=0.85, t1b=T1B_3T, t1_after_arrival="blood"
+    )
     np.testing.assert_allclose(C.cbf_single_pld(dm, m0, params).mean_cbf, cbf, rtol=1e-6)
 
 
 def test_m0_absent_uses_mean_control_and_refuses_bs():
     rng = np.random.default_rng(6)
     cbf, m0 = _truth(rng)
-    dm = K.pcasl_deltam(cbf, 1.0, 1.8, 1.8, m0, alpha=0.85, t1b=T1B_3T)
+    dm = K.pcasl_deltam(cbf, 1.0, 1.8, 1.8, m0, alpha=0.85, t1b=T1B_3T, t1_after_arrival="blood")
     control = np.repeat((m0 * _recovery(4.0))[..., None], 3, axis=3)
     series, vtypes = _series(dm, rng, control=control)
     params = C.quant_params_from_metadata(_meta(M0Type="Absent"))
@@ -219,7 +223,9 @@ def test_asltbx_pairwise_control_m0():
     cbf, _ = _truth(rng)
     control = rng.uniform(500.0, 1500.0, SHAPE + (4,))  # differs pair by pair
     m0_true = control / _recovery(4.0)
-    dm = K.pcasl_deltam(cbf[..., None], 1.0, 1.8, 1.8, m0_true, alpha=0.85, t1b=T1B_3T)
+    dm = K.pcasl_deltam(
+        cbf[..., None], 1.0, 1.8, 1.8, m0_true, alpha=0.85, t1b=T1B_3T, t1_after_arrival="blood"
+    )
     series, vtypes = _series(dm, rng, control=control, order="label-first")
     params = C.quant_params_from_metadata(_meta(M0Type="Absent"))
     pairs = C.deltam_series(series, vtypes)
@@ -252,7 +258,9 @@ def test_surround_subtraction_cancels_linear_drift():
 def test_low_m0_and_nonfinite_voxels_are_excluded_not_inf():
     rng = np.random.default_rng(9)
     cbf, m0 = _truth(rng)
-    dm = K.pcasl_deltam(cbf, 1.0, 1.8, 1.8, m0, alpha=0.85, t1b=T1B_3T)[..., None]
+    dm = K.pcasl_deltam(cbf, 1.0, 1.8, 1.8, m0, alpha=0.85, t1b=T1B_3T, t1_after_arrival="blood")[
+        ..., None
+    ]
     m0[0, 0, 0] = 0.0
     m0[1, 0, 0] = 50.0  # < 0.1 x mean
     m0[2, 0, 0] = np.nan
@@ -401,6 +409,60 @@ def test_multi_ti_pasl_recovers_gm_wm():
     assert not failed.any()
 
 
+PLDS_5 = np.repeat([0.5, 1.0, 1.5, 2.0, 2.5], 2)  # the white paper's multi-PLD range
+
+
+def _grid_truth(n=6):
+    """CBF 15-90 by ATT 0.6-2.0 s: GM- and WM-like voxels and beyond."""
+    cbf, att = np.meshgrid(np.linspace(15, 90, n), np.linspace(0.6, 2.0, n), indexing="ij")
+    return cbf[..., None], att[..., None]
+
+
+@pytest.mark.parametrize("choice", ["tissue", "blood"])
+@pytest.mark.parametrize("labeling", ["PCASL", "PASL"])
+def test_multi_pld_fit_recovers_the_model_it_assumes(choice, labeling):
+    """Noise-free curves made with either T1 after arrival are recovered to 1e-3
+    when fitted with the same choice (T1tissue 1.4 s, T1b 1.65 s at 3 T)."""
+    cbf, att = _grid_truth()
+    m0 = np.full(cbf.shape, 1000.0)
+    kw = {"alpha": 0.85, "t1b": T1B_3T, "t1_after_arrival": choice, "t1_tissue": T1T_3T}
+    if labeling == "PCASL":
+        delays = PLDS_5
+        dm = K.pcasl_deltam(cbf[..., None], att[..., None], delays, 1.8, m0[..., None], **kw)
+        params = C.QuantParams(
+            labeling_type="PCASL", pld=tuple(delays), tau=1.8, alpha=0.85, t1b=T1B_3T
+        )
+    else:
+        delays = np.repeat(np.arange(0.8, 3.21, 0.3), 2)  # TIs, all after TI1
+        dm = K.pasl_deltam(cbf[..., None], att[..., None], delays, 0.7, m0[..., None], **kw)
+        params = C.QuantParams(
+            labeling_type="PASL", pld=tuple(delays), ti1=0.7, alpha=0.85, t1b=T1B_3T
+        )
+    assert params.t1_tissue == T1T_3T  # the fit's tissue T1 is the sidecar's default
+    f, a, failed = C.fit_multi_pld(dm, delays, m0, params, t1_after_arrival=choice)
+    assert not failed.any()
+    np.testing.assert_allclose(f, cbf, rtol=1e-3)
+    np.testing.assert_allclose(a, att, rtol=1e-3)
+
+
+def test_multi_pld_blood_t1_fit_reads_tissue_model_data_low():
+    """The white paper's simplification on Buxton (tissue-T1) data reads CBF too
+    low: its label decays with blood T1 (1.65 s) after arrival, more slowly than
+    the data's (T1app 1.38 s), so less flow explains the same signal."""
+    cbf, att = _grid_truth()
+    m0 = np.full(cbf.shape, 1000.0)
+    dm = K.pcasl_deltam(cbf[..., None], att[..., None], PLDS_5, 1.8, m0[..., None], alpha=0.85)
+    params = C.QuantParams(
+        labeling_type="PCASL", pld=tuple(PLDS_5), tau=1.8, alpha=0.85, t1b=T1B_3T
+    )
+    f_default, _, _ = C.fit_multi_pld(dm, PLDS_5, m0, params)
+    f_blood, _, _ = C.fit_multi_pld(dm, PLDS_5, m0, params, t1_after_arrival="blood")
+    np.testing.assert_allclose(f_default, cbf, rtol=1e-3)  # the default is the tissue T1
+    assert np.all(f_blood < 0.97 * cbf)
+    with pytest.raises(ASLInputError, match="t1_after_arrival"):
+        C.fit_multi_pld(dm, PLDS_5, m0, params, t1_after_arrival="apparent")
+
+
 def test_multi_pld_flags_unidentifiable_and_bounds():
     plds = PLDS_4
     params = C.QuantParams(labeling_type="PCASL", pld=tuple(plds), tau=1.4, alpha=0.85, t1b=1.65)
@@ -524,3 +586,45 @@ def test_field_strength_constants_and_overrides(field, t1b, t1t):
     with pytest.warns(C.InputWarning, match="MagneticFieldStrength"):
         r = C.quant_params_from_metadata(_meta(MagneticFieldStrength=None), m0_tr=4.0)
     assert r.t1b == 1.65
+
+
+def test_tissue_recovery_factor_known_answers():
+    tr = 4.4
+    t1 = K.t1_by_tissue(3.0)
+    pd = K.PROTON_DENSITY
+    one = np.ones((2, 1, 1))
+    zero = np.zeros((2, 1, 1))
+    pure_gm = C.tissue_recovery_factor(tr, {"gm": one, "wm": zero, "csf": zero}, 3.0)
+    np.testing.assert_allclose(pure_gm, 1 - np.exp(-tr / t1["gm"]))
+    half = np.full((1, 1, 1), 0.5)
+    mixed = C.tissue_recovery_factor(tr, {"gm": half, "wm": zero[:1], "csf": half}, 3.0)
+    expected = (
+        pd["gm"] * (1 - np.exp(-tr / t1["gm"])) + pd["csf"] * (1 - np.exp(-tr / t1["csf"]))
+    ) / (pd["gm"] + pd["csf"])
+    np.testing.assert_allclose(mixed, expected)
+    # no tissue: the single-T1 factor; long or unknown TR: no correction
+    empty = C.tissue_recovery_factor(tr, {"gm": zero, "wm": zero, "csf": zero}, 3.0)
+    np.testing.assert_allclose(empty, C.m0_recovery_factor(tr, K.t1_tissue(3.0)))
+    assert C.tissue_recovery_factor(6.0, {"gm": one, "wm": zero, "csf": zero}, 3.0) == 1.0
+    assert C.tissue_recovery_factor(None, {"gm": one, "wm": zero, "csf": zero}, 3.0) == 1.0
+
+
+def test_compute_m0_tissue_weighted_recovers_relaxed_m0():
+    """An M0 made with per-tissue T1s at TR 3 s is recovered exactly by the
+    tissue-weighted correction; one tissue T1 leaves GM and WM biased."""
+    rng = np.random.default_rng(0)
+    shape = (6, 5, 4)
+    gm = rng.uniform(0, 1, shape)
+    wm = (1 - gm) * rng.uniform(0, 1, shape)
+    csf = 1 - gm - wm
+    fr = {"gm": gm, "wm": wm, "csf": csf}
+    t1, pd = K.t1_by_tissue(3.0), K.PROTON_DENSITY
+    relaxed = sum(fr[k] * pd[k] for k in fr) * 1000.0
+    acquired = sum(fr[k] * pd[k] * (1 - np.exp(-3.0 / t1[k])) for k in fr) * 1000.0
+    params = C.QuantParams(
+        labeling_type="PCASL", pld=1.8, alpha=0.85, t1b=1.65, tau=1.8, m0_tr=3.0
+    )
+    m0 = C.compute_m0(params, m0_volumes=acquired, tissue_fractions=fr)
+    np.testing.assert_allclose(m0, relaxed, rtol=1e-10)
+    single = C.compute_m0(params, m0_volumes=acquired)
+    assert np.abs(single / relaxed - 1).max() > 0.02

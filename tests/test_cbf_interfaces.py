@@ -72,7 +72,7 @@ def pcasl_run(tmp_path):
     cbf = rng.uniform(20.0, 80.0, SHAPE)
     m0 = rng.uniform(900.0, 1100.0, SHAPE)
     alpha = 0.85 * 0.95**2
-    dm = K.pcasl_deltam(cbf, 1.0, 1.8, 1.8, m0, alpha=alpha, t1b=1.65)
+    dm = K.pcasl_deltam(cbf, 1.0, 1.8, 1.8, m0, alpha=alpha, t1b=1.65, t1_after_arrival="blood")
     dm = np.repeat(dm[..., None], 4, axis=3)
     bids = tmp_path / "bids"
     raw_m0 = m0 * (1 - np.exp(-3.0 / 1.4))  # TR 3 s
@@ -112,7 +112,9 @@ def test_compute_m0_and_cbf(tmp_path, pcasl_run):
     np.testing.assert_allclose(mean[1:], cbf[1:], rtol=1e-5)
     assert np.all(mean[0] == 0)  # outside the mask
     assert np.all(np.isfinite(ts))
-    expected_dm = K.pcasl_deltam(cbf, 1.0, 1.8, 1.8, m0, alpha=0.85 * 0.95**2, t1b=1.65)
+    expected_dm = K.pcasl_deltam(
+        cbf, 1.0, 1.8, 1.8, m0, alpha=0.85 * 0.95**2, t1b=1.65, t1_after_arrival="blood"
+    )
     dm_out = nb.load(out.deltam).get_fdata()
     assert dm_out.shape == SHAPE + (4,)
     np.testing.assert_allclose(dm_out[..., 2], expected_dm, rtol=1e-4)
@@ -143,7 +145,9 @@ def test_compute_cbf_absent_m0_pairwise_control(tmp_path):
     img = nb.load(perf_files["asl_file"])
     series = img.get_fdata()
     control = series[..., 0::2]
-    dm = K.pcasl_deltam(cbf[..., None], 1.0, 1.8, 1.8, control, alpha=0.85, t1b=1.65)
+    dm = K.pcasl_deltam(
+        cbf[..., None], 1.0, 1.8, 1.8, control, alpha=0.85, t1b=1.65, t1_after_arrival="blood"
+    )
     series[..., 1::2] = control - dm
     nb.Nifti1Image(series, AFFINE).to_filename(perf_files["asl_file"])
     res = ComputeCBF(**perf_files, quantification="pairwise-control").run(cwd=tmp_path)
@@ -176,7 +180,24 @@ def test_compute_cbf_refuses_multi_pld_and_multi_pld_interface(tmp_path):
     np.testing.assert_allclose(nb.load(res.outputs.att).get_fdata(), att, rtol=1e-4)
     assert not nb.load(res.outputs.failed_mask).get_fdata().any()
     assert json.loads(open(res.outputs.att_json).read())["Units"] == "s"
-    assert json.loads(open(res.outputs.cbf_json).read())["Units"] == "mL/100 g/min"
+    sidecar = json.loads(open(res.outputs.cbf_json).read())
+    assert sidecar["Units"] == "mL/100 g/min"
+    # the kinetic model's T1 after arrival is recorded: the apparent tissue T1 by default
+    assert sidecar["T1AfterArrival"] == "tissue"
+    assert sidecar["T1Tissue"] == 1.4 and sidecar["T1Blood"] == 1.65
+    assert "apparent tissue T1" in sidecar["Model"]
+    (tmp_path / "blood").mkdir()
+    blood = ComputeMultiPLDCBF(**files, t1_after_arrival="blood").run(cwd=tmp_path / "blood")
+    sidecar = json.loads(open(blood.outputs.cbf_json).read())
+    assert sidecar["T1AfterArrival"] == "blood" and "white paper" in sidecar["Model"]
+    # the white-paper simplification reads the Buxton (tissue-T1) data low
+    assert np.all(nb.load(blood.outputs.cbf).get_fdata() < 0.97 * cbf)
+    # a longer tissue T1 than the data's (1.4 s) lets the label last longer and so
+    # reads them low; the value used is recorded
+    (tmp_path / "t1").mkdir()
+    longer = ComputeMultiPLDCBF(**files, t1_tissue=1.6).run(cwd=tmp_path / "t1")
+    assert json.loads(open(longer.outputs.cbf_json).read())["T1Tissue"] == 1.6
+    assert np.all(nb.load(longer.outputs.cbf).get_fdata() < 0.97 * cbf)
 
 
 def test_read_aslcontext_errors(tmp_path):
@@ -197,7 +218,7 @@ def test_ge_deltam_with_included_m0_int16(tmp_path):
     m0 = rng.uniform(900.0, 1100.0, SHAPE)
     alpha = 0.85 * 0.95**4
     tr = 4.886
-    dm = K.pcasl_deltam(cbf, 1.0, 2.025, 1.45, m0, alpha=alpha, t1b=1.65)
+    dm = K.pcasl_deltam(cbf, 1.0, 2.025, 1.45, m0, alpha=alpha, t1b=1.65, t1_after_arrival="blood")
     series = np.stack([m0 * (1 - np.exp(-tr / 1.4)), dm], axis=3)
     img = nb.Nifti1Image(np.round(series / 0.05).astype(np.int16), AFFINE)
     img.header.set_slope_inter(0.05, 0.0)

@@ -37,6 +37,7 @@ def test_defaults(dataset, tmp_path, monkeypatch):
     # evidence-based defaults (benchmarks/RESULTS.md, "Validation panel")
     assert not args.denoise and not args.nuisance_regression and args.smoothing_fwhm == 0.0
     assert args.zigzag_method == "interpolate" and args.reslice_mode == "volume"
+    assert args.m0_recovery == "tissue"
     assert args.output_spaces == ["asl", "MNI152NLin2009aSym"]
     assert args.m0_scale == 1.0 and args.quantification == "white-paper"
     assert not args.validate_only and args.seed == 0 and not args.clean_workdir
@@ -260,3 +261,327 @@ def test_asltbx_with_background_suppression_warns(tmp_path, capsys):
     assert "CBF will be overestimated" in capsys.readouterr().err
     assert main(argv) == 0
     assert capsys.readouterr().err == ""
+
+
+# -- nipreps spellings, units and the abbreviation trap ---------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [
+        (["--mem-g", "8"], "unrecognized arguments: --mem-g"),  # was --mem-gb 8
+        (["--nproc", "2"], "unrecognized arguments: --nproc"),
+        (["--work", "w"], "unrecognized arguments: --work"),
+        (["--skip-bids", "--validate-only"], "unrecognized arguments: --skip-bids"),
+    ],
+)
+def test_abbreviations_are_refused(dataset, tmp_path, capsys, option, words):
+    _usage_error(tmp_path, capsys, _argv(dataset, tmp_path, *option), words)
+
+
+@pytest.mark.parametrize(
+    ("text", "gb"),
+    [("16000", 16.0), ("500M", 0.5), ("500MB", 0.5), ("8G", 8.0), ("8GB", 8.0),
+     ("8gb", 8.0), ("1.5G", 1.5), ("2T", 2000.0), ("2TB", 2000.0), ("4000000K", 4.0)],
+)  # fmt: skip
+def test_mem_takes_mb_or_units(dataset, tmp_path, text, gb):
+    """fMRIPrep's --mem: a bare number is MB; the abbreviation trap read
+    `--mem 16000` as 16000 GB."""
+    for option in ("--mem", "--mem-mb", "--mem_mb"):
+        args = parse_args(_argv(dataset, tmp_path, option, text))
+        assert args.mem_gb == pytest.approx(gb), option
+
+
+def test_mem_gb_stays_in_gb(dataset, tmp_path):
+    assert parse_args(_argv(dataset, tmp_path, "--mem-gb", "7.5")).mem_gb == 7.5
+    assert parse_args(_argv(dataset, tmp_path, "--mem_gb", "16")).mem_gb == 16.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--mem", "8X"], "is not a memory size"),
+        (["--mem", "G"], "is not a memory size"),
+        (["--mem", "16000B"], "is not a memory size"),
+        (["--mem=-8G"], "is not a memory size"),
+        (["--mem", "0"], "must be > 0"),
+        (["--mem", "8G", "--mem-gb", "8"], "not allowed with"),
+    ],
+)
+def test_mem_usage_errors(dataset, tmp_path, capsys, extra, words):
+    _usage_error(tmp_path, capsys, _argv(dataset, tmp_path, *extra), words)
+
+
+@pytest.mark.parametrize("option", ["--nprocs", "--nthreads", "--n-cpus", "--n_cpus"])
+def test_nprocs_spellings(dataset, tmp_path, option):
+    args = parse_args(_argv(dataset, tmp_path, option, "3", "--omp_nthreads", "2"))
+    assert (args.nprocs, args.omp_nthreads) == (3, 2)
+
+
+def test_work_dir_short_and_long(dataset, tmp_path):
+    assert parse_args(_argv(dataset, tmp_path)).work_dir == tmp_path / "w"  # -w
+    argv = [str(dataset), str(tmp_path / "o"), "participant", "--work-dir", str(tmp_path / "x")]
+    assert parse_args(argv).work_dir == tmp_path / "x"
+
+
+@pytest.mark.parametrize("labels", [["01"], ["sub-01"], ["sub-01", "01"]])
+def test_participant_label_with_or_without_prefix(dataset, tmp_path, labels):
+    for option in ("--participant-label", "--participant_label"):
+        assert parse_args(_argv(dataset, tmp_path, option, *labels)).participant_label == ["01"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "verbosity"),
+    [([], 0), (["-v"], 1), (["-vv"], 2), (["--verbose", "-v"], 2), (["-q"], -1),
+     (["-qq"], -2), (["--quiet"], -1), (["-v", "-q"], 0)],
+)  # fmt: skip
+def test_verbosity(dataset, tmp_path, flags, verbosity):
+    args = parse_args(_argv(dataset, tmp_path, *flags))
+    assert args.verbosity == verbosity and not hasattr(args, "quiet")
+
+
+def test_run_control_flags(dataset, tmp_path):
+    args = parse_args(_argv(dataset, tmp_path))
+    assert not args.stop_on_first_crash and not args.boilerplate_only
+    assert not args.skip_bids_validation and args.bids_filter_file is None
+    args = parse_args(
+        _argv(dataset, tmp_path, "--stop-on-first-crash", "--boilerplate-only",
+              "--skip-bids-validation")
+    )  # fmt: skip
+    assert args.stop_on_first_crash and args.boilerplate_only and args.skip_bids_validation
+    args = parse_args(
+        _argv(dataset, tmp_path, "--stop_on_first_crash", "--boilerplate_only",
+              "--skip_bids_validation")
+    )  # fmt: skip
+    assert args.stop_on_first_crash and args.boilerplate_only and args.skip_bids_validation
+
+
+def test_version_matches_the_package(capsys):
+    from asl_pipeline import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"asl-pipeline {__version__}"
+
+
+# -- --bids-filter-file ------------------------------------------------------
+
+
+def _filter_file(tmp_path, data, name="filters.json"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def test_bids_filter_file_is_read(dataset, tmp_path):
+    from asl_pipeline.config import Config
+
+    data = {"asl": {"acquisition": ["a", "b"], "run": None}, "t1w": {"session": "01"}}
+    path = _filter_file(tmp_path, data)
+    args = parse_args(_argv(dataset, tmp_path, "--bids-filter-file", str(path)))
+    assert args.bids_filter_file == path.resolve()
+    config = Config.from_args(args)
+    assert config.bids_filters == data
+    assert Config.from_toml(config.to_toml(tmp_path / "c.toml")).bids_filter_file == path
+    assert Config(bids_dir="b", output_dir="o").bids_filters == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('{"asl": {"acquisition": "a"}', "is not valid JSON"),
+        ('["asl"]', "must hold a JSON object"),
+        ('{"bold": {"task": "rest"}}', "query 'bold' is not used by asl-pipeline (use asl, t1w)"),
+        ('{"asl": "pcasl"}', "'asl' must map entities to values"),
+        ('{"asl": {"acquisition": {"a": 1}}}', "asl.acquisition: a value is a string"),
+    ],
+)
+def test_bad_bids_filter_file(dataset, tmp_path, capsys, text, words):
+    path = _filter_file(tmp_path, text)
+    argv = _argv(dataset, tmp_path, "--bids-filter-file", str(path))
+    _usage_error(tmp_path, capsys, argv, words)
+    capsys.readouterr()
+    main(argv)
+    assert f"--bids-filter-file {path}" in capsys.readouterr().err  # names the file
+
+
+def test_missing_bids_filter_file(dataset, tmp_path, capsys):
+    argv = _argv(dataset, tmp_path, "--bids-filter-file", str(tmp_path / "none.json"))
+    _usage_error(tmp_path, capsys, argv, "does not exist")
+
+
+def _two_acquisitions(root):
+    """A second ASL run, acq-b, with its own M0 and a second T1w, acq-hi."""
+    perf = root / "sub-01" / "perf"
+    for name in ("asl.nii.gz", "asl.json", "aslcontext.tsv", "m0scan.nii.gz"):
+        shutil.copy(perf / f"sub-01_{name}", perf / f"sub-01_acq-b_{name}")
+    m0 = json.loads((perf / "sub-01_m0scan.json").read_text())
+    m0["IntendedFor"] = "perf/sub-01_acq-b_asl.nii.gz"
+    (perf / "sub-01_acq-b_m0scan.json").write_text(json.dumps(m0))
+    anat = root / "sub-01" / "anat"
+    shutil.copy(anat / "sub-01_T1w.nii.gz", anat / "sub-01_acq-hi_T1w.nii.gz")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("filters", "asl", "t1w"),
+    [
+        (None, ["sub-01_acq-b_asl.nii.gz", "sub-01_asl.nii.gz"], "sub-01_T1w.nii.gz"),
+        ({"asl": {"acquisition": "b"}}, ["sub-01_acq-b_asl.nii.gz"], "sub-01_T1w.nii.gz"),
+        ({"asl": {"acquisition": None}}, ["sub-01_asl.nii.gz"], "sub-01_T1w.nii.gz"),
+        ({"t1w": {"acquisition": "hi"}}, None, "sub-01_acq-hi_T1w.nii.gz"),
+    ],
+)
+def test_bids_filters_select_runs(tmp_path, filters, asl, t1w):
+    from asl_pipeline.bids import validate_dataset
+
+    root = _two_acquisitions(make_dataset(tmp_path / "ds"))
+    runs, errors = validate_dataset(root, bids_filters=filters)
+    assert errors == []
+    if asl is not None:
+        assert sorted(r.asl_file.name for r in runs) == asl
+    assert {r.t1w_file.name for r in runs} == {t1w}
+
+
+def test_bids_filter_file_reaches_the_reader(tmp_path, capsys):
+    root = _two_acquisitions(make_dataset(tmp_path / "ds"))
+    path = _filter_file(tmp_path, {"asl": {"acquisition": "b"}})
+    argv = [str(root), str(tmp_path / "o"), "participant", "--validate-only",
+            "--skip-bids-validation"]  # fmt: skip
+    assert main(argv) == 0
+    assert "2 ASL run(s) valid" in capsys.readouterr().out
+    assert main([*argv, "--bids-filter-file", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 ASL run(s) valid" in out and "sub-01_acq-b_asl.nii.gz" in out
+    path = _filter_file(tmp_path, {"asl": {"acquisition": "c"}})
+    assert main([*argv, "--bids-filter-file", str(path)]) == 1
+    assert "matching the BIDS filter file" in capsys.readouterr().err
+
+
+# -- the BIDS validator --------------------------------------------------------
+
+needs_validator = pytest.mark.skipif(
+    shutil.which("bids-validator-deno") is None, reason="bids-validator-deno is not installed"
+)
+
+
+@needs_validator
+def test_bids_validator_errors_stop_the_command(tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", drop=("EchoTime",))  # REQUIRED by BIDS for ASL
+    argv = [str(root), str(tmp_path / "o"), "participant", "-w", str(tmp_path / "w")]
+    before = snapshot(root)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    asl = root / "sub-01" / "perf" / "sub-01_asl.nii.gz"
+    assert f"asl-pipeline: error: {asl}: SIDECAR_KEY_REQUIRED (EchoTime):" in err
+    assert "--skip-bids-validation" in err and "found 1 error(s)" in err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "w").exists()
+    assert snapshot(root) == before
+    assert main([*argv, "--validate-only", "--skip-bids-validation"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@needs_validator
+def test_bids_validator_ignores_subjects_left_out(tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds")
+    make_dataset(root, subject="02", drop=("EchoTime",))
+    argv = [str(root), str(tmp_path / "o"), "participant", "--validate-only"]
+    assert main(argv) == 1
+    assert "sub-02_asl.nii.gz: SIDECAR_KEY_REQUIRED" in capsys.readouterr().err
+    assert main([*argv, "--participant-label", "01"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@needs_validator
+def test_valid_dataset_passes_the_validator(dataset, tmp_path, capsys):
+    from asl_pipeline.cli.bidsvalidator import validator_errors
+
+    assert validator_errors(dataset) == []
+
+
+def test_without_the_validator_one_line_says_so(dataset, tmp_path, capsys, monkeypatch):
+    from asl_pipeline.cli import bidsvalidator
+
+    monkeypatch.setattr(bidsvalidator.shutil, "which", lambda name: None)
+    assert main(_argv(dataset, tmp_path, "--validate-only")) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "BIDS validation skipped: bids-validator-deno is not installed" in err
+    assert "pip install bids-validator-deno" in err
+    assert main(_argv(dataset, tmp_path, "--validate-only", "--skip-bids-validation")) == 0
+    assert capsys.readouterr().err == ""
+
+
+# -- --boilerplate-only, -q ----------------------------------------------------
+
+
+def test_boilerplate_only_writes_the_methods_text(dataset, tmp_path, capsys):
+    from asl_pipeline.bids import validate_dataset
+    from asl_pipeline.config import Config
+    from asl_pipeline.workflows.base import init_asl_pipeline_wf
+
+    before = snapshot(dataset)
+    assert main(_argv(dataset, tmp_path, "--boilerplate-only", "--no-denoise")) == 0
+    citation = tmp_path / "out" / "logs" / "CITATION.md"
+    assert f"Methods text: {citation}" in capsys.readouterr().out
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [
+        citation.parent.parent.relative_to(tmp_path),
+        citation.parent.relative_to(tmp_path),
+        citation.relative_to(tmp_path),
+    ]  # nothing else: no work directory, no derivatives
+    assert snapshot(dataset) == before
+    text = citation.read_text()
+    assert text.startswith("# Methods\n")
+    # the report's methods text of the same workflow, and it follows the options
+    config = Config.from_args(parse_args(_argv(dataset, tmp_path, "--no-denoise")))
+    workflow = init_asl_pipeline_wf(config, validate_dataset(dataset)[0])
+    report = next(n for n in workflow._get_all_nodes() if n.name == "report")
+    assert report.inputs.methods.strip() in text
+    assert "DWAN" not in text and "Head motion" in text
+
+
+def test_quiet_prints_no_run_summary(dataset, tmp_path, capsys):
+    assert main(_argv(dataset, tmp_path, "--validate-only", "-q")) == 0
+    out = capsys.readouterr().out
+    assert "sub-01:" not in out and "1 ASL run(s) valid" in out
+
+
+def test_quiet_keeps_the_reader_warnings(tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", sidecar={"MRAcquisitionType": "2D"})
+    argv = [str(root), str(tmp_path / "o"), "participant", "--validate-only", "-q",
+            "--skip-bids-validation"]  # fmt: skip
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "asl-pipeline: warning: sub-01_asl.nii.gz: 2D acquisition without SliceTiming" in (
+        captured.err
+    )
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_stop_on_first_crash_reaches_nipype(dataset, tmp_path, monkeypatch, flag):
+    from nipype import config as nipype_config
+
+    from asl_pipeline.cli.workflow import _configure_nipype
+    from asl_pipeline.config import Config
+    from asl_pipeline.itkthreads import ENV_VAR
+
+    for name in (ENV_VAR, "ANTS_RANDOM_SEED"):  # _configure_nipype sets them
+        monkeypatch.setenv(name, "1")
+    saved = nipype_config.get("execution", "stop_on_first_crash")
+    extra = ["--stop-on-first-crash"] if flag else []
+    try:
+        _configure_nipype(Config.from_args(parse_args(_argv(dataset, tmp_path, *extra))), tmp_path)
+        assert nipype_config.get("execution", "stop_on_first_crash") == str(flag)
+    finally:
+        nipype_config.set("execution", "stop_on_first_crash", saved)
+
+
+def test_more_nipreps_spellings(dataset, tmp_path):
+    plugin = tmp_path / "plugin.yml"
+    plugin.write_text("plugin: Linear\n")
+    for option in ("--use-plugin", "--nipype-plugin-file", "--nipype_plugin_file"):
+        args = parse_args(_argv(dataset, tmp_path, option, str(plugin)))
+        assert args.plugin_config == plugin.resolve() and args.plugin == "Linear"
+    args = parse_args(_argv(dataset, tmp_path, "--random-seed", "5", "--m0_scale", "10"))
+    assert args.seed == 5 and args.m0_scale == 10.0

@@ -31,8 +31,34 @@ def test_parse_args_defaults_and_options(tmp_path):
     assert cli.parse_args([str(tmp_path), "--m0-type", "Included"]).m0_type == "included"
 
 
+def test_parse_args_multi_pld_options(tmp_path):
+    args = cli.parse_args([str(tmp_path), "--plds", "0.5", "1.0", "1.5", "--pld-repeats", "4"])
+    assert args.plds == [0.5, 1.0, 1.5] and args.pld_repeats == 4
+    assert cli._multi_pld_kwargs(args) == {"plds": [0.5, 1.0, 1.5], "pld_repeats": 4}
+    args = cli.parse_args([str(tmp_path), "--plds", "1", "2", "--t1-after-arrival", "Blood"])
+    assert cli._multi_pld_kwargs(args) == {"plds": [1.0, 2.0], "t1_after_arrival": "blood"}
+    # a single-PLD run passes none of them, so the simulator runs exactly as before
+    assert cli._multi_pld_kwargs(cli.parse_args([str(tmp_path)])) == {}
+
+
+def test_impossible_plds_exit_1_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main([str(out), "--n-subjects", "1", "--plds", "1.0"]) == 1
+    err = capsys.readouterr().err
+    assert "plds" in err and "Fix:" in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
-    "argv", [["--n-subjects", "0"], ["--labeling", "fair"], ["--noise-scale", "-1"]]
+    "argv",
+    [
+        ["--n-subjects", "0"],
+        ["--labeling", "fair"],
+        ["--noise-scale", "-1"],
+        ["--pld-repeats", "2"],
+        ["--plds", "1", "2", "--pld-repeats", "0"],
+        ["--plds", "1", "2", "--t1-after-arrival", "csf"],
+    ],
 )
 def test_bad_command_line_exits_2(tmp_path, argv):
     with pytest.raises(SystemExit) as exc:

@@ -35,9 +35,11 @@ def init_cbf_wf(
     m0_metadata: dict | None = None,
     multi_pld: bool = False,
     processed_series: bool = False,
+    t1_after_arrival: str = "tissue",
     n_pairs: int,
     quantification: str = "white-paper",
     m0_scale: float = 1.0,
+    m0_recovery: str = "tissue",
     outlier_method: str = "paocsl",
     outlier_threshold: float | None = None,
     paocsl_spec_rules: bool = False,
@@ -61,6 +63,10 @@ def init_cbf_wf(
     ----------
     metadata, m0_metadata
         The run's ASL sidecar and the separate M0's sidecar (merged, as read).
+    t1_after_arrival
+        Multi-PLD fit: the T1 governing the label after it reaches tissue,
+        ``"tissue"`` (apparent tissue T1, Buxton et al. 1998) or ``"blood"``
+        (the white-paper simplification).
     processed_series
         ``inputnode.asl_file`` was regressed and/or smoothed (the source
         study's options): the outlier cleaning then decides on the CBF series
@@ -76,6 +82,10 @@ def init_cbf_wf(
         :data:`MIN_PAIRS_FOR_CLEANING`.
     quantification
         ``"white-paper"`` or ``"asltbx"`` (each pair's control image as M0).
+    m0_recovery
+        Correction of the M0 for incomplete recovery (when its TR is known and
+        under 5 s): ``"tissue"`` (each voxel's T1 from its GM/WM/CSF fractions)
+        or ``"single"`` (one tissue T1, the methods spec's).
     outlier_method, outlier_threshold
         ``paocsl``, ``score``, ``aoc`` or ``none``; threshold None = the
         method's default.
@@ -136,13 +146,14 @@ def init_cbf_wf(
     )
     m0_kwargs = {"m0_metadata": m0_metadata} if m0_metadata else {}
     compute_m0 = pe.Node(
-        ComputeM0(metadata=metadata, m0_scale=m0_scale, **m0_kwargs),
+        ComputeM0(metadata=metadata, m0_scale=m0_scale, recovery=m0_recovery, **m0_kwargs),
         name="compute_m0",
         mem_gb=mem_gb,
     )
     workflow.connect([
         (inputnode, compute_m0, [("asl_m0_source", "asl_file"), ("aslcontext", "aslcontext"),
-                                 ("mask", "mask")]),
+                                 ("mask", "mask"), ("gm", "gm"), ("wm", "wm"),
+                                 ("csf", "csf")]),
         (compute_m0, outputnode, [("m0_file", "m0"), ("m0_json", "m0_json")]),
     ])  # fmt: skip
     if has_m0_file:
@@ -150,12 +161,20 @@ def init_cbf_wf(
 
     if multi_pld:
         fit = pe.Node(
-            ComputeMultiPLDCBF(metadata=metadata), name="fit_multi_pld", mem_gb=2 * mem_gb
+            ComputeMultiPLDCBF(metadata=metadata, t1_after_arrival=t1_after_arrival),
+            name="fit_multi_pld",
+            mem_gb=2 * mem_gb,
         )
         workflow.__desc__ = (
             "CBF and arterial transit time (ATT) were estimated voxel by voxel by fitting "
             "the general kinetic model (Buxton et al. 1998) to the control-label "
-            "differences at all post-labeling delays."
+            "differences at all post-labeling delays. The label decayed with the blood T1 "
+            "during transit and "
+            + (
+                "with the apparent tissue T1 (1/T1app = 1/T1tissue + f/lambda) after arrival."
+                if t1_after_arrival == "tissue"
+                else "after arrival (the white-paper simplification)."
+            )
         )
         workflow.connect([
             (inputnode, fit, [("asl_file", "asl_file"), ("aslcontext", "aslcontext"),

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 from asl_pipeline.config import (
@@ -24,6 +25,7 @@ from asl_pipeline.config import (
     PVC_METHODS,
     QUANTIFICATIONS,
     REGISTRATION_BACKENDS,
+    read_bids_filters,
 )
 
 
@@ -60,6 +62,25 @@ def _float(minimum: float, strict: bool):
         return value
 
     return convert
+
+
+_MEMORY_UNITS = {None: 1e-3, "k": 1e-6, "m": 1e-3, "g": 1.0, "t": 1e3}
+_MEMORY = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])b?)?\s*", re.IGNORECASE)
+
+
+def memory_gb(text: str) -> float:
+    """A memory size in GB: a bare number is MB (fMRIPrep's ``--mem``); units K,
+    M, G, T with an optional B, decimal as in fMRIPrep (16000 = 16G = 16 GB)."""
+    match = _MEMORY.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a memory size: give MB (16000) or a unit (500M, 8G, 8GB, 2T)"
+        )
+    number, unit = match.groups()
+    value = float(number) * _MEMORY_UNITS[unit and unit.lower()]
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
 
 
 def _existing_file(text: str) -> Path:
@@ -100,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="asl-pipeline",
         description="ASL perfusion MRI pipeline: BIDS ASL in, CBF (mL/100 g/min) out.",
         formatter_class=_Formatter,
+        allow_abbrev=False,  # `--mem 16000` must never be read as another option
     )
     parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset")
     parser.add_argument(
@@ -129,11 +151,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LABEL",
         help="sessions to process, with or without 'ses-' (default: all)",
     )
+    g.add_argument(
+        "--bids-filter-file",
+        "--bids_filter_file",
+        dest="bids_filter_file",
+        type=_existing_file,
+        default=None,
+        metavar="FILE",
+        help='JSON file of pybids entity filters, as in fMRIPrep: {"asl": {"acquisition": '
+        '"pcasl"}, "t1w": {"session": "01"}}; null means the entity must be absent',
+    )
+    g.add_argument(
+        "--skip-bids-validation",
+        "--skip_bids_validation",
+        dest="skip_bids_validation",
+        action="store_true",
+        help="do not run bids-validator-deno on the input (by default it runs when installed "
+        "and its errors stop the command)",
+    )
 
     g = parser.add_argument_group("performance")
     g.add_argument(
         "--nprocs",
+        "--nthreads",
         "--n-cpus",
+        "--n_cpus",
         dest="nprocs",
         type=_positive_int,
         default=os.cpu_count() or 1,
@@ -141,13 +183,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--omp-nthreads",
+        "--omp_nthreads",
+        dest="omp_nthreads",
         type=_positive_int,
         default=None,
         help="threads per process (default 1: byte-identical reruns; more threads speed up "
         "the ANTs registrations but their randomly sampled metrics then differ run to run)",
     )
-    g.add_argument(
-        "--mem-gb", type=_float(0, True), default=None, help="memory limit of the run, GB"
+    mem = g.add_mutually_exclusive_group()
+    mem.add_argument(
+        "--mem",
+        "--mem-mb",
+        "--mem_mb",
+        dest="mem_gb",
+        type=memory_gb,
+        default=None,
+        metavar="SIZE",
+        help="memory limit of the run: a bare number is MB as in fMRIPrep (16000), or give "
+        "a unit: 500M, 8G, 8GB, 2T",
+    )
+    mem.add_argument(
+        "--mem-gb",
+        "--mem_gb",
+        dest="mem_gb",
+        type=_float(0, True),
+        default=None,
+        metavar="GB",
+        help="memory limit of the run, GB",
     )
     g.add_argument(
         "--plugin",
@@ -156,7 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="nipype execution plugin (default: the --plugin-config's, else MultiProc)",
     )
     g.add_argument(
+        "--stop-on-first-crash",
+        "--stop_on_first_crash",
+        dest="stop_on_first_crash",
+        action="store_true",
+        help="stop at the first failed step (default: run every step that does not "
+        "depend on it, then report all failures)",
+    )
+    g.add_argument(
         "--plugin-config",
+        "--use-plugin",
+        "--nipype-plugin-file",
+        "--nipype_plugin_file",
+        dest="plugin_config",
         type=_existing_file,
         default=None,
         metavar="FILE",
@@ -253,9 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--m0-scale",
+        "--m0_scale",
+        dest="m0_scale",
         type=_float(0, True),
         default=1.0,
         help="factor applied to M0 (e.g. a vendor scaling between M0 and ASL images)",
+    )
+    g.add_argument(
+        "--m0-recovery",
+        choices=("tissue", "single"),
+        default="tissue",
+        help="M0 incomplete-recovery correction (M0 TR known and < 5 s): tissue (default: "
+        "each voxel's T1 from its GM/WM/CSF fractions) or single (one tissue T1, as in the "
+        "methods spec)",
     )
     g.add_argument(
         "--quantification",
@@ -281,7 +365,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the input and print what was understood, then stop",
     )
-    g.add_argument("--seed", type=_nonneg_int, default=0, help="random seed")
+    g.add_argument(
+        "--boilerplate-only",
+        "--boilerplate_only",
+        dest="boilerplate_only",
+        action="store_true",
+        help="write the methods text of the run to OUTPUT_DIR/logs/CITATION.md, then stop",
+    )
+    g.add_argument(
+        "--seed",
+        "--random-seed",
+        dest="seed",
+        type=_nonneg_int,
+        default=0,
+        help="random seed of the ANTs registrations (0 uses 1)",
+    )
     resume = g.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume",
@@ -297,7 +395,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.set_defaults(clean_workdir=False)
     g.add_argument(
-        "-v", "--verbose", dest="verbosity", action="count", default=0, help="more output"
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="count",
+        default=0,
+        help="more output: -v adds nipype's INFO messages, -vv debugging messages",
+    )
+    g.add_argument(
+        "-q",
+        "--quiet",
+        dest="quiet",
+        action="count",
+        default=0,
+        help="less output: -q prints only warnings, errors and the closing lines",
     )
     return parser
 
@@ -324,11 +435,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     Paths come back absolute; ``participant_label``/``session_label`` without
     their ``sub-``/``ses-`` prefixes; ``plugin_args`` holds the parsed plugin
-    configuration. Usage errors exit with status 2.
+    configuration; ``verbosity`` is the number of ``-v`` less the number of
+    ``-q``. Usage errors exit with status 2.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    _check_paths(parser, args)
+    _clean_labels(parser, args)
+    _check_bids_filters(parser, args)
+    _set_plugin(parser, args)
+    _check_threads(parser, args)
+    args.verbosity -= args.quiet
+    del args.quiet
+    return args
 
+
+def _check_paths(parser, args) -> None:
+    """Absolute paths; outputs outside the input (its derivatives/ excepted)."""
     bids_dir = args.bids_dir.expanduser().resolve()
     if not bids_dir.is_dir():
         parser.error(f"bids_dir {args.bids_dir} does not exist or is not a directory")
@@ -346,6 +469,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if _inside(bids_dir, args.output_dir):
         parser.error(f"output_dir {args.output_dir} contains the input dataset {bids_dir}")
 
+
+def _clean_labels(parser, args) -> None:
+    """Labels without their ``sub-``/``ses-`` prefix, deduplicated, no paths."""
     for name, prefix in (("participant_label", "sub-"), ("session_label", "ses-")):
         labels = getattr(args, name)
         if labels is None:
@@ -362,6 +488,19 @@ def parse_args(argv=None) -> argparse.Namespace:
             clean.append(label)
         setattr(args, name, list(dict.fromkeys(clean)))
 
+
+def _check_bids_filters(parser, args) -> None:
+    if args.bids_filter_file is None:
+        return
+    try:
+        read_bids_filters(args.bids_filter_file)
+    except ValueError as exc:
+        msg = " ".join(str(exc).split())
+        parser.error(f"--bids-filter-file {args.bids_filter_file}: {msg}")
+
+
+def _set_plugin(parser, args) -> None:
+    """``plugin``/``plugin_args`` from --plugin and --plugin-config (--plugin wins)."""
     args.plugin_args = {}
     if args.plugin_config is not None:
         try:
@@ -384,6 +523,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.plugin is None:
         args.plugin = "MultiProc"
 
+
+def _check_threads(parser, args) -> None:
     if args.omp_nthreads is None:
         args.omp_nthreads = 1
     elif args.omp_nthreads > args.nprocs:
@@ -391,4 +532,3 @@ def parse_args(argv=None) -> argparse.Namespace:
             f"--omp-nthreads {args.omp_nthreads} exceeds --nprocs {args.nprocs}: a process "
             "cannot use more threads than the run has CPUs"
         )
-    return args

@@ -1,9 +1,10 @@
 """The ``asl-pipeline`` command (BIDS App).
 
 ``main`` parses the command line, builds the :class:`~asl_pipeline.config.Config`,
-reads and validates every selected ASL run before any work starts, prints what
-it understood of each run, and then either stops (``--validate-only``) or hands
-over to :func:`_run_workflow`.
+reads and validates every selected ASL run before any work starts, runs the
+BIDS validator (unless ``--skip-bids-validation``), prints what it understood
+of each run, and then either stops (``--validate-only``), writes the methods
+text (``--boilerplate-only``) or hands over to :func:`_run_workflow`.
 
 Exit status: 0 success, 1 bad input data (one line on stderr per invalid run,
 naming the file, the field and the fix; no run is processed while any is
@@ -23,6 +24,20 @@ EXIT_DATA_ERROR = 1
 EXIT_USAGE = 2
 
 
+def _check_bids(config) -> bool:
+    """The BIDS validator's verdict (True without it or with --skip-bids-validation)."""
+    from asl_pipeline.cli.bidsvalidator import check_input
+
+    return config.skip_bids_validation or check_input(config.bids_dir, config.participant_label)
+
+
+def _write_boilerplate(config, runs) -> int:
+    from asl_pipeline.cli.workflow import write_boilerplate
+
+    print(f"Methods text: {write_boilerplate(config, runs)}")
+    return EXIT_OK
+
+
 def _run_workflow(config, runs) -> int:
     """Build and run the processing workflow for validated ``runs``."""
     from asl_pipeline.cli.workflow import run_workflow
@@ -35,7 +50,7 @@ def _quiet_reader(verbosity: int):
     """Hold back the reader's logged warnings: :func:`describe` prints them."""
     logger = logging.getLogger("asl_pipeline.bids")
     previous = logger.level
-    if verbosity == 0:
+    if verbosity <= 0:
         logger.setLevel(logging.ERROR)
     try:
         yield
@@ -49,7 +64,8 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv=None) -> int:
     """Entry point; ``argv`` defaults to ``sys.argv[1:]``. Returns the exit status."""
-    from asl_pipeline.bids import describe, validate_dataset
+    from asl_pipeline.bids import validate_dataset
+    from asl_pipeline.cli.console import configure_logging, print_runs
     from asl_pipeline.cli.parser import parse_args
     from asl_pipeline.config import Config
     from asl_pipeline.errors import ASLInputError
@@ -59,15 +75,14 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # argparse: --help/--version (0) or a usage error (2)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     config = Config.from_args(args)
-    if config.verbosity:
-        logging.basicConfig(
-            level=logging.INFO if config.verbosity == 1 else logging.DEBUG,
-            format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        )
+    configure_logging(config.verbosity)
     try:
         with _quiet_reader(config.verbosity):
             runs, errors = validate_dataset(
-                config.bids_dir, config.participant_label, session=config.session_label
+                config.bids_dir,
+                config.participant_label,
+                session=config.session_label,
+                bids_filters=config.bids_filters,
             )
     except ASLInputError as exc:  # a problem of the whole dataset
         runs, errors = [], [exc]
@@ -84,9 +99,10 @@ def main(argv=None) -> int:
         for exc in errors:
             print(f"asl-pipeline: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_DATA_ERROR
+    if not _check_bids(config):
+        return EXIT_DATA_ERROR
 
-    for run in runs:
-        print(describe(run))
+    print_runs(runs, config.verbosity)
     suppressed = [r.asl_file.name for r in runs if r.background_suppression]
     if config.quantification == "asltbx" and suppressed:
         print(
@@ -99,6 +115,8 @@ def main(argv=None) -> int:
     print(f"{len(runs)} ASL run(s) valid, {n_warn} warning(s).")
     if config.validate_only:
         return EXIT_OK
+    if config.boilerplate_only:
+        return _write_boilerplate(config, runs)
     return _run_workflow(config, runs)
 
 

@@ -36,6 +36,30 @@ def get_parser() -> argparse.ArgumentParser:
     a.add_argument("--readout", choices=["2d", "3d"], default="2d", type=str.lower)
     a.add_argument("--n-pairs", type=int, default=40, help="control/label pairs (default 40)")
     a.add_argument(
+        "--plds",
+        type=float,
+        nargs="+",
+        metavar="S",
+        help="multi-PLD (pCASL) / multi-TI (PASL) run with these delays in seconds, e.g. "
+        "--plds 0.5 1.0 1.5 2.0 2.5 (PASL: TIs above the 0.7 s bolus cut-off); the pairs "
+        "cycle through them, --n-pairs in all (a multiple of their number) unless "
+        "--pld-repeats is given",
+    )
+    a.add_argument(
+        "--pld-repeats",
+        type=int,
+        metavar="N",
+        help="control/label pairs per delay of --plds (then --n-pairs is not used)",
+    )
+    a.add_argument(
+        "--t1-after-arrival",
+        choices=["tissue", "blood"],
+        type=str.lower,
+        help="T1 of the label after it reaches the tissue in the simulated signal: the "
+        "apparent tissue T1 (Buxton et al. 1998; default with --plds) or blood T1 (the white "
+        "paper's model; default for single-PLD runs)",
+    )
+    a.add_argument(
         "--background-suppression", action="store_true", help="simulate background suppression"
     )
     a.add_argument("--label-first", action="store_true", help="label/control order")
@@ -69,11 +93,28 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--n-subjects must be at least 1")
     if args.n_pairs < 1:
         parser.error("--n-pairs must be at least 1")
+    if args.pld_repeats is not None and args.plds is None:
+        parser.error("--pld-repeats needs --plds")
+    if args.pld_repeats is not None and args.pld_repeats < 1:
+        parser.error("--pld-repeats must be at least 1")
     if args.noise_scale < 0:
         parser.error("--noise-scale must be >= 0")
     if not 0.5 <= args.t1w_voxel_size <= 4:
         parser.error("--t1w-voxel-size must be between 0.5 and 4 mm")
     return args
+
+
+def _multi_pld_kwargs(args) -> dict:
+    """Keyword arguments of the multi-PLD options, only those given (so that a
+    single-PLD run calls the simulator exactly as before)."""
+    kw = {}
+    if args.plds is not None:
+        kw["plds"] = list(args.plds)
+    if args.pld_repeats is not None:
+        kw["pld_repeats"] = args.pld_repeats
+    if args.t1_after_arrival is not None:
+        kw["t1_after_arrival"] = args.t1_after_arrival
+    return kw
 
 
 def main(argv=None) -> int:
@@ -111,6 +152,7 @@ def main(argv=None) -> int:
             label_first=args.label_first,
             m0_type=args.m0_type.capitalize(),
             t1w_voxel_size=args.t1w_voxel_size,
+            **_multi_pld_kwargs(args),
         )
     except ASLInputError as exc:
         print(f"asl-simulate: error: {exc}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import sys
 import time
@@ -43,23 +43,37 @@ def _crash_report(crash_dir: Path, since: float) -> list[str]:
     return lines
 
 
-def run_workflow(config, runs) -> int:
-    """Create the outputs, build the graph, run it; return the exit status."""
+def execution_nodes(workflow) -> list[tuple[str, str]]:
+    """``(itername, hierarchy)`` of the nodes that ``workflow.run`` executes.
+
+    The execution graph as nipype builds it: flattened, with iterables expanded
+    and pass-through IdentityInterface nodes (every ``inputnode``/``outputnode``)
+    removed, so the count is that of the steps that actually run.
+    """
+    from copy import deepcopy
+
+    from nipype.pipeline.engine.utils import generate_expanded_graph
+
+    graph = generate_expanded_graph(deepcopy(workflow._create_flat_graph()))
+    return [(node.itername, node._hierarchy or "") for node in graph.nodes()]
+
+
+def _with_progress(settings: dict, progress) -> dict:
+    """Plugin settings with ``progress`` as nipype's status callback (not for
+    SLURMGraph, which submits everything at once and takes no callback)."""
+    if settings["plugin"] == "SLURMGraph":
+        return settings
+    return {**settings, "plugin_args": {**settings["plugin_args"], "status_callback": progress}}
+
+
+def _configure_nipype(config, log_dir: Path) -> None:
+    """Execution and logging settings of nipype, and the environment of the workers."""
     from nipype import config as nipype_config
     from nipype import logging as nipype_logging
 
-    from asl_pipeline.cli.summary import summary_lines
-    from asl_pipeline.derivatives import write_dataset_files
+    from asl_pipeline.cli.console import nipype_logging as logging_levels
     from asl_pipeline.itkthreads import ENV_VAR as ITK_THREADS_VAR
-    from asl_pipeline.workflows.base import init_asl_pipeline_wf
 
-    output_dir = Path(config.output_dir)
-    work_dir = Path(config.work_dir)
-    log_dir = output_dir / "logs"
-    for folder in (output_dir, work_dir, log_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    write_dataset_files(output_dir, source_dataset=config.bids_dir)
-    config.to_toml(log_dir / "asl_pipeline_config.toml")
     if config.plugin.startswith("SLURM"):
         os.environ.setdefault("LOGNAME", os.environ.get("USER", "asl_pipeline"))
     # Reproducibility: ITK (antspyx) registrations sample their metric at random
@@ -70,44 +84,67 @@ def run_workflow(config, runs) -> int:
     # jobs, which inherit the environment.
     os.environ[ITK_THREADS_VAR] = str(max(1, int(config.omp_nthreads)))
     os.environ["ANTS_RANDOM_SEED"] = str(int(config.seed) or 1)
-
     nipype_config.update_config({
         "execution": {
             "crashdump_dir": str(log_dir),
             "crashfile_format": "txt",
-            "stop_on_first_crash": False,
+            "stop_on_first_crash": bool(config.stop_on_first_crash),
             "remove_unnecessary_outputs": False,
             "hash_method": "content",
             "poll_sleep_duration": 1,
         },
-        "logging": {"workflow_level": "INFO", "interface_level": "WARNING"},
+        "logging": logging_levels(config.verbosity),
     })  # fmt: skip
     nipype_logging.update_logging(nipype_config)
-    logging.getLogger("nipype.workflow").setLevel(logging.INFO)
+
+
+def _report_failure(exc: Exception, log_dir: Path, work_dir: Path, started: float) -> None:
+    print(f"asl-pipeline: processing failed: {exc}", file=sys.stderr)
+    for line in _crash_report(log_dir, started - 1):
+        print(line, file=sys.stderr)
+    print(
+        f"Fix the cause and run the same command again: finished steps are reused "
+        f"from {work_dir}.",
+        file=sys.stderr,
+    )
+
+
+def run_workflow(config, runs) -> int:
+    """Create the outputs, build the graph, run it; return the exit status."""
+    from asl_pipeline.cli.console import Progress
+    from asl_pipeline.cli.summary import summary_lines
+    from asl_pipeline.derivatives import write_dataset_files
+    from asl_pipeline.workflows.base import init_asl_pipeline_wf
+
+    output_dir = Path(config.output_dir)
+    work_dir = Path(config.work_dir)
+    log_dir = output_dir / "logs"
+    for folder in (output_dir, work_dir, log_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    write_dataset_files(output_dir, source_dataset=config.bids_dir)
+    config.to_toml(log_dir / "asl_pipeline_config.toml")
+    _configure_nipype(config, log_dir)
 
     workflow = init_asl_pipeline_wf(config, runs)
     workflow.config["execution"]["crashdump_dir"] = str(log_dir)
     settings = config.plugin_settings
     _set_node_resources(workflow, settings["plugin"])
-    n_nodes = len(workflow._get_all_nodes())
-    subjects = sorted({r.subject for r in runs})
-    print(
-        f"Running {n_nodes} processing steps for {len(subjects)} subject(s) with the "
-        f"{settings['plugin']} plugin; work directory {work_dir}",
-        flush=True,
-    )
-    started = time.time()
-    try:
-        workflow.run(**settings)
-    except Exception as exc:  # nipype raises RuntimeError on node failures
-        print(f"asl-pipeline: processing failed: {exc}", file=sys.stderr)
-        for line in _crash_report(log_dir, started - 1):
-            print(line, file=sys.stderr)
+    progress = Progress(execution_nodes(workflow))
+    if config.verbosity >= 0:
+        subjects = sorted({r.subject for r in runs})
         print(
-            f"Fix the cause and run the same command again: finished steps are reused "
-            f"from {work_dir}.",
-            file=sys.stderr,
+            f"Running {progress.total} processing steps for {len(subjects)} subject(s) with "
+            f"the {settings['plugin']} plugin; work directory {work_dir}",
+            flush=True,
         )
+        settings = _with_progress(settings, progress)
+    started = time.time()
+    heartbeat = progress.heartbeat() if config.verbosity >= 0 else contextlib.nullcontext()
+    try:
+        with heartbeat:
+            workflow.run(**settings)
+    except Exception as exc:  # nipype raises RuntimeError on node failures
+        _report_failure(exc, log_dir, work_dir, started)
         return EXIT_FAILED
     reports = sorted(output_dir.glob("sub-*/figures/*_report.html"))
     print(f"Finished in {time.time() - started:.0f} s. Derivatives: {output_dir}")
@@ -116,3 +153,49 @@ def run_workflow(config, runs) -> int:
     for rep in reports:
         print(f"Report: {rep}")
     return EXIT_OK
+
+
+def methods_texts(workflow) -> dict[str, list[str]]:
+    """The methods paragraphs of a built workflow: text -> runs that share it.
+
+    Read from the ``methods`` input of its report nodes, i.e. the text each
+    run's HTML report shows, built from the workflow that runs.
+    """
+    texts: dict[str, list[str]] = {}
+    for node in workflow._get_all_nodes():
+        text = getattr(node.inputs, "methods", None)
+        if isinstance(text, str) and text.strip():
+            run = getattr(node.inputs, "run_name", None)
+            texts.setdefault(text.strip(), []).append(
+                run if isinstance(run, str) else node.fullname
+            )
+    return texts
+
+
+def boilerplate_markdown(texts: dict[str, list[str]], version: str) -> str:
+    """``CITATION.md``: one section per distinct methods text."""
+    lines = [
+        "# Methods",
+        "",
+        f"*Text generated by asl-pipeline {version} from the workflow of this run; "
+        "it may be copied into a manuscript's methods section.*",
+        "",
+    ]
+    for text, runs in texts.items():
+        if len(texts) > 1:
+            lines += [f"## {', '.join(runs)}", ""]
+        lines += [text, ""]
+    return "\n".join(lines)
+
+
+def write_boilerplate(config, runs) -> Path:
+    """Build the workflow (without running it) and write its methods text to
+    ``OUTPUT_DIR/logs/CITATION.md``; nothing else is written."""
+    from asl_pipeline import __version__
+    from asl_pipeline.workflows.base import init_asl_pipeline_wf
+
+    texts = methods_texts(init_asl_pipeline_wf(config, runs))
+    path = Path(config.output_dir) / "logs" / "CITATION.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(boilerplate_markdown(texts, __version__), encoding="utf-8")
+    return path

@@ -13,6 +13,7 @@ Layout of ``out_dir``::
         sub-XX/perf/sub-XX_desc-true_m0.nii.gz      fully relaxed M0, ASL space
         sub-XX/perf/sub-XX_label-{GM,WM,CSF}_probseg.nii.gz, _desc-brain_mask
         sub-XX/perf/sub-XX_desc-lesion_mask.nii.gz  (with ``lesion=True``)
+        sub-XX/perf/sub-XX_desc-true_kinetics.json  kinetic model (multi-PLD only)
         sub-XX/perf/sub-XX_desc-true_motion.tsv     true motion (+ .json)
         sub-XX/perf/sub-XX_desc-true_outliers.tsv   corrupted volumes/slices
         sub-XX/perf/sub-XX_from-ASL_to-T1w_mode-image_xfm.txt
@@ -50,6 +51,7 @@ import numpy as np
 
 from asl_pipeline import __version__
 from asl_pipeline.errors import ASLInputError
+from asl_pipeline.kinetics import LAMBDA, T1_BLOOD
 from asl_pipeline.simulate.anatomy import TEMPLATE_SPACE, SmoothField, SubjectDeformation
 from asl_pipeline.simulate.series import SimulatedSubject, simulate_subject
 
@@ -197,6 +199,25 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
         )
 
 
+def kinetics_truth(sub: SimulatedSubject) -> dict:
+    """The kinetic model and constants of a multi-PLD subject's ΔM (for the
+    ``desc-true_kinetics.json`` of the ground truth)."""
+    return {
+        "Description": (
+            "Kinetic model of the simulated control-label difference: Buxton general "
+            "kinetic model, single compartment, one CBF and ATT per voxel (desc-true_cbf, "
+            "desc-true_att); blood T1 during transit, then T1AfterArrival: 'tissue' = "
+            "apparent tissue T1 (1/T1app = 1/T1Tissue + f/lambda), 'blood' = T1Blood."
+        ),
+        "T1AfterArrival": sub.t1_after_arrival,
+        "T1Tissue": float(sub.t1_tissue),
+        "T1Blood": T1_BLOOD[3.0],
+        "PartitionCoefficient": LAMBDA,
+        "LabelingEfficiency": float(sub.alpha),
+        "PostLabelingDelays": [float(p) for p in sub.plds],
+    }
+
+
 def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
     """Write one simulated subject (raw files and derivatives); returns the paths."""
     root = Path(out_dir)
@@ -237,6 +258,10 @@ def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
     nii(dp / f"{s}_desc-brain_mask.nii.gz", sub.brain_mask.astype(np.uint8), aff, np.uint8)
     if sub.lesion is not None:
         nii(dp / f"{s}_desc-lesion_probseg.nii.gz", sub.lesion, aff, np.float32)
+    if sub.plds is not None:  # multi-PLD: the kinetic model the signal was made with
+        kin = dp / f"{s}_desc-true_kinetics.json"
+        _write_json(kin, kinetics_truth(sub))
+        written.append(kin)
     cols = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
     _write_tsv(
         dp / f"{s}_desc-true_motion.tsv",
@@ -336,6 +361,9 @@ def simulate_dataset(
             fix="ask for at least one subject.",
         )
     _check_out_dir(out, overwrite)
+    # the first subject is simulated before anything is written, so that bad
+    # arguments (e.g. an impossible set of PLDs) leave no partial dataset
+    first = simulate_subject(subject_seed(seed, 0), **subject_kwargs)
     out.mkdir(parents=True, exist_ok=True)
     width = max(2, len(str(n_subjects)))
     labels = [f"{i + 1:0{width}d}" for i in range(int(n_subjects))]
@@ -392,7 +420,7 @@ def simulate_dataset(
     rows = []
     for i, label in enumerate(labels):
         sseed = subject_seed(seed, i)
-        sub = simulate_subject(sseed, **subject_kwargs)
+        sub = first if i == 0 else simulate_subject(sseed, **subject_kwargs)
         write_subject(out, label, sub)
         meta_rng = np.random.default_rng(sseed)
         rows.append([f"sub-{label}", int(meta_rng.integers(20, 80)), meta_rng.choice(["F", "M"])])

@@ -23,7 +23,10 @@ pulled back through the subject's true mappings (see
   :func:`~asl_pipeline.kinetics.pasl_deltam` with the voxel's CBF, ATT and
   ``m0_true``, the slice's PLD (``PLD + SliceTiming[z]`` for 2D readouts) and
   ``alpha = labeling_efficiency(type, LabelingEfficiency, n_BS_pulses)``;
-  ``label = control - ΔM``.
+  ``label = control - ΔM``. The T1 after the label's arrival is the apparent
+  tissue T1 (Buxton et al. 1998) for multi-PLD runs and blood T1 (the white
+  paper's model) for single-PLD runs unless ``t1_after_arrival`` says
+  otherwise; multi-PLD runs give each pair its own PLD.
 
 Each volume is then multiplied by ``1 + physiological fluctuation`` and
 corrupted by outliers if any, and complex Gaussian noise is added before the
@@ -112,6 +115,33 @@ class ASLProtocol:
     slice_duration: float
     label_first: bool
     m0_tr: float | None = None
+    #: Multi-PLD (multi-TI) runs: the distinct PLDs (TIs) in acquisition order,
+    #: cycled ``pld_repeats`` times (``pld`` is then their maximum); ``None``
+    #: for single-PLD runs.
+    plds: tuple[float, ...] | None = None
+    pld_repeats: int = 1
+    #: T1 after the label's arrival (:data:`asl_pipeline.kinetics.T1_AFTER_ARRIVAL`)
+    #: and the tissue T1 (s) of the kinetic model.
+    t1_after_arrival: str = "blood"
+    t1_tissue: float = kinetics.T1_TISSUE[3.0]
+
+    @property
+    def is_multi_pld(self) -> bool:
+        return self.plds is not None
+
+    @property
+    def pair_pld(self) -> np.ndarray:
+        """PLD (TI) of each control/label pair, in acquisition order."""
+        if self.plds is None:
+            return np.full(self.n_pairs, self.pld)
+        return np.tile(np.asarray(self.plds, float), self.pld_repeats)
+
+    @property
+    def pair_pld_index(self) -> np.ndarray:
+        """Index into ``plds`` of each pair (zeros for single-PLD runs)."""
+        if self.plds is None:
+            return np.zeros(self.n_pairs, dtype=int)
+        return np.tile(np.arange(len(self.plds)), self.pld_repeats)
 
     @property
     def slice_timing(self) -> np.ndarray:
@@ -148,16 +178,25 @@ class ASLProtocol:
         pair = ["label", "control"] if self.label_first else ["control", "label"]
         return pair * self.n_pairs
 
-    def deltam(self, cbf, att, m0, t1b=kinetics.T1_BLOOD[3.0]):
-        """ΔM for the protocol, broadcasting the per-slice PLD along z."""
-        pld = self.slice_pld[None, None, :]
+    def deltam(self, cbf, att, m0, t1b=kinetics.T1_BLOOD[3.0], *, pld=None):
+        """ΔM for the protocol at ``pld`` (default ``self.pld``), broadcasting the
+        per-slice delay ``pld + SliceTiming`` along z."""
+        pld = (self.pld if pld is None else float(pld)) + self.slice_timing[None, None, :]
+        kw = {
+            "alpha": self.alpha,
+            "t1b": t1b,
+            "t1_after_arrival": self.t1_after_arrival,
+            "t1_tissue": self.t1_tissue,
+        }
         if self.labeling == "PCASL":
-            return kinetics.pcasl_deltam(
-                cbf, att, pld, self.labeling_duration, m0, alpha=self.alpha, t1b=t1b
-            )
-        return kinetics.pasl_deltam(
-            cbf, att, pld, self.bolus_cutoff, m0, alpha=self.alpha, t1b=t1b
-        )
+            return kinetics.pcasl_deltam(cbf, att, pld, self.labeling_duration, m0, **kw)
+        return kinetics.pasl_deltam(cbf, att, pld, self.bolus_cutoff, m0, **kw)
+
+    def deltam_per_flow(self, cbf, att, t1b=kinetics.T1_BLOOD[3.0], *, pld=None):
+        """ΔM per unit of ``cbf * M0`` at the voxel's own ``cbf`` (the apparent
+        tissue T1 depends on the flow; with blood T1 it is ``deltam(1, att, 1)``)."""
+        c = np.maximum(np.asarray(cbf, float), 1e-6)
+        return self.deltam(c, att, 1.0, t1b, pld=pld) / c
 
     def metadata(self, voxel_size) -> dict:
         """The ``_asl.json`` sidecar a scanner would write."""
@@ -171,7 +210,11 @@ class ASLProtocol:
             "FlipAngle": 90,
             "RepetitionTimePreparation": self.tr,
             "ArterialSpinLabelingType": self.labeling,
-            "PostLabelingDelay": float(self.pld),
+            "PostLabelingDelay": (
+                float(self.pld)
+                if self.plds is None
+                else [float(p) for p in np.repeat(self.pair_pld, 2)]
+            ),
             "BackgroundSuppression": bool(self.background_suppression),
             "M0Type": "Separate",
             "TotalAcquiredPairs": int(self.n_pairs),
@@ -194,16 +237,16 @@ class ASLProtocol:
             md["BolusCutOffDelayTime"] = float(self.bolus_cutoff)
             md["LabelingSlabThickness"] = 100.0
         if self.background_suppression:
+            # pulses before the readout of the shortest delay
+            bs_pld = self.pld if self.plds is None else min(self.plds)
             md["BackgroundSuppressionNumberPulses"] = self.n_bs_pulses
             md["BackgroundSuppressionPulseTime"] = [
                 round(
-                    self.pld * 0.55
-                    + (self.labeling_duration if self.labeling == "PCASL" else 0.0),
+                    bs_pld * 0.55 + (self.labeling_duration if self.labeling == "PCASL" else 0.0),
                     4,
                 ),
                 round(
-                    self.pld * 0.85
-                    + (self.labeling_duration if self.labeling == "PCASL" else 0.0),
+                    bs_pld * 0.85 + (self.labeling_duration if self.labeling == "PCASL" else 0.0),
                     4,
                 ),
             ]
@@ -276,9 +319,17 @@ def _make_protocol(
     slice_duration,
     label_first,
     m0_tr,
+    plds=None,
+    pld_repeats=None,
+    t1_after_arrival=None,
+    t1_tissue=None,
 ) -> ASLProtocol:
     labeling = _check_choice(labeling, ("PCASL", "PASL"), "labeling")
     readout = _check_choice(readout, ("2D", "3D"), "readout")
+    multi = _check_plds(plds, pld, labeling, bolus_cutoff)
+    if multi is not None:
+        n_pairs = _check_repeats(n_pairs, pld_repeats, len(multi))
+        pld = max(multi)
     if int(n_pairs) < 1:
         raise ASLInputError(
             f"n_pairs={n_pairs} gives no control/label pair.",
@@ -293,6 +344,22 @@ def _make_protocol(
             field="bolus_cutoff",
             fix="use e.g. bolus_cutoff=0.7 with pld (TI)=1.8.",
         )
+    if t1_after_arrival is None:
+        t1_after_arrival = "blood" if multi is None else "tissue"
+    if t1_after_arrival not in kinetics.T1_AFTER_ARRIVAL:
+        raise ASLInputError(
+            f"t1_after_arrival={t1_after_arrival!r} is not a supported value.",
+            field="t1_after_arrival",
+            fix=f"use one of {', '.join(kinetics.T1_AFTER_ARRIVAL)}.",
+        )
+    if t1_tissue is None:
+        t1_tissue = kinetics.T1_TISSUE[3.0]
+    if not (np.isfinite(t1_tissue) and t1_tissue > 0):
+        raise ASLInputError(
+            f"t1_tissue={t1_tissue} must be a positive number of seconds.",
+            field="t1_tissue",
+            fix="use e.g. t1_tissue=1.4 (3 T).",
+        )
     proto = ASLProtocol(
         labeling=labeling,
         readout=readout,
@@ -305,9 +372,66 @@ def _make_protocol(
         labeling_efficiency=labeling_efficiency,
         slice_duration=float(slice_duration),
         label_first=bool(label_first),
+        plds=multi,
+        pld_repeats=1 if multi is None else int(n_pairs) // len(multi),
+        t1_after_arrival=t1_after_arrival,
+        t1_tissue=float(t1_tissue),
     )
     proto.m0_tr = float(proto.tr if m0_tr is None else m0_tr)
     return proto
+
+
+def _check_plds(plds, pld, labeling, bolus_cutoff) -> tuple[float, ...] | None:
+    """The distinct PLDs (TIs) of a multi-PLD run, checked; ``None`` without."""
+    if plds is None:
+        return None
+    if pld is not None:
+        raise ASLInputError(
+            f"both pld={pld} and plds={plds} given.",
+            field="plds",
+            fix="pass pld for a single-PLD run or plds for a multi-PLD one.",
+        )
+    try:
+        values = tuple(float(p) for p in plds)
+    except (TypeError, ValueError):
+        values = ()
+    if (
+        len(values) < 2
+        or len(set(values)) != len(values)
+        or not all(np.isfinite(v) and v >= 0 for v in values)
+    ):
+        raise ASLInputError(
+            f"plds={plds!r} must be at least two distinct delays >= 0 (s).",
+            field="plds",
+            fix="pass e.g. plds=[0.5, 1.0, 1.5, 2.0, 2.5], or pld= for a single delay.",
+        )
+    if labeling == "PASL" and min(values) <= bolus_cutoff:
+        raise ASLInputError(
+            f"the shortest TI ({min(values)} s) is not after the bolus cut-off "
+            f"TI1 = {bolus_cutoff} s (QUIPSS II saturates at TI1, before the readout).",
+            field="plds",
+            fix="use TIs above bolus_cutoff, e.g. plds=[0.8, 1.2, 1.6, 2.0, 2.4].",
+        )
+    return values
+
+
+def _check_repeats(n_pairs, pld_repeats, n_plds) -> int:
+    """Pairs of a multi-PLD run: ``pld_repeats`` per PLD, or ``n_pairs`` split evenly."""
+    if pld_repeats is None:
+        if int(n_pairs) % n_plds:
+            raise ASLInputError(
+                f"n_pairs={n_pairs} is not a multiple of the {n_plds} PLDs.",
+                field="pld_repeats",
+                fix=f"pass pld_repeats (pairs per PLD) or n_pairs a multiple of {n_plds}.",
+            )
+        return int(n_pairs)
+    if int(pld_repeats) < 1:
+        raise ASLInputError(
+            f"pld_repeats={pld_repeats} gives no pair.",
+            field="pld_repeats",
+            fix="use pld_repeats >= 1.",
+        )
+    return int(pld_repeats) * n_plds
 
 
 # --------------------------------------------------------------------------
@@ -552,6 +676,8 @@ def _include_m0(sub, proto) -> None:
     sub.motion_jerks = [t + 1 for t in sub.motion_jerks]
     md = dict(sub.metadata)
     md["M0Type"] = "Included"
+    if isinstance(md["PostLabelingDelay"], list):  # one delay per volume: 0 for the M0
+        md["PostLabelingDelay"] = [0.0] + md["PostLabelingDelay"]
     if abs(proto.m0_tr - proto.tr) > 1e-9:
         md["RepetitionTimePreparation"] = [float(proto.m0_tr)] + [float(proto.tr)] * (
             2 * proto.n_pairs
@@ -584,7 +710,11 @@ class SimulatedSubject:
     (effective labeling efficiency), ``slice_pld`` (s, per slice),
     ``lesion`` (0-1 weight, or None), ``cbf_gm`` / ``cbf_wm`` (the tissue
     CBF of the voxel, ``cbf = gm * cbf_gm + wm * cbf_wm``: partial-volume
-    truth). Truth in T1w space: ``gm_t1w``,
+    truth). Multi-PLD runs: ``plds`` (the distinct
+    delays, s; None for single-PLD runs), ``deltam`` ``(x, y, z, len(plds))``
+    and ``slice_pld`` ``(z, len(plds))``, one per delay. Kinetic model of
+    ``deltam``: ``t1_after_arrival`` ("tissue" or "blood") and ``t1_tissue`` (s),
+    see :mod:`asl_pipeline.kinetics`. Truth in T1w space: ``gm_t1w``,
     ``wm_t1w``, ``csf_t1w``, ``brain_mask_t1w``. Relations: ``asl_to_t1w``
     (4x4, ASL world -> T1w world), ``deformation`` (T1w world -> MNI, see
     :class:`~asl_pipeline.simulate.anatomy.SubjectDeformation`).
@@ -628,6 +758,9 @@ class SimulatedSubject:
     alpha: float = 0.85
     slice_pld: np.ndarray = field(default_factory=lambda: np.zeros(0))
     seed: int = 0
+    plds: tuple | None = None
+    t1_after_arrival: str = "blood"
+    t1_tissue: float = kinetics.T1_TISSUE[3.0]
     cbf_gm: np.ndarray | None = None
     cbf_wm: np.ndarray | None = None
 
@@ -693,6 +826,10 @@ def simulate_subject(
     resolution: int = 1,
     subsample=(2, 2, 3),
     dtype=np.float32,
+    plds=None,
+    pld_repeats: int | None = None,
+    t1_after_arrival: str | None = None,
+    t1_tissue: float | None = None,
 ) -> SimulatedSubject:
     """Simulate one subject's ASL run, separate M0 scan and T1w image.
 
@@ -706,6 +843,24 @@ def simulate_subject(
     ``m0_metadata`` is None). The M0 scan has TR ``m0_tr`` (default: the ASL TR, so a pipeline
     must correct for incomplete recovery), no background suppression, its own
     small head position (``m0_motion``) and its own noise.
+
+    Multi-PLD (pCASL) / multi-TI (PASL) runs: ``plds`` (e.g. ``[0.5, 1.0,
+    1.5, 2.0, 2.5]``; TIs for PASL, all after ``bolus_cutoff``) instead of
+    ``pld``, ``pld_repeats`` pairs per delay (default ``n_pairs // len(plds)``,
+    ``n_pairs`` is then ``pld_repeats * len(plds)``), acquired as repeats of
+    the whole list of delays, a control/label pair per delay. The sidecar's
+    ``PostLabelingDelay`` gives each volume its delay; the TR is the same for
+    all volumes (that of the longest delay).
+
+    Kinetic model: the Buxton general kinetic model of
+    :mod:`asl_pipeline.kinetics` with the T1 after the label's arrival
+    ``t1_after_arrival``: ``"tissue"`` (the apparent tissue T1,
+    ``1/T1app = 1/t1_tissue + f/lambda``, ``t1_tissue`` default 1.4 s) or
+    ``"blood"``. The default is ``"tissue"`` for multi-PLD runs (so a
+    pipeline that assumed blood T1 would read them biased, as on real data)
+    and ``"blood"`` for single-PLD runs (the white paper's model, which their
+    quantification inverts exactly; their output is unchanged by these
+    options).
 
     Motion (``motion``): drift, jitter, persistent jerks and one transient
     jerk per spike volume (:func:`~asl_pipeline.simulate.motion.random_motion`,
@@ -762,6 +917,10 @@ def simulate_subject(
         slice_duration=slice_duration,
         label_first=label_first,
         m0_tr=m0_tr,
+        plds=plds,
+        pld_repeats=pld_repeats,
+        t1_after_arrival=t1_after_arrival,
+        t1_tissue=t1_tissue,
     )
     anat = _asl_anatomy(
         rng,
@@ -777,9 +936,16 @@ def simulate_subject(
     fr = anat.fractions
     m0_true = _m0_true(fr)
     static = _static(fr, proto)
-    deltam = proto.deltam(anat.cbf, anat.att, m0_true)
+    if proto.is_multi_pld:  # one noise-free ΔM per distinct delay
+        deltam = np.stack(
+            [proto.deltam(anat.cbf, anat.att, m0_true, pld=p) for p in proto.plds], -1
+        )
+    else:
+        deltam = proto.deltam(anat.cbf, anat.att, m0_true)
     n_vol = 2 * proto.n_pairs
     is_label = np.array([c == "label" for c in proto.aslcontext])
+    # the delay of each volume (index into proto.plds)
+    vol_pld = np.repeat(proto.pair_pld_index, 2)
 
     # outliers and motion
     brain_slices = np.flatnonzero(anat.brain_mask.sum((0, 1)) >= 10)
@@ -821,6 +987,7 @@ def simulate_subject(
         ]
         flow_c = ndimage.spline_filter(anat.padded["cbf"] * _m0_true(pad_fr), 3, mode="nearest")
         att_c = anat.padded["att"]
+        cbf_c = anat.padded["cbf"]
 
         def _move(img, t, **kw):
             return resample_moved(
@@ -841,7 +1008,14 @@ def simulate_subject(
             if is_label[t]:
                 flow_t = np.maximum(_move(flow_c, t), 0.0)
                 att_t = _move(att_c, t, order=1, prefiltered=False)
-                s_t = s_t - proto.deltam(flow_t, att_t, 1.0)
+                if proto.t1_after_arrival == "blood":  # ΔM is linear in the flow
+                    s_t = s_t - proto.deltam(flow_t, att_t, 1.0, pld=proto.pair_pld[t // 2])
+                else:  # the apparent tissue T1 depends on the voxel's own flow
+                    cbf_t = _move(cbf_c, t, order=1, prefiltered=False)
+                    per_flow = proto.deltam_per_flow(cbf_t, att_t, pld=proto.pair_pld[t // 2])
+                    s_t = s_t - flow_t * per_flow
+        elif proto.is_multi_pld:
+            s_t = static - deltam[..., vol_pld[t]] if is_label[t] else static.copy()
         else:
             s_t = static - deltam if is_label[t] else static.copy()
         if noise_scale:
@@ -897,8 +1071,15 @@ def simulate_subject(
         deltam=deltam,
         static=static,
         alpha=proto.alpha,
-        slice_pld=proto.slice_pld,
+        slice_pld=(
+            proto.slice_pld
+            if not proto.is_multi_pld
+            else np.asarray(proto.plds)[None, :] + proto.slice_timing[:, None]
+        ),
         seed=int(seed),
+        plds=proto.plds,
+        t1_after_arrival=proto.t1_after_arrival,
+        t1_tissue=proto.t1_tissue,
         cbf_gm=anat.cbf_gm,
         cbf_wm=anat.cbf_wm,
     )
