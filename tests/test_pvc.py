@@ -169,6 +169,24 @@ def test_simulated_subject_gm_cbf(seed):
     assert abs(noise_free.gm[sel].mean() / truth[sel].mean() - 1) < 0.02
 
 
+def test_dataset_writes_the_tissue_cbf_truth(tmp_path):
+    from asl_pipeline.simulate import simulate_dataset
+
+    tiny = dict(n_pairs=2, shape=(24, 24, 8), voxel_size=(8.0, 8.0, 14.0), resolution=2)
+    root = simulate_dataset(
+        tmp_path / "ds", n_subjects=1, seed=3, subsample=(1, 1, 1), t1w_voxel_size=4.0, **tiny
+    )
+    perf = root / "derivatives" / "simulation" / "sub-01" / "perf"
+    maps = {
+        name: nib.load(perf / f"sub-01_{name}.nii.gz").get_fdata()
+        for name in ("desc-true_cbf", "desc-trueGM_cbf", "desc-trueWM_cbf",
+                     "label-GM_probseg", "label-WM_probseg")
+    }  # fmt: skip
+    mixed = maps["label-GM_probseg"] * maps["desc-trueGM_cbf"]
+    mixed += maps["label-WM_probseg"] * maps["desc-trueWM_cbf"]
+    np.testing.assert_allclose(mixed, maps["desc-true_cbf"], atol=1e-3)
+
+
 # ------------------------------------------------------------------ interfaces
 
 
