@@ -130,8 +130,9 @@ class _PVCOutputSpec(TraitedSpec):
 class PartialVolumeCorrection(SimpleInterface):
     """GM and WM CBF maps by linear-regression partial-volume correction.
 
-    Calls :func:`asl_pipeline.pvc.lr_pvc`; voxels it leaves unestimated (NaN:
-    outside the mask, ill-conditioned kernels) are written as 0, as the
+    Calls :func:`asl_pipeline.pvc.lr_pvc`. Voxels of the CBF map that are
+    exactly 0 (not quantified) never enter a kernel. Voxels left unestimated
+    (NaN: outside the mask, ill-conditioned kernels) are written as 0, as the
     sidecar says, so that the maps hold no NaN.
     """
 
@@ -141,6 +142,9 @@ class PartialVolumeCorrection(SimpleInterface):
     def _run_interface(self, runtime):
         inp = self.inputs
         img, cbf = _load3d(inp.cbf_file)
+        # the quantification writes 0 where it computed nothing (low M0, outside its
+        # mask): such voxels are missing data, not zero perfusion
+        cbf = np.where(cbf != 0, cbf, np.nan)
         gm = _load3d(inp.gm)[1]
         wm = _load3d(inp.wm)[1]
         mask = _load3d(inp.mask)[1] > 0.5 if isdefined(inp.mask) else None

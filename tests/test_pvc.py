@@ -196,7 +196,9 @@ def phantom_files(tmp_path):
     affine = np.diag([3.4, 3.4, 6.0, 1.0])
     mask = np.ones(SHAPE)
     mask[:2] = 0
-    arrays = dict(gm=gm, wm=wm, csf=csf, mask=mask, cbf=gm * 60.0 + wm * 20.0)
+    cbf = gm * 60.0 + wm * 20.0
+    cbf[10, 10, 2] = 0.0  # not quantified (e.g. low M0): missing, not zero flow
+    arrays = dict(gm=gm, wm=wm, csf=csf, mask=mask, cbf=cbf)
     files = {}
     for name, arr in arrays.items():
         files[name] = str(tmp_path / f"{name}.nii.gz")
