@@ -24,7 +24,7 @@ from asl_pipeline import registration as reg
 LOGGER = logging.getLogger("nipype.interface")
 
 CBF_UNITS = "mL/100 g/min"
-METHOD_NAME = "linear regression (Asllani et al. 2008, doi:10.1002/mrm.21795)"
+METHOD_NAME = "linear regression (Asllani, Borogovac and Brown 2008, Magn Reson Med 60:1362)"
 
 
 def _load3d(path) -> tuple[nb.Nifti1Image, np.ndarray]:
