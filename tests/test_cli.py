@@ -143,9 +143,12 @@ def test_missing_bids_dir(tmp_path, capsys):
     _usage_error(tmp_path, capsys, argv, "does not exist")
 
 
-def test_analysis_level_is_participant(dataset, tmp_path, capsys):
-    argv = [str(dataset), str(tmp_path / "out"), "group", "-w", str(tmp_path / "w")]
+def test_analysis_level_is_participant_or_group(dataset, tmp_path, capsys):
+    argv = [str(dataset), str(tmp_path / "out"), "session", "-w", str(tmp_path / "w")]
     _usage_error(tmp_path, capsys, argv, "invalid choice")
+    # the group level parses; without participant outputs it stops (tests/test_group.py)
+    assert main([str(dataset), str(tmp_path / "out"), "group"]) == 1
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("where", ["output", "work", "same", "parent"])

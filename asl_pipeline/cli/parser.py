@@ -130,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the derivatives go (outside bids_dir, or under its derivatives/)",
     )
     parser.add_argument(
-        "analysis_level", choices=["participant"], help="processing stage (participant only)"
+        "analysis_level",
+        choices=["participant", "group"],
+        help="participant: process each subject; group: gather the participant outputs "
+        "under output_dir into group_qc.tsv, group_report.html and regional CBF tables "
+        "(nothing is re-run)",
     )
     parser.add_argument("--version", action="version", version=f"asl-pipeline {__version__}")
 
