@@ -153,13 +153,15 @@ class PartialVolumeCorrection(SimpleInterface):
         )
         n_est = int(res.estimated.sum())
         LOGGER.info("PVC (LR, kernel %s): %d voxels estimated", tuple(inp.kernel), n_est)
+        names = {"GM": "Grey-matter", "WM": "White-matter"}
         for tissue, values in (("GM", res.gm), ("WM", res.wm)):
             out = str(Path(runtime.cwd) / f"desc-pvc{tissue}_cbf.nii.gz")
             data = np.where(res.estimated, values, 0.0).astype(np.float32)
             nb.Nifti1Image(data, img.affine).to_filename(out)
             meta = {
                 "Units": CBF_UNITS,
-                "Description": f"{tissue} CBF after partial-volume correction",
+                "Description": f"{names[tissue]} CBF after linear-regression partial-volume "
+                "correction (Asllani et al. 2008); 0 = not estimated.",
                 "PartialVolumeCorrection": True,
                 "PartialVolumeCorrectionMethod": METHOD_NAME,
                 "PartialVolumeCorrectionKernel": [int(k) for k in inp.kernel],

@@ -229,7 +229,7 @@ def test_pvc_interface(phantom_files, tmp_path):
     assert "Asllani" in meta["PartialVolumeCorrectionMethod"]
     assert meta["PartialVolumeCorrectionKernel"] == [3, 3, 1]
     assert meta["NotEstimatedValue"] == 0.0
-    assert json.loads(open(out.wm_cbf_json).read())["Description"].startswith("WM")
+    assert json.loads(open(out.wm_cbf_json).read())["Description"].startswith("White")
 
 
 def test_tissue_fractions_interface_averages_over_the_voxel(tmp_path):
