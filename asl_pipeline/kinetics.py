@@ -68,6 +68,25 @@ def t1_blood(field_strength: float) -> float:
     return _nearest_field(T1_BLOOD, field_strength)
 
 
+#: T1 (s) of each tissue class by field strength, for the tissue-weighted M0
+#: recovery correction: typical in-vivo values from the relaxometry
+#: literature (GM/WM/CSF); the single ``T1_TISSUE`` stays the fallback.
+T1_BY_TISSUE = {
+    1.5: {"gm": 1.2, "wm": 0.7, "csf": 4.0},
+    3.0: {"gm": 1.6, "wm": 0.9, "csf": 4.0},
+    7.0: {"gm": 1.9, "wm": 1.2, "csf": 4.4},
+}
+
+#: Relative proton density (water content) of each tissue class, which weights
+#: each class's share of a voxel's M0.
+PROTON_DENSITY = {"gm": 0.8, "wm": 0.7, "csf": 1.0}
+
+
+def t1_by_tissue(field_strength: float) -> dict[str, float]:
+    """Per-tissue T1 (s) at the nearest tabulated field strength."""
+    return _nearest_field(T1_BY_TISSUE, field_strength)
+
+
 def t1_tissue(field_strength: float) -> float:
     """Tissue T1 in seconds at the nearest tabulated field strength."""
     return _nearest_field(T1_TISSUE, field_strength)

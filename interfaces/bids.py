@@ -16,7 +16,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from asl_pipeline.derivatives import derivative_path
+from asl_pipeline.derivatives import RAW, dataset_root, derivative_path, portable_metadata
 
 LOGGER = logging.getLogger("nipype.interface")
 
@@ -38,7 +38,25 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     mode = traits.Str(desc="mode entity of a transform")
     meta_dict = traits.Dict(desc="metadata for the JSON sidecar")
     in_meta = File(exists=True, desc="JSON sidecar of in_file, merged under meta_dict")
-    sources = traits.List(traits.Str, desc="BIDS URIs or relative paths of the inputs")
+    sources = traits.List(
+        traits.Str,
+        desc="BIDS URIs of the files the derivative was made from (absolute paths under the "
+        "input or output dataset are turned into BIDS URIs)",
+    )
+    description = traits.Str(
+        desc="the sidecar's Description when neither in_meta nor meta_dict gives one"
+    )
+    file_keys = traits.Dict(
+        traits.Str,
+        traits.Str,
+        desc="{sidecar key: BIDS URI}: where in_meta has the key (a work-directory file the "
+        "interface used, e.g. M0File), its value becomes the URI of the stored file",
+    )
+    write_sidecar = traits.Bool(
+        True,
+        usedefault=True,
+        desc="write a JSON sidecar (off for files whose BIDS rule has none, e.g. aslcontext)",
+    )
 
 
 class _DerivativesDataSinkOutputSpec(TraitedSpec):
@@ -55,10 +73,13 @@ def _extension(path: str) -> str:
 
 
 class DerivativesDataSink(SimpleInterface):
-    """Copy a result into the derivatives tree under its BIDS name.
+    """Copy a result into the derivatives tree under its BIDS name, with a sidecar.
 
     NIfTI files are stored gzipped with a zero timestamp, so identical results
-    give byte-identical files.
+    give byte-identical files. The sidecar merges ``in_meta`` (the interface's
+    own record) under ``meta_dict``; its ``Sources`` are ``sources`` only (the
+    interface's are work-directory files), and every other absolute path in it
+    becomes a BIDS URI (under the input or this dataset) or a bare file name.
     """
 
     input_spec = _DerivativesDataSinkInputSpec
@@ -93,16 +114,33 @@ class DerivativesDataSink(SimpleInterface):
             shutil.copyfile(inputs.in_file, out)
         self._results["out_file"] = str(out)
 
-        meta = {}
-        if inputs.in_meta:
-            meta.update(json.loads(Path(inputs.in_meta).read_text()))
-        if inputs.meta_dict:
-            meta.update(inputs.meta_dict)
-        if inputs.sources:
-            meta["Sources"] = list(inputs.sources)
-        if meta and ext != ".json":
+        if inputs.write_sidecar and ext != ".json":
             sidecar = out.with_name(out.name[: -len(ext)] + ".json")
+            meta = self._sidecar()
             sidecar.write_text(json.dumps(meta, indent=2, sort_keys=True, default=float) + "\n")
             self._results["out_meta"] = str(sidecar)
         LOGGER.info("stored %s", rel)
         return runtime
+
+    def _sidecar(self) -> dict:
+        inputs = self.inputs
+        meta = {}
+        if inputs.in_meta:
+            meta.update(json.loads(Path(inputs.in_meta).read_text()))
+        meta.pop("Sources", None)
+        meta.pop("RawSources", None)
+        for key, uri in (inputs.file_keys or {}).items():
+            if key in meta:
+                meta[key] = uri
+        if inputs.meta_dict:
+            meta.update(inputs.meta_dict)
+        if inputs.sources:
+            meta["Sources"] = list(inputs.sources)
+        if inputs.description and not meta.get("Description"):
+            meta["Description"] = inputs.description
+        roots = {"": inputs.base_directory}
+        try:
+            roots[RAW] = str(dataset_root(inputs.source_file))
+        except ValueError:  # a bare file name (tests): no input dataset to point into
+            pass
+        return portable_metadata(meta, roots)

@@ -207,6 +207,18 @@ class _ComputeM0InputSpec(BaseInterfaceInputSpec):
     m0_metadata = traits.Either(traits.Dict, File(exists=True), desc=_M0_META_DESC)
     mask = File(exists=True, desc="brain mask on the ASL grid (reported statistics only)")
     m0_scale = traits.Float(1.0, usedefault=True, desc="multiplier applied to the M0")
+    gm = File(exists=True, desc="GM partial-volume map on the ASL grid (tissue-weighted recovery)")
+    wm = File(exists=True, desc="WM partial-volume map on the ASL grid (tissue-weighted recovery)")
+    csf = File(
+        exists=True, desc="CSF partial-volume map on the ASL grid (tissue-weighted recovery)"
+    )
+    recovery = traits.Enum(
+        "tissue",
+        "single",
+        usedefault=True,
+        desc="incomplete-recovery correction: tissue (each voxel's T1 mix from gm/wm/csf; "
+        "needs the three maps, else single) or single (one tissue T1, the methods spec's)",
+    )
 
 
 class _ComputeM0OutputSpec(TraitedSpec):
@@ -232,6 +244,7 @@ class ComputeM0(SimpleInterface):
         if isdefined(self.inputs.m0_file):
             _, m0_vols = _image(self.inputs.m0_file, ndim=(3, 4), what="M0 image")
             _same_grid(inp.series.shape, m0_vols.shape, self.inputs.m0_file, "M0 image")
+        fractions = self._fractions(inp.series.shape)
         m0 = core.compute_m0(
             inp.params,
             m0_volumes=m0_vols,
@@ -239,6 +252,7 @@ class ComputeM0(SimpleInterface):
             volume_types=inp.vtypes,
             m0_scale=self.inputs.m0_scale,
             source=self.inputs.m0_file if m0_vols is not None else self.inputs.asl_file,
+            tissue_fractions=fractions,
         )
         if not np.all(np.isfinite(m0)):
             LOGGER.warning("non-finite M0 voxels set to 0")
@@ -248,6 +262,7 @@ class ComputeM0(SimpleInterface):
             "M0Scale": self.inputs.m0_scale,
             "RepetitionTimePreparation": inp.params.m0_tr,
             "T1Tissue": inp.params.t1_tissue,
+            "M0RecoveryCorrection": "single T1" if fractions is None else "tissue-weighted",
             "M0RecoveryFactor": core.m0_recovery_factor(
                 None if inp.params.m0_type == "Estimate" else inp.params.m0_tr,
                 inp.params.t1_tissue,
@@ -255,11 +270,28 @@ class ComputeM0(SimpleInterface):
             "Sources": [str(self.inputs.asl_file)]
             + ([str(self.inputs.m0_file)] if m0_vols is not None else []),
         }
+        if fractions is not None:
+            meta["T1ByTissue"] = kinetics.t1_by_tissue(inp.params.field_strength)
+            meta["ProtonDensityByTissue"] = dict(kinetics.PROTON_DENSITY)
         if inp.mask is not None:
             meta["MeanM0InMask"] = float(m0[inp.mask].mean())
         out, js = _save(m0, inp.img, self.inputs.asl_file, "_desc-quant_m0scan", runtime.cwd, meta)
         self._results["m0_file"], self._results["m0_json"] = out, js
         return runtime
+
+    def _fractions(self, shape) -> dict | None:
+        """The tissue maps for a tissue-weighted correction, or None."""
+        names = ("gm", "wm", "csf")
+        if self.inputs.recovery != "tissue" or not all(
+            isdefined(getattr(self.inputs, n)) for n in names
+        ):
+            return None
+        maps = {}
+        for name in names:
+            path = getattr(self.inputs, name)
+            _, maps[name] = _image(path, ndim=(3,), what=f"{name.upper()} map")
+            _same_grid(shape, maps[name].shape, path, f"{name.upper()} map")
+        return maps
 
 
 # --------------------------------------------------------------------------------------

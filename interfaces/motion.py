@@ -53,21 +53,9 @@ def load_4d(path, what="ASL"):
     return img, np.asarray(img.dataobj, dtype=np.float32)
 
 
-class _ASLRealignInputSpec(BaseInterfaceInputSpec):
-    asl_file = File(exists=True, mandatory=True, desc="4D ASL series (NIfTI)")
-    aslcontext = File(exists=True, mandatory=True, desc="BIDS aslcontext.tsv of the series")
-    m0_file = File(exists=True, desc="separate M0 scan on the ASL grid (3D or 4D), optional")
-    n_passes = traits.Int(
-        2, usedefault=True, desc="estimation passes (2: first volume, then mean)"
-    )
-    fwhm = traits.Float(desc="smoothing before estimation (mm); default one in-plane voxel size")
-    interp_order = traits.Int(
-        3, usedefault=True, desc="spline order of the single final reslice (1 trilinear, 3 cubic)"
-    )
-    remove_zigzag = traits.Bool(
-        True, usedefault=True, desc="regress the label/control zig-zag out of the parameters"
-    )
-    fd_radius = traits.Float(50.0, usedefault=True, desc="sphere radius (mm) for FD and RMSD")
+class ResliceOptionsInputSpec(BaseInterfaceInputSpec):
+    """How the motion estimates are cleaned and applied (both backends)."""
+
     zigzag_method = traits.Enum(
         "interpolate",
         "regress",
@@ -84,6 +72,23 @@ class _ASLRealignInputSpec(BaseInterfaceInputSpec):
         "control/label pair with the pair's mean parameters; none: parameters estimated and "
         "reported, series not resliced",
     )
+
+
+class _ASLRealignInputSpec(ResliceOptionsInputSpec):
+    asl_file = File(exists=True, mandatory=True, desc="4D ASL series (NIfTI)")
+    aslcontext = File(exists=True, mandatory=True, desc="BIDS aslcontext.tsv of the series")
+    m0_file = File(exists=True, desc="separate M0 scan on the ASL grid (3D or 4D), optional")
+    n_passes = traits.Int(
+        2, usedefault=True, desc="estimation passes (2: first volume, then mean)"
+    )
+    fwhm = traits.Float(desc="smoothing before estimation (mm); default one in-plane voxel size")
+    interp_order = traits.Int(
+        3, usedefault=True, desc="spline order of the single final reslice (1 trilinear, 3 cubic)"
+    )
+    remove_zigzag = traits.Bool(
+        True, usedefault=True, desc="regress the label/control zig-zag out of the parameters"
+    )
+    fd_radius = traits.Float(50.0, usedefault=True, desc="sphere radius (mm) for FD and RMSD")
 
 
 class _ASLRealignOutputSpec(TraitedSpec):

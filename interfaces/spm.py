@@ -37,7 +37,11 @@ from nipype.utils.filemanip import fname_presuffix
 from asl_pipeline import motion as core
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.interfaces.cbf import read_aslcontext
-from asl_pipeline.interfaces.motion import load_4d, write_realign_outputs
+from asl_pipeline.interfaces.motion import (
+    ResliceOptionsInputSpec,
+    load_4d,
+    write_realign_outputs,
+)
 from asl_pipeline.registration import read_itk_affine, write_itk_affine
 from asl_pipeline.segmentation import clean_mask
 
@@ -78,7 +82,7 @@ class StackForSPM(SimpleInterface):
         return runtime
 
 
-class _SPMRealignInputSpec(BaseInterfaceInputSpec):
+class _SPMRealignInputSpec(ResliceOptionsInputSpec):
     asl_file = File(exists=True, mandatory=True, desc="original 4D ASL series")
     aslcontext = File(exists=True, mandatory=True, desc="BIDS aslcontext.tsv")
     m0_file = File(exists=True, desc="original separate M0, stacked after the series for SPM")
@@ -87,22 +91,6 @@ class _SPMRealignInputSpec(BaseInterfaceInputSpec):
     )
     interp_order = traits.Int(3, usedefault=True, desc="spline order of the final reslice")
     remove_zigzag = traits.Bool(True, usedefault=True, desc="remove the label/control zig-zag")
-    zigzag_method = traits.Enum(
-        "interpolate",
-        "regress",
-        usedefault=True,
-        desc="interpolate: pair-mean parameters interpolated to each volume (keeps drift "
-        "within a pair); regress: subtract the fitted zig-zag (methods spec, Wang 2012)",
-    )
-    reslice_mode = traits.Enum(
-        "volume",
-        "pair",
-        "none",
-        usedefault=True,
-        desc="volume: each volume with its own cleaned parameters; pair: both volumes of a "
-        "control/label pair with the pair's mean parameters; none: parameters estimated and "
-        "reported, series not resliced",
-    )
 
 
 class _SPMRealignOutputSpec(TraitedSpec):

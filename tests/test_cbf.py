@@ -586,3 +586,45 @@ def test_field_strength_constants_and_overrides(field, t1b, t1t):
     with pytest.warns(C.InputWarning, match="MagneticFieldStrength"):
         r = C.quant_params_from_metadata(_meta(MagneticFieldStrength=None), m0_tr=4.0)
     assert r.t1b == 1.65
+
+
+def test_tissue_recovery_factor_known_answers():
+    tr = 4.4
+    t1 = K.t1_by_tissue(3.0)
+    pd = K.PROTON_DENSITY
+    one = np.ones((2, 1, 1))
+    zero = np.zeros((2, 1, 1))
+    pure_gm = C.tissue_recovery_factor(tr, {"gm": one, "wm": zero, "csf": zero}, 3.0)
+    np.testing.assert_allclose(pure_gm, 1 - np.exp(-tr / t1["gm"]))
+    half = np.full((1, 1, 1), 0.5)
+    mixed = C.tissue_recovery_factor(tr, {"gm": half, "wm": zero[:1], "csf": half}, 3.0)
+    expected = (
+        pd["gm"] * (1 - np.exp(-tr / t1["gm"])) + pd["csf"] * (1 - np.exp(-tr / t1["csf"]))
+    ) / (pd["gm"] + pd["csf"])
+    np.testing.assert_allclose(mixed, expected)
+    # no tissue: the single-T1 factor; long or unknown TR: no correction
+    empty = C.tissue_recovery_factor(tr, {"gm": zero, "wm": zero, "csf": zero}, 3.0)
+    np.testing.assert_allclose(empty, C.m0_recovery_factor(tr, K.t1_tissue(3.0)))
+    assert C.tissue_recovery_factor(6.0, {"gm": one, "wm": zero, "csf": zero}, 3.0) == 1.0
+    assert C.tissue_recovery_factor(None, {"gm": one, "wm": zero, "csf": zero}, 3.0) == 1.0
+
+
+def test_compute_m0_tissue_weighted_recovers_relaxed_m0():
+    """An M0 made with per-tissue T1s at TR 3 s is recovered exactly by the
+    tissue-weighted correction; one tissue T1 leaves GM and WM biased."""
+    rng = np.random.default_rng(0)
+    shape = (6, 5, 4)
+    gm = rng.uniform(0, 1, shape)
+    wm = (1 - gm) * rng.uniform(0, 1, shape)
+    csf = 1 - gm - wm
+    fr = {"gm": gm, "wm": wm, "csf": csf}
+    t1, pd = K.t1_by_tissue(3.0), K.PROTON_DENSITY
+    relaxed = sum(fr[k] * pd[k] for k in fr) * 1000.0
+    acquired = sum(fr[k] * pd[k] * (1 - np.exp(-3.0 / t1[k])) for k in fr) * 1000.0
+    params = C.QuantParams(
+        labeling_type="PCASL", pld=1.8, alpha=0.85, t1b=1.65, tau=1.8, m0_tr=3.0
+    )
+    m0 = C.compute_m0(params, m0_volumes=acquired, tissue_fractions=fr)
+    np.testing.assert_allclose(m0, relaxed, rtol=1e-10)
+    single = C.compute_m0(params, m0_volumes=acquired)
+    assert np.abs(single / relaxed - 1).max() > 0.02

@@ -37,6 +37,7 @@ def test_defaults(dataset, tmp_path, monkeypatch):
     # evidence-based defaults (benchmarks/RESULTS.md, "Validation panel")
     assert not args.denoise and not args.nuisance_regression and args.smoothing_fwhm == 0.0
     assert args.zigzag_method == "interpolate" and args.reslice_mode == "volume"
+    assert args.m0_recovery == "tissue"
     assert args.output_spaces == ["asl", "MNI152NLin2009aSym"]
     assert args.m0_scale == 1.0 and args.quantification == "white-paper"
     assert not args.validate_only and args.seed == 0 and not args.clean_workdir
@@ -142,9 +143,12 @@ def test_missing_bids_dir(tmp_path, capsys):
     _usage_error(tmp_path, capsys, argv, "does not exist")
 
 
-def test_analysis_level_is_participant(dataset, tmp_path, capsys):
-    argv = [str(dataset), str(tmp_path / "out"), "group", "-w", str(tmp_path / "w")]
+def test_analysis_level_is_participant_or_group(dataset, tmp_path, capsys):
+    argv = [str(dataset), str(tmp_path / "out"), "session", "-w", str(tmp_path / "w")]
     _usage_error(tmp_path, capsys, argv, "invalid choice")
+    # the group level parses; without participant outputs it stops (tests/test_group.py)
+    assert main([str(dataset), str(tmp_path / "out"), "group"]) == 1
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("where", ["output", "work", "same", "parent"])

@@ -77,8 +77,15 @@ EXPECTED = [
     "sub-01/perf/sub-01_desc-paocsl_cbf.nii.gz",
     "sub-01/perf/sub-01_desc-paocsl_outliers.tsv",
     "sub-01/perf/sub-01_space-MNI152NLin2009aSym_desc-mean_cbf.nii.gz",
-    "sub-01/perf/sub-01_space-MNI152NLin2009aSym_desc-final_cbf.nii.gz",
+    "sub-01/perf/sub-01_space-MNI152NLin2009aSym_desc-paocsl_cbf.nii.gz",
+    "sub-01/perf/sub-01_desc-preproc_asl.nii.gz",
+    "sub-01/perf/sub-01_desc-preproc_asl.json",
+    "sub-01/perf/sub-01_aslcontext.tsv",
+    "sub-01/perf/sub-01_aslref.nii.gz",
     "sub-01/perf/sub-01_desc-preproc_m0scan.nii.gz",
+    "sub-01/perf/sub-01_label-GM_probseg.json",
+    "sub-01/anat/sub-01_desc-brain_mask.json",
+    "sub-01/anat/sub-01_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.json",
     "sub-01/perf/sub-01_desc-brain_mask.nii.gz",
     "sub-01/perf/sub-01_label-GM_probseg.nii.gz",
     "sub-01/perf/sub-01_from-asl_to-T1w_mode-image_xfm.mat",
@@ -98,6 +105,13 @@ def test_outputs_complete_and_input_untouched(first_run, sim_bids):
     meta = json.loads((out / "sub-01/perf/sub-01_desc-mean_cbf.json").read_text())
     assert meta["Units"] == "mL/100 g/min" and meta["Sources"]
     assert not (out / "sub-01/perf/sub-01_desc-denoised_cbf.nii.gz").exists()  # opt-in
+    # provenance as BIDS URIs, never a machine path (absolute, work directory)
+    for sidecar in (out / "sub-01").rglob("*.json"):
+        text = sidecar.read_text()
+        assert '"/' not in text and str(first_run["work"]) not in text, sidecar
+        assert all(s.startswith("bids:") for s in json.loads(text)["Sources"]), sidecar
+    m0 = json.loads((out / "sub-01/perf/sub-01_desc-preproc_m0scan.json").read_text())
+    assert m0["Sources"] == ["bids:raw:sub-01/perf/sub-01_m0scan.nii.gz"]
     page = (out / "sub-01/figures/sub-01_report.html").read_text()
     assert page.count("<img") >= 7 and "white paper" in page
 

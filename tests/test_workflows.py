@@ -51,7 +51,11 @@ def test_default_graph(dataset, tmp_path):
         "report",
         "ds_mean_cbf",
         "ds_cleaned_cbf",
-        "ds_mni_cbf",
+        "ds_mni_cleaned_cbf",
+        "ds_mni_mean_cbf",
+        "ds_asl_preproc",
+        "ds_asl_ref",
+        "ds_aslcontext",
         "ds_confounds",
         "ds_qc",
         "ds_report",
@@ -63,7 +67,9 @@ def test_default_graph(dataset, tmp_path):
         assert name not in nodes, name
     clean = nodes["clean_cbf"]
     assert clean.inputs.method == "paocsl" and clean.inputs.noise_aware is True
-    assert nodes["ds_mni_cbf"].inputs.space == "MNI152NLin2009aSym"
+    # the MNI map and its native twin share a desc: the cleaned map is the final one
+    assert nodes["ds_mni_cleaned_cbf"].inputs.space == "MNI152NLin2009aSym"
+    assert nodes["ds_mni_cleaned_cbf"].inputs.desc == nodes["ds_cleaned_cbf"].inputs.desc
     assert nodes["ds_mean_cbf"].inputs.desc == "mean"
     realign = nodes["asl_realign"]
     assert realign.inputs.zigzag_method == "interpolate"
@@ -114,7 +120,7 @@ def test_smoothed_maps_are_named_as_such(dataset, tmp_path):
     assert nodes["ds_mean_cbf"].inputs.desc == "meanSmooth2p5mm"
     assert nodes["ds_mean_cbf"].inputs.meta_dict["SmoothingFWHM"] == 2.5
     assert nodes["ds_cleaned_cbf"].inputs.desc == "paocslSmooth2p5mm"
-    assert nodes["ds_mni_cbf"].inputs.desc == "finalSmooth2p5mm"
+    assert nodes["ds_mni_cleaned_cbf"].inputs.desc == "paocslSmooth2p5mm"
 
 
 def _clean_inputs(workflow):
@@ -139,7 +145,7 @@ def test_paocsl_spec_rules_use_motion(dataset, tmp_path):
     "options, present, absent",
     [
         (["--no-denoise"], ["clean_cbf"], ["dwan_denoise", "ds_denoised_cbf"]),
-        (["--denoise"], ["dwan_denoise", "ds_denoised_cbf"], []),
+        (["--denoise"], ["dwan_denoise", "ds_denoised_cbf", "ds_mni_denoised_cbf"], []),
         (
             ["--outlier-method", "none", "--denoise"],
             ["dwan_denoise"],
@@ -147,8 +153,12 @@ def test_paocsl_spec_rules_use_motion(dataset, tmp_path):
         ),
         (["--outlier-method", "score"], ["clean_cbf"], []),
         (["--outlier-method", "aoc", "--outlier-threshold", "0.2"], ["clean_cbf"], []),
-        (["--output-spaces", "asl"], ["ds_mean_cbf"], ["ds_mni_cbf", "to_mni"]),
-        (["--output-spaces", "asl", "T1w"], ["ds_t1w_cbf"], ["ds_mni_cbf"]),
+        (["--output-spaces", "asl"], ["ds_mean_cbf"], ["ds_mni_cleaned_cbf", "to_mni"]),
+        (
+            ["--output-spaces", "asl", "T1w"],
+            ["ds_t1w_cleaned_cbf", "ds_t1w_mean_cbf"],
+            ["ds_mni_cleaned_cbf"],
+        ),
         (["--no-nuisance-regression", "--smoothing-fwhm", "0"], ["compute_cbf"], ["nuisance"]),
         (["--nuisance-regression"], ["nuisance", "compute_cbf_unprocessed"], []),
         (["--hmc-reslice", "pair", "--hmc-zigzag", "regress"], ["asl_realign"], []),

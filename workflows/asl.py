@@ -10,7 +10,8 @@ from nipype.pipeline import engine as pe
 from asl_pipeline.derivatives import derivative_path
 from asl_pipeline.interfaces.reports import ComputeQC, ConfoundsTable, SubjectReport
 from asl_pipeline.workflows.cbf import CBF_OUTPUTS, init_cbf_wf, is_multi_pld
-from asl_pipeline.workflows.outputs import init_asl_derivatives_wf
+from asl_pipeline.workflows.outputs import SPACE_MAPS, init_asl_derivatives_wf
+from asl_pipeline.workflows.pvc import PVC_OUTPUTS, init_pvc_wf
 from asl_pipeline.workflows.spatial import (
     init_asl_hmc_wf,
     init_asl_reg_wf,
@@ -38,7 +39,9 @@ def init_asl_preproc_wf(
     reslice_mode: str = "volume",
     output_spaces: tuple[str, ...] = ("asl", MNI_SPACE),
     m0_scale: float = 1.0,
+    m0_recovery: str = "tissue",
     quantification: str = "white-paper",
+    pvc: str = "none",
     omp_nthreads: int = 1,
     name: str | None = None,
 ) -> pe.Workflow:
@@ -131,6 +134,7 @@ def init_asl_preproc_wf(
         n_pairs=n_pairs,
         quantification=quantification,
         m0_scale=m0_scale,
+        m0_recovery=m0_recovery,
         outlier_method=outlier,
         outlier_threshold=outlier_threshold,
         paocsl_spec_rules=paocsl_spec_rules,
@@ -198,6 +202,9 @@ def init_asl_preproc_wf(
         "qc",
         "asl_to_t1w",
         "report",
+        "asl_preproc",
+        "asl_ref",
+        "aslcontext",
     }
     if multi_pld:
         stored |= {"att", "att_json"}
@@ -207,16 +214,23 @@ def init_asl_preproc_wf(
         stored |= {"cleaned_cbf", "cleaned_cbf_json", "outlier_matrix", "volume_status"}
     if denoise and not multi_pld:
         stored |= {"denoised_cbf", "denoised_cbf_json"}
+    if pvc != "none":
+        stored |= set(PVC_OUTPUTS)
     mni = MNI_SPACE in output_spaces
-    if mni:
-        stored |= {"mni_cbf", "mni_mean_cbf"}
-    if "T1w" in output_spaces:
-        stored |= {"t1w_cbf"}
+    # every stored CBF map in every requested space, under its native desc
+    maps = [m for m in SPACE_MAPS if m in stored]
+    final = maps[-1]  # the end of the chain: denoised (opt-in), else cleaned, else mean
+    spaces = {"mni": mni, "t1w": "T1w" in output_spaces}
+    stored |= {f"{key}_{m}" for key, on in spaces.items() if on for m in maps}
     ds_wf = init_asl_derivatives_wf(
         output_dir=str(output_dir),
         source_file=source,
         stored=frozenset(stored),
+        anat_source=str(run.t1w_file) if run.t1w_file else None,
+        m0_source=str(run.m0_file) if has_m0_file else None,
+        metadata=dict(run.metadata),
         outlier_method=outlier,
+        anat_xfm_ext=".h5" if registration_backend == "embedded" else ".nii.gz",
         smoothing_fwhm=smoothing_fwhm if processed else 0.0,
     )
     cbf_fields = [f for f in CBF_OUTPUTS if f in stored]
@@ -226,18 +240,21 @@ def init_asl_preproc_wf(
                          ("outputnode.gm", "inputnode.gm"), ("outputnode.wm", "inputnode.wm"),
                          ("outputnode.csf", "inputnode.csf"),
                          ("outputnode.asl_to_t1w", "inputnode.asl_to_t1w")]),
+        (hmc_wf, ds_wf, [("outputnode.asl_corrected", "inputnode.asl_preproc"),
+                         ("outputnode.ref_image", "inputnode.asl_ref")]),
+        (source_node, ds_wf, [("aslcontext", "inputnode.aslcontext")]),
     ])  # fmt: skip
 
     # resampling to MNI (and T1w): one interpolation through the composed transforms
     if mni or "T1w" in output_spaces:
-        for field, label in (("final_cbf", "final"), ("mean_cbf", "mean")):
+        for field in maps:
             resample = init_resample_wf(
                 spaces=[s for s in ("T1w", MNI_SPACE) if s in output_spaces],
                 backend=registration_backend,
                 spm_cmd=spm_cmd,
                 mem_gb=mem_gb,
                 omp_nthreads=omp_nthreads,
-                name=f"resample_{label}_wf",
+                name=f"resample_{field.removesuffix('_cbf')}_wf",
             )
             workflow.connect([
                 (cbf_wf, resample, [(f"outputnode.{field}", "inputnode.in_file")]),
@@ -245,11 +262,11 @@ def init_asl_preproc_wf(
                 (inputnode, resample, [("t1w_to_mni", "inputnode.t1w_to_mni"),
                                        ("t1w_preproc", "inputnode.t1w_reference")]),
             ])  # fmt: skip
-            if mni:
-                target = "mni_cbf" if label == "final" else "mni_mean_cbf"
-                workflow.connect(resample, "outputnode.mni_file", ds_wf, f"inputnode.{target}")
-            if "T1w" in output_spaces and label == "final":
-                workflow.connect(resample, "outputnode.t1w_file", ds_wf, "inputnode.t1w_cbf")
+            for key, out in (("mni", "mni_file"), ("t1w", "t1w_file")):
+                if spaces[key]:
+                    workflow.connect(
+                        resample, f"outputnode.{out}", ds_wf, f"inputnode.{key}_{field}"
+                    )
 
     # confounds, QC and report
     confounds = pe.Node(ConfoundsTable(), name="confounds", mem_gb=mem_gb)
@@ -311,9 +328,22 @@ def init_asl_preproc_wf(
             (cbf_wf, qc_maps, [("outputnode.denoised_cbf", "in2")]),
         ])  # fmt: skip
     if mni:
-        workflow.connect(
-            workflow.get_node("resample_final_wf"), "outputnode.mni_file", report, "mni_cbf"
-        )
+        resample_final = workflow.get_node(f"resample_{final.removesuffix('_cbf')}_wf")
+        workflow.connect(resample_final, "outputnode.mni_file", report, "mni_cbf")
+    if pvc != "none":  # partial-volume correction of the measured map (Asllani 2008)
+        pvc_wf = init_pvc_wf(mem_gb=mem_gb)
+        workflow.connect([
+            (cbf_wf, pvc_wf, [("outputnode.measured_cbf", "inputnode.cbf")]),
+            (reg_wf, pvc_wf, [("outputnode.asl_mask", "inputnode.mask"),
+                              ("outputnode.asl_to_t1w", "inputnode.asl_to_t1w")]),
+            (hmc_wf, pvc_wf, [("outputnode.ref_image", "inputnode.ref_image")]),
+            (inputnode, pvc_wf, [("gm_t1w", "inputnode.gm_t1w"), ("wm_t1w", "inputnode.wm_t1w")]),
+            (pvc_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in PVC_OUTPUTS]),
+            (pvc_wf, qc, [("outputnode.pvc_gm_cbf", "pvc_gm_cbf"),
+                          ("outputnode.pvc_wm_cbf", "pvc_wm_cbf")]),
+        ])  # fmt: skip
+        report.inputs.methods = "\n\n".join(filter(None, [report.inputs.methods,
+                                                            pvc_wf.__desc__]))  # fmt: skip
     return workflow
 
 

@@ -50,7 +50,9 @@ def init_asl_pipeline_wf(config, runs) -> pe.Workflow:
                     reslice_mode=config.reslice_mode,
                     output_spaces=tuple(config.output_spaces),
                     m0_scale=config.m0_scale,
+                    m0_recovery=config.m0_recovery,
                     quantification=config.quantification,
+                    pvc=config.pvc,
                     omp_nthreads=config.omp_nthreads,
                 )
             ]

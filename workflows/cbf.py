@@ -39,6 +39,7 @@ def init_cbf_wf(
     n_pairs: int,
     quantification: str = "white-paper",
     m0_scale: float = 1.0,
+    m0_recovery: str = "tissue",
     outlier_method: str = "paocsl",
     outlier_threshold: float | None = None,
     paocsl_spec_rules: bool = False,
@@ -81,6 +82,10 @@ def init_cbf_wf(
         :data:`MIN_PAIRS_FOR_CLEANING`.
     quantification
         ``"white-paper"`` or ``"asltbx"`` (each pair's control image as M0).
+    m0_recovery
+        Correction of the M0 for incomplete recovery (when its TR is known and
+        under 5 s): ``"tissue"`` (each voxel's T1 from its GM/WM/CSF fractions)
+        or ``"single"`` (one tissue T1, the methods spec's).
     outlier_method, outlier_threshold
         ``paocsl``, ``score``, ``aoc`` or ``none``; threshold None = the
         method's default.
@@ -141,13 +146,14 @@ def init_cbf_wf(
     )
     m0_kwargs = {"m0_metadata": m0_metadata} if m0_metadata else {}
     compute_m0 = pe.Node(
-        ComputeM0(metadata=metadata, m0_scale=m0_scale, **m0_kwargs),
+        ComputeM0(metadata=metadata, m0_scale=m0_scale, recovery=m0_recovery, **m0_kwargs),
         name="compute_m0",
         mem_gb=mem_gb,
     )
     workflow.connect([
         (inputnode, compute_m0, [("asl_m0_source", "asl_file"), ("aslcontext", "aslcontext"),
-                                 ("mask", "mask")]),
+                                 ("mask", "mask"), ("gm", "gm"), ("wm", "wm"),
+                                 ("csf", "csf")]),
         (compute_m0, outputnode, [("m0_file", "m0"), ("m0_json", "m0_json")]),
     ])  # fmt: skip
     if has_m0_file:

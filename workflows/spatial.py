@@ -331,6 +331,7 @@ def init_anat_wf(
         ])  # fmt: skip
 
     if output_dir and source_file:
+        from asl_pipeline.derivatives import derivative_path, raw_uri
         from asl_pipeline.interfaces.bids import DerivativesDataSink
 
         stored = (
@@ -348,14 +349,28 @@ def init_anat_wf(
                 dict(suffix="xfm", from_space="MNI152NLin2009aSym", to_space="T1w", mode="image"),
             ),
         )
+        raw_t1w = raw_uri(source_file)
+        preproc = derivative_path(source_file, suffix="T1w", datatype="anat", desc="preproc")
+        on_t1w = {"SpatialReference": f"bids::{preproc}"}
+        meta = {
+            # BIDS requires SkullStripped in the sidecar of desc-preproc_T1w
+            "t1w_preproc": {"SkullStripped": False, "Description": "T1w corrected for "
+                            "intensity non-uniformity (N4 or SPM's bias correction)."},
+            "t1w_mask": {"Type": "Brain", "Description": "Brain mask of the T1w.", **on_t1w},
+            "gm_t1w": {"Description": "Grey-matter probability (T1w space).", **on_t1w},
+            "wm_t1w": {"Description": "White-matter probability (T1w space).", **on_t1w},
+            "csf_t1w": {"Description": "CSF probability (T1w space).", **on_t1w},
+            "t1w_to_mni": {"Description": "Transform from the T1w to the template."},
+            "mni_to_t1w": {"Description": "Transform from the template to the T1w."},
+        }  # fmt: skip
         for field, entities in stored:
             ds = pe.Node(
                 DerivativesDataSink(
                     base_directory=str(output_dir),
                     source_file=str(source_file),
                     datatype="anat",
-                    # BIDS requires SkullStripped in the sidecar of desc-preproc_T1w
-                    meta_dict={"SkullStripped": False} if field == "t1w_preproc" else {},
+                    meta_dict=meta.get(field, {}),
+                    sources=[raw_t1w] if field == "t1w_preproc" else [f"bids::{preproc}"],
                     **entities,
                 ),
                 name=f"ds_{field}",

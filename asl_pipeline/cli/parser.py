@@ -22,6 +22,7 @@ from asl_pipeline.config import (
     OUTLIER_METHODS,
     OUTPUT_SPACES,
     PLUGINS,
+    PVC_METHODS,
     QUANTIFICATIONS,
     REGISTRATION_BACKENDS,
     read_bids_filters,
@@ -129,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the derivatives go (outside bids_dir, or under its derivatives/)",
     )
     parser.add_argument(
-        "analysis_level", choices=["participant"], help="processing stage (participant only)"
+        "analysis_level",
+        choices=["participant", "group"],
+        help="participant: process each subject; group: gather the participant outputs "
+        "under output_dir into group_qc.tsv, group_report.html and regional CBF tables "
+        "(nothing is re-run)",
     )
     parser.add_argument("--version", action="version", version=f"asl-pipeline {__version__}")
 
@@ -333,10 +338,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="factor applied to M0 (e.g. a vendor scaling between M0 and ASL images)",
     )
     g.add_argument(
+        "--m0-recovery",
+        choices=("tissue", "single"),
+        default="tissue",
+        help="M0 incomplete-recovery correction (M0 TR known and < 5 s): tissue (default: "
+        "each voxel's T1 from its GM/WM/CSF fractions) or single (one tissue T1, as in the "
+        "methods spec)",
+    )
+    g.add_argument(
         "--quantification",
         choices=QUANTIFICATIONS,
         default="white-paper",
         help="white-paper: M0 from the run's M0; asltbx: each pair's control image as M0",
+    )
+    g.add_argument(
+        "--pvc",
+        choices=PVC_METHODS,
+        default="none",
+        help="partial-volume correction of the measured CBF: lr = linear regression "
+        "(Asllani et al. 2008, 5x5x1-voxel kernel) writing desc-pvcGM/desc-pvcWM maps; "
+        "none (default)",
     )
 
     g = parser.add_argument_group("other")

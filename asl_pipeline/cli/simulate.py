@@ -23,6 +23,15 @@ def get_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("output_dir", type=Path, help="new or empty directory to create")
+    parser.add_argument(
+        "--generator",
+        choices=["mni", "phantom"],
+        default="mni",
+        type=str.lower,
+        help="mni (default): deformed MNI152 templates; phantom: the ASL DRO hard "
+        "labels, per-tissue Buxton kinetics, correlated noise (needs asldro; see "
+        "asl_pipeline.simulate.phantom)",
+    )
     g = parser.add_argument_group("dataset")
     g.add_argument("--n-subjects", type=int, default=3, help="number of subjects (default 3)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -73,8 +82,8 @@ def get_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--t1w-voxel-size",
         type=float,
-        default=1.0,
-        help="isotropic T1w voxel size in mm (default 1.0)",
+        default=None,
+        help="isotropic T1w voxel size in mm (default 1.0; 1.5 with --generator phantom)",
     )
     s = parser.add_argument_group("subject")
     s.add_argument("--no-motion", action="store_true", help="no head motion")
@@ -83,7 +92,30 @@ def get_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--noise-scale", type=float, default=1.0, help="multiplies thermal and physiological noise"
     )
+    p = parser.add_argument_group(
+        "phantom generator only (--generator phantom; it also takes --plds with one value "
+        "for a single delay, and --t1-after-arrival, default tissue)"
+    )
+    p.add_argument(
+        "--motion",
+        choices=["none", "drift", "jumps"],
+        default=None,
+        type=str.lower,
+        help="head motion: none (default), drift (0->2 mm, 0->2 deg) or jumps",
+    )
+    p.add_argument(
+        "--outlier-types",
+        nargs="+",
+        default=None,
+        choices=["none", "all", "slab_dropout", "spikes", "global", "slab_motion"],
+        type=str.lower,
+        help="corruptions (default none)",
+    )
     return parser
+
+
+_MNI_ONLY = ("lesion", "label_first", "no_motion", "no_outliers")
+_PHANTOM_ONLY = ("motion", "outlier_types")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -99,8 +131,26 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--pld-repeats must be at least 1")
     if args.noise_scale < 0:
         parser.error("--noise-scale must be >= 0")
+    if args.t1w_voxel_size is None:
+        args.t1w_voxel_size = 1.5 if args.generator == "phantom" else 1.0
     if not 0.5 <= args.t1w_voxel_size <= 4:
         parser.error("--t1w-voxel-size must be between 0.5 and 4 mm")
+    if args.generator == "phantom":
+        used = [n for n in _MNI_ONLY if getattr(args, n)]
+        if args.m0_type != "separate":
+            used.append("m0_type")
+        if used:
+            parser.error(
+                "--generator phantom does not take "
+                + ", ".join("--" + n.replace("_", "-") for n in used)
+                + " (use --motion / --outlier-types)"
+            )
+    else:
+        used = [n for n in _PHANTOM_ONLY if getattr(args, n) is not None]
+        if used:
+            parser.error(
+                ", ".join("--" + n.replace("_", "-") for n in used) + " need --generator phantom"
+            )
     return args
 
 
@@ -134,6 +184,8 @@ def main(argv=None) -> int:
             flush=True,
         )
 
+    if args.generator == "phantom":
+        return _main_phantom(args, start)
     try:
         out = simulate_dataset(
             args.output_dir,
@@ -153,6 +205,45 @@ def main(argv=None) -> int:
             m0_type=args.m0_type.capitalize(),
             t1w_voxel_size=args.t1w_voxel_size,
             **_multi_pld_kwargs(args),
+        )
+    except ASLInputError as exc:
+        print(f"asl-simulate: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _main_phantom(args, start) -> int:
+    from asl_pipeline.errors import ASLInputError
+    from asl_pipeline.simulate.phantom import simulate_phantom_dataset
+
+    def progress(i, n, label, sub):
+        print(
+            f"[{i + 1}/{n}] sub-{label}: {sub.asl.shape[3]} volumes, "
+            f"{len(sub.outlier_rows)} corrupted (volume, slice) rows, GM CBF "
+            f"{float(sub.cbf[sub.gm > 0.7].mean()):.1f} mL/100 g/min "
+            f"({time.perf_counter() - start:.1f} s)",
+            flush=True,
+        )
+
+    try:
+        out = simulate_phantom_dataset(
+            args.output_dir,
+            n_subjects=args.n_subjects,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            progress=progress,
+            labeling=args.labeling.upper(),
+            readout=args.readout.upper(),
+            plds=args.plds,
+            pld_repeats=args.pld_repeats,
+            n_pairs=args.n_pairs,
+            background_suppression=args.background_suppression,
+            noise_level=args.noise_scale,
+            motion=args.motion or "none",
+            outliers=[] if args.outlier_types is None else args.outlier_types,
+            t1_after_arrival=args.t1_after_arrival or "tissue",
+            t1w_voxel_size=args.t1w_voxel_size,
         )
     except ASLInputError as exc:
         print(f"asl-simulate: error: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-_QC_GLOB = "sub-*/**/perf/*_desc-qualitycontrol_cbf.tsv"
+from asl_pipeline.group import QC_GLOB as _QC_GLOB
 
 
 def _number(row: dict, key: str) -> float:

@@ -11,6 +11,7 @@ Layout of ``out_dir``::
         sub-XX/perf/sub-XX_desc-true_cbf.nii.gz     true CBF, ASL space
         sub-XX/perf/sub-XX_desc-true_att.nii.gz     true ATT (s), ASL space
         sub-XX/perf/sub-XX_desc-true_m0.nii.gz      fully relaxed M0, ASL space
+        sub-XX/perf/sub-XX_desc-true{GM,WM}_cbf.nii.gz  tissue CBF of each voxel
         sub-XX/perf/sub-XX_label-{GM,WM,CSF}_probseg.nii.gz, _desc-brain_mask
         sub-XX/perf/sub-XX_desc-lesion_mask.nii.gz  (with ``lesion=True``)
         sub-XX/perf/sub-XX_desc-true_kinetics.json  kinetic model (multi-PLD only)
@@ -253,6 +254,11 @@ def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
     nii(dp / f"{s}_desc-true_cbf.nii.gz", sub.cbf, aff, np.float32)
     nii(dp / f"{s}_desc-true_att.nii.gz", sub.att, aff, np.float32)
     nii(dp / f"{s}_desc-true_m0.nii.gz", sub.m0_true, aff, np.float32)
+    for tissue in ("gm", "wm"):  # cbf = gm * trueGM + wm * trueWM (partial-volume truth)
+        tissue_cbf = getattr(sub, f"cbf_{tissue}")
+        if tissue_cbf is not None:
+            path = dp / f"{s}_desc-true{tissue.upper()}_cbf.nii.gz"
+            nii(path, tissue_cbf, aff, np.float32)
     for name in ("gm", "wm", "csf"):
         nii(dp / f"{s}_label-{name.upper()}_probseg.nii.gz", getattr(sub, name), aff, np.float32)
     nii(dp / f"{s}_desc-brain_mask.nii.gz", sub.brain_mask.astype(np.uint8), aff, np.uint8)
@@ -333,25 +339,29 @@ def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
     return written
 
 
-def simulate_dataset(
+def write_dataset(
     out_dir,
-    n_subjects: int = 3,
-    seed: int = 0,
+    n_subjects: int,
+    seed: int,
     *,
+    simulate: Callable,
+    write: Callable,
+    title: str,
+    author: str,
+    description: str,
+    readme: str,
     overwrite: bool = False,
-    progress: Callable[[int, int, str, SimulatedSubject], None] | None = None,
+    progress: Callable | None = None,
     **subject_kwargs,
 ) -> Path:
-    """Simulate ``n_subjects`` subjects and write them as a BIDS dataset.
+    """Simulate subjects one by one and write them, with the dataset-level files.
 
-    Subject ``i`` (label ``01``, ``02``, ...) is
-    ``simulate_subject(subject_seed(seed, i), **subject_kwargs)``, so the
-    dataset is deterministic for a given ``seed`` (byte-identical files).
-    ``progress(i, n, label, subject)`` is called after each subject is
-    written. Refuses a non-empty ``out_dir`` unless ``overwrite`` and the
-    directory holds a dataset written by this simulator (its files are then
-    replaced; files it would not write are left alone). Returns the dataset
-    root. See the module docstring for the layout.
+    Shared by both generators: subject ``i`` is ``simulate(subject_seed(seed,
+    i), **subject_kwargs)`` written by ``write(out, label, subject)``. The first
+    subject is simulated before anything is written, so that bad arguments
+    (e.g. an impossible set of PLDs) leave no partial dataset. ``title`` and
+    ``author`` name the dataset and its author, ``description`` the
+    GeneratedBy call and ``readme`` is the README text.
     """
     out = Path(out_dir)
     if int(n_subjects) < 1:
@@ -361,37 +371,27 @@ def simulate_dataset(
             fix="ask for at least one subject.",
         )
     _check_out_dir(out, overwrite)
-    # the first subject is simulated before anything is written, so that bad
-    # arguments (e.g. an impossible set of PLDs) leave no partial dataset
-    first = simulate_subject(subject_seed(seed, 0), **subject_kwargs)
+    first = simulate(subject_seed(seed, 0), **subject_kwargs)
     out.mkdir(parents=True, exist_ok=True)
     width = max(2, len(str(n_subjects)))
     labels = [f"{i + 1:0{width}d}" for i in range(int(n_subjects))]
     generated = {
         "Name": "asl_pipeline.simulate",
         "Version": __version__,
-        "Description": f"simulate_dataset(seed={int(seed)}, n_subjects={int(n_subjects)})",
+        "Description": description,
     }
     _write_json(
         out / "dataset_description.json",
         {
-            "Name": "Simulated ASL dataset (asl_pipeline)",
+            "Name": title,
             "BIDSVersion": BIDS_VERSION,
             "DatasetType": "raw",
             "License": "CC0",
-            "Authors": ["asl_pipeline simulator"],
+            "Authors": [author],
             "GeneratedBy": [generated],
         },
     )
-    _write_bytes(
-        out / "README",
-        (
-            "Simulated arterial spin labeling dataset written by asl_pipeline.simulate "
-            f"(seed {int(seed)}).\nAnatomy from the MNI152 2009a templates with a random "
-            "smooth deformation per subject; perfusion, motion, noise and outliers are "
-            "simulated and their ground truth is in derivatives/simulation.\n"
-        ).encode(),
-    )
+    _write_bytes(out / "README", readme.encode())
     _write_json(
         out / "participants.json",
         {
@@ -420,11 +420,52 @@ def simulate_dataset(
     rows = []
     for i, label in enumerate(labels):
         sseed = subject_seed(seed, i)
-        sub = first if i == 0 else simulate_subject(sseed, **subject_kwargs)
-        write_subject(out, label, sub)
+        sub = first if i == 0 else simulate(sseed, **subject_kwargs)
+        write(out, label, sub)
         meta_rng = np.random.default_rng(sseed)
         rows.append([f"sub-{label}", int(meta_rng.integers(20, 80)), meta_rng.choice(["F", "M"])])
         if progress is not None:
             progress(i, len(labels), label, sub)
     _write_tsv(out / "participants.tsv", ["participant_id", "age", "sex"], rows)
     return out
+
+
+def simulate_dataset(
+    out_dir,
+    n_subjects: int = 3,
+    seed: int = 0,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int, int, str, SimulatedSubject], None] | None = None,
+    **subject_kwargs,
+) -> Path:
+    """Simulate ``n_subjects`` subjects and write them as a BIDS dataset.
+
+    Subject ``i`` (label ``01``, ``02``, ...) is
+    ``simulate_subject(subject_seed(seed, i), **subject_kwargs)``, so the
+    dataset is deterministic for a given ``seed`` (byte-identical files).
+    ``progress(i, n, label, subject)`` is called after each subject is
+    written. Refuses a non-empty ``out_dir`` unless ``overwrite`` and the
+    directory holds a dataset written by this simulator (its files are then
+    replaced; files it would not write are left alone). Returns the dataset
+    root. See the module docstring for the layout.
+    """
+    return write_dataset(
+        out_dir,
+        n_subjects,
+        seed,
+        simulate=simulate_subject,
+        write=write_subject,
+        title="Simulated ASL dataset (asl_pipeline)",
+        author="asl_pipeline simulator",
+        description=f"simulate_dataset(seed={int(seed)}, n_subjects={int(n_subjects)})",
+        readme=(
+            "Simulated arterial spin labeling dataset written by asl_pipeline.simulate "
+            f"(seed {int(seed)}).\nAnatomy from the MNI152 2009a templates with a random "
+            "smooth deformation per subject; perfusion, motion, noise and outliers are "
+            "simulated and their ground truth is in derivatives/simulation.\n"
+        ),
+        overwrite=overwrite,
+        progress=progress,
+        **subject_kwargs,
+    )
