@@ -215,16 +215,16 @@ def test_forked_worker_dies_quietly_of_sigterm():
 
 
 _KILLED_RUN = """
-import multiprocessing, sys, time
+import multiprocessing, os, sys, time
 from asl_pipeline.cli import guard
 
 def work():
+    print(os.getpid(), flush=True)  # after multiprocessing's after-fork hooks
     time.sleep(60)
 
 with guard.graceful_shutdown():
     worker = multiprocessing.get_context("fork").Process(target=work)
     worker.start()
-    print(worker.pid, flush=True)
     time.sleep(60)
 """
 

@@ -267,18 +267,22 @@ def _run_tmpdir():
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> bool:
+def die_with_parent(parent: int | None = None) -> bool:
     """Ask Linux to send this process SIGTERM when its parent dies, even of SIGKILL.
 
     Run in every multiprocessing worker of the run (nipype's MultiProc pool),
-    so a ``kill -9`` of the run does not leave its workers computing. False
-    where ``prctl`` is not available.
+    so a ``kill -9`` of the run does not leave its workers computing. When the
+    ``parent`` pid is given and has already gone, the process ends at once.
+    False where ``prctl`` is not available.
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) == 0
+        done = libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) == 0
     except (OSError, AttributeError):
         return False
+    if done and parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)  # the run died before the request
+    return done
 
 
 class _AfterFork:
@@ -297,8 +301,9 @@ def _ignore_signals():
 def graceful_shutdown():
     """SIGTERM/SIGINT raise :class:`Interrupted` in the main thread; on it the
     run's child processes are ended; the run's temporary folder goes on any exit."""
-    multiprocessing.util.register_after_fork(_AFTER_FORK, lambda _: die_with_parent())
-    handle = _handler(os.getpid())
+    run_pid = os.getpid()
+    multiprocessing.util.register_after_fork(_AFTER_FORK, lambda _: die_with_parent(run_pid))
+    handle = _handler(run_pid)
     handlers = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         with _run_tmpdir() as tmp:
