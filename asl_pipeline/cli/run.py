@@ -47,22 +47,6 @@ def _run_group(output_dir) -> int:
     return EXIT_OK
 
 
-def _run_group(output_dir) -> int:
-    """The dataset level: read the participant outputs, write the group files."""
-    from asl_pipeline.errors import ASLInputError
-    from asl_pipeline.group import run_group_level
-
-    try:
-        out = run_group_level(output_dir)
-    except ASLInputError as exc:
-        print(f"asl-pipeline: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_DATA_ERROR
-    print(f"Group QC table: {out.qc_table}\nGroup report: {out.report}")
-    for path in out.regional:
-        print(f"Regional CBF: {path}")
-    return EXIT_OK
-
-
 def _check_bids(config) -> bool:
     """The BIDS validator's verdict (True without it or with --skip-bids-validation)."""
     from asl_pipeline.cli.bidsvalidator import check_input
