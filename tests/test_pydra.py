@@ -125,3 +125,32 @@ def test_simulated_subject_same_images_with_both_engines(tmp_path):
     assert run("pydra", tmp_path / "pydra") == nipype_images
     assert [p.stat().st_mtime_ns for p in results] == stamps
     assert sorted((tmp_path / "pydra/work/pydra").rglob("_result.pklz")) == results
+
+
+def _slurm_running() -> bool:
+    import shutil
+    import subprocess
+
+    if shutil.which("sinfo") is None:
+        return False
+    res = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    return res.returncode == 0 and any(s.startswith(("idle", "mix")) for s in res.stdout.split())
+
+
+@pytest.mark.slurm
+def test_slurm_worker_runs_the_tasks_as_jobs(tmp_path, pcasl_run, monkeypatch):
+    """run_pydra's SLURM choice: each task an sbatch job, same answer as above."""
+    from asl_pipeline.engines.pydra import run_pydra
+
+    if not _slurm_running():
+        pytest.skip("no SLURM cluster is running (start one with ../shared/ci/setup-slurm.sh)")
+    monkeypatch.setenv("LOGNAME", "root")
+    files, mask, cbf, _, _ = pcasl_run
+    argv = [files[k] for k in ("asl_file", "aslcontext", "metadata", "m0_file", "m0_metadata")]
+    cache = tmp_path / "cache"
+    wf = _example().build_workflow(*argv, mask, cache)
+    result = run_pydra(wf, "SLURM", 1, cache, {"sbatch_args": "--mem=1G"})
+    mean = nb.load(result.output.mean_cbf).get_fdata()
+    np.testing.assert_allclose(mean[1:], cbf[1:], rtol=1e-5)
+    # the slurm worker leaves its sbatch scripts and job logs in the cache
+    assert list(cache.rglob("slurm-*.out")), "the tasks did not run as SLURM jobs"
