@@ -11,7 +11,11 @@ fix; recoverable oddities (for instance ``RepetitionTimePreparation: 0``) are
 recorded in :attr:`ASLRun.warnings` and logged.
 
 The reader only reads: pybids is run without a database file and nothing is
-ever written inside the input dataset.
+ever written inside the input dataset. Every JSON file is read first by
+:func:`read_json_sidecar` (a regular file, at most :data:`MAX_SIDECAR_BYTES`,
+a JSON object nested at most :data:`MAX_SIDECAR_DEPTH` levels), links that
+show a folder twice (loops) are not indexed, and images are opened through the
+header checks of :mod:`asl_pipeline.preflight` (their voxels are read there).
 
 Choices left open by the spec and made here (all documented in the fields):
 
@@ -36,12 +40,14 @@ import csv
 import json
 import logging
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from asl_pipeline.errors import ASLInputError
+from asl_pipeline.errors import ASLInputError, ASLInputErrors
 from asl_pipeline.kinetics import labeling_efficiency as _labeling_efficiency
 
 LOGGER = logging.getLogger("asl_pipeline.bids")
@@ -54,8 +60,16 @@ LABELING_TYPES = ("PCASL", "CASL", "PASL")
 M0_TYPES = ("Separate", "Included", "Estimate", "Absent")
 #: Values of ``BolusCutOffTechnique`` (spaces and case ignored when read).
 BOLUS_CUTOFF_TECHNIQUES = ("QUIPSS", "QUIPSSII", "Q2TIPS")
+#: Longest plausible delay or duration (s): PostLabelingDelay, TI,
+#: LabelingDuration, BolusCutOffDelayTime.
+MAX_TIME_S = 10.0
 #: Field strength assumed when ``MagneticFieldStrength`` is missing (T).
 DEFAULT_FIELD_STRENGTH = 3.0
+
+#: Largest JSON sidecar read (bytes); real sidecars are a few kB.
+MAX_SIDECAR_BYTES = 1 << 20
+#: Deepest JSON nesting accepted; real sidecars nest two or three levels.
+MAX_SIDECAR_DEPTH = 32
 
 _NIFTI_EXT = (".nii.gz", ".nii")
 _SKIP_DIRS = ("derivatives", "sourcedata", "code", "stimuli", "models")
@@ -336,6 +350,27 @@ def _per_volume(md, key, file, n_volumes, *, required, fix, n_pairs=0):
     return float(value)
 
 
+def _check_times(values: np.ndarray, volumes, file, key: str) -> None:
+    """Refuse a negative time, or one of a perfusion volume outside (0, MAX_TIME_S] s."""
+    invalid = values < 0
+    invalid[volumes] |= (values[volumes] <= 0) | (values[volumes] > MAX_TIME_S)
+    if not invalid.any():
+        return
+    bad = int(np.flatnonzero(invalid)[0])
+    unit = (
+        " (milliseconds must be divided by 1000)"
+        if values[bad] > MAX_TIME_S
+        else " (check for a sign error or a missing value)"
+    )
+    raise ASLInputError(
+        f"is {values[bad]} s for volume {bad}: it must be in (0, {MAX_TIME_S:g}] s for "
+        "labeled and control volumes (for PASL the inversion time TI).",
+        file=file,
+        field=key,
+        fix=f"give {key} as a positive number of seconds, at most {MAX_TIME_S:g}{unit}.",
+    )
+
+
 def _boolean(md, key, file):
     if key not in md or md[key] is None:
         return None
@@ -434,33 +469,11 @@ def _pair(types: tuple[str, ...], path: Path) -> np.ndarray:
     return np.asarray(pairs, dtype=int).reshape(-1, 2)
 
 
-def _load_image(path: Path):
-    import nibabel as nb
+def _load_image(path: Path, role: str):
+    """The image (data not read) after the header checks of the pre-flight."""
+    from asl_pipeline.preflight import load_header
 
-    try:
-        return nb.load(str(path))
-    except Exception as exc:  # nibabel raises many types on corrupt files
-        raise ASLInputError(
-            f"cannot be read as a NIfTI image ({exc}).",
-            file=path,
-            field="image",
-            fix="re-export the image (e.g. with dcm2niix) as a valid NIfTI file.",
-        ) from None
-
-
-def _check_finite(img, path: Path) -> None:
-    if not np.issubdtype(img.get_data_dtype(), np.floating):
-        return  # integer storage cannot hold NaN
-    data = np.asanyarray(img.dataobj)
-    bad = ~np.isfinite(data)
-    if bad.any():
-        raise ASLInputError(
-            f"contains {int(bad.sum())} NaN or infinite voxel values.",
-            file=path,
-            field="image data",
-            fix="re-export the image from the scanner data; do not mask with NaN "
-            "(the pipeline computes its own brain mask).",
-        )
+    return load_header(path, role)
 
 
 def _intended_for(md: dict) -> list[str]:
@@ -484,20 +497,146 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _bad_json(root: Path) -> tuple[Path, str] | None:
-    for path in sorted(root.rglob("*.json")):
-        parts = path.relative_to(root).parts
-        if parts[0] in _SKIP_DIRS or any(p.startswith(".") for p in parts):
+def _json_error(path: Path, problem: str, field: str, fix: str) -> ASLInputError:
+    return ASLInputError(problem, file=path, field=field, fix=fix)
+
+
+def _json_depth(value) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        depth = max(depth, level)
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, level + 1) for c in children if isinstance(c, dict | list))
+    return depth
+
+
+def _json_bytes(path: Path) -> bytes:
+    """The bytes of a sidecar: a regular file of at most MAX_SIDECAR_BYTES."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise _json_error(
+            path, f"cannot be read ({exc.strerror}).", "file", "replace the broken link or file."
+        ) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise _json_error(
+            path,
+            "is not a regular file (a device, pipe or folder).",
+            "file",
+            "replace it with the JSON sidecar written by the converter.",
+        )
+    if info.st_size > MAX_SIDECAR_BYTES:
+        raise _json_error(
+            path,
+            f"is {info.st_size} bytes; a sidecar holds at most {MAX_SIDECAR_BYTES} bytes.",
+            "file size",
+            "replace it with the JSON sidecar written by the converter.",
+        )
+    with path.open("rb") as fobj:
+        return fobj.read(MAX_SIDECAR_BYTES + 1)
+
+
+def read_json_sidecar(path) -> dict:
+    """Read one BIDS JSON file with bounded size and nesting; the only JSON reader.
+
+    Raises
+    ------
+    ASLInputError
+        When the file is not a regular file, is larger than
+        :data:`MAX_SIDECAR_BYTES`, is not UTF-8 JSON, is not a JSON object or
+        is nested deeper than :data:`MAX_SIDECAR_DEPTH`.
+    """
+    path = Path(path)
+    deep = _json_error(
+        path,
+        f"is nested deeper than {MAX_SIDECAR_DEPTH} levels.",
+        "JSON nesting",
+        "replace it with the flat JSON sidecar written by the converter.",
+    )
+    raw = _json_bytes(path)
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise deep from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _json_error(
+            path,
+            f"is not valid JSON ({_one_line(exc)}).",
+            "JSON syntax",
+            "correct the JSON syntax (e.g. check commas and quotes with a JSON linter).",
+        ) from None
+    if not isinstance(value, dict):
+        raise _json_error(
+            path,
+            f"holds a JSON {type(value).__name__}, not an object.",
+            "JSON object",
+            'write the sidecar as one JSON object: {"Field": value, ...}.',
+        )
+    if _json_depth(value) > MAX_SIDECAR_DEPTH:
+        raise deep
+    return value
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """What indexing the dataset will see: its JSON files and the symbolic links
+    to folders that would show a folder twice (loops included), to be skipped."""
+
+    json_files: tuple[Path, ...]
+    repeated_links: tuple[Path, ...]
+
+
+def _kept_folders(folder: Path, names, seen: set[str], repeated: list[Path], skip) -> list[str]:
+    """Sub-folders to walk: not dot folders nor ``skip``, no link to a folder seen."""
+    kept = []
+    for name in names:
+        path = folder / name
+        if name.startswith(".") or name in skip:
             continue
+        target = os.path.realpath(path)
+        if path.is_symlink() and target in seen:
+            repeated.append(path)
+            continue
+        seen.add(target)
+        kept.append(name)
+    return kept
+
+
+def _scan(root: Path) -> _Tree:
+    """Walk the dataset as pybids will, following links to folders once."""
+    files: list[Path] = []
+    repeated: list[Path] = []
+    seen = {os.path.realpath(root)}
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        skip = _SKIP_DIRS if Path(folder) == root else ()  # as pybids: top level only
+        dirs[:] = _kept_folders(Path(folder), sorted(dirs), seen, repeated, skip)
+        files += [Path(folder) / n for n in names if n.endswith(".json")]
+    return _Tree(tuple(sorted(files)), tuple(repeated))
+
+
+def check_json_files(files) -> None:
+    """Read every JSON file (bounded), all problems at once.
+
+    Raises
+    ------
+    ASLInputErrors
+        One error per bad file.
+    """
+    errors = []
+    for path in files:
         try:
-            json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            return path, str(exc)
-    return None
+            read_json_sidecar(path)
+        except ASLInputError as exc:
+            errors.append(exc)
+    if errors:
+        raise ASLInputErrors(errors)
 
 
 def _layout(bids_dir: Path):
-    from bids import BIDSLayout
+    from bids import BIDSLayout, BIDSLayoutIndexer
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
     description = bids_dir / "dataset_description.json"
     if not description.exists():
@@ -508,25 +647,32 @@ def _layout(bids_dir: Path):
             fix="point to the dataset root, or add a dataset_description.json with at "
             'least {"Name": ..., "BIDSVersion": "1.8.0"}.',
         )
+    tree = _scan(bids_dir)
+    check_json_files(tree.json_files)  # pybids parses every sidecar unbounded: check first
+    # pybids follows every link to a folder: skip those that repeat a folder
+    # (a loop would multiply the runs, or never end).
+    ignore = [*DEFAULT_LOCATIONS_TO_IGNORE, *map(str, tree.repeated_links)]
     try:
-        # pybids' default ignore list skips derivatives/, sourcedata/, code/
-        # and dot files; no database file is written.
-        return BIDSLayout(str(bids_dir), validate=False, derivatives=False)
+        # pybids skips derivatives/, sourcedata/, code/ and dot files; no
+        # database file is written.
+        indexer = BIDSLayoutIndexer(validate=False, ignore=ignore)
+        return BIDSLayout(str(bids_dir), validate=False, derivatives=False, indexer=indexer)
     except Exception as exc:  # pybids wraps many failures; report them as input errors
-        bad = _bad_json(bids_dir)  # pybids parses every sidecar: name the broken one
-        if bad is not None:
-            raise ASLInputError(
-                f"is not valid JSON ({bad[1]}).",
-                file=bad[0],
-                field="JSON syntax",
-                fix="correct the JSON syntax (e.g. check commas and quotes with a JSON linter).",
-            ) from None
         raise ASLInputError(
             f"cannot be indexed as BIDS ({_one_line(exc)}).",
             file=bids_dir,
             field="dataset",
             fix="check the dataset with the BIDS validator (bids-validator-deno).",
         ) from None
+
+
+def _unique_files(paths) -> list[str]:
+    """Paths in sorted order, one per real file: a symbolic-link loop in the
+    dataset shows pybids the same file under many folder names."""
+    by_real: dict[str, str] = {}
+    for path in sorted(paths, key=lambda p: (len(Path(p).parts), p)):
+        by_real.setdefault(os.path.realpath(path), path)
+    return sorted(by_real.values())
 
 
 def _normalise_labels(labels, prefix: str) -> list[str] | None:
@@ -660,7 +806,7 @@ def validate_dataset(
         query["subject"] = wanted
     if sessions is not None:
         query["session"] = sessions
-    files = sorted(layout.get(**query), key=lambda f: f.path)
+    files = _unique_files(f.path for f in layout.get(**query))
     if not files:
         where = f" for participant(s) {', '.join(wanted)}" if wanted else ""
         where += " matching the BIDS filter file" if bids_filters else ""
@@ -671,7 +817,7 @@ def validate_dataset(
             fix="add the ASL NIfTI files, or point to the right dataset.",
         )
     if wanted is not None:
-        found = {f.get_entities()["subject"] for f in files}
+        found = {layout.parse_file_entities(f)["subject"] for f in files}
         without = [s for s in wanted if s not in found]
         if without:
             raise ASLInputError(
@@ -688,7 +834,7 @@ def validate_dataset(
                 _read_run(
                     layout,
                     root,
-                    Path(f.path),
+                    Path(f),
                     require_t1w=require_t1w,
                     t1w_filters=_pybids_filters(bids_filters, "t1w"),
                 )
@@ -731,7 +877,7 @@ def _read_run(
     context_file = _sibling(asl_file, "aslcontext.tsv")
     types = _read_aslcontext(context_file, warnings)
     n_rows = len(types)
-    img = _load_image(asl_file)
+    img = _load_image(asl_file, "ASL series")
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 3 and n_rows > 1:
         raise ASLInputError(
@@ -758,7 +904,6 @@ def _read_run(
             fix="write exactly one aslcontext row per volume of the series, in order.",
         )
     voxel_size = tuple(float(z) for z in img.header.get_zooms()[:3])
-    _check_finite(img, asl_file)
 
     pairs = _pair(types, context_file)
     idx = {t: tuple(i for i, x in enumerate(types) if x == t) for t in VOLUME_TYPES}
@@ -805,22 +950,7 @@ def _read_run(
     )
     plds = np.full(n_volumes, plds) if np.isscalar(plds) else plds
     perf_idx = [i for i, t in enumerate(types) if t not in ("m0scan", "noRF")]
-    invalid = plds < 0
-    if labeling_type == "PASL":  # TI = 0 is no inversion time (m0scan volumes may hold 0)
-        invalid[perf_idx] |= plds[perf_idx] <= 0
-    if invalid.any():
-        bad = int(np.flatnonzero(invalid)[0])
-        raise ASLInputError(
-            f"is {plds[bad]} s for volume {bad}: delays must be positive (for PASL, TI > 0).",
-            file=where("PostLabelingDelay"),
-            field="PostLabelingDelay",
-            fix="give the delay in seconds as a positive number (check for a sign or "
-            "unit error: milliseconds must be divided by 1000).",
-        )
-    if (plds[perf_idx] > 10).any():
-        warnings.append(
-            f"PostLabelingDelay up to {plds[perf_idx].max()} s: is it in milliseconds?"
-        )
+    _check_times(plds, perf_idx, where("PostLabelingDelay"), "PostLabelingDelay")
     if pairs.size:
         differ = np.flatnonzero(~np.isclose(plds[pairs[:, 0]], plds[pairs[:, 1]]))
         if differ.size:
@@ -846,13 +976,7 @@ def _read_run(
             "train, e.g. 1.8).",
         )
         tau_arr = np.full(n_volumes, tau) if np.isscalar(tau) else tau
-        if (tau_arr[perf_idx] <= 0).any() or (tau_arr < 0).any():
-            raise ASLInputError(
-                f"must be positive for labeled volumes, got {tau}.",
-                file=where("LabelingDuration"),
-                field="LabelingDuration",
-                fix="give the labeling duration in seconds (e.g. 1.8).",
-            )
+        _check_times(tau_arr, perf_idx, where("LabelingDuration"), "LabelingDuration")
         if pairs.size and not np.allclose(tau_arr[pairs[:, 0]], tau_arr[pairs[:, 1]]):
             raise ASLInputError(
                 "differs within a control/label pair.",
@@ -892,14 +1016,15 @@ def _read_run(
         n_expected = 2 if technique == "Q2TIPS" else 1
         ok = (
             len(values) == n_expected
-            and all(_is_number(v) and v > 0 for v in values)
+            and all(_is_number(v) and 0 < v <= MAX_TIME_S for v in values)
             and (n_expected == 1 or values[1] > values[0])
         )
         if not ok:
             shape_txt = (
-                "a list [TI1, TI1s] (start and end of the saturation train, TI1s > TI1)"
+                "a list [TI1, TI1s] (start and end of the saturation train, "
+                f"0 < TI1 < TI1s <= {MAX_TIME_S:g})"
                 if technique == "Q2TIPS"
-                else "one positive number (TI1)"
+                else f"one number (TI1) in (0, {MAX_TIME_S:g}]"
             )
             raise ASLInputError(
                 f"is {raw_t!r}; for {technique} it must be {shape_txt}, in seconds.",
@@ -1058,7 +1183,7 @@ def _read_run(
                 fix=f"add {expected.name} (with its JSON sidecar), or set M0Type to what "
                 "was acquired (Included, Estimate or Absent).",
             )
-        m0_img = _load_image(m0_file)
+        m0_img = _load_image(m0_file, "M0")
         if len(m0_img.shape) not in (3, 4) or tuple(m0_img.shape[:3]) != shape[:3]:
             raise ASLInputError(
                 f"has shape {tuple(m0_img.shape)} but the ASL series has the voxel grid "
@@ -1073,7 +1198,6 @@ def _read_run(
                 f"{m0_file.name} and {asl_file.name} have different affines; the M0 will be "
                 "registered to the ASL series"
             )
-        _check_finite(m0_img, m0_file)
         m0_md = dict(layout.get_metadata(str(m0_file)))
         m0_sidecar = m0_file.with_name(_strip_ext(m0_file) + ".json")
         m0_tr = _repetition_time(m0_md, m0_sidecar, None, warnings)
@@ -1119,7 +1243,7 @@ def _read_run(
 
     t1w = _find_t1w(layout, subject, session, warnings, t1w_filters)
     if t1w is not None:
-        t1w_img = _load_image(t1w)
+        t1w_img = _load_image(t1w, "T1w")
         if len(t1w_img.shape) != 3 and not (len(t1w_img.shape) == 4 and t1w_img.shape[3] == 1):
             raise ASLInputError(
                 f"has shape {tuple(t1w_img.shape)}; a T1w image is one 3D volume.",
@@ -1210,10 +1334,7 @@ def _field_source(layout, root: Path, asl_file: Path, own: Path, entities: dict)
     def where(key: str) -> Path:
         for path in chain:
             if path not in cache:
-                try:
-                    cache[path] = json.loads(path.read_text(encoding="utf-8"))
-                except (OSError, ValueError):
-                    cache[path] = {}
+                cache[path] = read_json_sidecar(path)
             if key in cache[path]:
                 return path
         return own
@@ -1280,10 +1401,10 @@ def _pepolar_m0(layout, root, subject, session, asl_file) -> list[tuple[Path, di
     if m0 is not None:
         targets |= _targets(m0, root, subject)
     found = []
-    for f in sorted(layout.get(**query), key=lambda f: f.path):
-        md = layout.get_metadata(f.path)
+    for path in _unique_files(f.path for f in layout.get(**query)):
+        md = layout.get_metadata(path)
         if targets & set(_intended_for(md)):
-            found.append((Path(f.path), dict(md)))
+            found.append((Path(path), dict(md)))
     return found
 
 
@@ -1300,7 +1421,7 @@ def _find_t1w(layout, subject, session, warnings, filters=None) -> Path | None:
         files = layout.get(session=session, **query)
     if not files:
         files = layout.get(**query)
-    files = sorted(f.path for f in files)
+    files = _unique_files(f.path for f in files)
     if len(files) > 1:
         names = ", ".join(Path(f).name for f in files)
         warnings.append(f"several T1w images ({names}): the first is used")

@@ -51,6 +51,7 @@ REGISTRATION_BACKENDS = ("embedded", "spm")
 OUTLIER_METHODS = tuple(OUTLIER_THRESHOLDS)
 OUTPUT_SPACES = ("asl", "T1w", "MNI152NLin2009aSym")
 QUANTIFICATIONS = ("white-paper", "asltbx")
+PVC_METHODS = ("none", "lr")
 
 _PATH_FIELDS = (
     "bids_dir",
@@ -148,6 +149,7 @@ class Config:
     m0_scale: float = 1.0
     m0_recovery: str = "tissue"
     quantification: str = "white-paper"
+    pvc: str = "none"
     # other
     work_dir: Path | None = None
     validate_only: bool = False
@@ -171,6 +173,8 @@ class Config:
             raise ValueError(f"unknown M0 recovery correction {self.m0_recovery!r}")
         if self.quantification not in QUANTIFICATIONS:
             raise ValueError(f"unknown quantification {self.quantification!r}")
+        if self.pvc not in PVC_METHODS:
+            raise ValueError(f"unknown partial-volume correction {self.pvc!r}")
         if self.registration_backend not in REGISTRATION_BACKENDS:
             raise ValueError(f"unknown registration backend {self.registration_backend!r}")
         unknown = [s for s in self.output_spaces if s not in OUTPUT_SPACES]

@@ -50,3 +50,18 @@ class ASLInputError(ValueError):
         if self.fix:
             msg += f" Fix: {self.fix}"
         return msg
+
+
+class ASLInputErrors(ASLInputError):
+    """Several input problems found in one pass; ``errors`` holds each one.
+
+    Behaves as its first problem for callers that only catch
+    :class:`ASLInputError`; the command-line tools print every one.
+    """
+
+    def __init__(self, errors):
+        self.errors = tuple(errors)
+        if not self.errors:
+            raise ValueError("ASLInputErrors needs at least one error")
+        first = self.errors[0]
+        super().__init__(first.problem, file=first.file, field=first.field, fix=first.fix)

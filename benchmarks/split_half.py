@@ -48,14 +48,15 @@ def select_volumes(types: list[str], n_pairs: int, first: bool) -> list[int]:
     return [i for i, t in enumerate(types) if t not in PAIR_TYPES or i in chosen]
 
 
-def subset_sidecar(meta: dict, keep: list[int], n_volumes: int) -> dict:
-    """Per-volume list fields cut to ``keep``; the pair count updated."""
+def subset_sidecar(meta: dict, keep: list[int], n_volumes: int, n_pairs: int) -> dict:
+    """Per-volume list fields cut to ``keep``; the pair count set to the part's."""
     out = {}
     for key, value in meta.items():
         if isinstance(value, list) and len(value) == n_volumes:
             value = [value[i] for i in keep]
         out[key] = value
-    out.pop("TotalAcquiredPairs", None)  # no longer true of the part
+    if "TotalAcquiredPairs" in out:  # BIDS requires it for control/label series
+        out["TotalAcquiredPairs"] = n_pairs
     return out
 
 
@@ -76,7 +77,8 @@ def split_dataset(bids: Path, out: Path, n_pairs: int, first: bool) -> Path:
         ctx.write_text("volume_type\n" + "\n".join(types[i] for i in keep) + "\n")
         if side.exists():
             meta = json.loads(side.read_text())
-            side.write_text(json.dumps(subset_sidecar(meta, keep, len(types)), indent=2))
+            n_kept = sum(types[i] in PAIR_TYPES for i in keep) // 2
+            side.write_text(json.dumps(subset_sidecar(meta, keep, len(types), n_kept), indent=2))
     return out
 
 

@@ -19,7 +19,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from asl_pipeline import qc, reports
+from asl_pipeline import pvc, qc, reports
 
 LOGGER = logging.getLogger("nipype.interface")
 
@@ -68,6 +68,16 @@ class _ComputeQCInputSpec(BaseInterfaceInputSpec):
     outlier_matrix = File(exists=True, desc="slice x pair outlier TSV (1 = removed)")
     extra_maps = InputMultiObject(File(exists=True), desc="further CBF maps to assess")
     extra_names = traits.List(traits.Str, desc="names of extra_maps, used as column prefixes")
+    pvc_gm_cbf = File(
+        exists=True,
+        desc="partial-volume corrected GM CBF (0 = not estimated): its mean where GM > 0.5 "
+        "becomes the column pvc_gm_cbf_mean",
+    )
+    pvc_wm_cbf = File(
+        exists=True,
+        desc="partial-volume corrected WM CBF (0 = not estimated): its mean where WM > 0.5 "
+        "becomes the column pvc_wm_cbf_mean",
+    )
 
 
 class _ComputeQCOutputSpec(TraitedSpec):
@@ -97,6 +107,16 @@ class ComputeQC(SimpleInterface):
             for key, value in qc.tissue_cbf_stats(cbf, gm, wm).items():
                 row[f"{name}_{key}"] = value
             row[f"{name}_qei"] = qc.qei(cbf, gm, wm, csf, zooms=zooms)
+        if isdefined(inp.pvc_gm_cbf) and isdefined(inp.pvc_wm_cbf):
+            gm_pvc, wm_pvc = (_load(f) for f in (inp.pvc_gm_cbf, inp.pvc_wm_cbf))
+            row.update(
+                pvc.regional_means(
+                    np.where(gm_pvc != 0, gm_pvc, np.nan),
+                    np.where(wm_pvc != 0, wm_pvc, np.nan),
+                    gm,
+                    wm,
+                )
+            )
         if isdefined(inp.t1w_mask) and isdefined(inp.ref_image):
             own = qc.intensity_mask(_load(inp.ref_image))
             row["coreg_dice"] = qc.dice(own, _load(inp.t1w_mask) > 0.5)

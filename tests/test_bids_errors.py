@@ -20,7 +20,7 @@ from _bidsfactory import (
 )
 
 from asl_pipeline.bids import collect_runs, validate_dataset
-from asl_pipeline.cli.run import main
+from asl_pipeline.cli.run import main, validate
 from asl_pipeline.errors import ASLInputError
 
 PERF = "sub-01/perf"
@@ -127,6 +127,10 @@ CASES = [
      ASL_JSON, "MagneticFieldStrength", "plain JSON number"),
     ("non-boolean-bs", dict(sidecar={"BackgroundSuppression": "yes"}), None, None, ASL_JSON,
      "BackgroundSuppression", "true or false"),
+    ("pld-ms", dict(sidecar={"PostLabelingDelay": 1800}), None, None, ASL_JSON,
+     "PostLabelingDelay", "divided by 1000"),
+    ("pld-zero", dict(sidecar={"PostLabelingDelay": 0}), None, None, ASL_JSON,
+     "PostLabelingDelay", "positive number of seconds"),
     ("efficiency-percent", dict(sidecar={"LabelingEfficiency": 85}), None, None, ASL_JSON,
      "LabelingEfficiency", "0.85, not 85"),
     ("unknown-labeling-type", dict(sidecar={"ArterialSpinLabelingType": "FAIR"}), None, None,
@@ -169,18 +173,14 @@ def test_bad_input(tmp_path, capsys, monkeypatch, kwargs, edit, label, rel, fiel
     # reader's error on its way to the command line.
     raised = []
 
-    def spy(*args, **kwargs):
-        try:
-            runs, errors = validate_dataset(*args, **kwargs)
-        except ASLInputError as exc:  # a problem of the whole dataset
-            raised.append(exc)
-            raise
-        raised.extend(errors)  # problems of single runs
-        return runs, errors
+    def spy(config):
+        runs, problems = validate(config)
+        raised.extend(problems)  # reader, pre-flight and weights problems
+        return runs, problems
 
-    monkeypatch.setattr("asl_pipeline.bids.validate_dataset", spy)
+    monkeypatch.setattr("asl_pipeline.cli.run.validate", spy)
     out, work = tmp_path / "out", tmp_path / "work"
-    argv = [str(root), str(out), "participant", "-w", str(work)]
+    argv = [str(root), str(out), "participant", "-w", str(work), "--no-denoise"]
     if label:
         argv += ["--participant-label", label]
     capsys.readouterr()
@@ -259,14 +259,13 @@ def test_2d_without_slice_timing_warns(tmp_path):
         (dict(drop=("BackgroundSuppression",)), "BackgroundSuppression missing"),
         (dict(sidecar={"SliceTiming": [0, 0.1, 0.2]}), "ignored for a 3D"),
         (dict(drop=("MRAcquisitionType",)), "MRAcquisitionType missing: 3D assumed"),
-        (dict(sidecar={"PostLabelingDelay": 1800}), "milliseconds"),
         (
             dict(context=("m0scan",) + ("control", "label") * 3),
             "m0scan volume(s) in the series are ignored",
         ),
     ],
     ids=["no-field", "pairs-count", "bs-pulses", "bs-missing", "3d-slicetiming", "no-acq",
-         "pld-ms", "m0-volumes-ignored"],
+         "m0-volumes-ignored"],
 )  # fmt: skip
 def test_recoverable_oddities_warn(tmp_path, kwargs, expected):
     run = _one(make_dataset(tmp_path, **kwargs))

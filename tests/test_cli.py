@@ -209,7 +209,7 @@ def test_validate_only_prints_and_creates_nothing(dataset, tmp_path, capsys):
 def test_processing_hands_config_and_runs_to_the_workflow(dataset, tmp_path, monkeypatch):
     seen = {}
 
-    def fake(config, runs):
+    def fake(config, runs, **_):
         seen.update(config=config, runs=runs)
         return 0
 

@@ -95,8 +95,6 @@ def test_interface_refuses_bad_inputs(tmp_path):
 
 
 def test_interface_default_weights_are_the_shipped_dwan(tmp_path):
-    if not default_weights_path().is_file():
-        pytest.skip("shipped weights not built yet")
     cbf, mask = _subject(3, shape=(40, 40, 4))
     in_file, mask_file = _write(tmp_path, cbf, mask, np.diag([3.0, 3.0, 5.0, 1.0]))
     res = DWANDenoise(in_file=in_file, mask_file=mask_file).run(cwd=tmp_path)

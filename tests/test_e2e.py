@@ -13,7 +13,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from importlib.resources import files
 from pathlib import Path
 
 import nibabel as nib
@@ -67,7 +69,7 @@ def first_run(sim_bids, tmp_path_factory):
 EXPECTED = [
     "dataset_description.json",
     ".bidsignore",
-    "logs/asl_pipeline_config.toml",
+    "logs/asl_pipeline_config_sub-01.toml",
     "sub-01/anat/sub-01_desc-preproc_T1w.nii.gz",
     "sub-01/anat/sub-01_desc-brain_mask.nii.gz",
     "sub-01/anat/sub-01_label-GM_probseg.nii.gz",
@@ -206,24 +208,25 @@ def test_two_subjects_on_slurm_then_a_failing_node(sim_bids, tmp_path, monkeypat
         assert (out / f"sub-{sub}/perf/sub-{sub}_desc-paocsl_cbf.nii.gz").exists()
         assert (out / f"sub-{sub}/figures/sub-{sub}_report.html").exists()
     assert list(work.rglob("slurm-*.out")), "nodes did not run as SLURM jobs"
-    # a corrupted weights file makes the denoising node fail under SLURM
-    bad = tmp_path / "bad_weights.pt"
-    bad.write_bytes(b"not a model")
+    # weights that pass the start-up check but are corrupted before the denoising
+    # node loads them (a file changed on a shared filesystem) make that node fail
+    # under SLURM: the run exits non-zero and names the node and its crash file
+    weights = tmp_path / "weights.pt"
+    shutil.copyfile(files("asl_pipeline.data") / "dwan_lfn_l1.pt", weights)
+    out2 = tmp_path / "out2"
+
+    def corrupt_once_started():
+        deadline = time.time() + 600
+        while time.time() < deadline and not (out2 / "dataset_description.json").exists():
+            time.sleep(0.05)
+        weights.write_bytes(b"not a model")
+
+    corrupter = threading.Thread(target=corrupt_once_started, daemon=True)
+    corrupter.start()
     capsys.readouterr()
-    rc = main(
-        _argv(
-            sim_bids,
-            tmp_path / "out2",
-            work,
-            "--participant-label",
-            "01",
-            "--plugin",
-            "SLURM",
-            "--denoise",
-            "--dwan-weights",
-            str(bad),
-        )
-    )
+    argv = ["--participant-label", "01", "--plugin", "SLURM", "--denoise"]
+    rc = main(_argv(sim_bids, out2, work, *argv, "--dwan-weights", str(weights)))
+    corrupter.join(timeout=5)
     err = capsys.readouterr().err
     assert rc != 0
     assert "dwan_denoise" in err and "crash-" in err

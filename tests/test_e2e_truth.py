@@ -50,7 +50,7 @@ def test_default_chain_matches_truth(default_run, capsys):
     # the closing summary line: the measured map on the pipeline's own tissue maps
     own_gm, own_wm = (_load(perf / f"sub-01_label-{t}_probseg.nii.gz") for t in ("GM", "WM"))
     expected = tissue_cbf_stats(true_cbf, own_gm, own_wm)
-    line = next(x for x in printed.splitlines() if x.startswith("sub-01_asl: GM"))
+    line = next(x for x in printed.splitlines() if x.startswith("sub-01: GM "))
     gm_value, wm_value = (float(v) for v in re.findall(r"(?:GM|WM) ([-\d.]+)", line)[:2])
     assert gm_value == pytest.approx(expected["gm_cbf_mean"], rel=0.05), line
     assert wm_value == pytest.approx(expected["wm_cbf_mean"], rel=0.15), line

@@ -112,8 +112,6 @@ def test_tampered_weights_refused_by_stored_checksum(tmp_path):
 
 def test_shipped_weights_match_manifest():
     path = default_weights_path()
-    if not path.is_file():
-        pytest.skip("shipped weights not built yet")
     manifest = find_manifest()
     assert manifest is not None
     assets = {a["path"]: a for a in json.loads(manifest.read_text())["assets"]}
@@ -126,9 +124,7 @@ def test_shipped_weights_match_manifest():
 
 
 def test_shipped_weights_refused_when_manifest_disagrees(tmp_path, monkeypatch):
-    path = default_weights_path()
-    if not path.is_file():
-        pytest.skip("shipped weights not built yet")
+    assert default_weights_path().is_file()
     fake = tmp_path / "data_manifest.json"
     entry = {"path": "asl_pipeline/data/dwan_lfn_l1.pt", "sha256": "0" * 64}
     fake.write_text(json.dumps({"assets": [entry]}))

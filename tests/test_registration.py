@@ -13,10 +13,9 @@ import pytest
 
 from asl_pipeline import registration as reg
 from asl_pipeline import segmentation as seg
+from asl_pipeline import simulate
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.qc import dice
-
-simulate = pytest.importorskip("asl_pipeline.simulate")
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,12 @@ def test_subset_sidecar_cuts_per_volume_lists():
         "LabelingDuration": 1.8,
         "TotalAcquiredPairs": 2,
     }
-    out = split_half.subset_sidecar(meta, [0, 3, 4], 5)
-    assert out == {"PostLabelingDelay": [0.0, 1.8, 1.8], "LabelingDuration": 1.8}
+    out = split_half.subset_sidecar(meta, [0, 3, 4], 5, 1)
+    assert out == {
+        "PostLabelingDelay": [0.0, 1.8, 1.8],
+        "LabelingDuration": 1.8,
+        "TotalAcquiredPairs": 1,
+    }
 
 
 def test_split_dataset_writes_consistent_parts(tmp_path):
@@ -50,5 +54,5 @@ def test_split_dataset_writes_consistent_parts(tmp_path):
         assert split_half.read_context(c) == ["control", "label"] * (len(vols) // 2)
         np.testing.assert_array_equal(np.asanyarray(img.dataobj), original[..., list(vols)])
         side = json.loads(c.with_name(c.name.replace("_aslcontext.tsv", "_asl.json")).read_text())
-        assert "TotalAcquiredPairs" not in side
+        assert side.get("TotalAcquiredPairs", len(vols) // 2) == len(vols) // 2
     assert np.asanyarray(nib.load(asl.get_filename()).dataobj).shape[-1] == 12  # input untouched

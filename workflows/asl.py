@@ -11,6 +11,7 @@ from asl_pipeline.derivatives import derivative_path
 from asl_pipeline.interfaces.reports import ComputeQC, ConfoundsTable, SubjectReport
 from asl_pipeline.workflows.cbf import CBF_OUTPUTS, init_cbf_wf, is_multi_pld
 from asl_pipeline.workflows.outputs import SPACE_MAPS, init_asl_derivatives_wf
+from asl_pipeline.workflows.pvc import PVC_OUTPUTS, init_pvc_wf
 from asl_pipeline.workflows.spatial import (
     init_asl_hmc_wf,
     init_asl_reg_wf,
@@ -40,6 +41,7 @@ def init_asl_preproc_wf(
     m0_scale: float = 1.0,
     m0_recovery: str = "tissue",
     quantification: str = "white-paper",
+    pvc: str = "none",
     omp_nthreads: int = 1,
     name: str | None = None,
 ) -> pe.Workflow:
@@ -212,6 +214,8 @@ def init_asl_preproc_wf(
         stored |= {"cleaned_cbf", "cleaned_cbf_json", "outlier_matrix", "volume_status"}
     if denoise and not multi_pld:
         stored |= {"denoised_cbf", "denoised_cbf_json"}
+    if pvc != "none":
+        stored |= set(PVC_OUTPUTS)
     mni = MNI_SPACE in output_spaces
     # every stored CBF map in every requested space, under its native desc
     maps = [m for m in SPACE_MAPS if m in stored]
@@ -326,6 +330,20 @@ def init_asl_preproc_wf(
     if mni:
         resample_final = workflow.get_node(f"resample_{final.removesuffix('_cbf')}_wf")
         workflow.connect(resample_final, "outputnode.mni_file", report, "mni_cbf")
+    if pvc != "none":  # partial-volume correction of the measured map (Asllani 2008)
+        pvc_wf = init_pvc_wf(mem_gb=mem_gb)
+        workflow.connect([
+            (cbf_wf, pvc_wf, [("outputnode.measured_cbf", "inputnode.cbf")]),
+            (reg_wf, pvc_wf, [("outputnode.asl_mask", "inputnode.mask"),
+                              ("outputnode.asl_to_t1w", "inputnode.asl_to_t1w")]),
+            (hmc_wf, pvc_wf, [("outputnode.ref_image", "inputnode.ref_image")]),
+            (inputnode, pvc_wf, [("gm_t1w", "inputnode.gm_t1w"), ("wm_t1w", "inputnode.wm_t1w")]),
+            (pvc_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in PVC_OUTPUTS]),
+            (pvc_wf, qc, [("outputnode.pvc_gm_cbf", "pvc_gm_cbf"),
+                          ("outputnode.pvc_wm_cbf", "pvc_wm_cbf")]),
+        ])  # fmt: skip
+        report.inputs.methods = "\n\n".join(filter(None, [report.inputs.methods,
+                                                            pvc_wf.__desc__]))  # fmt: skip
     return workflow
 
 

@@ -52,6 +52,7 @@ def init_asl_pipeline_wf(config, runs) -> pe.Workflow:
                     m0_scale=config.m0_scale,
                     m0_recovery=config.m0_recovery,
                     quantification=config.quantification,
+                    pvc=config.pvc,
                     omp_nthreads=config.omp_nthreads,
                 )
             ]

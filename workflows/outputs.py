@@ -38,6 +38,10 @@ DESCRIPTIONS = {
     "att": "Arterial transit time fitted with the general kinetic model.",
     "cleaned_cbf": "Mean CBF after outlier cleaning: the measured map.",
     "denoised_cbf": "Outlier-cleaned mean CBF denoised with DWAN (opt-in).",
+    "pvc_gm_cbf": "Grey-matter CBF of the measured map after linear-regression partial-volume "
+    "correction (Asllani et al. 2008; opt-in); 0 = not estimated.",
+    "pvc_wm_cbf": "White-matter CBF of the measured map after linear-regression partial-volume "
+    "correction (Asllani et al. 2008; opt-in); 0 = not estimated.",
     "asl_to_t1w": "Rigid transform from the ASL reference to the T1w (ITK).",
     "asl_mask": "Brain mask in ASL space (T1w brain mask where the ASL image has signal).",
     "gm": "Grey-matter probability in ASL space.",
@@ -97,8 +101,8 @@ def init_asl_derivatives_wf(
     Inputs
     ------
     asl_preproc, asl_ref, aslcontext, cbf_ts, mean_cbf, att, cleaned_cbf,
-    denoised_cbf, m0 (each map with its ``<field>_json`` sidecar from the
-    interface), asl_mask, gm, wm, csf, confounds, qc, outlier_matrix,
+    denoised_cbf, pvc_gm_cbf, pvc_wm_cbf, m0 (each map with its ``<field>_json``
+    sidecar from the interface), asl_mask, gm, wm, csf, confounds, qc, outlier_matrix,
     volume_status, asl_to_t1w, ``mni_<map>`` and ``t1w_<map>`` for each map of
     :data:`SPACE_MAPS`, report.
     """
@@ -203,13 +207,23 @@ def init_asl_derivatives_wf(
         [best, "asl_mask"],
         ".nii.gz",
     )
+    for tissue in ("GM", "WM"):  # partial-volume correction of the measured map
+        outputs[f"pvc_{tissue.lower()}_cbf"] = (
+            "cbf",
+            {"desc": f"pvc{tissue}" + smooth},
+            cbf_meta,
+            [best, anat("probseg", label="GM"), anat("probseg", label="WM"), "asl_to_t1w",
+             "asl_mask"],
+            ".nii.gz",
+        )  # fmt: skip
     outputs["qc"] = (  # cbf_ columns: the measured map; mean_/denoised_: the others
         "cbf",
         {"desc": "qualitycontrol"},
         {},
-        [best, "mean_cbf", "denoised_cbf", "gm", "wm", "csf", "asl_mask", "confounds"],
+        [best, "mean_cbf", "denoised_cbf", "pvc_gm_cbf", "pvc_wm_cbf", "gm", "wm", "csf",
+         "asl_mask", "confounds"],
         ".tsv",
-    )
+    )  # fmt: skip
     t1w_to_mni = anat("xfm", ext=anat_xfm_ext, from_="T1w", to=mni_space, mode="image")
     for space, prefix in ({mni_space: "mni"} | SPACE_FIELDS).items():
         for field in SPACE_MAPS:

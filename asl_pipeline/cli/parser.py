@@ -23,6 +23,7 @@ from asl_pipeline.config import (
     OUTLIER_METHODS,
     OUTPUT_SPACES,
     PLUGINS,
+    PVC_METHODS,
     QUANTIFICATIONS,
     REGISTRATION_BACKENDS,
     read_bids_filters,
@@ -357,6 +358,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=QUANTIFICATIONS,
         default="white-paper",
         help="white-paper: M0 from the run's M0; asltbx: each pair's control image as M0",
+    )
+    g.add_argument(
+        "--pvc",
+        choices=PVC_METHODS,
+        default="none",
+        help="partial-volume correction of the measured CBF: lr = linear regression "
+        "(Asllani et al. 2008, 5x5x1-voxel kernel) writing desc-pvcGM/desc-pvcWM maps; "
+        "none (default)",
     )
 
     g = parser.add_argument_group("other")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import sys
 import time
@@ -41,6 +42,18 @@ def _crash_report(crash_dir: Path, since: float) -> list[str]:
                 log = line.strip()
         lines.append(f"  node {node}: see {crash}" + (f" ({log})" if log else ""))
     return lines
+
+
+def config_file_name(subjects) -> str:
+    """``asl_pipeline_config_sub-01.toml``: one file per participant set, so the
+    jobs of a SLURM array sharing the output folder do not overwrite each other."""
+    subjects = list(subjects)
+    if len(subjects) <= 3:
+        tag = "_".join(f"sub-{s}" for s in subjects)
+    else:
+        digest = hashlib.sha1(" ".join(subjects).encode()).hexdigest()[:8]
+        tag = f"{len(subjects)}subjects-{digest}"
+    return f"asl_pipeline_config_{tag}.toml"
 
 
 def execution_nodes(workflow) -> list[tuple[str, str]]:
@@ -121,7 +134,7 @@ def run_workflow(config, runs) -> int:
     for folder in (output_dir, work_dir, log_dir):
         folder.mkdir(parents=True, exist_ok=True)
     write_dataset_files(output_dir, source_dataset=config.bids_dir)
-    config.to_toml(log_dir / "asl_pipeline_config.toml")
+    config.to_toml(log_dir / config_file_name(sorted({r.subject for r in runs})))
     _configure_nipype(config, log_dir)
     if config.engine == "pydra":
         started = time.time()

@@ -19,6 +19,7 @@ A failing check raises :class:`~asl_pipeline.errors.ASLInputError`.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from importlib import resources
@@ -75,16 +76,22 @@ def state_sha256(state_dict) -> str:
     return digest.hexdigest()
 
 
-def find_manifest() -> Path | None:
-    """``data_manifest.json`` of the project: ``$ASL_PIPELINE_MANIFEST``, else the source tree.
+#: File name of the manifest, shipped in ``asl_pipeline.data`` (a copy of the
+#: repository's top-level ``data_manifest.json``).
+MANIFEST = "data_manifest.json"
 
-    The manifest sits at the repository root, next to the ``asl_pipeline``
-    package of a source or editable install. ``None`` when not found.
+
+def find_manifest() -> Path | None:
+    """``data_manifest.json``: ``$ASL_PIPELINE_MANIFEST``, else the copy shipped as package data.
+
+    Found with :mod:`importlib.resources`, so installed wheels check the
+    shipped weights as source checkouts do. ``None`` only when the package
+    data is missing (a broken install).
     """
     env = os.environ.get("ASL_PIPELINE_MANIFEST")
     if env:
         return Path(env)
-    candidate = Path(str(resources.files("asl_pipeline"))).parent / "data_manifest.json"
+    candidate = Path(str(resources.files("asl_pipeline.data").joinpath(MANIFEST)))
     return candidate if candidate.is_file() else None
 
 
@@ -128,6 +135,148 @@ def save_model(model, path, *, metadata: dict | None = None) -> str:
     return file_sha256(path)
 
 
+_FIX = "re-install asl_pipeline or re-train the weights with asl-train"
+
+
+def _expected_sha256(path: Path, expected_sha256, manifest) -> str | None:
+    """The sha256 ``path`` must have: given, or the manifest's for shipped files."""
+    if expected_sha256 is not None:
+        return expected_sha256
+    entry = manifest_entry(path, manifest)
+    if entry is not None:
+        return entry["sha256"]
+    shipped = path.resolve().parent == default_weights_path().resolve().parent
+    if shipped:
+        raise ASLInputError(
+            "shipped weights file is not listed in data_manifest.json (or the manifest is "
+            "missing from the installation).",
+            file=path,
+            field="assets",
+            fix="re-install asl_pipeline, or pass your own weights with --dwan-weights",
+        )
+    return None
+
+
+def _check_sha256(path: Path, expected_sha256, manifest) -> str:
+    if not path.is_file():
+        raise ASLInputError("model weights file not found.", file=path, field="weights", fix=_FIX)
+    sha = file_sha256(path)
+    expected = _expected_sha256(path, expected_sha256, manifest)
+    if expected is not None and sha != expected:
+        raise ASLInputError(
+            f"sha256 {sha} does not match the expected {expected}: the file is "
+            "corrupted or was replaced.",
+            file=path,
+            field="sha256",
+            fix=_FIX,
+        )
+    return sha
+
+
+def _read_payload(path: Path, device) -> dict:
+    """The saved dictionary, read with ``weights_only=True`` (never unpickling code)."""
+    import torch
+
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged zip/pickle
+        # torch's message advises weights_only=False, i.e. running the file's
+        # code: never relay it.
+        raise ASLInputError(
+            f"cannot read the model file ({type(exc).__name__}): it is damaged or holds "
+            "more than tensors and plain values, which is never loaded.",
+            file=path,
+            field="weights",
+            fix=_FIX,
+        ) from None
+    keys = {"arch", "config", "state_dict", "state_sha256"}
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT or keys - set(payload):
+        raise ASLInputError(
+            f"not an asl_pipeline model file (expected format {FORMAT}).",
+            file=path,
+            field="format",
+            fix="save models with asl_pipeline.models.save_model or asl-train",
+        )
+    return payload
+
+
+def _check_state(path: Path, payload: dict) -> None:
+    import torch
+
+    state = payload["state_dict"]
+    valid = isinstance(state, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    )
+    if not valid or state_sha256(state) != payload["state_sha256"]:
+        raise ASLInputError(
+            "the weights' checksum does not match the one stored at save time: the "
+            "file is corrupted.",
+            file=path,
+            field="state_sha256",
+            fix=_FIX,
+        )
+
+
+def _config_error(path: Path, problem: str) -> ASLInputError:
+    return ASLInputError(
+        problem,
+        file=path,
+        field="config",
+        fix="use a model file written by asl-train (or save_model) for this version",
+    )
+
+
+def _meta_model(path: Path, arch, config):
+    """The network of ``arch``/``config`` on torch's meta device: shapes, no memory."""
+    import torch
+
+    archs = _architectures()
+    if not isinstance(arch, str) or arch not in archs:
+        raise _config_error(path, f"unknown architecture {arch!r}; known: {sorted(archs)}.")
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise _config_error(path, f"the architecture config is not a mapping: {config!r:.80}.")
+    params = set(inspect.signature(archs[arch]).parameters)
+    unknown = sorted(set(config) - params)
+    if unknown:
+        raise _config_error(path, f"unknown {arch} parameter(s) {unknown}.")
+    try:
+        with torch.device("meta"):
+            return build_model(arch, **config)
+    except (TypeError, ValueError, RuntimeError, OverflowError, KeyError) as exc:
+        problem = f"invalid {arch} config ({type(exc).__name__}: {exc})."
+        raise _config_error(path, problem) from None
+
+
+def _check_architecture(path: Path, payload: dict) -> None:
+    """The config builds a network whose tensors have the stored names and shapes."""
+    meta = _meta_model(path, payload["arch"], payload["config"])
+    expected = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in payload["state_dict"].items()}
+    if expected != stored:
+        differ = sorted(set(expected.items()) ^ set(stored.items()))[:3]
+        raise _config_error(
+            path, f"the architecture config does not match the stored weights ({differ})."
+        )
+
+
+def _verified(path: Path, expected_sha256, manifest, device) -> tuple[str, dict]:
+    """The file's sha256 and payload, after every check."""
+    sha = _check_sha256(path, expected_sha256, manifest)
+    payload = _read_payload(path, device)
+    _check_state(path, payload)
+    _check_architecture(path, payload)
+    return sha, payload
+
+
+def verify_weights(path=None, *, expected_sha256=None, manifest=None) -> str:
+    """Check a model file as :func:`load_model` does, without building the network.
+
+    Run at start-up, before any work. Returns the file's sha256.
+    """
+    path = default_weights_path() if path is None else Path(path)
+    return _verified(path, expected_sha256, manifest, "cpu")[0]
+
+
 def load_model(path=None, *, device="cpu", expected_sha256: str | None = None, manifest=None):
     """Load a model file written by :func:`save_model`, verifying its checksums.
 
@@ -150,60 +299,10 @@ def load_model(path=None, *, device="cpu", expected_sha256: str | None = None, m
         ``sha256``, ``arch``, ``config``, ``input_kind`` (``"cbf"`` for files
         written before BOLD inputs existed) and ``metadata``.
     """
-    import torch
-
     path = default_weights_path() if path is None else Path(path)
-    fix = "re-install asl_pipeline or re-train the weights with asl-train"
-    if not path.is_file():
-        raise ASLInputError("model weights file not found.", file=path, field="weights", fix=fix)
-    sha = file_sha256(path)
-    shipped = Path(path).resolve().parent == default_weights_path().resolve().parent
-    if expected_sha256 is None:
-        entry = manifest_entry(path, manifest)
-        if entry is not None:
-            expected_sha256 = entry["sha256"]
-        elif shipped and (manifest is not None or find_manifest() is not None):
-            raise ASLInputError(
-                "shipped weights file is not listed in data_manifest.json.",
-                file=path,
-                field="assets",
-                fix="add its sha256 to data_manifest.json or pass the weights explicitly",
-            )
-    if expected_sha256 is not None and sha != expected_sha256:
-        raise ASLInputError(
-            f"sha256 {sha} does not match the expected {expected_sha256}: the file is "
-            "corrupted or was replaced.",
-            file=path,
-            field="sha256",
-            fix=fix,
-        )
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged zip/pickle
-        raise ASLInputError(
-            f"cannot read the model file ({type(exc).__name__}: {exc}).",
-            file=path,
-            field="weights",
-            fix=fix,
-        ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ASLInputError(
-            f"not an asl_pipeline model file (expected format {FORMAT}).",
-            file=path,
-            field="format",
-            fix="save models with asl_pipeline.models.save_model or asl-train",
-        )
-    state = payload["state_dict"]
-    if state_sha256(state) != payload["state_sha256"]:
-        raise ASLInputError(
-            "the weights' checksum does not match the one stored at save time: the "
-            "file is corrupted.",
-            file=path,
-            field="state_sha256",
-            fix=fix,
-        )
+    sha, payload = _verified(path, expected_sha256, manifest, device)
     model = build_model(payload["arch"], **payload["config"])
-    model.load_state_dict(state)
+    model.load_state_dict(payload["state_dict"])
     model.to(device).eval()
     info = {
         "path": str(path),

@@ -11,6 +11,7 @@ Layout of ``out_dir``::
         sub-XX/perf/sub-XX_desc-true_cbf.nii.gz     true CBF, ASL space
         sub-XX/perf/sub-XX_desc-true_att.nii.gz     true ATT (s), ASL space
         sub-XX/perf/sub-XX_desc-true_m0.nii.gz      fully relaxed M0, ASL space
+        sub-XX/perf/sub-XX_desc-true{GM,WM}_cbf.nii.gz  tissue CBF of each voxel
         sub-XX/perf/sub-XX_label-{GM,WM,CSF}_probseg.nii.gz, _desc-brain_mask
         sub-XX/perf/sub-XX_desc-lesion_mask.nii.gz  (with ``lesion=True``)
         sub-XX/perf/sub-XX_desc-true_kinetics.json  kinetic model (multi-PLD only)
@@ -253,6 +254,11 @@ def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
     nii(dp / f"{s}_desc-true_cbf.nii.gz", sub.cbf, aff, np.float32)
     nii(dp / f"{s}_desc-true_att.nii.gz", sub.att, aff, np.float32)
     nii(dp / f"{s}_desc-true_m0.nii.gz", sub.m0_true, aff, np.float32)
+    for tissue in ("gm", "wm"):  # cbf = gm * trueGM + wm * trueWM (partial-volume truth)
+        tissue_cbf = getattr(sub, f"cbf_{tissue}")
+        if tissue_cbf is not None:
+            path = dp / f"{s}_desc-true{tissue.upper()}_cbf.nii.gz"
+            nii(path, tissue_cbf, aff, np.float32)
     for name in ("gm", "wm", "csf"):
         nii(dp / f"{s}_label-{name.upper()}_probseg.nii.gz", getattr(sub, name), aff, np.float32)
     nii(dp / f"{s}_desc-brain_mask.nii.gz", sub.brain_mask.astype(np.uint8), aff, np.uint8)

@@ -450,6 +450,8 @@ class _ASLAnatomy:
     asl_to_t1w: np.ndarray
     t1w_centre: np.ndarray
     padded: dict = field(default_factory=dict)
+    cbf_gm: np.ndarray | None = None  # per-tissue CBF at the voxel centre (partial-volume
+    cbf_wm: np.ndarray | None = None  # truth: cbf = gm * cbf_gm + wm * cbf_wm)
 
 
 def _unit_field(rng, spacing):
@@ -569,6 +571,8 @@ def _asl_anatomy(
         asl_to_t1w=asl_to_t1w,
         t1w_centre=head_t1w,
         padded={"affine": affine, "fractions": fractions, "cbf": cbf, "att": att},
+        cbf_gm=cbf_gm.reshape(shape)[crop].astype(np.float32),
+        cbf_wm=cbf_wm.reshape(shape)[crop].astype(np.float32),
     )
 
 
@@ -704,7 +708,9 @@ class SimulatedSubject:
     gives), ``readout_gain`` (susceptibility signal loss, 1 = none), ``deltam``
     (noise-free control - label), ``static`` (noise-free control), ``alpha``
     (effective labeling efficiency), ``slice_pld`` (s, per slice),
-    ``lesion`` (0-1 weight, or None). Multi-PLD runs: ``plds`` (the distinct
+    ``lesion`` (0-1 weight, or None), ``cbf_gm`` / ``cbf_wm`` (the tissue
+    CBF of the voxel, ``cbf = gm * cbf_gm + wm * cbf_wm``: partial-volume
+    truth). Multi-PLD runs: ``plds`` (the distinct
     delays, s; None for single-PLD runs), ``deltam`` ``(x, y, z, len(plds))``
     and ``slice_pld`` ``(z, len(plds))``, one per delay. Kinetic model of
     ``deltam``: ``t1_after_arrival`` ("tissue" or "blood") and ``t1_tissue`` (s),
@@ -755,6 +761,8 @@ class SimulatedSubject:
     plds: tuple | None = None
     t1_after_arrival: str = "blood"
     t1_tissue: float = kinetics.T1_TISSUE[3.0]
+    cbf_gm: np.ndarray | None = None
+    cbf_wm: np.ndarray | None = None
 
     def _pair_of(self, volume: int) -> int:
         """Pair index of an ASL volume (an included M0 volume comes first)."""
@@ -1072,6 +1080,8 @@ def simulate_subject(
         plds=proto.plds,
         t1_after_arrival=proto.t1_after_arrival,
         t1_tissue=proto.t1_tissue,
+        cbf_gm=anat.cbf_gm,
+        cbf_wm=anat.cbf_wm,
     )
     if m0_type == "INCLUDED":
         _include_m0(sub, proto)
@@ -1107,7 +1117,8 @@ class SimulatedCBFSeries:
     asked for) is ``(x, y, z, n_pairs)``: the label/control average of each
     pair, ``(control + label) / 2`` of the magnitude images (arbitrary units,
     M0- and BOLD-weighted, with the same motion, physiological noise and
-    outliers as the pair's CBF).
+    outliers as the pair's CBF). ``cbf_gm`` / ``cbf_wm``: the tissue CBF of
+    each voxel, ``cbf = gm * cbf_gm + wm * cbf_wm``.
     """
 
     cbf_series: np.ndarray
@@ -1129,6 +1140,8 @@ class SimulatedCBFSeries:
     metadata: dict = field(default_factory=dict)
     seed: int = 0
     mean_series: np.ndarray | None = None
+    cbf_gm: np.ndarray | None = None
+    cbf_wm: np.ndarray | None = None
 
 
 def simulate_cbf_series(
@@ -1291,4 +1304,6 @@ def simulate_cbf_series(
         metadata=proto.metadata(voxel_size),
         seed=int(seed),
         mean_series=means,
+        cbf_gm=anat.cbf_gm,
+        cbf_wm=anat.cbf_wm,
     )
