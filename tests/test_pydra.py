@@ -154,3 +154,22 @@ def test_slurm_worker_runs_the_tasks_as_jobs(tmp_path, pcasl_run, monkeypatch):
     np.testing.assert_allclose(mean[1:], cbf[1:], rtol=1e-5)
     # the slurm worker leaves its sbatch scripts and job logs in the cache
     assert list(cache.rglob("slurm-*.out")), "the tasks did not run as SLURM jobs"
+
+
+def test_failed_task_raises_and_leaves_its_traceback(tmp_path, pcasl_run):
+    from asl_pipeline.engines.pydra import run_pydra
+
+    files, mask, _, _, _ = pcasl_run
+    missing = str(tmp_path / "missing_asl.nii.gz")
+    task = m0_task(**{**files, "asl_file": missing}, mask=mask)
+    with pytest.raises(Exception, match="'asl_file' trait .* existing file"):
+        run_pydra(task, "Linear", 1, tmp_path / "cache")
+    (error,) = (tmp_path / "cache").rglob("_error.pklz")
+    assert error.parent.parent == tmp_path / "cache"
+
+
+def test_run_pydra_refuses_a_plugin_without_worker(tmp_path):
+    from asl_pipeline.engines.pydra import run_pydra
+
+    with pytest.raises(ValueError, match="SLURMGraph has no Pydra worker"):
+        run_pydra(m0_task(), "SLURMGraph", 1, tmp_path)

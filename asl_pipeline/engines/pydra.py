@@ -177,14 +177,12 @@ def _task_name(node) -> str:
 
 
 def _node_key(node) -> str:
-    from nipype.interfaces.base import isdefined
-
+    """The interface class and Nipype's content hash of the node's fixed inputs."""
     iface = type(node.interface)
     static = node.inputs.get_hashval(hash_method="content")[1]
     iterfield = getattr(node, "iterfield", None)
     text = f"{iface.__module__}.{iface.__name__}|{static}|{iterfield}"
-    defined = [k for k, v in node.inputs.get().items() if isdefined(v)]
-    return hashlib.sha256((text + repr(sorted(defined))).encode()).hexdigest()
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def execution_graph(nipype_wf):
@@ -284,4 +282,10 @@ def run_pydra(
     workflow.cache_dir = str(cache_dir)
     with pydra.Submitter(plugin=worker, **kwargs) as submitter:
         submitter(workflow)
-    return workflow.result()
+    result = workflow.result()
+    if result is None or result.errored:
+        # a failed task alone (no workflow around it) is recorded, not raised
+        raise RuntimeError(
+            f"Pydra task {workflow.name} failed: see {workflow.output_dir}/_error.pklz"
+        )
+    return result
