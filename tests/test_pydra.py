@@ -93,6 +93,40 @@ def test_engine_option_and_slurmgraph_refused(tmp_path):
         )
 
 
+def test_pydra_workflow_is_the_nipype_execution_graph(tmp_path):
+    """Two multi-PLD subjects: one Pydra sub-workflow each, one task per node
+    of Nipype's execution graph, fed by the tasks of the node's sources."""
+    from asl_pipeline.bids import collect_runs
+    from asl_pipeline.config import Config
+    from asl_pipeline.engines.pydra import _task_name, execution_graph, init_pydra_wf
+    from asl_pipeline.workflows.base import init_asl_pipeline_wf
+
+    small = dict(shape=(24, 28, 8), voxel_size=(6.0, 6.0, 12.0), resolution=2)
+    simulate_dataset(
+        tmp_path / "bids", n_subjects=2, seed=3, plds=[1.0, 1.5, 2.0], pld_repeats=2, **small
+    )
+    runs = collect_runs(tmp_path / "bids")
+    config = Config(bids_dir=tmp_path / "bids", output_dir=tmp_path / "out", engine="pydra")
+    graph = execution_graph(init_asl_pipeline_wf(config, runs))
+    wf = init_pydra_wf(config, runs, tmp_path / "nodes")
+    assert sorted(wf.name2obj) == ["sub_01_wf", "sub_02_wf"]
+    assert {"fit_multi_pld", "to_mni"} <= {n.name for n in graph.nodes()}
+    for node in graph.nodes():
+        sub = wf.name2obj[node.itername.split(".")[1]]
+        task = sub.name2obj[_task_name(node)]
+        fed_by = {
+            getattr(task.inputs, f).name for f in attrs_names(task.inputs) if f.startswith("in_")
+        }
+        assert fed_by == {_task_name(src) for src in graph.predecessors(node)}
+    assert sum(len(wf.name2obj[s].nodes) for s in wf.name2obj) == len(graph.nodes())
+
+
+def attrs_names(inputs) -> list[str]:
+    import attr
+
+    return [f.name for f in attr.fields(type(inputs))]
+
+
 def _images(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
