@@ -46,6 +46,7 @@ from pathlib import Path
 OUTLIER_THRESHOLDS = {"paocsl": 2.0, "score": 2.5, "aoc": 0.17, "none": None}
 #: Choices shared with the parser.
 PLUGINS = ("Linear", "MultiProc", "SLURM", "SLURMGraph")
+ENGINES = ("nipype", "pydra")
 REGISTRATION_BACKENDS = ("embedded", "spm")
 OUTLIER_METHODS = tuple(OUTLIER_THRESHOLDS)
 OUTPUT_SPACES = ("asl", "T1w", "MNI152NLin2009aSym")
@@ -127,6 +128,7 @@ class Config:
     nprocs: int = 1
     omp_nthreads: int = 1
     mem_gb: float | None = None
+    engine: str = "nipype"
     plugin: str = "MultiProc"
     plugin_config: Path | None = None
     plugin_args: dict = field(default_factory=dict)
@@ -165,6 +167,8 @@ class Config:
             raise ValueError(f"unknown outlier method {self.outlier_method!r}")
         if self.plugin not in PLUGINS:
             raise ValueError(f"unknown plugin {self.plugin!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}")
         if self.m0_recovery not in ("tissue", "single"):
             raise ValueError(f"unknown M0 recovery correction {self.m0_recovery!r}")
         if self.quantification not in QUANTIFICATIONS:

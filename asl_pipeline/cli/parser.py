@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from asl_pipeline.config import (
+    ENGINES,
     OUTLIER_METHODS,
     OUTPUT_SPACES,
     PLUGINS,
@@ -214,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="GB",
         help="memory limit of the run, GB",
+    )
+    g.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="nipype",
+        help="workflow engine: nipype (default) or pydra (pydra==0.25; --plugin MultiProc "
+        "runs Pydra's cf worker, SLURM its slurm worker, Linear its serial worker)",
     )
     g.add_argument(
         "--plugin",
@@ -448,6 +456,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     _clean_labels(parser, args)
     _check_bids_filters(parser, args)
     _set_plugin(parser, args)
+    if args.engine == "pydra" and args.plugin == "SLURMGraph":
+        parser.error("--plugin SLURMGraph is Nipype's; with --engine pydra use SLURM")
     _check_threads(parser, args)
     args.verbosity -= args.quiet
     del args.quiet

@@ -125,7 +125,6 @@ def _report_failure(exc: Exception, log_dir: Path, work_dir: Path, started: floa
 def run_workflow(config, runs) -> int:
     """Create the outputs, build the graph, run it; return the exit status."""
     from asl_pipeline.cli.console import Progress
-    from asl_pipeline.cli.summary import summary_lines
     from asl_pipeline.derivatives import write_dataset_files
     from asl_pipeline.workflows.base import init_asl_pipeline_wf
 
@@ -137,6 +136,11 @@ def run_workflow(config, runs) -> int:
     write_dataset_files(output_dir, source_dataset=config.bids_dir)
     config.to_toml(log_dir / config_file_name(sorted({r.subject for r in runs})))
     _configure_nipype(config, log_dir)
+    if config.engine == "pydra":
+        started = time.time()
+        if _run_pydra(config, runs, work_dir, started) != EXIT_OK:
+            return EXIT_FAILED
+        return _finished(output_dir, started)
 
     workflow = init_asl_pipeline_wf(config, runs)
     workflow.config["execution"]["crashdump_dir"] = str(log_dir)
@@ -159,12 +163,46 @@ def run_workflow(config, runs) -> int:
     except Exception as exc:  # nipype raises RuntimeError on node failures
         _report_failure(exc, log_dir, work_dir, started)
         return EXIT_FAILED
+    return _finished(output_dir, started)
+
+
+def _finished(output_dir: Path, started: float) -> int:
+    from asl_pipeline.cli.summary import summary_lines
+
     reports = sorted(output_dir.glob("sub-*/figures/*_report.html"))
     print(f"Finished in {time.time() - started:.0f} s. Derivatives: {output_dir}")
     for line in summary_lines(output_dir):
         print(line)
     for rep in reports:
         print(f"Report: {rep}")
+    return EXIT_OK
+
+
+def _run_pydra(config, runs, work_dir: Path, started: float) -> int:
+    """The same graph on Pydra (asl_pipeline.engines.pydra); its cache is
+    ``WORK_DIR/pydra``, and a failed task leaves ``_error.pklz`` in its folder."""
+    from asl_pipeline.engines.pydra import init_pydra_wf, run_pydra
+
+    cache_dir = work_dir / "pydra"
+    workflow = init_pydra_wf(config, runs, payload_dir=work_dir / "pydra_nodes")
+    if config.verbosity >= 0:
+        print(
+            f"Running the workflow with Pydra's {config.plugin} worker; cache {cache_dir}",
+            flush=True,
+        )
+    try:
+        run_pydra(workflow, config.plugin, config.nprocs, cache_dir, config.plugin_args)
+    except Exception as exc:  # pydra raises on a failed task
+        print(f"asl-pipeline: processing failed: {exc}", file=sys.stderr)
+        for error in sorted(cache_dir.rglob("_error.pklz")):
+            if error.stat().st_mtime >= started - 1:
+                print(f"  see {error}", file=sys.stderr)
+        print(
+            f"Fix the cause and run the same command again: finished steps are reused "
+            f"from {cache_dir}.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return EXIT_OK
 
 
