@@ -20,21 +20,11 @@ from nipype.utils.filemanip import fname_presuffix
 
 from asl_pipeline import pvc
 from asl_pipeline import registration as reg
+from asl_pipeline.interfaces.cbf import CBF_UNITS, _image
 
 LOGGER = logging.getLogger("nipype.interface")
 
-CBF_UNITS = "mL/100 g/min"
 METHOD_NAME = "linear regression (Asllani, Borogovac and Brown 2008, Magn Reson Med 60:1362)"
-
-
-def _load3d(path) -> tuple[nb.Nifti1Image, np.ndarray]:
-    img = nb.load(path)
-    data = np.asanyarray(img.dataobj, dtype=np.float64)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D image, got shape {data.shape}")
-    return img, data
 
 
 class _FractionsInputSpec(BaseInterfaceInputSpec):
@@ -73,7 +63,7 @@ class TissueFractions(SimpleInterface):
 
     def _run_interface(self, runtime):
         inp = self.inputs
-        ref, _ = _load3d(inp.ref_image)
+        ref, _ = _image(inp.ref_image, ndim=(3,), what="ASL reference")
         shape = ref.shape[:3]
         pairs = [("gm", inp.gm_t1w), ("wm", inp.wm_t1w)]
         if isdefined(inp.csf_t1w):
@@ -141,13 +131,17 @@ class PartialVolumeCorrection(SimpleInterface):
 
     def _run_interface(self, runtime):
         inp = self.inputs
-        img, cbf = _load3d(inp.cbf_file)
+        img, cbf = _image(inp.cbf_file, ndim=(3,), what="CBF map")
         # the quantification writes 0 where it computed nothing (low M0, outside its
         # mask): such voxels are missing data, not zero perfusion
         cbf = np.where(cbf != 0, cbf, np.nan)
-        gm = _load3d(inp.gm)[1]
-        wm = _load3d(inp.wm)[1]
-        mask = _load3d(inp.mask)[1] > 0.5 if isdefined(inp.mask) else None
+        gm = _image(inp.gm, ndim=(3,), what="GM fraction map")[1]
+        wm = _image(inp.wm, ndim=(3,), what="WM fraction map")[1]
+        mask = (
+            _image(inp.mask, ndim=(3,), what="brain mask")[1] > 0.5
+            if isdefined(inp.mask)
+            else None
+        )
         res = pvc.lr_pvc(
             cbf, gm, wm, mask=mask, kernel=tuple(inp.kernel), psf_fwhm=tuple(inp.psf_fwhm)
         )
