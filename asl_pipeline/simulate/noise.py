@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from asl_pipeline.simulate.anatomy import rician  # noqa: F401  (re-exported)
@@ -73,3 +75,163 @@ def corrupt_slice(rng, volume, z: int, kind: str) -> None:
         volume[:, :, z] = sl + rng.uniform(0.05, 0.15) * np.roll(sl, sl.shape[1] // 2, axis=1)
     else:  # pragma: no cover - internal
         raise ValueError(kind)
+
+
+# ----------------------------------------------------------------------------
+# Additive per-pair CBF noise with the properties of real single-pair maps
+
+#: Single-pair CBF noise measured on a real public 3D-spiral pCASL scan
+#: (4 x 3.9 x 6 mm, 50 pairs; the figures of the project's issue 14, measured
+#: by :func:`noise_statistics`). They set the defaults of :class:`PairNoise`;
+#: the scan itself was never used to train or choose anything else.
+REAL_SCAN_STATISTICS = {
+    "pair_sd": 52.5,
+    "mean_cbf": 42.0,
+    "sd_ratio_high_low": 1.0,
+    "lag1_x": 0.42,
+    "lag1_y": 0.29,
+    "lag1_z": 0.05,
+    "lag1_pairs": -0.03,
+    "global_offset_sd": 4.7,
+    "excess_kurtosis": 46.0,
+    "fraction_beyond_4sd": 0.008,
+    "slice_sd_min": 38.0,
+    "slice_sd_max": 83.0,
+    "drift": (44.3 - 40.6) / 42.0,
+}
+
+
+@dataclass(frozen=True)
+class PairNoise:
+    """Additive noise of one control/label pair's CBF map (mL/100 g/min).
+
+    Each pair's noise is white Gaussian noise whose voxels are, with
+    probability ``tail_fraction``, ``tail_scale`` times larger (heavy tails:
+    spikes, residual motion, flow artefacts), filtered in-plane with a
+    separable 3-tap kernel (lag-1 correlations ``lag1`` along x and y, none
+    through-plane: the point-spread of a 2D/3D readout), scaled to ``sd``
+    times a slice profile that is ``slice_centre`` in the middle slice and
+    ``slice_edge`` at the end slices (coil sensitivity; normalised to RMS 1),
+    plus a per-pair global offset of SD ``global_sd``. Pairs are independent.
+    Over the run the perfusion signal itself drifts by ``drift`` (relative,
+    first pair to last: labeling efficiency, physiology). The same SD applies
+    to high- and low-CBF voxels (additive). Defaults: the real scan of
+    :data:`REAL_SCAN_STATISTICS`.
+    """
+
+    sd: float = 52.5
+    lag1: tuple = (0.42, 0.29)
+    tail_fraction: float = 0.015
+    tail_scale: float = 8.5
+    slice_centre: float = 0.72
+    slice_edge: float = 1.6
+    global_sd: float = 4.7
+    drift: float = -0.09
+
+    def slice_profile(self, n_slices: int) -> np.ndarray:
+        """SD factor of each slice: quadratic from the centre to the edges, RMS 1."""
+        u = np.linspace(-1.0, 1.0, n_slices) if n_slices > 1 else np.zeros(1)
+        f = self.slice_centre + (self.slice_edge - self.slice_centre) * u**2
+        return f / np.sqrt(np.mean(f**2))
+
+    def tail_variance(self) -> float:
+        """Variance of one white-noise voxel before the spatial filter."""
+        return 1.0 - self.tail_fraction + self.tail_fraction * self.tail_scale**2
+
+
+def random_pair_noise(rng, *, sd_range=(25.0, 90.0)) -> PairNoise:
+    """A :class:`PairNoise` drawn around the real scan's figures (one subject's)."""
+    return PairNoise(
+        sd=float(rng.uniform(*sd_range)),
+        lag1=(float(rng.uniform(0.25, 0.5)), float(rng.uniform(0.15, 0.4))),
+        tail_fraction=float(rng.uniform(0.003, 0.015)),
+        tail_scale=float(rng.uniform(6.0, 11.0)),
+        slice_centre=float(rng.uniform(0.65, 0.9)),
+        slice_edge=float(rng.uniform(1.1, 1.8)),
+        global_sd=float(rng.uniform(0.0, 8.0)),
+        drift=float(rng.uniform(-0.15, 0.05)),
+    )
+
+
+def _three_tap(lag1: float) -> np.ndarray:
+    """Unit-energy kernel ``[a, 1, a]``: filtered white noise gets lag-1 correlation ``lag1``."""
+    a = (1.0 - np.sqrt(1.0 - 2.0 * lag1**2)) / (2.0 * lag1) if lag1 > 0 else 0.0
+    return np.array([a, 1.0, a]) / np.sqrt(1.0 + 2.0 * a * a)
+
+
+def pair_noise(rng, shape, n_pairs: int, params: PairNoise = PairNoise()) -> np.ndarray:
+    """``(x, y, z, n_pairs)`` float32 noise of :class:`PairNoise` (mL/100 g/min), no drift."""
+    from scipy import ndimage
+
+    shape = tuple(int(s) for s in shape)
+    out = np.empty(shape + (n_pairs,), np.float32)
+    kx, ky = (_three_tap(r) for r in params.lag1)
+    scale = (
+        params.sd / np.sqrt(params.tail_variance()) * params.slice_profile(shape[2])[None, None, :]
+    )
+    for p in range(n_pairs):
+        w = rng.standard_normal(shape)
+        w[rng.random(shape) < params.tail_fraction] *= params.tail_scale
+        w = ndimage.correlate1d(w, kx, axis=0, mode="wrap")
+        w = ndimage.correlate1d(w, ky, axis=1, mode="wrap")
+        out[..., p] = w * scale + params.global_sd * rng.standard_normal()
+    return out
+
+
+def drift_gain(n_pairs: int, drift: float) -> np.ndarray:
+    """Per-pair gain of the perfusion signal: linear, mean 1, ``drift`` from first to last."""
+    if n_pairs < 2:
+        return np.ones(n_pairs)
+    return 1.0 + drift * (np.linspace(0.0, 1.0, n_pairs) - 0.5)
+
+
+def noise_statistics(series, mask, *, head: int = 10) -> dict:
+    """The statistics of :data:`REAL_SCAN_STATISTICS`, measured on a per-pair CBF series.
+
+    ``series`` is ``(x, y, z, n_pairs)`` (mL/100 g/min), ``mask`` the brain
+    mask. The noise is each pair's deviation from the voxel's mean over all
+    pairs (scaled by ``sqrt(n / (n - 1))``), pooled over the mask. ``drift``
+    compares the mask mean of the first and last ``head`` pairs.
+    """
+    x = np.asarray(series, dtype=np.float64)
+    m = np.asarray(mask, bool)
+    n = x.shape[-1]
+    mean = x.mean(-1)
+    res = (x - mean[..., None]) * np.sqrt(n / (n - 1.0))
+    vals = res[m]
+    sd = float(vals.std())
+    z = vals / sd
+    means = mean[m]
+    lo, hi = np.quantile(means, [1 / 3, 2 / 3])
+    sd_lo = float(res[m & (mean <= lo)].std())
+    sd_hi = float(res[m & (mean >= hi)].std())
+
+    m4 = np.broadcast_to(m[..., None], res.shape)
+
+    def lag1(axis):
+        a = np.moveaxis(res, axis, 0)
+        mm = np.moveaxis(m4, axis, 0)
+        both = mm[1:] & mm[:-1]
+        u, v = a[1:][both], a[:-1][both]
+        return float(np.sum(u * v) / np.sqrt(np.sum(u * u) * np.sum(v * v)))
+
+    pair_means = np.array([x[..., p][m].mean() for p in range(n)])
+    slice_sd = [
+        float(res[:, :, k][m[:, :, k]].std()) for k in range(m.shape[2]) if m[:, :, k].sum() >= 50
+    ]
+    first, last = pair_means[:head].mean(), pair_means[-head:].mean()
+    return {
+        "pair_sd": sd,
+        "mean_cbf": float(means.mean()),
+        "sd_ratio_high_low": sd_hi / max(sd_lo, 1e-9),
+        "lag1_x": lag1(0),
+        "lag1_y": lag1(1),
+        "lag1_z": lag1(2),
+        "lag1_pairs": lag1(3),
+        "global_offset_sd": float(np.std(pair_means - np.mean(pair_means), ddof=1)),
+        "excess_kurtosis": float(np.mean(z**4) - 3.0),
+        "fraction_beyond_4sd": float(np.mean(np.abs(z) > 4)),
+        "slice_sd_min": min(slice_sd),
+        "slice_sd_max": max(slice_sd),
+        "drift": float((first - last) / max(abs(means.mean()), 1e-9)),
+    }
