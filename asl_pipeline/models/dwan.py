@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from asl_pipeline.models.channels import check_channels, normalise_channels
 from asl_pipeline.models.normalise import check_input_kind, normalise_input
 
 #: Default CBF scale (mL/100 g/min) by which inputs are divided inside the model.
@@ -74,6 +75,11 @@ class DWAN(nn.Module):
         Kernel of the stem conv.
     cbf_scale
         Divisor applied to the input CBF (mL/100 g/min) inside the model.
+    channels
+        Names of the input channels (:mod:`asl_pipeline.models.channels`),
+        e.g. ``("cbf", "noise", "gm", "wm")``; the input skip conv then sees
+        the CBF channel only. ``None``: ``in_channels`` unnamed channels and a
+        skip over all of them (models written before channels existed).
     input_kind
         ``"cbf"`` (CBF in mL/100 g/min, divided by ``cbf_scale``) or ``"bold"``
         (a BOLD-weighted image, divided by each slice's median; methods spec,
@@ -96,8 +102,14 @@ class DWAN(nn.Module):
         stem_kernel: int = 3,
         cbf_scale: float = CBF_SCALE,
         input_kind: str = "cbf",
+        channels: Sequence[str] | None = None,
     ):
         super().__init__()
+        if channels is not None:
+            channels = list(check_channels(channels))
+            if input_kind != "cbf":
+                raise ValueError("named channels apply to CBF denoisers (input_kind 'cbf')")
+            in_channels = len(channels)
         local_dilations = list(local_dilations or [1] * depth)
         global_dilations = list(global_dilations or [2 ** (i + 1) for i in range(depth)])
         if len(local_dilations) != depth or len(global_dilations) != depth:
@@ -114,6 +126,8 @@ class DWAN(nn.Module):
             "cbf_scale": float(cbf_scale),
             "input_kind": check_input_kind(input_kind),
         }
+        if channels is not None:
+            self.config["channels"] = channels
         self.register_buffer("cbf_scale", torch.tensor(float(cbf_scale)))
         self.stem = nn.Conv2d(in_channels, width, stem_kernel, padding=stem_kernel // 2)
         self.local_path = nn.Sequential(
@@ -123,7 +137,8 @@ class DWAN(nn.Module):
             *[WideActivationBlock(width, expansion, d) for d in global_dilations]
         )
         self.head = nn.Conv2d(2 * width, 1, head_kernel, padding=head_kernel // 2)
-        self.skip = nn.Conv2d(in_channels, 1, head_kernel, padding=head_kernel // 2)
+        skip_in = 1 if channels is not None else in_channels
+        self.skip = nn.Conv2d(skip_in, 1, head_kernel, padding=head_kernel // 2)
 
     def forward(self, x, scale=None):
         """CBF (mL/100 g/min) of a batch ``(n, in_channels, h, w)`` of input slices.
@@ -132,10 +147,16 @@ class DWAN(nn.Module):
         BOLD-weighted slices (any units) for ``"bold"``, divided by ``scale``
         (one per sample; default, each slice's median non-zero voxel).
         """
-        x = normalise_input(x, self.cbf_scale, self.config["input_kind"], scale)
+        channels = self.config.get("channels")
+        if channels is None:
+            x = normalise_input(x, self.cbf_scale, self.config["input_kind"], scale)
+            skip_in = x
+        else:
+            x = normalise_channels(x, channels, self.cbf_scale)
+            skip_in = x[:, :1]
         feat = self.stem(x)
         both = torch.cat([self.local_path(feat), self.global_path(feat)], dim=1)
-        return (self.head(both) + self.skip(x)) * self.cbf_scale
+        return (self.head(both) + self.skip(skip_in)) * self.cbf_scale
 
     def receptive_field(self) -> int:
         """Side, in pixels, of the square receptive field of one output pixel."""

@@ -24,60 +24,67 @@ def axial_axis(affine) -> int:
     return next(i for i, c in enumerate(codes) if c in ("S", "I"))
 
 
-def denoise_volume(model, volume, mask, *, axis: int = 2, batch_size: int = 16, device="cpu"):
+def denoise_volume(
+    model, volume, mask, *, axis: int = 2, batch_size: int = 16, device="cpu", extra=None
+):
     """Apply a network to a 3-D map slice by slice along ``axis`` (the axial one).
 
     The input (a CBF map, or a BOLD-weighted image for a ``"bold"`` model) is
     set to zero outside ``mask`` (as in training) and the output is zero
-    outside it. Deterministic (eval mode, no randomness).
+    outside it. A model with named ``channels``
+    (:mod:`asl_pipeline.models.channels`) takes its other channels from
+    ``extra`` (``{"noise": ..., "gm": ..., ...}``, 3-D maps on the same
+    grid). Deterministic (eval mode, no randomness).
     """
     import torch
+
+    from asl_pipeline.models.channels import stack_channels
 
     volume = np.asarray(volume, dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)
     if volume.shape != mask.shape or volume.ndim != 3:
         raise ValueError(f"volume {volume.shape} and mask {mask.shape} must be equal 3-D shapes")
-    if axis != 2:
-        moved = denoise_volume(
-            model,
-            np.moveaxis(volume, axis, 2),
-            np.moveaxis(mask, axis, 2),
-            batch_size=batch_size,
-            device=device,
-        )
-        return np.moveaxis(moved, 2, axis)
-    out = np.zeros_like(volume)
-    zs = [z for z in range(volume.shape[2]) if mask[:, :, z].any()]
+    channels = getattr(model, "config", {}).get("channels") or ("cbf",)
+    stack = stack_channels(channels, mask, **{**(extra or {}), "cbf": volume})
+    stack = np.moveaxis(stack, axis + 1, 3)
+    mask_z = np.moveaxis(mask, axis, 2)
+    out = np.zeros(mask_z.shape, np.float32)
+    zs = [z for z in range(mask_z.shape[2]) if mask_z[:, :, z].any()]
     model.eval()
     with torch.no_grad():
         for start in range(0, len(zs), batch_size):
             chunk = zs[start : start + batch_size]
-            x = np.stack([np.where(mask[:, :, z], volume[:, :, z], 0) for z in chunk])
-            y = model(torch.from_numpy(x[:, None]).to(device)).cpu().numpy()[:, 0]
+            x = np.ascontiguousarray(np.stack([stack[:, :, :, z] for z in chunk]))
+            y = model(torch.from_numpy(x).to(device)).cpu().numpy()[:, 0]
             for k, z in enumerate(chunk):
-                out[:, :, z] = np.where(mask[:, :, z], y[k], 0)
-    return out
+                out[:, :, z] = np.where(mask_z[:, :, z], y[k], 0)
+    return np.moveaxis(out, 2, axis)
 
 
-def denoise_cbf(volume, mask, *, weights=None, affine=None, device="cpu", batch_size=16):
+def denoise_cbf(
+    volume, mask, *, weights=None, affine=None, device="cpu", batch_size=16, extra=None
+):
     """Denoise a 3-D CBF map (mL/100 g/min) with a saved model (default: shipped DWAN).
 
     ``affine`` (the image's voxel-to-world matrix) selects the axial axis;
     without it the third voxel axis is used. Returns the denoised map (zero
     outside ``mask``) and the model's info (path, sha256, architecture,
-    training metadata) from :func:`asl_pipeline.models.load_model`.
+    training metadata) from :func:`asl_pipeline.models.load_model`. ``extra``:
+    the model's other input channels (see :func:`denoise_volume`).
     """
-    return _apply_saved(volume, mask, weights, "cbf", affine, device, batch_size)
+    return _apply_saved(volume, mask, weights, "cbf", affine, device, batch_size, extra)
 
 
-def _apply_saved(volume, mask, weights, input_kind, affine, device, batch_size):
+def _apply_saved(volume, mask, weights, input_kind, affine, device, batch_size, extra=None):
     """Load ``weights``, check they take ``input_kind``, apply them along the axial axis."""
     from asl_pipeline.models.io import load_model
 
     model, info = load_model(weights, device=device)
     require_input_kind(info, input_kind)
     axis = 2 if affine is None else axial_axis(affine)
-    out = denoise_volume(model, volume, mask, axis=axis, batch_size=batch_size, device=device)
+    out = denoise_volume(
+        model, volume, mask, axis=axis, batch_size=batch_size, device=device, extra=extra
+    )
     return out, info
 
 
