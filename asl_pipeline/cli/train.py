@@ -95,6 +95,19 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="train on N simulated subjects (asl_pipeline.simulate)",
     )
+    ex.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="N",
+        help="train on fresh realistic pairs drawn around N simulated subjects of both "
+        "generators (asl_pipeline.lfn; the shipped weights' recipe)",
+    )
+    ex.add_argument(
+        "--synthetic-file",
+        type=Path,
+        metavar="NPZ",
+        help="as --synthetic, with subjects saved earlier by --save-synthetic",
+    )
     model = parser.add_argument_group("model")
     model.add_argument("--model", choices=("dwan", "unet", "dilatednet"), default="dwan")
     model.add_argument(
@@ -152,6 +165,34 @@ def get_parser() -> argparse.ArgumentParser:
     bids.add_argument(
         "--no-realign", action="store_true", help="skip the ASL-aware motion correction"
     )
+    syn = parser.add_argument_group("realistic pairs drawn on the fly (--synthetic)")
+    syn.add_argument(
+        "--channels",
+        default="cbf,noise,gm,wm",
+        help="input channels of a new model, comma-separated from cbf, noise, gm, wm, m0 "
+        "(default cbf,noise,gm,wm; asl_pipeline.models.channels)",
+    )
+    syn.add_argument("--steps", type=int, default=4000, help="optimizer steps (4000)")
+    syn.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
+    syn.add_argument(
+        "--pairs",
+        default="4-48",
+        help="range of the number of pairs averaged in an input, LO-HI (4-48)",
+    )
+    syn.add_argument(
+        "--target-pairs", type=int, default=32, help="pairs averaged in a target (32)"
+    )
+    syn.add_argument(
+        "--save-synthetic", type=Path, metavar="NPZ", help="also write the simulated subjects"
+    )
+    fine = parser.add_argument_group("subject-level learning from noise (--bids, --derivatives)")
+    fine.add_argument(
+        "--subject-finetune",
+        type=float,
+        metavar="SECONDS",
+        help="fine-tune --init-weights on each run's own pairs for this long, one model "
+        "per run (<out>/<run>_model.pt)",
+    )
     sim = parser.add_argument_group("simulation (--simulate)")
     sim.add_argument(
         "--sim-n-pairs", type=int, default=40, help="pairs per simulated subject (40)"
@@ -165,8 +206,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.simulate is not None and args.simulate < 2:
         parser.error("--simulate needs at least 2 subjects (one for validation)")
-    if args.simulate is not None and not 0 <= args.seed <= 8:
-        parser.error("--seed must be 0-8 with --simulate (higher seeds reach the test subjects)")
+    if (args.simulate or args.synthetic) is not None and not 0 <= args.seed <= 6:
+        parser.error(
+            "--seed must be 0-6 with --simulate/--synthetic (seeds 7-9 are the validation "
+            "and test subjects)"
+        )
+    if (args.synthetic or args.synthetic_file) is not None and (
+        args.model != "dwan" or args.input != "cbf"
+    ):
+        parser.error("--synthetic trains a CBF-denoising DWAN (--model dwan --input cbf)")
+    if args.synthetic is not None and args.synthetic < 2:
+        parser.error("--synthetic needs at least 2 subjects (one for validation)")
+    try:
+        from asl_pipeline.models.channels import check_channels
+
+        args.channels = check_channels(c.strip() for c in args.channels.split(","))
+        lo, hi = (int(v) for v in args.pairs.split("-"))
+        if not 2 <= lo <= hi:
+            raise ValueError
+        args.pairs = (lo, hi)
+    except ValueError as exc:
+        parser.error(f"--channels/--pairs: {exc or 'use LO-HI with 2 <= LO <= HI'}")
+    if args.subject_finetune is not None and (args.bids or args.derivatives) is None:
+        parser.error("--subject-finetune needs --bids or --derivatives (a run's own pairs)")
+    if args.subject_finetune is not None and not args.init_weights:
+        parser.error("--subject-finetune needs --init-weights (e.g. shipped)")
     if not 0.0 <= args.val_fraction < 1.0:
         parser.error("--val-fraction must be in [0, 1)")
     if args.epochs < 1 or args.batch_size < 1:
@@ -422,6 +486,102 @@ def _hardware(device: str) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
+def _command(argv) -> str:
+    return "asl-train " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+
+
+def _main_synthetic(args, argv, model, init) -> int:
+    """``--synthetic``/``--synthetic-file``: fresh realistic pairs around simulated subjects."""
+    import torch
+
+    from asl_pipeline import lfn
+    from asl_pipeline.models import save_model
+
+    t0 = time.time()
+    if args.synthetic_file is not None:
+        subjects = lfn.load_subjects(args.synthetic_file)
+    else:
+        subjects = lfn.clean_subjects(
+            args.synthetic, seed=args.seed, progress=not args.no_progress
+        )
+    if args.save_synthetic is not None:
+        lfn.save_subjects(subjects, args.save_synthetic)
+    n_val = max(1, int(round(args.val_fraction * len(subjects)))) if args.val_fraction else 0
+    train_subj, val_subj = subjects[n_val:], subjects[:n_val]
+    cfg = lfn.SynthConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        loss=args.loss,
+        patch_size=args.patch_size or 48,
+        n_pairs=args.pairs,
+        target_pairs=args.target_pairs,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        time_limit=args.time_limit,
+    )
+    prep = time.time() - t0
+    history = lfn.train_synthetic(model, train_subj, val_subj, cfg, args.out, resume=args.resume)
+    metadata = {
+        "command": _command(argv),
+        "arch": model.arch,
+        "input_kind": "cbf",
+        "channels": list(model.config.get("channels") or ["cbf"]),
+        "scheme": "lfn-synthetic",
+        "loss": args.loss,
+        "steps": history[-1]["step"] if history else 0,
+        "seed": args.seed,
+        "source": {
+            "synthetic": [s.name for s in subjects],
+            "file": None if args.synthetic_file is None else str(args.synthetic_file),
+            "init_weights": init,
+        },
+        "train_subjects": [s.name for s in train_subj],
+        "val_subjects": [s.name for s in val_subj],
+        "hardware": _hardware(args.device),
+        "train_seconds": round(history[-1]["seconds"], 1) if history else 0.0,
+        "data_seconds": round(prep, 1),
+        "validation": history[-1] if history else {},
+        "torch": torch.__version__,
+    }
+    model.to("cpu")
+    sha = save_model(model, args.out / "model.pt", metadata=metadata)
+    (args.out / "model.json").write_text(json.dumps({"sha256": sha, **metadata}, indent=2))
+    print(f"wrote {args.out / 'model.pt'} (sha256 {sha})")
+    return 0
+
+
+def _main_subject_finetune(args, argv, subjects, init) -> int:
+    """``--subject-finetune``: one model per run, fine-tuned on that run's own pairs."""
+    from asl_pipeline import lfn
+    from asl_pipeline.models import load_model, save_model
+
+    for subj in subjects:
+        model, _ = load_model(init["path"], device=args.device)
+        fit = lfn.finetune(
+            model,
+            subj.series,
+            subj.mask,
+            seconds=args.subject_finetune,
+            lr=args.lr,
+            seed=args.seed,
+            device=args.device,
+        )
+        metadata = {
+            "command": _command(argv),
+            "scheme": "lfn-subject",
+            "subject": subj.name,
+            "source": {"run": subj.info.get("file"), "init_weights": init},
+            "finetune": fit,
+        }
+        model.to("cpu")
+        path = args.out / f"{subj.name}_model.pt"
+        sha = save_model(model, path, metadata=metadata)
+        print(f"wrote {path} (sha256 {sha}; {fit['steps']} steps in {fit['seconds']} s)")
+    return 0
+
+
 def main(argv=None) -> int:
     """Entry point of ``asl-train``."""
     args = parse_args(argv)
@@ -451,8 +611,13 @@ def main(argv=None) -> int:
                     f"trained with --input {args.input}",
                 )
             init = {"path": init_info["path"], "sha256": init_info["sha256"]}
+        elif args.synthetic is not None or args.synthetic_file is not None:
+            model = build_model(args.model, channels=args.channels)
         else:
             model = build_model(args.model, input_kind=args.input)
+        if args.synthetic is not None or args.synthetic_file is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            return _main_synthetic(args, argv, model, init)
         if args.simulate is not None:
             from asl_pipeline.training import simulate_subjects
 
@@ -494,6 +659,9 @@ def main(argv=None) -> int:
         print(f"asl-train: error: {err}", file=sys.stderr)
         return 2
     prep_seconds = time.time() - t0
+    if args.subject_finetune is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        return _main_subject_finetune(args, argv, subjects, init)
     train_subj, val_subj = split_subjects(subjects, args.val_fraction, args.seed)
     cfg = TrainConfig(
         epochs=args.epochs,
@@ -517,7 +685,7 @@ def main(argv=None) -> int:
     history = train(model, train_subj, val_subj, cfg, args.out, resume=args.resume)
     seconds = sum(r["train_seconds"] for r in history)
     metadata = {
-        "command": "asl-train " + shlex.join(sys.argv[1:] if argv is None else list(argv)),
+        "command": _command(argv),
         "arch": model.arch,
         "input_kind": args.input,
         "scheme": args.scheme,
