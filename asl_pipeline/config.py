@@ -184,7 +184,10 @@ class Config:
 
         for space in self.output_spaces:
             if space not in OUTPUT_SPACES:
-                split_space(space)  # ValueError naming the space
+                try:
+                    split_space(space)
+                except ValueError as exc:
+                    raise ValueError(f"unknown output space: {exc}") from None
 
     @property
     def effective_outlier_threshold(self) -> float | None:

@@ -49,9 +49,19 @@ def templateflow_home() -> Path:
     return Path(home).expanduser() if home else Path.home() / ".cache" / "templateflow"
 
 
+#: Surface spaces of fMRIPrep, which this volume pipeline cannot produce.
+SURFACE_SPACES = ("fsnative", "fsaverage", "fsaverage5", "fsaverage6", "fsLR")
+
+
 def split_space(space: str) -> tuple[str, str | None]:
-    """``"MNI152NLin2009cAsym:res-2"`` -> ``("MNI152NLin2009cAsym", "2")``."""
+    """``"MNI152NLin2009cAsym:res-2"`` -> ``("MNI152NLin2009cAsym", "2")``;
+    ValueError for a surface space or a malformed name."""
     name, _, modifier = space.partition(":")
+    if name in SURFACE_SPACES:
+        raise ValueError(
+            f"output space {space!r} is a surface space; asl-pipeline writes volumes only "
+            "(asl, T1w or a TemplateFlow volume template)"
+        )
     res = None
     if modifier:
         match = re.fullmatch(r"res-(\d+)", modifier)

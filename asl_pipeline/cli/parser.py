@@ -50,21 +50,12 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
-#: Surface spaces of fMRIPrep, which this volume pipeline cannot produce.
-_SURFACE_SPACES = ("fsnative", "fsaverage", "fsaverage5", "fsaverage6", "fsLR")
-
-
 def _output_space(text: str) -> str:
     """An output space: asl, T1w or a template name (checked for presence later)."""
     from asl_pipeline.templates import split_space
 
     if text in OUTPUT_SPACES:
         return text
-    if text.split(":")[0] in _SURFACE_SPACES:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is a surface space; asl-pipeline writes volumes only "
-            f"({', '.join(OUTPUT_SPACES)} or a TemplateFlow volume template)"
-        )
     try:
         split_space(text)
     except ValueError as exc:
