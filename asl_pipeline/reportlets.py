@@ -13,6 +13,9 @@ and no panel falls outside the brain.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -284,6 +287,14 @@ def plot_carpet(series, labels: nib.Nifti1Image, *, t_r: float | None = None, ti
     present = set(np.unique(np.asanyarray(labels.dataobj)).astype(int)) - {0}
     mask_labels = {name: k for k, name in enumerate(("GM", "WM", "CSF"), start=1) if k in present}
     fig = plt.figure(figsize=(11, 4))
+    # nilearn prints and warns about casting the label image: not the user's concern
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore", UserWarning)
+        _carpet(plotting, series, labels, mask_labels, t_r, fig, title)
+    return fig
+
+
+def _carpet(plotting, series, labels, mask_labels, t_r, fig, title):
     plotting.plot_carpet(
         series if isinstance(series, nib.Nifti1Image) else nib.load(str(series)),
         mask_img=labels,
@@ -294,7 +305,6 @@ def plot_carpet(series, labels: nib.Nifti1Image, *, t_r: float | None = None, ti
         standardize="zscore_sample",
         cmap_labels="Set1",
     )
-    return fig
 
 
 def plot_outlier_matrix(matrix, *, removed_pairs=None, method: str = ""):

@@ -76,11 +76,10 @@ REFERENCES = (
         "Reson Imaging. 2017;45(6):1786-1797. doi:10.1002/jmri.25436",
     ),
     (
-        r"Wang \(?2013|AOC",
-        "Tan H, Maldjian JA, Pollock JM, Burdette JH, Yang LY, Deibler AR, Kraft RA. A fast, "
-        "effective filtering method for improving clinical pulsed arterial spin labeling MRI. "
-        "J Magn Reson Imaging. 2009;29(5):1134-1139 (adaptive outlier cleaning as "
-        "implemented in ASLtbx; Wang Z. 2013)",
+        r"Wang \(?2013|\bAOC\b",
+        "Wang Z. 2013: adaptive outlier cleaning (AOC) of ASLtbx, as cited in the methods "
+        "specification of asl_pipeline (shared/specs/asl-methods.md, section 5.2); see the "
+        "ASLtbx documentation for the full reference",
     ),
     (
         r"Buxton et al\.? \(?1998",

@@ -97,8 +97,7 @@ def tree(tmp_path_factory):
         "\t".join(qc) + "\n" + "\t".join(str(v) for v in qc.values()) + "\n"
     )
     (logs / "asl_pipeline_config_sub-01.toml").write_text(
-        '[asl_pipeline]\noutlier_method = "paocsl"\ndenoise = false\n'
-        'output_spaces = ["asl"]\n'
+        '[asl_pipeline]\noutlier_method = "paocsl"\ndenoise = false\noutput_spaces = ["asl"]\n'
     )
     (out / PROVENANCE.format(subject="01")).write_text(
         json.dumps(
@@ -223,9 +222,9 @@ def test_report_renders_in_headless_chromium(report):
     check.write_text(report.read_text().replace("</body>", _CHECK + "</body>"))
     try:
         proc = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-             "--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000",
-             "--dump-dom", check.as_uri()],
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu",
+             "--allow-file-access-from-files", "--enable-logging=stderr", "--v=0",
+             "--virtual-time-budget=15000", "--dump-dom", check.as_uri()],
             capture_output=True, text=True, timeout=180,
         )  # fmt: skip
     finally:
