@@ -49,6 +49,8 @@ PLUGINS = ("Linear", "MultiProc", "SLURM", "SLURMGraph")
 ENGINES = ("nipype", "pydra")
 REGISTRATION_BACKENDS = ("embedded", "spm")
 OUTLIER_METHODS = tuple(OUTLIER_THRESHOLDS)
+#: Spaces always available; any other TemplateFlow template name is accepted
+#: when the local TemplateFlow folder holds it (:mod:`asl_pipeline.templates`).
 OUTPUT_SPACES = ("asl", "T1w", "MNI152NLin2009aSym")
 QUANTIFICATIONS = ("white-paper", "asltbx")
 PVC_METHODS = ("none", "lr")
@@ -154,6 +156,7 @@ class Config:
     work_dir: Path | None = None
     validate_only: bool = False
     boilerplate_only: bool = False
+    reports_only: bool = False
     seed: int = 0
     clean_workdir: bool = False
     verbosity: int = 0
@@ -177,9 +180,14 @@ class Config:
             raise ValueError(f"unknown partial-volume correction {self.pvc!r}")
         if self.registration_backend not in REGISTRATION_BACKENDS:
             raise ValueError(f"unknown registration backend {self.registration_backend!r}")
-        unknown = [s for s in self.output_spaces if s not in OUTPUT_SPACES]
-        if unknown:
-            raise ValueError(f"unknown output space(s) {unknown}")
+        from asl_pipeline.templates import split_space
+
+        for space in self.output_spaces:
+            if space not in OUTPUT_SPACES:
+                try:
+                    split_space(space)
+                except ValueError as exc:
+                    raise ValueError(f"unknown output space: {exc}") from None
 
     @property
     def effective_outlier_threshold(self) -> float | None:

@@ -271,3 +271,45 @@ class MNITemplate(SimpleInterface):
             img.to_filename(path)
             self._results[field] = path
         return runtime
+
+
+class _T1wToTemplateInputSpec(BaseInterfaceInputSpec):
+    t1w_file = File(exists=True, mandatory=True, desc="bias-corrected T1w (with skull)")
+    template = traits.Str(
+        mandatory=True,
+        desc="template space by its TemplateFlow name (found in the local TemplateFlow "
+        "folder, $TEMPLATEFLOW_HOME; nothing is downloaded)",
+    )
+    n_procs = traits.Int(1, usedefault=True, desc="ITK threads")
+
+
+class _T1wToTemplateOutputSpec(TraitedSpec):
+    t1w_to_template = File(
+        exists=True, desc="ITK composite (.h5) resampling T1w into the template"
+    )
+    template_to_t1w = File(
+        exists=True, desc="ITK composite (.h5) resampling the template into T1w"
+    )
+    reference = File(exists=True, desc="the template's T1w image (resampling reference)")
+    t1w_template = File(exists=True, desc="the T1w resampled into the template")
+
+
+class T1wToTemplate(SimpleInterface):
+    """Affine + SyN registration of the T1w to a TemplateFlow template (antspyx)."""
+
+    input_spec = _T1wToTemplateInputSpec
+    output_spec = _T1wToTemplateOutputSpec
+
+    def _run_interface(self, runtime):
+        from asl_pipeline.templates import register_to_template
+
+        self._results.update(
+            call_with_itk_threads(
+                self.inputs.n_procs,
+                register_to_template,
+                self.inputs.t1w_file,
+                runtime.cwd,
+                self.inputs.template,
+            )
+        )
+        return runtime

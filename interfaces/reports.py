@@ -19,7 +19,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from asl_pipeline import pvc, qc, reports
+from asl_pipeline import pvc, qc, subject_report
 
 LOGGER = logging.getLogger("nipype.interface")
 
@@ -194,162 +194,29 @@ class ConfoundsTable(SimpleInterface):
 
 
 class _SubjectReportInputSpec(BaseInterfaceInputSpec):
-    subject = traits.Str(mandatory=True, desc="subject label")
-    run_name = traits.Str(mandatory=True, desc="name of the run (BIDS file stem)")
-    mean_cbf = File(exists=True, mandatory=True, desc="mean CBF, native space")
-    cleaned_cbf = File(exists=True, desc="outlier-cleaned mean CBF, native space")
-    denoised_cbf = File(exists=True, desc="DWAN-denoised CBF, native space")
-    mni_cbf = File(exists=True, desc="final CBF map in MNI space")
-    final_label = traits.Str(
-        "measured", usedefault=True, desc="which map the final (MNI) map is, for its caption"
+    output_dir = traits.Directory(
+        exists=True, mandatory=True, desc="root of the derivatives dataset (participant level)"
     )
-    mni_mask = File(exists=True, desc="MNI template brain mask for the MNI overlay")
-    ref_image = File(exists=True, desc="ASL reference image")
-    t1w_mask_asl = File(exists=True, desc="T1w brain mask resampled into ASL space")
-    asl_series = File(exists=True, desc="motion-corrected ASL series (carpet plot)")
-    asl_mask = File(exists=True, desc="ASL brain mask")
-    confounds = File(exists=True, desc="confounds TSV (FD, RMSD, motion parameters)")
-    outlier_matrix = File(exists=True, desc="slice x pair outlier TSV")
-    qc_json = File(exists=True, desc="QC figures (JSON)")
-    methods = traits.Str("", usedefault=True, desc="methods paragraph built from the workflow")
-    warnings = traits.List(traits.Str, desc="warnings raised while reading the run")
+    subject = traits.Str(mandatory=True, desc="subject label, without sub-")
+    work_dir = traits.Directory(desc="work directory searched for crash files")
 
 
 class _SubjectReportOutputSpec(TraitedSpec):
-    out_report = File(desc="self-contained HTML report")
+    out_report = File(desc="sub-<label>/figures/sub-<label>_report.html")
 
 
 class SubjectReport(SimpleInterface):
-    """Per-run HTML report: CBF maps, registration, motion, carpet, outliers."""
+    """The subject's HTML report, assembled from the stored derivatives
+    (:func:`asl_pipeline.subject_report.write_subject_report`)."""
 
     input_spec = _SubjectReportInputSpec
     output_spec = _SubjectReportOutputSpec
 
     def _run_interface(self, runtime):
-        inp = self.inputs
-        png = reports.figure_to_png
-        opt = {
-            k: getattr(inp, k) for k in inp.copyable_trait_names() if isdefined(getattr(inp, k))
-        }
-        mean = _load(inp.mean_cbf)
-        vmax = float(np.percentile(mean[mean > 0], 99)) if np.any(mean > 0) else 100.0
-        cbf_figs = [
-            (
-                "Mean CBF, native space (mL/100 g/min)",
-                png(reports.plot_mosaic(mean, title="mean CBF", vmax=vmax, label="mL/100 g/min")),
+        work_dir = self.inputs.work_dir if isdefined(self.inputs.work_dir) else None
+        self._results["out_report"] = str(
+            subject_report.write_subject_report(
+                self.inputs.output_dir, self.inputs.subject, work_dir=work_dir
             )
-        ]
-        for key, title in (
-            ("cleaned_cbf", "outlier-cleaned CBF"),
-            ("denoised_cbf", "DWAN-denoised CBF"),
-        ):
-            if key in opt:
-                cbf_figs.append(
-                    (
-                        f"{title[0].upper()}{title[1:]}, native space",
-                        png(
-                            reports.plot_mosaic(
-                                _load(opt[key]), title=title, vmax=vmax, label="mL/100 g/min"
-                            )
-                        ),
-                    )
-                )
-        if "mni_cbf" in opt:
-            cbf_figs.append(
-                (
-                    f"Final CBF ({inp.final_label} map) in MNI152NLin2009aSym space",
-                    png(
-                        reports.plot_mosaic(
-                            _load(opt["mni_cbf"]),
-                            title="CBF, MNI",
-                            vmax=vmax,
-                            label="mL/100 g/min",
-                            n_slices=16,
-                        )
-                    ),
-                )
-            )
-        sections = [reports.ReportSection("Cerebral blood flow", figures=cbf_figs)]
-        if "qc_json" in opt:
-            table = json.loads(Path(opt["qc_json"]).read_text())
-            caption = (
-                "Quality control: cbf_* describe the measured map (outlier-cleaned when "
-                "cleaning ran, else the plain mean); mean_* the plain mean of all pairs; "
-                "denoised_* the DWAN map, when denoising ran"
-            )
-            sections[0].tables.append((caption, table))
-        if "ref_image" in opt and "t1w_mask_asl" in opt:
-            sections.append(
-                reports.ReportSection(
-                    "Registration",
-                    figures=[
-                        (
-                            "T1w brain mask (red) on the ASL reference",
-                            png(
-                                reports.plot_overlay(
-                                    _load(opt["ref_image"]), _load(opt["t1w_mask_asl"])
-                                )
-                            ),
-                        )
-                    ],
-                )
-            )
-        if "mni_cbf" in opt and "mni_mask" in opt:
-            sections[-1].figures.append(
-                (
-                    "MNI template brain outline (red) on CBF in MNI space",
-                    png(reports.plot_overlay(_load(opt["mni_cbf"]), _load(opt["mni_mask"]))),
-                )
-            )
-        motion = reports.ReportSection("Head motion and signal")
-        if "confounds" in opt:
-            conf = _read_tsv(opt["confounds"])
-            params = None
-            names = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
-            if all(n in conf for n in names):
-                params = np.column_stack([conf[n] for n in names])
-            if "framewise_displacement" in conf:
-                motion.figures.append(
-                    (
-                        "Framewise displacement and motion parameters",
-                        png(
-                            reports.plot_motion(
-                                np.nan_to_num(conf["framewise_displacement"]),
-                                rmsd=conf.get("rmsd"),
-                                params=params,
-                            )
-                        ),
-                    )
-                )
-        if "asl_series" in opt and "asl_mask" in opt:
-            motion.figures.append(
-                (
-                    "Carpet plot of the motion-corrected series",
-                    png(reports.plot_carpet(_load(opt["asl_series"]), _load(opt["asl_mask"]) > 0)),
-                )
-            )
-        if motion.figures:
-            sections.append(motion)
-        if "outlier_matrix" in opt:
-            mat = np.loadtxt(opt["outlier_matrix"], delimiter="\t", skiprows=1, ndmin=2)
-            sections.append(
-                reports.ReportSection(
-                    "Outlier cleaning",
-                    figures=[
-                        (
-                            "Slice x pair outlier matrix",
-                            png(reports.plot_outlier_matrix(mat[:, 1:])),
-                        )
-                    ],
-                )
-            )
-        sections.append(reports.ReportSection("Methods", text=inp.methods))
-        page = reports.build_report(
-            f"asl_pipeline report: sub-{inp.subject}, {inp.run_name}",
-            sections,
-            warnings=inp.warnings if isdefined(inp.warnings) else (),
         )
-        out = Path(runtime.cwd) / "report.html"
-        out.write_text(page)
-        self._results["out_report"] = str(out)
         return runtime

@@ -109,7 +109,8 @@ def _usage_error(tmp_path, capsys, argv, words):
         (["--m0-scale", "0"], "must be > 0"),
         (["--smoothing-fwhm", "nan"], "must be >= 0"),
         (["--outlier-method", "median"], "invalid choice"),
-        (["--output-spaces", "fsaverage"], "invalid choice"),
+        (["--output-spaces", "fsaverage"], "is a surface space"),
+        (["--output-spaces", "MNI152NLin2009cAsym:cohort-1"], "res-<n>"),
         (["--quantification", "fancy"], "invalid choice"),
         (["--resume", "--clean-workdir"], "not allowed with"),
         (["--dwan-weights", "/nonexistent/w.pt"], "does not exist"),
@@ -539,8 +540,8 @@ def test_boilerplate_only_writes_the_methods_text(dataset, tmp_path, capsys):
     # the report's methods text of the same workflow, and it follows the options
     config = Config.from_args(parse_args(_argv(dataset, tmp_path, "--no-denoise")))
     workflow = init_asl_pipeline_wf(config, validate_dataset(dataset)[0])
-    report = next(n for n in workflow._get_all_nodes() if n.name == "report")
-    assert report.inputs.methods.strip() in text
+    run_methods = next(iter(workflow._graph.nodes())).methods["runs"][0][1]
+    assert run_methods.strip() in text
     assert "DWAN" not in text and "Head motion" in text
 
 

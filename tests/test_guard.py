@@ -55,7 +55,7 @@ def dead_pid():
 def _no_workflow(monkeypatch):
     calls = []
 
-    def fake(config, runs):
+    def fake(config, runs, **_):
         calls.append((config, runs))
         return 0
 
@@ -102,7 +102,7 @@ def test_stale_lock_is_taken_over_with_a_warning(dataset, tmp_path, capsys, dead
     lock = _holder_file(guard.subject_lock(tmp_path / "out", "01"), dead_pid)
     seen = {}
 
-    def fake(config, runs):
+    def fake(config, runs, **_):
         seen["holder"] = json.loads(lock.read_text())
         return 0
 
@@ -129,7 +129,7 @@ def test_sigterm_ends_children_removes_temp_and_releases_locks(dataset, tmp_path
                                                                 monkeypatch):  # fmt: skip
     seen = {}
 
-    def fake(config, runs):
+    def fake(config, runs, **_):
         seen["tmp"] = Path(tempfile.gettempdir())
         (seen["tmp"] / "asl_itk_x").mkdir()
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

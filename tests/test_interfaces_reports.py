@@ -1,4 +1,5 @@
-"""QC, confounds and report interfaces run on small synthetic images."""
+"""QC and confounds interfaces run on small synthetic images (the report's
+interface: tests/test_subject_report.py)."""
 
 import json
 
@@ -6,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from asl_pipeline.interfaces.reports import ComputeQC, ConfoundsTable, SubjectReport
+from asl_pipeline.interfaces.reports import ComputeQC, ConfoundsTable
 
 
 @pytest.fixture
@@ -83,21 +84,3 @@ def test_qc_and_report(images, tmp_path):
     assert qc["framewise_displacement_mean"] == pytest.approx(0.2)
     assert qc["outlier_slice_volumes"] == 7
     assert qc["outlier_volumes_all_slices"] == 1
-
-    rep = SubjectReport(
-        subject="01",
-        run_name="sub-01_asl",
-        mean_cbf=images["cbf"],
-        ref_image=images["series"].replace("series", "cbf"),
-        t1w_mask_asl=images["mask"],
-        asl_series=images["series"],
-        asl_mask=images["mask"],
-        confounds=conf.outputs.confounds,
-        outlier_matrix=images["outliers"],
-        qc_json=res.outputs.qc_json,
-        methods="CBF was quantified.",
-        warnings=["RepetitionTimePreparation unknown"],
-    ).run(cwd=tmp_path)
-    page = open(rep.outputs.out_report).read()
-    assert page.count("<img") == 5
-    assert "CBF was quantified." in page and "coreg_dice" in page

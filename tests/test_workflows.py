@@ -48,7 +48,6 @@ def test_default_graph(dataset, tmp_path):
         "compute_cbf",
         "clean_cbf",
         "compute_qc",
-        "report",
         "ds_mean_cbf",
         "ds_cleaned_cbf",
         "ds_mni_cleaned_cbf",
@@ -58,7 +57,6 @@ def test_default_graph(dataset, tmp_path):
         "ds_aslcontext",
         "ds_confounds",
         "ds_qc",
-        "ds_report",
         "ds_t1w_to_mni",
     ):
         assert name in nodes, name
@@ -182,7 +180,7 @@ def test_options_switch_stages(dataset, tmp_path, options, present, absent):
 def test_real_sidecars_build(bids_examples_dir, tmp_path, example):
     bids = copy_example(bids_examples_dir / example, tmp_path / example)
     nodes = _nodes(_build(bids, tmp_path))
-    assert "compute_m0" in nodes and "report" in nodes
+    assert "compute_m0" in nodes and "compute_qc" in nodes
     if example in ("asl003", "asl004"):  # multi-TI / multi-PLD: kinetic-model fit
         assert "fit_multi_pld" in nodes
         assert "clean_cbf" not in nodes and "dwan_denoise" not in nodes

@@ -8,7 +8,9 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from asl_pipeline.derivatives import derivative_path
-from asl_pipeline.interfaces.reports import ComputeQC, ConfoundsTable, SubjectReport
+from asl_pipeline.interfaces.registration import ApplyTransformChain
+from asl_pipeline.interfaces.reports import ComputeQC, ConfoundsTable
+from asl_pipeline.templates import template_name
 from asl_pipeline.workflows.cbf import CBF_OUTPUTS, init_cbf_wf, is_multi_pld
 from asl_pipeline.workflows.outputs import SPACE_MAPS, init_asl_derivatives_wf
 from asl_pipeline.workflows.pvc import PVC_OUTPUTS, init_pvc_wf
@@ -43,6 +45,7 @@ def init_asl_preproc_wf(
     quantification: str = "white-paper",
     pvc: str = "none",
     omp_nthreads: int = 1,
+    templates: tuple[str, ...] = (),
     name: str | None = None,
 ) -> pe.Workflow:
     """Process one ASL run, from the raw series to stored derivatives.
@@ -60,6 +63,10 @@ def init_asl_preproc_wf(
         The validated :class:`asl_pipeline.bids.ASLRun`.
     output_dir
         Root of the derivatives dataset.
+    templates
+        Template spaces other than the bundled MNI152NLin2009aSym (TemplateFlow
+        names, :mod:`asl_pipeline.templates`); every CBF map is resampled into
+        each through ``inputnode.t1w_to_<name>`` onto ``inputnode.<name>_reference``.
     Other parameters
         As the options of ``asl-pipeline`` (see :class:`asl_pipeline.config.Config`).
 
@@ -67,15 +74,24 @@ def init_asl_preproc_wf(
     ------
     t1w_preproc, t1w_brain, t1w_mask, gm_t1w, wm_t1w, csf_t1w, t1w_to_mni
         Outputs of the subject's anatomical workflow.
+    t1w_to_<name>, <name>_reference
+        For each of ``templates``.
 
     Outputs
     -------
-    final_cbf, mean_cbf, report
+    final_cbf, mean_cbf
+
+    The methods text of the run (its sub-workflows' ``__desc__``) is the
+    workflow's ``methods`` attribute; the HTML report is assembled from the
+    stored derivatives after the run (:mod:`asl_pipeline.subject_report`).
     """
     source = str(run.asl_file)
     stem = derivative_path(source, suffix="asl", extension="").name
     name = name or "asl_" + stem.replace("-", "_")
     workflow = pe.Workflow(name=name)
+    workflow.run_stem = stem.removesuffix(
+        "_asl"
+    )  # the run's BIDS stem, which names its report sections
     inputnode = pe.Node(
         niu.IdentityInterface(
             fields=[
@@ -87,11 +103,13 @@ def init_asl_preproc_wf(
                 "csf_t1w",
                 "t1w_to_mni",
             ]
+            + [f for t in templates for f in (f"t1w_to_{t}", f"{t}_reference")]
         ),
         name="inputnode",
     )
+    templates = tuple(template_name(t) for t in templates)
     outputnode = pe.Node(
-        niu.IdentityInterface(fields=["final_cbf", "mean_cbf", "report"]), name="outputnode"
+        niu.IdentityInterface(fields=["final_cbf", "mean_cbf"]), name="outputnode"
     )
     source_node = pe.Node(
         niu.IdentityInterface(fields=["asl_file", "aslcontext", "m0_file"]), name="bids_source"
@@ -201,7 +219,6 @@ def init_asl_preproc_wf(
         "confounds",
         "qc",
         "asl_to_t1w",
-        "report",
         "asl_preproc",
         "asl_ref",
         "aslcontext",
@@ -219,8 +236,7 @@ def init_asl_preproc_wf(
     mni = MNI_SPACE in output_spaces
     # every stored CBF map in every requested space, under its native desc
     maps = [m for m in SPACE_MAPS if m in stored]
-    final = maps[-1]  # the end of the chain: denoised (opt-in), else cleaned, else mean
-    spaces = {"mni": mni, "t1w": "T1w" in output_spaces}
+    spaces = {"mni": mni, "t1w": "T1w" in output_spaces} | {f"tpl_{t}": True for t in templates}
     stored |= {f"{key}_{m}" for key, on in spaces.items() if on for m in maps}
     ds_wf = init_asl_derivatives_wf(
         output_dir=str(output_dir),
@@ -232,6 +248,7 @@ def init_asl_preproc_wf(
         outlier_method=outlier,
         anat_xfm_ext=".h5" if registration_backend == "embedded" else ".nii.gz",
         smoothing_fwhm=smoothing_fwhm if processed else 0.0,
+        templates=templates,
     )
     cbf_fields = [f for f in CBF_OUTPUTS if f in stored]
     workflow.connect([
@@ -268,28 +285,32 @@ def init_asl_preproc_wf(
                         resample, f"outputnode.{out}", ds_wf, f"inputnode.{key}_{field}"
                     )
 
-    # confounds, QC and report
+    # further templates (TemplateFlow): the same single interpolation
+    for tpl in templates:
+        for field in maps:
+            chain = pe.Node(niu.Merge(2), name=f"chain_{tpl}_{field}", run_without_submitting=True)
+            to_tpl = pe.Node(
+                ApplyTransformChain(interpolation="linear", suffix=f"_space-{tpl}"),
+                name=f"to_{tpl}_{field.removesuffix('_cbf')}",
+                mem_gb=mem_gb,
+                n_procs=omp_nthreads,
+            )
+            workflow.connect([
+                (inputnode, chain, [(f"t1w_to_{tpl}", "in1")]),
+                (reg_wf, chain, [("outputnode.asl_to_t1w", "in2")]),
+                (chain, to_tpl, [("out", "transforms")]),
+                (inputnode, to_tpl, [(f"{tpl}_reference", "reference")]),
+                (cbf_wf, to_tpl, [(f"outputnode.{field}", "in_file")]),
+                (to_tpl, ds_wf, [("out_file", f"inputnode.tpl_{tpl}_{field}")]),
+            ])  # fmt: skip
+
+    # confounds and QC
     confounds = pe.Node(ConfoundsTable(), name="confounds", mem_gb=mem_gb)
     # the QC describes the measured map (cleaned when cleaning ran); the plain
     # mean and the denoised map get their own, labelled columns
     qc_names = ["mean"] + (["denoised"] if denoise and not multi_pld else [])
     qc = pe.Node(ComputeQC(extra_names=qc_names), name="compute_qc", mem_gb=mem_gb)
     qc_maps = pe.Node(niu.Merge(len(qc_names)), name="qc_maps", run_without_submitting=True)
-    report = pe.Node(
-        SubjectReport(
-            subject=run.subject,
-            run_name=stem,
-            warnings=list(run.warnings),
-            final_label=(
-                "DWAN-denoised"
-                if denoise and not multi_pld
-                else ("outlier-cleaned" if "cleaned_cbf" in stored else "mean")
-            ),
-            methods=_methods_text(workflow, cbf_wf, hmc_wf, reg_wf),
-        ),
-        name="report",
-        mem_gb=mem_gb,
-    )
     workflow.connect([
         (hmc_wf, confounds, [("outputnode.asl_corrected", "asl_file"),
                              ("outputnode.confounds", "motion_confounds")]),
@@ -305,31 +326,16 @@ def init_asl_preproc_wf(
         (confounds, qc, [("confounds", "confounds")]),
         (confounds, ds_wf, [("confounds", "inputnode.confounds")]),
         (qc, ds_wf, [("qc_file", "inputnode.qc")]),
-        (cbf_wf, report, [("outputnode.mean_cbf", "mean_cbf")]),
-        (hmc_wf, report, [("outputnode.ref_image", "ref_image"),
-                          ("outputnode.asl_corrected", "asl_series")]),
-        (reg_wf, report, [("outputnode.t1w_mask_asl", "t1w_mask_asl"),
-                          ("outputnode.asl_mask", "asl_mask")]),
-        (confounds, report, [("confounds", "confounds")]),
-        (qc, report, [("qc_json", "qc_json")]),
-        (report, ds_wf, [("out_report", "inputnode.report")]),
-        (report, outputnode, [("out_report", "report")]),
     ])  # fmt: skip
     if "cleaned_cbf" in stored:
         workflow.connect([
             (cbf_wf, qc, [("outputnode.outlier_matrix", "outlier_matrix")]),
             (cbf_wf, confounds, [("outputnode.volume_status", "volume_status")]),
-            (cbf_wf, report, [("outputnode.cleaned_cbf", "cleaned_cbf"),
-                              ("outputnode.outlier_matrix", "outlier_matrix")]),
         ])  # fmt: skip
     if "denoised_cbf" in stored:
         workflow.connect([
-            (cbf_wf, report, [("outputnode.denoised_cbf", "denoised_cbf")]),
             (cbf_wf, qc_maps, [("outputnode.denoised_cbf", "in2")]),
         ])  # fmt: skip
-    if mni:
-        resample_final = workflow.get_node(f"resample_{final.removesuffix('_cbf')}_wf")
-        workflow.connect(resample_final, "outputnode.mni_file", report, "mni_cbf")
     if pvc != "none":  # partial-volume correction of the measured map (Asllani 2008)
         pvc_wf = init_pvc_wf(mem_gb=mem_gb)
         workflow.connect([
@@ -342,8 +348,19 @@ def init_asl_preproc_wf(
             (pvc_wf, qc, [("outputnode.pvc_gm_cbf", "pvc_gm_cbf"),
                           ("outputnode.pvc_wm_cbf", "pvc_wm_cbf")]),
         ])  # fmt: skip
-        report.inputs.methods = "\n\n".join(filter(None, [report.inputs.methods,
-                                                            pvc_wf.__desc__]))  # fmt: skip
+    after = [workflow.get_node(n) for n in ("resample_mean_wf", "pvc_wf")]
+    before = [workflow.get_node("nuisance_wf")]
+    workflow.methods = _methods_text(
+        hmc_wf, reg_wf, *[w for w in before + [cbf_wf] + after if w is not None]
+    )
+    if templates:
+        workflow.methods += (
+            "\n\nThe CBF maps were also resampled into "
+            + ", ".join(templates)
+            + " (TemplateFlow templates read from the local TemplateFlow folder) through the "
+            "T1w-to-template transform (affine then SyN, ANTs via antspyx), in one "
+            "interpolation with the ASL-to-T1w transform."
+        )
     return workflow
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from asl_pipeline.templates import BUNDLED, NATIVE_SPACES, template_name
 from asl_pipeline.workflows.asl import MNI_SPACE, init_asl_preproc_wf
 from asl_pipeline.workflows.spatial import init_anat_wf
 
@@ -106,6 +107,14 @@ def init_single_subject_wf(
     )
     workflow.connect(anat_source, "t1w", anat_wf, "inputnode.t1w")
     fields = ["t1w_preproc", "t1w_brain", "t1w_mask", "gm_t1w", "wm_t1w", "csf_t1w", "t1w_to_mni"]
+    templates = [
+        s for s in output_spaces if s not in NATIVE_SPACES and template_name(s) != BUNDLED
+    ]
+    to_templates = [
+        _template_node(space, t1w, output_dir, omp_nthreads, workflow, anat_wf)
+        for space in templates
+    ]
+    methods = []
     for run in runs:
         asl_wf = init_asl_preproc_wf(
             run=run,
@@ -114,12 +123,61 @@ def init_single_subject_wf(
             spm_cmd=spm_cmd,
             omp_nthreads=omp_nthreads,
             output_spaces=output_spaces,
+            templates=tuple(templates),
             **asl_options,
         )
         for f in fields:
             workflow.connect(anat_wf, f"outputnode.{f}", asl_wf, f"inputnode.{f}")
+        for space, node in zip(templates, to_templates, strict=True):
+            name = template_name(space)
+            workflow.connect([
+                (node, asl_wf, [("t1w_to_template", f"inputnode.t1w_to_{name}"),
+                                ("reference", f"inputnode.{name}_reference")]),
+            ])  # fmt: skip
+        methods.append((asl_wf.run_stem, asl_wf.methods))
     workflow.__desc__ = (
         f"Results of sub-{subject} were produced by asl_pipeline from "
         f"{len(runs)} ASL run(s) and the T1w image {Path(t1w).name}."
     )
+    #: methods text: the subject's paragraphs, then each run's (see
+    #: asl_pipeline.cli.workflow.methods_texts)
+    workflow.methods = {"subject": [workflow.__desc__, anat_wf.__desc__], "runs": methods}
     return workflow
+
+
+def _template_node(space, t1w, output_dir, omp_nthreads, workflow, anat_wf):
+    """Registration of the T1w to a TemplateFlow template, and its stored transform."""
+    from asl_pipeline.derivatives import derivative_path
+    from asl_pipeline.interfaces.bids import DerivativesDataSink
+    from asl_pipeline.interfaces.registration import T1wToTemplate
+
+    name = template_name(space)
+    node = pe.Node(
+        T1wToTemplate(template=space, n_procs=omp_nthreads),
+        name=f"t1w_to_{name}",
+        mem_gb=4.0,
+        n_procs=omp_nthreads,
+    )
+    preproc = derivative_path(t1w, suffix="T1w", datatype="anat", desc="preproc")
+    sink = pe.Node(
+        DerivativesDataSink(
+            base_directory=str(output_dir),
+            source_file=str(t1w),
+            datatype="anat",
+            suffix="xfm",
+            extension=".h5",
+            from_space="T1w",
+            to_space=name,
+            mode="image",
+            meta_dict={"Description": f"Transform from the T1w to {name} (affine + SyN)."},
+            sources=[f"bids::{preproc}"],
+        ),
+        name=f"ds_t1w_to_{name}",
+        run_without_submitting=True,
+        mem_gb=0.1,
+    )
+    workflow.connect([
+        (anat_wf, node, [("outputnode.t1w_preproc", "t1w_file")]),
+        (node, sink, [("t1w_to_template", "in_file")]),
+    ])  # fmt: skip
+    return node

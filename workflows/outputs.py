@@ -67,6 +67,7 @@ def init_asl_derivatives_wf(
     mni_space: str = "MNI152NLin2009aSym",
     anat_xfm_ext: str = ".h5",
     smoothing_fwhm: float = 0.0,
+    templates: tuple[str, ...] = (),
     name: str = "asl_derivatives_wf",
 ) -> pe.Workflow:
     """Store a run's outputs under BIDS-derivative names, each with a sidecar.
@@ -89,6 +90,9 @@ def init_asl_derivatives_wf(
         Gives the ``desc`` of the cleaned map and outlier tables.
     mni_space
         Name of the template space of the ``mni_*`` fields.
+    templates
+        Further template spaces (TemplateFlow names, :mod:`asl_pipeline.templates`):
+        inputnode fields ``tpl_<name>_<map>`` for each map of :data:`SPACE_MAPS`.
     anat_xfm_ext
         Extension of the stored T1w -> template transform (``.h5`` for the
         embedded backend, ``.nii.gz`` for SPM's deformation field).
@@ -224,11 +228,15 @@ def init_asl_derivatives_wf(
          "asl_mask", "confounds"],
         ".tsv",
     )  # fmt: skip
-    t1w_to_mni = anat("xfm", ext=anat_xfm_ext, from_="T1w", to=mni_space, mode="image")
-    for space, prefix in ({mni_space: "mni"} | SPACE_FIELDS).items():
+    to_template = {
+        space: anat("xfm", ext=anat_xfm_ext if space == mni_space else ".h5", from_="T1w",
+                    to=space, mode="image")
+        for space in (mni_space, *templates)
+    }  # fmt: skip
+    for space, prefix in _space_prefixes(mni_space, templates).items():
         for field in SPACE_MAPS:
             suffix, entities, meta, _, ext = outputs[field]
-            via = ["asl_to_t1w"] + ([t1w_to_mni] if space == mni_space else [])
+            via = ["asl_to_t1w"] + ([to_template[space]] if space in to_template else [])
             outputs[f"{prefix}_{field}"] = (
                 suffix,
                 dict(entities, space=space),
@@ -272,7 +280,7 @@ def init_asl_derivatives_wf(
             suffix=suffix,
             extension=ext,
             meta_dict=meta,
-            description=_description(field, mni_space),
+            description=_description(field, mni_space, templates),
             sources=[u for u in uris if u],
             file_keys=file_keys,
             **_sink_entities(entities),
@@ -292,11 +300,16 @@ def init_asl_derivatives_wf(
     return workflow
 
 
-def _description(field: str, mni_space: str) -> str:
-    prefix, _, native = field.partition("_")
-    spaces = {v: k for k, v in SPACE_FIELDS.items()} | {"mni": mni_space}
-    if native in SPACE_MAPS and prefix in spaces:
-        return f"{DESCRIPTIONS[native]} Resampled into {spaces[prefix]}."
+def _space_prefixes(mni_space: str, templates=()) -> dict[str, str]:
+    """Output space -> inputnode prefix of its maps (``mni``, ``t1w``, ``tpl_<name>``)."""
+    return {mni_space: "mni"} | SPACE_FIELDS | {t: f"tpl_{t}" for t in templates}
+
+
+def _description(field: str, mni_space: str, templates=()) -> str:
+    for space, prefix in _space_prefixes(mni_space, templates).items():
+        native = field.removeprefix(prefix + "_")
+        if native != field and native in SPACE_MAPS:
+            return f"{DESCRIPTIONS[native]} Resampled into {space}."
     return DESCRIPTIONS[field]
 
 

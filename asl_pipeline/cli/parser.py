@@ -50,6 +50,19 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _output_space(text: str) -> str:
+    """An output space: asl, T1w or a template name (checked for presence later)."""
+    from asl_pipeline.templates import split_space
+
+    if text in OUTPUT_SPACES:
+        return text
+    try:
+        split_space(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _float(minimum: float, strict: bool):
     def convert(text: str) -> float:
         try:
@@ -333,9 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--output-spaces",
         nargs="+",
-        choices=OUTPUT_SPACES,
+        type=_output_space,
         default=["asl", "MNI152NLin2009aSym"],
-        help="spaces of the CBF outputs",
+        metavar="SPACE",
+        help="spaces of the CBF outputs: asl, T1w, MNI152NLin2009aSym (nilearn's bundled "
+        "template) and any TemplateFlow template (e.g. MNI152NLin2009cAsym, optionally "
+        ":res-2) found in the local TemplateFlow folder ($TEMPLATEFLOW_HOME); nothing is "
+        "downloaded",
     )
     g.add_argument(
         "--m0-scale",
@@ -383,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="boilerplate_only",
         action="store_true",
         help="write the methods text of the run to OUTPUT_DIR/logs/CITATION.md, then stop",
+    )
+    g.add_argument(
+        "--reports-only",
+        "--reports_only",
+        dest="reports_only",
+        action="store_true",
+        help="regenerate the HTML reports of OUTPUT_DIR from its stored derivatives (and "
+        "the crash files of the work directory) without processing anything",
     )
     g.add_argument(
         "--seed",

@@ -47,6 +47,29 @@ def _run_group(output_dir) -> int:
     return EXIT_OK
 
 
+def _reports_only(config) -> int:
+    """``--reports-only``: the reports of the subjects already under OUTPUT_DIR,
+    from the stored derivatives; nothing is processed."""
+    from asl_pipeline.cli.workflow import write_reports
+    from asl_pipeline.subject_report import subjects_in
+
+    present = subjects_in(config.output_dir)
+    subjects = config.participant_label or present
+    missing = [s for s in subjects if s not in present]
+    if not subjects or missing:
+        which = ", ".join(f"sub-{s}" for s in missing) or "any subject"
+        print(
+            f"asl-pipeline: error: --reports-only: {config.output_dir} holds no outputs of "
+            f"{which}; run the participant level first.",
+            file=sys.stderr,
+        )
+        return EXIT_DATA_ERROR
+    reports = write_reports(config.output_dir, subjects, work_dir=config.work_dir)
+    for path in reports:
+        print(f"Report: {path}")
+    return EXIT_OK if len(reports) == len(subjects) else EXIT_DATA_ERROR
+
+
 def _check_bids(config) -> bool:
     """The BIDS validator's verdict (True without it or with --skip-bids-validation)."""
     from asl_pipeline.cli.bidsvalidator import check_input
@@ -77,7 +100,7 @@ def _run_workflow(config, runs, *, command: str = "asl-pipeline") -> int:
             folder_locks(config.output_dir, config.work_dir, subjects, command=command),
             graceful_shutdown(),
         ):
-            return run_workflow(config, runs)
+            return run_workflow(config, runs, command=command)
     except ASLInputError as exc:
         print(f"asl-pipeline: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_DATA_ERROR
@@ -147,10 +170,12 @@ def validate(config) -> tuple[list, list]:
     """
     from asl_pipeline.cli.guard import folder_problems
     from asl_pipeline.preflight import check_runs
+    from asl_pipeline.templates import check_spaces
 
     runs, problems = _read_runs(config)
     problems += check_runs(runs, mem_gb=config.mem_gb)
     problems += _weights_problems(config)
+    problems += check_spaces(config.output_spaces)
     if not config.validate_only:
         problems += folder_problems(output_dir=config.output_dir, work_dir=config.work_dir)
     return runs, problems
@@ -186,6 +211,8 @@ def main(argv=None) -> int:
     configure_logging(config.verbosity)
     if config.analysis_level == "group":  # reads the participant outputs, re-runs nothing
         return _run_group(config.output_dir)
+    if config.reports_only:  # reads the participant outputs, re-runs nothing
+        return _reports_only(config)
     try:
         runs, problems = validate(config)
     except Exception as exc:  # an unexpected failure: one line unless -vv

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import sys
 import time
@@ -122,8 +123,20 @@ def _report_failure(exc: Exception, log_dir: Path, work_dir: Path, started: floa
     )
 
 
-def run_workflow(config, runs) -> int:
-    """Create the outputs, build the graph, run it; return the exit status."""
+def run_workflow(config, runs, *, command: str = "asl-pipeline") -> int:
+    """Create the outputs, build the graph, run it, write the reports; return
+    the exit status. The reports are written after a failure too (their Errors
+    section names the crash files)."""
+    started = time.time()
+    status = _run(config, runs, command)
+    subjects = sorted({r.subject for r in runs})
+    write_reports(config.output_dir, subjects, work_dir=config.work_dir)
+    if status == EXIT_OK:
+        _finished(Path(config.output_dir), subjects, started)
+    return status
+
+
+def _run(config, runs, command: str) -> int:
     from asl_pipeline.cli.console import Progress
     from asl_pipeline.derivatives import write_dataset_files
     from asl_pipeline.workflows.base import init_asl_pipeline_wf
@@ -136,13 +149,14 @@ def run_workflow(config, runs) -> int:
     write_dataset_files(output_dir, source_dataset=config.bids_dir)
     config.to_toml(log_dir / config_file_name(sorted({r.subject for r in runs})))
     _configure_nipype(config, log_dir)
+    workflow = init_asl_pipeline_wf(config, runs)
+    write_provenance(config, workflow, command)
     if config.engine == "pydra":
         started = time.time()
         if _run_pydra(config, runs, work_dir, started) != EXIT_OK:
             return EXIT_FAILED
-        return _finished(output_dir, started)
+        return EXIT_OK
 
-    workflow = init_asl_pipeline_wf(config, runs)
     workflow.config["execution"]["crashdump_dir"] = str(log_dir)
     settings = config.plugin_settings
     _set_node_resources(workflow, settings["plugin"])
@@ -163,18 +177,20 @@ def run_workflow(config, runs) -> int:
     except Exception as exc:  # nipype raises RuntimeError on node failures
         _report_failure(exc, log_dir, work_dir, started)
         return EXIT_FAILED
-    return _finished(output_dir, started)
+    return EXIT_OK
 
 
-def _finished(output_dir: Path, started: float) -> int:
+def _finished(output_dir: Path, subjects, started: float) -> int:
     from asl_pipeline.cli.summary import summary_lines
+    from asl_pipeline.subject_report import REPORT_NAME
 
-    reports = sorted(output_dir.glob("sub-*/figures/*_report.html"))
     print(f"Finished in {time.time() - started:.0f} s. Derivatives: {output_dir}")
     for line in summary_lines(output_dir):
         print(line)
-    for rep in reports:
-        print(f"Report: {rep}")
+    for subject in subjects:
+        rep = output_dir / f"sub-{subject}" / "figures" / REPORT_NAME.format(subject=subject)
+        if rep.exists():
+            print(f"Report: {rep}")
     return EXIT_OK
 
 
@@ -206,21 +222,85 @@ def _run_pydra(config, runs, work_dir: Path, started: float) -> int:
     return EXIT_OK
 
 
-def methods_texts(workflow) -> dict[str, list[str]]:
-    """The methods paragraphs of a built workflow: text -> runs that share it.
+def subject_methods(workflow) -> dict[str, dict]:
+    """``{subject: {"subject": [paragraphs], "runs": {run stem: [paragraphs]}}}``:
+    the methods text of each single-subject workflow of a built graph (the
+    ``__desc__`` of the sub-workflows that will run)."""
+    out = {}
+    for node in workflow._graph.nodes():
+        methods = getattr(node, "methods", None)
+        if not isinstance(methods, dict):
+            continue
+        subject = node.name.removeprefix("sub_").removesuffix("_wf")
+        runs = {
+            stem: [p for p in text.split("\n\n") if p.strip()] for stem, text in methods["runs"]
+        }
+        out[subject] = {"subject": [p for p in methods["subject"] if p], "runs": runs}
+    return out
 
-    Read from the ``methods`` input of its report nodes, i.e. the text each
-    run's HTML report shows, built from the workflow that runs.
-    """
+
+def methods_texts(workflow) -> dict[str, list[str]]:
+    """The methods paragraphs of a built workflow: text -> runs that share it
+    (the text each subject's HTML report shows, built from the workflow that runs)."""
     texts: dict[str, list[str]] = {}
-    for node in workflow._get_all_nodes():
-        text = getattr(node.inputs, "methods", None)
-        if isinstance(text, str) and text.strip():
-            run = getattr(node.inputs, "run_name", None)
-            texts.setdefault(text.strip(), []).append(
-                run if isinstance(run, str) else node.fullname
-            )
+    for methods in subject_methods(workflow).values():
+        for stem, paragraphs in methods["runs"].items():
+            text = "\n\n".join(methods["subject"][1:] + paragraphs).strip()
+            texts.setdefault(text, []).append(stem)
     return texts
+
+
+def write_provenance(config, workflow, command: str) -> list[Path]:
+    """``logs/asl_pipeline_run_sub-<label>.json`` per subject: version, command,
+    date, platform, configuration file and methods text, read by the report."""
+    import platform
+
+    from asl_pipeline import __version__
+    from asl_pipeline.subject_report import PROVENANCE
+
+    written = []
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    subjects = subject_methods(workflow)
+    for subject, methods in subjects.items():
+        path = Path(config.output_dir) / PROVENANCE.format(subject=subject)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps(
+                {
+                    "subject": subject,
+                    "version": __version__,
+                    "command": command,
+                    "started": started,
+                    "platform": platform.platform(),
+                    "python": sys.version.split()[0],
+                    "engine": config.engine,
+                    "config_file": config_file_name(sorted(subjects)),
+                    "methods": methods,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        written.append(path)
+    return written
+
+
+def write_reports(output_dir, subjects, *, work_dir=None) -> list[Path]:
+    """Assemble each subject's HTML report from the stored derivatives; a
+    subject whose report fails is named on stderr, the others still get theirs."""
+    from asl_pipeline.subject_report import write_subject_report
+
+    written = []
+    for subject in subjects:
+        try:
+            written.append(write_subject_report(output_dir, subject, work_dir=work_dir))
+        except Exception as exc:  # a report must never hide the processing's outcome
+            print(
+                f"asl-pipeline: error: report of sub-{subject} not written: "
+                f"{type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
+    return written
 
 
 def boilerplate_markdown(texts: dict[str, list[str]], version: str) -> str:
