@@ -75,7 +75,7 @@ DEFAULT_LEVELS = ((12.0, 40.0), (6.0, 24.0), (3.0, 16.0))
 
 #: Weight of the P-spline penalty (per coefficient, relative to the mean
 #: squared residual of one voxel of unit-normalised images).
-DEFAULT_SMOOTHNESS = 0.02
+DEFAULT_SMOOTHNESS = 0.005
 
 
 @dataclass(frozen=True)
