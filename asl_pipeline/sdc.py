@@ -138,6 +138,23 @@ def phase_encoding(metadata: dict, file=None) -> PhaseEncoding:
     return PhaseEncoding(direction, axis, sign, float(trt))
 
 
+@dataclass(frozen=True)
+class FieldCorrection:
+    """A field map to undo during the motion reslice (:mod:`asl_pipeline.motion`).
+
+    ``field_hz`` is on the ASL grid; ``pe`` is the ASL series' phase encoding
+    and ``m0_pe`` the separate M0's (default: ``pe``). ``frame="m0"``: the
+    field is in the undistorted space of the M0 scan (estimated from the M0
+    pair) and is moved with the M0's motion estimate; ``"reference"``: it is
+    already in the reference (first volume's) frame.
+    """
+
+    field_hz: np.ndarray
+    pe: PhaseEncoding
+    m0_pe: PhaseEncoding | None = None
+    frame: str = "m0"
+
+
 # --------------------------------------------------------------------------
 # unit conversions
 
