@@ -551,3 +551,95 @@ def estimate_pepolar_field(
         residual_ratio=float(after / before) if before > 0 else 0.0,
         iterations=tuple(iters),
     )
+
+
+# --------------------------------------------------------------------------
+# choosing the pair of a BIDS run
+
+
+@dataclass(frozen=True)
+class PepolarPair:
+    """The reverse phase-encoded pair of an ASL run, checked (:func:`pepolar_pair`)."""
+
+    #: First image of the pair (the run's M0 scan when it is one of the pair).
+    in_file: str
+    in_metadata: dict
+    #: The image with the reverse phase encoding.
+    reverse_file: str
+    reverse_metadata: dict
+    #: ``"m0"`` when ``in_file`` is the run's M0 (the field is then moved with
+    #: the M0's motion estimate), else ``"reference"`` (assumed in register
+    #: with the first ASL volume).
+    frame: str
+    #: Phase encoding of the ASL series and of its separate M0 (or None).
+    asl_pe: PhaseEncoding
+    m0_pe: PhaseEncoding | None
+
+
+def _grid(path):
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    return img.shape, img.affine
+
+
+def pepolar_pair(run) -> PepolarPair | None:
+    """The PEPOLAR pair of an :class:`~asl_pipeline.bids.ASLRun`, or None.
+
+    The run's separate M0 with the first reverse-PE M0 of ``fmap/`` (matched
+    by the reader through ``IntendedFor`` or ``B0FieldIdentifier``/
+    ``B0FieldSource``) whose direction is opposite; else two ``fmap/`` M0s of
+    opposite directions; None without such files. Refuses (naming the file
+    and field) sidecars without a valid ``PhaseEncodingDirection`` or
+    ``TotalReadoutTime`` (the ASL series' included), pairs encoded the same
+    way or on another grid, and an ASL series encoded along another axis.
+    """
+    files = [str(p) for p in run.m0_pepolar_files]
+    metas = list(run.m0_pepolar_metadata) or [{} for _ in files]
+    if not files:
+        return None
+    separate = run.m0_type == "Separate" and run.m0_file is not None
+    if separate:
+        first = (str(run.m0_file), dict(run.m0_metadata))
+        candidates = list(zip(files, metas, strict=True))
+        frame = "m0"
+    elif len(files) >= 2:
+        first, candidates, frame = (
+            (files[0], metas[0]),
+            list(zip(files[1:], metas[1:], strict=True)),
+            "reference",
+        )
+    else:
+        return None
+    pe_first = phase_encoding(first[1], first[0])
+    # prefer a reverse-direction image; the first candidate otherwise (its error is the message)
+    candidates.sort(key=lambda c: PE_DIRECTIONS.get(c[1].get("PhaseEncodingDirection"), (9, 0))
+                    != (pe_first.axis, -pe_first.sign))  # fmt: skip
+    reverse = candidates[0]
+    check_pepolar_pair((*first, *_grid(first[0])), (*reverse, *_grid(reverse[0])))
+    asl_pe = phase_encoding(run.metadata, run.sidecar_file)
+    if asl_pe.axis != pe_first.axis:
+        raise ASLInputError(
+            f"is {asl_pe.direction!r} but the field map pair ({first[0]}) is encoded along "
+            f"{pe_first.direction!r}: the field cannot be applied along another axis.",
+            file=run.sidecar_file,
+            field="PhaseEncodingDirection",
+            fix="check the sidecars' PhaseEncodingDirection, or run with --ignore fieldmaps.",
+        )
+    shape, _ = _grid(first[0])
+    if tuple(shape[:3]) != tuple(run.shape[:3]):
+        raise ASLInputError(
+            f"has the grid {tuple(shape[:3])}, the ASL series {tuple(run.shape[:3])}.",
+            file=first[0],
+            field="image dimensions",
+            fix="acquire the M0 pair on the ASL grid, or run with --ignore fieldmaps.",
+        )
+    return PepolarPair(
+        in_file=first[0],
+        in_metadata=first[1],
+        reverse_file=reverse[0],
+        reverse_metadata=reverse[1],
+        frame=frame,
+        asl_pe=asl_pe,
+        m0_pe=pe_first if separate else None,
+    )
