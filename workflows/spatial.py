@@ -174,7 +174,9 @@ def init_asl_hmc_wf(
         "from the cleaned parameters."
     )
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["asl_file", "aslcontext", "m0_file", "fieldmap"]),
+        niu.IdentityInterface(
+            fields=["asl_file", "aslcontext", "m0_file"] + (["fieldmap"] if sdc else [])
+        ),
         name="inputnode",
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=HMC_OUTPUTS), name="outputnode")
