@@ -30,8 +30,11 @@ Choices left open by the spec and made here (all documented in the fields):
 * A separate M0 must be on the voxel grid (shape) of the ASL series; an affine
   that differs is only a warning (the M0 is registered to the ASL series).
 * An ``m0scan`` in ``fmap/`` whose ``IntendedFor`` names the ASL series or its
-  M0 is a reverse phase-encoding reference (:attr:`ASLRun.m0_pepolar_files`);
-  it becomes the M0 itself only when ``perf/`` holds none.
+  M0, or whose ``B0FieldIdentifier`` is named by the ASL run's
+  ``B0FieldSource``, is a reverse phase-encoding reference
+  (:attr:`ASLRun.m0_pepolar_files`, sidecars in
+  :attr:`ASLRun.m0_pepolar_metadata`); it becomes the M0 itself only when
+  ``perf/`` holds none.
 """
 
 from __future__ import annotations
@@ -160,6 +163,8 @@ class ASLRun:
     t1w_file: Path | None
     #: Recoverable oddities found while reading.
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    #: Merged sidecars of :attr:`m0_pepolar_files`, in the same order.
+    m0_pepolar_metadata: tuple[dict, ...] = field(default_factory=tuple)
 
     @property
     def n_pairs(self) -> int:
@@ -1164,7 +1169,7 @@ def _read_run(
     m0_md: dict = {}
     m0_estimate = None
     m0_tr = None
-    pepolar = _pepolar_m0(layout, root, subject, session, asl_file)
+    pepolar = _pepolar_m0(layout, root, subject, session, asl_file, md)
     if m0_type == "Separate":
         m0_file = _find_nifti(_sibling(asl_file, "m0scan"))
         if m0_file is None and pepolar:
@@ -1295,6 +1300,7 @@ def _read_run(
         m0_metadata=m0_md,
         m0_estimate=m0_estimate,
         m0_pepolar_files=tuple(p for p, _ in pepolar),
+        m0_pepolar_metadata=tuple(m for _, m in pepolar),
         background_suppression=bs,
         background_suppression_pulses=n_pulses,
         labeling_efficiency=efficiency,
@@ -1386,8 +1392,18 @@ def _repetition_time(md, file, volumes, warnings) -> float | None:
     return float(value)
 
 
-def _pepolar_m0(layout, root, subject, session, asl_file) -> list[tuple[Path, dict]]:
-    """M0 images in ``fmap/`` whose IntendedFor names this series or its M0."""
+def _as_set(value) -> set[str]:
+    """A string or a list of strings as a set (other values: empty)."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, list):
+        return {v for v in value if isinstance(v, str)}
+    return set()
+
+
+def _pepolar_m0(layout, root, subject, session, asl_file, asl_md) -> list[tuple[Path, dict]]:
+    """M0 images in ``fmap/`` whose IntendedFor names this series or its M0, or
+    whose ``B0FieldIdentifier`` the series names in its ``B0FieldSource``."""
     query = {
         "subject": subject,
         "suffix": "m0scan",
@@ -1400,10 +1416,12 @@ def _pepolar_m0(layout, root, subject, session, asl_file) -> list[tuple[Path, di
     m0 = _find_nifti(_sibling(asl_file, "m0scan"))
     if m0 is not None:
         targets |= _targets(m0, root, subject)
+    sources = _as_set(asl_md.get("B0FieldSource"))
     found = []
     for path in _unique_files(f.path for f in layout.get(**query)):
         md = layout.get_metadata(path)
-        if targets & set(_intended_for(md)):
+        named = sources & _as_set(md.get("B0FieldIdentifier"))
+        if targets & set(_intended_for(md)) or named:
             found.append((Path(path), dict(md)))
     return found
 

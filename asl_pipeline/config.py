@@ -54,6 +54,8 @@ OUTLIER_METHODS = tuple(OUTLIER_THRESHOLDS)
 OUTPUT_SPACES = ("asl", "T1w", "MNI152NLin2009aSym")
 QUANTIFICATIONS = ("white-paper", "asltbx")
 PVC_METHODS = ("none", "lr")
+#: What ``--ignore`` may switch off (nipreps' spelling).
+IGNORE_CHOICES = ("fieldmaps",)
 
 _PATH_FIELDS = (
     "bids_dir",
@@ -152,6 +154,7 @@ class Config:
     m0_recovery: str = "tissue"
     quantification: str = "white-paper"
     pvc: str = "none"
+    ignore: list[str] = field(default_factory=list)
     # other
     work_dir: Path | None = None
     validate_only: bool = False
@@ -178,6 +181,9 @@ class Config:
             raise ValueError(f"unknown quantification {self.quantification!r}")
         if self.pvc not in PVC_METHODS:
             raise ValueError(f"unknown partial-volume correction {self.pvc!r}")
+        bad = [i for i in self.ignore if i not in IGNORE_CHOICES]
+        if bad:
+            raise ValueError(f"unknown --ignore value(s) {bad}")
         if self.registration_backend not in REGISTRATION_BACKENDS:
             raise ValueError(f"unknown registration backend {self.registration_backend!r}")
         from asl_pipeline.templates import split_space
@@ -195,6 +201,11 @@ class Config:
         if self.outlier_threshold is not None:
             return self.outlier_threshold
         return OUTLIER_THRESHOLDS[self.outlier_method]
+
+    @property
+    def sdc(self) -> bool:
+        """Susceptibility distortion correction wherever a field map is found."""
+        return "fieldmaps" not in self.ignore
 
     @property
     def bids_filters(self) -> dict:

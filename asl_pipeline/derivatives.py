@@ -27,7 +27,7 @@ from asl_pipeline import __version__
 #: Entities kept from the source file, in BIDS order.
 SOURCE_ENTITIES = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo")
 #: Entities a derivative may add, in BIDS order.
-DERIVED_ENTITIES = ("from", "to", "mode", "space", "res", "label", "desc")
+DERIVED_ENTITIES = ("fmapid", "from", "to", "mode", "space", "res", "label", "desc")
 
 #: Name of the input dataset in BIDS URIs (``bids:raw:...``).
 RAW = "raw"
@@ -60,6 +60,11 @@ BIDSIGNORE = (
         ("**/perf/*_mask.*", "**/perf/*_probseg.*"),
     ),
     ("spatial transforms: the schema has no rule for _xfm files", ("*_xfm.*",)),
+    (
+        "estimated field maps: SDCFlows' naming (fmapid entity, desc-preproc_fieldmap), "
+        "which the raw-data schema does not cover",
+        ("**/fmap/*_fieldmap.*",),
+    ),
     (
         "reports and logs (with the run's configuration): not data files",
         ("*.html", "figures", "logs"),

@@ -38,6 +38,12 @@ Final poses are expressed relative to the first volume, as SPM does.
 
 SPM's ``rp_*.txt`` holds the inverse matrices about the world origin; see
 :func:`spm_rp_to_params`.
+
+Susceptibility distortion correction composes with the reslice: given a
+:class:`~asl_pipeline.sdc.FieldCorrection`, volume ``k`` is read at
+``A^-1 M_k x + a f(x) e_pe`` (motion, then the shift along the phase-encoding
+axis of the acquisition grid, :mod:`asl_pipeline.sdc`) and multiplied by the
+Jacobian ``1 + a df/dpe``, so every volume is still interpolated once.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from scipy import ndimage
 
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.outliers import pairs_from_aslcontext
+from asl_pipeline.sdc import FieldCorrection, hz_to_voxels, jacobian_map
 
 #: Radius (mm) of the sphere on which rotations become displacements for the
 #: framewise displacement (Power et al. 2012).
@@ -474,29 +481,48 @@ def estimate_motion(
     return matrix_to_params(mats, centre), ref_img * 1.0
 
 
-def reslice(volumes, affine, params, *, centre=None, order: int = 3) -> np.ndarray:
+def reslice(
+    volumes, affine, params, *, centre=None, order: int = 3, field_hz=None, pe=None
+) -> np.ndarray:
     """Reslice each volume of ``(x, y, z, n)`` once onto the reference grid.
 
     ``out[..., k](x) = volumes[..., k](M_k x)``; points outside the field of
     view take the nearest edge value (no zeros appear at the borders, which
-    would otherwise show up in control - label differences).
+    would otherwise show up in control - label differences). With
+    ``field_hz`` (Hz, reference grid) and ``pe`` (:class:`~asl_pipeline.sdc.PhaseEncoding` of
+    the volumes) the distortion is undone in the same interpolation:
+    ``out(x) = volume(A^-1 M_k A x + a f(x) e_pe) * (1 + a df/dpe(x))``.
     """
     data = np.asarray(volumes, dtype=np.float32)
     affine = np.asarray(affine, dtype=float)
     if centre is None:
         centre = grid_centre(data.shape, affine)
     mats = params_to_matrix(np.atleast_2d(params), centre)
+    warp = None
+    if field_hz is not None:
+        warp = (pe.axis, hz_to_voxels(field_hz, pe), jacobian_map(field_hz, pe))
     out = np.empty(data.shape, dtype=np.float32)
     for k in range(data.shape[-1]):
-        out[..., k] = _reslice_one(data[..., k], _voxel_matrix(mats[k], affine), order)
+        out[..., k] = _reslice_one(data[..., k], _voxel_matrix(mats[k], affine), order, warp)
     return out
 
 
-def _reslice_one(volume, vox_matrix, order):
-    """One volume through a voxel matrix, float32 throughout (edge: nearest)."""
+def _reslice_one(volume, vox_matrix, order, warp=None):
+    """One volume through a voxel matrix, float32 throughout (edge: nearest);
+    ``warp = (axis, shift, jacobian)`` adds the distortion shift (voxels along
+    the array ``axis``) to the sampling points and multiplies by the Jacobian."""
     vol = np.ascontiguousarray(volume, dtype=np.float32)
     if order > 1:
         vol = ndimage.spline_filter(vol, order=order, mode="nearest", output=np.float32)
+    if warp is not None:
+        axis, shift, jac = warp
+        grid = np.indices(vol.shape, dtype=np.float32).reshape(3, -1)
+        coords = vox_matrix[:3, :3] @ grid + vox_matrix[:3, 3:4]
+        coords[axis] += shift.reshape(-1)
+        out = ndimage.map_coordinates(
+            vol, coords, order=order, mode="nearest", prefilter=False, output=np.float32
+        )
+        return (out.reshape(vol.shape) * jac).astype(np.float32)
     return ndimage.affine_transform(
         vol,
         vox_matrix[:3, :3],
@@ -626,6 +652,7 @@ def realign_asl(
     zigzag_method: str = "interpolate",
     reslice_mode: str = "volume",
     fd_radius: float = FD_RADIUS,
+    sdc: FieldCorrection | None = None,
 ) -> RealignResult:
     """ASL-aware realignment of a series (and of a separate M0) to one reference.
 
@@ -654,6 +681,10 @@ def realign_asl(
         ``"volume"`` (default), ``"pair"`` or ``"none"``, see :data:`RESLICE_MODES`.
     fd_radius
         Sphere radius (mm) for FD and RMSD.
+    sdc
+        Susceptibility distortion correction applied in the same reslice
+        (see :func:`apply_realignment`); motion is estimated on the distorted
+        images.
     """
     data = np.asarray(asl)
     _check_image(data, "ASL", asl_file, 4)
@@ -726,6 +757,7 @@ def realign_asl(
         zigzag_method=zigzag_method,
         reslice_mode=reslice_mode,
         fd_radius=fd_radius,
+        sdc=sdc,
     )
 
 
@@ -743,6 +775,7 @@ def apply_realignment(
     zigzag_method: str = "interpolate",
     reslice_mode: str = "volume",
     fd_radius: float = FD_RADIUS,
+    sdc: FieldCorrection | None = None,
 ) -> RealignResult:
     """Steps 2-3 of the ASL-aware correction from estimated parameters.
 
@@ -766,16 +799,29 @@ def apply_realignment(
     )
     if reslice_mode not in RESLICE_MODES:
         raise ValueError(f"reslice_mode must be one of {RESLICE_MODES}, not {reslice_mode!r}")
-    if reslice_mode == "none":
+    field, asl_pe, m0_pe = None, None, None
+    if sdc is not None:
+        field = field_in_reference(sdc, affine, m0_params, centre)
+        asl_pe, m0_pe = sdc.pe, sdc.m0_pe or sdc.pe
+    if reslice_mode == "none" and field is None:
         corrected = data.astype(np.float32)
     else:
-        applied = pair_consistent_params(clean, volume_types) if reslice_mode == "pair" else clean
-        corrected = reslice(data, affine, applied, centre=centre, order=order)
+        if reslice_mode == "none":
+            applied = np.zeros_like(clean)
+        elif reslice_mode == "pair":
+            applied = pair_consistent_params(clean, volume_types)
+        else:
+            applied = clean
+        corrected = reslice(
+            data, affine, applied, centre=centre, order=order, field_hz=field, pe=asl_pe
+        )
     m0_corr = None
     if m0 is not None:
         m0 = np.asarray(m0)
         m0 = m0[..., None] if m0.ndim == 3 else m0
-        m0_corr = reslice(m0, affine, m0_params, centre=centre, order=order)
+        m0_corr = reslice(
+            m0, affine, m0_params, centre=centre, order=order, field_hz=field, pe=m0_pe
+        )
     ref = corrected[..., zig != 0].mean(axis=-1) if (zig != 0).any() else corrected.mean(-1)
     return RealignResult(
         corrected=corrected,
@@ -789,6 +835,21 @@ def apply_realignment(
         rmsd=rms_displacement(clean, centre, fd_radius),
         centre=centre,
     )
+
+
+def field_in_reference(sdc: FieldCorrection, affine, m0_params, centre) -> np.ndarray:
+    """The field of ``sdc`` on the reference grid (Hz).
+
+    A field estimated from the M0 pair (``sdc.frame == "m0"``) lives in the
+    undistorted space of the M0 scan, whose head sits at ``M_m0`` relative to
+    the reference: ``f_ref(x) = f_m0(M_m0 x)`` (first M0 volume's pose,
+    trilinear: the field is smooth). Otherwise it is taken as given.
+    """
+    field = np.asarray(sdc.field_hz, dtype=np.float32)
+    if sdc.frame != "m0" or m0_params is None or not np.any(m0_params):
+        return field
+    mat = params_to_matrix(np.atleast_2d(m0_params)[:1], centre)[0]
+    return _reslice_one(field, _voxel_matrix(mat, affine), 1)
 
 
 def spm_rp_to_params(rp, centre) -> np.ndarray:

@@ -30,6 +30,7 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     suffix = traits.Str(mandatory=True, desc="BIDS suffix of the derivative (e.g. 'cbf')")
     extension = traits.Str(desc="extension; defaults to that of in_file ('.nii' -> '.nii.gz')")
     datatype = traits.Str("perf", usedefault=True, desc="datatype folder (perf, anat)")
+    fmapid = traits.Str(desc="fmapid entity of a field map derivative")
     desc = traits.Str(desc="desc entity")
     space = traits.Str(desc="space entity")
     label = traits.Str(desc="label entity")
@@ -88,6 +89,7 @@ class DerivativesDataSink(SimpleInterface):
     def _run_interface(self, runtime):
         inputs = self.inputs
         optional = {
+            "fmapid": inputs.fmapid,
             "desc": inputs.desc,
             "space": inputs.space,
             "label": inputs.label,

@@ -17,6 +17,7 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from asl_pipeline import motion as core
+from asl_pipeline import sdc
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.interfaces.cbf import read_aslcontext
 
@@ -72,6 +73,48 @@ class ResliceOptionsInputSpec(BaseInterfaceInputSpec):
         "control/label pair with the pair's mean parameters; none: parameters estimated and "
         "reported, series not resliced",
     )
+
+    fieldmap = File(
+        exists=True,
+        desc="B0 field (Hz) on the ASL grid: susceptibility distortion is undone in the same "
+        "reslice as the motion (with the Jacobian)",
+    )
+    fieldmap_frame = traits.Enum(
+        "m0",
+        "reference",
+        usedefault=True,
+        desc="m0: the field is in the undistorted space of the M0 scan (estimated from the M0 "
+        "pair) and is moved with the M0's motion estimate; reference: it is in the space of "
+        "the first volume",
+    )
+    pe_direction = traits.Enum(
+        *sdc.PE_DIRECTIONS, desc="PhaseEncodingDirection of the ASL series (needed with fieldmap)"
+    )
+    readout_time = traits.Float(desc="TotalReadoutTime of the ASL series, s (with fieldmap)")
+    m0_pe_direction = traits.Enum(
+        *sdc.PE_DIRECTIONS, desc="PhaseEncodingDirection of the M0 (default: the series')"
+    )
+    m0_readout_time = traits.Float(desc="TotalReadoutTime of the M0, s (default: the series')")
+
+
+def field_correction(inputs) -> sdc.FieldCorrection | None:
+    """The :class:`~asl_pipeline.sdc.FieldCorrection` the reslice inputs describe."""
+    if not isdefined(inputs.fieldmap):
+        return None
+    pe = sdc.phase_encoding(
+        {"PhaseEncodingDirection": inputs.pe_direction or None,
+         "TotalReadoutTime": inputs.readout_time or None},
+        file=inputs.fieldmap,
+    )  # fmt: skip
+    m0_pe = None
+    if isdefined(inputs.m0_pe_direction):
+        m0_pe = sdc.phase_encoding(
+            {"PhaseEncodingDirection": inputs.m0_pe_direction,
+             "TotalReadoutTime": inputs.m0_readout_time or None},
+            file=inputs.fieldmap,
+        )  # fmt: skip
+    field = np.asarray(nb.load(inputs.fieldmap).dataobj, dtype=np.float32)
+    return sdc.FieldCorrection(field, pe, m0_pe, inputs.fieldmap_frame)
 
 
 class _ASLRealignInputSpec(ResliceOptionsInputSpec):
@@ -135,6 +178,7 @@ class ASLRealign(SimpleInterface):
             zigzag_method=inp.zigzag_method,
             reslice_mode=inp.reslice_mode,
             fd_radius=inp.fd_radius,
+            sdc=field_correction(inp),
         )
         LOGGER.info(
             "realigned %d volumes: max FD %.3f mm, mean |zig-zag| removed %s",

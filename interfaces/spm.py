@@ -39,6 +39,7 @@ from asl_pipeline.errors import ASLInputError
 from asl_pipeline.interfaces.cbf import read_aslcontext
 from asl_pipeline.interfaces.motion import (
     ResliceOptionsInputSpec,
+    field_correction,
     load_4d,
     write_realign_outputs,
 )
@@ -131,6 +132,7 @@ class SPMASLRealign(SimpleInterface):
             remove_zigzag_from_params=inp.remove_zigzag,
             zigzag_method=inp.zigzag_method,
             reslice_mode=inp.reslice_mode,
+            sdc=field_correction(inp),
         )
         self._results.update(write_realign_outputs(res, inp.asl_file, img, runtime.cwd))
         if res.m0_corrected is not None:

@@ -216,6 +216,13 @@ def test_hmc_graph_contract(backend, has_m0):
     }
     assert set(spatial.HMC_OUTPUTS) <= set(_node(wf, "outputnode").inputs.copyable_trait_names())
     assert wf.__desc__
+    # with a field map the realignment also undoes the distortion, in the same reslice
+    sdc_inputs = {"pe_direction": "j-", "readout_time": 0.03, "fieldmap_frame": "m0"}
+    wf_sdc = spatial.init_asl_hmc_wf(backend=backend, has_m0_file=has_m0, sdc=sdc_inputs)
+    assert "fieldmap" in _node(wf_sdc, "inputnode").inputs.copyable_trait_names()
+    realign = _node(wf_sdc, "spm_asl_realign" if backend == "spm" else "asl_realign")
+    assert (realign.inputs.pe_direction, realign.inputs.readout_time) == ("j-", 0.03)
+    assert "resampled once" in wf_sdc.__desc__
     if backend == "spm":
         est = _node(wf, "spm_realign")
         assert est.inputs.jobtype == "estimate"

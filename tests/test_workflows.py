@@ -197,3 +197,26 @@ def test_slurm_resources(dataset, tmp_path):
     args = nodes["compute_cbf"].plugin_args["sbatch_args"]
     assert "--mem=" in args and "--cpus-per-task=1" in args
     assert not nodes["ds_mean_cbf"].plugin_args  # datasinks run in the main process
+
+
+def test_pepolar_m0_turns_sdc_on(bids_examples_dir, tmp_path):
+    """asl004's reverse-PE M0 (fmap/, IntendedFor its M0) gives an SDC branch by default."""
+    import json
+
+    from asl_pipeline.errors import ASLInputError
+
+    root = copy_example(bids_examples_dir / "asl004", tmp_path / "ds")
+    nodes = _nodes(_build(root, tmp_path))
+    assert {"pepolar_field", "ds_fieldmap"} <= set(nodes)
+    realign = nodes["asl_realign"]
+    assert (realign.inputs.pe_direction, realign.inputs.m0_pe_direction) == ("j-", "j-")
+    for flag in (["--no-sdc"], ["--ignore", "fieldmaps"]):
+        assert "pepolar_field" not in _nodes(_build(root, tmp_path, *flag))
+    sidecar = root / "sub-Sub1" / "fmap" / "sub-Sub1_dir-pa_m0scan.json"
+    md = json.loads(sidecar.read_text())
+    del md["TotalReadoutTime"]
+    sidecar.write_text(json.dumps(md))
+    with pytest.raises(ASLInputError) as err:
+        _build(root, tmp_path)
+    assert err.value.field == "TotalReadoutTime" and "dir-pa_m0scan" in err.value.file
+    assert "pepolar_field" not in _nodes(_build(root, tmp_path, "--no-sdc"))

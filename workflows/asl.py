@@ -7,13 +7,15 @@ import math
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from asl_pipeline.derivatives import derivative_path
+from asl_pipeline import sdc as sdc_core
+from asl_pipeline.derivatives import derivative_path, raw_uri
 from asl_pipeline.interfaces.registration import ApplyTransformChain
 from asl_pipeline.interfaces.reports import ComputeQC, ConfoundsTable
 from asl_pipeline.templates import template_name
 from asl_pipeline.workflows.cbf import CBF_OUTPUTS, init_cbf_wf, is_multi_pld
 from asl_pipeline.workflows.outputs import SPACE_MAPS, init_asl_derivatives_wf
 from asl_pipeline.workflows.pvc import PVC_OUTPUTS, init_pvc_wf
+from asl_pipeline.workflows.sdc import init_pepolar_estimate_wf
 from asl_pipeline.workflows.spatial import (
     init_asl_hmc_wf,
     init_asl_reg_wf,
@@ -44,6 +46,7 @@ def init_asl_preproc_wf(
     m0_recovery: str = "tissue",
     quantification: str = "white-paper",
     pvc: str = "none",
+    sdc: bool = True,
     omp_nthreads: int = 1,
     templates: tuple[str, ...] = (),
     name: str | None = None,
@@ -67,6 +70,10 @@ def init_asl_preproc_wf(
         Template spaces other than the bundled MNI152NLin2009aSym (TemplateFlow
         names, :mod:`asl_pipeline.templates`); every CBF map is resampled into
         each through ``inputnode.t1w_to_<name>`` onto ``inputnode.<name>_reference``.
+    sdc
+        Susceptibility distortion correction when the run has a PEPOLAR M0
+        pair (:func:`asl_pipeline.sdc.pepolar_pair`; its sidecars are checked
+        here, before anything runs); ``False`` is ``--ignore fieldmaps``.
     Other parameters
         As the options of ``asl-pipeline`` (see :class:`asl_pipeline.config.Config`).
 
@@ -127,6 +134,7 @@ def init_asl_preproc_wf(
     has_pairs = n_pairs > 0
     outlier = outlier_method if (has_pairs and not multi_pld) else "none"
 
+    pair = sdc_core.pepolar_pair(run) if sdc else None
     hmc_wf = init_asl_hmc_wf(
         backend=registration_backend,
         spm_cmd=spm_cmd,
@@ -134,9 +142,23 @@ def init_asl_preproc_wf(
         has_m0_file=has_m0_file,
         zigzag_method=zigzag_method,
         reslice_mode=reslice_mode,
+        sdc=_sdc_inputs(pair, has_m0_file),
         mem_gb=mem_gb,
         omp_nthreads=omp_nthreads,
     )
+    sdc_wf = None
+    if pair is not None:
+        sdc_wf = init_pepolar_estimate_wf(
+            in_metadata=pair.in_metadata,
+            reverse_metadata=pair.reverse_metadata,
+            output_dir=str(output_dir),
+            source_file=source,
+            sources=[raw_uri(pair.in_file), raw_uri(pair.reverse_file)],
+            mem_gb=mem_gb,
+        )
+        sdc_wf.inputs.inputnode.in_file = pair.in_file
+        sdc_wf.inputs.inputnode.reverse_file = pair.reverse_file
+        workflow.connect(sdc_wf, "outputnode.fieldmap", hmc_wf, "inputnode.fieldmap")
     reg_wf = init_asl_reg_wf(
         backend=registration_backend,
         spm_cmd=spm_cmd,
@@ -351,7 +373,7 @@ def init_asl_preproc_wf(
     after = [workflow.get_node(n) for n in ("resample_mean_wf", "pvc_wf")]
     before = [workflow.get_node("nuisance_wf")]
     workflow.methods = _methods_text(
-        hmc_wf, reg_wf, *[w for w in before + [cbf_wf] + after if w is not None]
+        *[w for w in [sdc_wf, hmc_wf, reg_wf] + before + [cbf_wf] + after if w is not None]
     )
     if templates:
         workflow.methods += (
@@ -362,6 +384,22 @@ def init_asl_preproc_wf(
             "interpolation with the ASL-to-T1w transform."
         )
     return workflow
+
+
+def _sdc_inputs(pair, has_m0_file: bool) -> dict | None:
+    """Realignment inputs that apply the field of ``pair`` (None without a pair)."""
+    if pair is None:
+        return None
+    inputs = {
+        "pe_direction": pair.asl_pe.direction,
+        "readout_time": pair.asl_pe.readout_time,
+        "fieldmap_frame": pair.frame,
+    }
+    if has_m0_file and pair.m0_pe is not None:
+        inputs.update(
+            m0_pe_direction=pair.m0_pe.direction, m0_readout_time=pair.m0_pe.readout_time
+        )
+    return inputs
 
 
 def _methods_text(*workflows) -> str:

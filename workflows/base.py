@@ -54,6 +54,7 @@ def init_asl_pipeline_wf(config, runs) -> pe.Workflow:
                     m0_recovery=config.m0_recovery,
                     quantification=config.quantification,
                     pvc=config.pvc,
+                    sdc=config.sdc,
                     omp_nthreads=config.omp_nthreads,
                 )
             ]

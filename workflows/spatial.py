@@ -92,6 +92,7 @@ def init_asl_hmc_wf(
     interp_order: int = 3,
     zigzag_method: str = "interpolate",
     reslice_mode: str = "volume",
+    sdc: dict | None = None,
     mem_gb: float = 1.0,
     omp_nthreads: int = 1,
     name: str = "asl_hmc_wf",
@@ -124,10 +125,15 @@ def init_asl_hmc_wf(
     reslice_mode
         ``"volume"`` (default), ``"pair"`` (both volumes of a pair with the
         pair's mean parameters) or ``"none"`` (estimate and report only).
+    sdc
+        Susceptibility distortion correction in the same reslice: the
+        realignment inputs ``pe_direction``, ``readout_time`` (and optionally
+        ``m0_pe_direction``, ``m0_readout_time``, ``fieldmap_frame``); the
+        field comes in through ``inputnode.fieldmap``. None: no SDC.
 
     Inputs
     ------
-    asl_file, aslcontext, m0_file (optional)
+    asl_file, aslcontext, m0_file (optional), fieldmap (Hz, with ``sdc``)
 
     Outputs
     -------
@@ -154,6 +160,12 @@ def init_asl_hmc_wf(
         f"(spline order {interp_order})",
         "none": "the series was not resliced (motion estimates reported only)",
     }[reslice_mode]
+    if sdc:
+        reslicing += (
+            "; the susceptibility distortion was undone in the same interpolation (the "
+            "field map shift along the phase-encoding axis composed with the motion, with "
+            "the Jacobian intensity correction), so every volume was resampled once"
+        )
     workflow.__desc__ = (
         f"Head motion was estimated with {tool}: six rigid-body parameters per volume, "
         "first against the first volume and then against the mean of the realigned "
@@ -162,7 +174,10 @@ def init_asl_hmc_wf(
         "from the cleaned parameters."
     )
     inputnode = pe.Node(
-        niu.IdentityInterface(fields=["asl_file", "aslcontext", "m0_file"]), name="inputnode"
+        niu.IdentityInterface(
+            fields=["asl_file", "aslcontext", "m0_file"] + (["fieldmap"] if sdc else [])
+        ),
+        name="inputnode",
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=HMC_OUTPUTS), name="outputnode")
 
@@ -228,6 +243,10 @@ def init_asl_hmc_wf(
     ])  # fmt: skip
     if has_m0_file:
         workflow.connect(final, "m0_corrected", outputnode, "m0_corrected")
+    if sdc:
+        for key, value in sdc.items():
+            setattr(final.inputs, key, value)
+        workflow.connect(inputnode, "fieldmap", final, "fieldmap")
     return workflow
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from asl_pipeline.config import (
     ENGINES,
+    IGNORE_CHOICES,
     OUTLIER_METHODS,
     OUTPUT_SPACES,
     PLUGINS,
@@ -383,6 +384,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="partial-volume correction of the measured CBF: lr = linear regression "
         "(Asllani et al. 2008, 5x5x1-voxel kernel) writing desc-pvcGM/desc-pvcWM maps; "
         "none (default)",
+    )
+    g.add_argument(
+        "--ignore",
+        nargs="+",
+        choices=IGNORE_CHOICES,
+        default=[],
+        help="ignore parts of the data, as fMRIPrep: fieldmaps = no susceptibility "
+        "distortion correction even when fmap/ holds a reverse phase-encoded M0 (by default "
+        "SDC runs whenever a PEPOLAR M0 pair is found)",
+    )
+    g.add_argument(
+        "--no-sdc",
+        dest="ignore",
+        action="append_const",
+        const="fieldmaps",
+        help="same as --ignore fieldmaps",
     )
 
     g = parser.add_argument_group("other")

@@ -90,6 +90,13 @@ def get_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-outliers", action="store_true", help="no spikes or slice corruptions")
     s.add_argument("--lesion", action="store_true", help="add a hypoperfused lesion")
     s.add_argument(
+        "--distortion",
+        action="store_true",
+        help="B0-induced EPI distortion along the phase encoding (strong orbitofrontal and "
+        "temporal fields) in the ASL series and M0, a reverse phase-encoded M0 in fmap/ "
+        "(PEPOLAR) and the true field map with the ground truth",
+    )
+    s.add_argument(
         "--noise-scale", type=float, default=1.0, help="multiplies thermal and physiological noise"
     )
     p = parser.add_argument_group(
@@ -114,7 +121,7 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_MNI_ONLY = ("lesion", "label_first", "no_motion", "no_outliers")
+_MNI_ONLY = ("lesion", "label_first", "no_motion", "no_outliers", "distortion")
 _PHANTOM_ONLY = ("motion", "outlier_types")
 
 
@@ -164,6 +171,8 @@ def _multi_pld_kwargs(args) -> dict:
         kw["pld_repeats"] = args.pld_repeats
     if args.t1_after_arrival is not None:
         kw["t1_after_arrival"] = args.t1_after_arrival
+    if args.distortion:
+        kw["distortion"] = True
     return kw
 
 

@@ -6,6 +6,7 @@ Layout of ``out_dir``::
     sub-XX/anat/sub-XX_T1w.nii.gz (+ .json)
     sub-XX/perf/sub-XX_asl.nii.gz (+ _asl.json, _aslcontext.tsv)
     sub-XX/perf/sub-XX_m0scan.nii.gz (+ .json, IntendedFor the ASL run)
+    sub-XX/fmap/sub-XX_dir-AP_m0scan.nii.gz (+ .json)  reverse-PE M0 (``distortion``)
     derivatives/simulation/            (DatasetType "derivative")
         .bidsignore                     files BIDS derivatives do not cover
         sub-XX/perf/sub-XX_desc-true_cbf.nii.gz     true CBF, ASL space
@@ -18,6 +19,7 @@ Layout of ``out_dir``::
         sub-XX/perf/sub-XX_desc-true_motion.tsv     true motion (+ .json)
         sub-XX/perf/sub-XX_desc-true_outliers.tsv   corrupted volumes/slices
         sub-XX/perf/sub-XX_from-ASL_to-T1w_mode-image_xfm.txt
+        sub-XX/fmap/sub-XX_desc-true_fieldmap.nii.gz (+ .json)  B0 field, Hz (``distortion``)
         sub-XX/anat/sub-XX_label-{GM,WM,CSF}_probseg.nii.gz, _desc-brain_mask
         sub-XX/anat/sub-XX_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.json
         sub-XX/anat/sub-XX_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.nii.gz
@@ -37,6 +39,16 @@ mapping (affine part and B-spline coefficients of the displacement, see
 :func:`load_true_mapping`); the ``.nii.gz`` of the same name samples its
 displacement ``x_mni - x_t1w`` (mm, 4D, last axis x/y/z) on a grid of twice
 the T1w voxel size, for viewers and non-Python tools.
+
+Distortion (``simulate_subject(distortion=True)``, ``asl-simulate
+--distortion``): the reverse phase-encoded M0 is written as the BIDS PEPOLAR
+field map ``fmap/sub-XX_dir-AP_m0scan.nii.gz`` (PhaseEncodingDirection ``j-``;
+the ASL run and its M0 are ``j``, posterior to anterior along the RAS+ ``j``
+axis), with ``IntendedFor`` naming the ASL run and its M0 and
+``B0FieldIdentifier`` ``pepolar0``; the M0 scan (the other half of the pair)
+carries the same identifier, and the M0 and ASL sidecars name it in
+``B0FieldSource``. The true field (Hz, undistorted ASL space, head position of
+volume 0) is ``derivatives/simulation/sub-XX/fmap/sub-XX_desc-true_fieldmap``.
 """
 
 from __future__ import annotations
@@ -57,6 +69,9 @@ from asl_pipeline.simulate.anatomy import TEMPLATE_SPACE, SmoothField, SubjectDe
 from asl_pipeline.simulate.series import SimulatedSubject, simulate_subject
 
 BIDS_VERSION = "1.10.0"
+
+#: ``B0FieldIdentifier`` of the simulated PEPOLAR pair (``distortion``).
+B0_FIELD_ID = "pepolar0"
 
 _T1W_SIDECAR = {
     "Manufacturer": "asl_pipeline simulator",
@@ -234,15 +249,28 @@ def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
 
     tr = sub.metadata["RepetitionTimePreparation"]
     nii(perf / f"{s}_asl.nii.gz", sub.asl, sub.asl_affine, np.int16, tr=tr)
-    _write_json(perf / f"{s}_asl.json", sub.metadata)
     _write_tsv(perf / f"{s}_aslcontext.tsv", ["volume_type"], [[c] for c in sub.aslcontext])
     written += [perf / f"{s}_asl.json", perf / f"{s}_aslcontext.tsv"]
+    pepolar = sub.m0_reverse is not None
+    asl_md = dict(sub.metadata, B0FieldSource=B0_FIELD_ID) if pepolar else sub.metadata
+    _write_json(perf / f"{s}_asl.json", asl_md)
     if sub.m0_metadata is not None:  # M0Type Separate
         nii(perf / f"{s}_m0scan.nii.gz", sub.m0, sub.asl_affine, np.int16)
         m0_md = dict(sub.m0_metadata)
         m0_md["IntendedFor"] = f"bids::{s}/perf/{s}_asl.nii.gz"
+        if pepolar:
+            m0_md.update(B0FieldIdentifier=B0_FIELD_ID, B0FieldSource=B0_FIELD_ID)
         _write_json(perf / f"{s}_m0scan.json", m0_md)
         written.append(perf / f"{s}_m0scan.json")
+    if pepolar:
+        fmap = root / s / "fmap"
+        nii(fmap / f"{s}_dir-AP_m0scan.nii.gz", sub.m0_reverse, sub.asl_affine, np.int16)
+        targets = [f"bids::{s}/perf/{s}_asl.nii.gz"]
+        if sub.m0_metadata is not None:
+            targets.append(f"bids::{s}/perf/{s}_m0scan.nii.gz")
+        rev_md = dict(sub.m0_reverse_metadata, IntendedFor=targets, B0FieldIdentifier=B0_FIELD_ID)
+        _write_json(fmap / f"{s}_dir-AP_m0scan.json", rev_md)
+        written.append(fmap / f"{s}_dir-AP_m0scan.json")
     if sub.t1w is not None:
         nii(anat / f"{s}_T1w.nii.gz", sub.t1w, sub.t1w_affine, np.int16)
         _write_json(anat / f"{s}_T1w.json", _T1W_SIDECAR)
@@ -264,6 +292,23 @@ def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
     nii(dp / f"{s}_desc-brain_mask.nii.gz", sub.brain_mask.astype(np.uint8), aff, np.uint8)
     if sub.lesion is not None:
         nii(dp / f"{s}_desc-lesion_probseg.nii.gz", sub.lesion, aff, np.float32)
+    if sub.field_hz is not None:
+        df = deriv / "fmap"
+        nii(df / f"{s}_desc-true_fieldmap.nii.gz", sub.field_hz, aff, np.float32)
+        _write_json(
+            df / f"{s}_desc-true_fieldmap.json",
+            {
+                "Units": "Hz",
+                "Description": (
+                    "True off-resonance field of the simulated EPI readout, undistorted ASL "
+                    "space at the head position of the first ASL volume (it moves with the "
+                    "head). A readout with PhaseEncodingDirection s (+1 for j, -1 for j-) and "
+                    "TotalReadoutTime T places the signal of voxel x at x + s*T*field(x) "
+                    "voxels along the phase-encoding axis (asl_pipeline.sdc)."
+                ),
+            },
+        )
+        written.append(df / f"{s}_desc-true_fieldmap.json")
     if sub.plds is not None:  # multi-PLD: the kinetic model the signal was made with
         kin = dp / f"{s}_desc-true_kinetics.json"
         _write_json(kin, kinetics_truth(sub))

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from asl_pipeline import kinetics
+from asl_pipeline import kinetics, sdc
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.simulate import anatomy, noise
 from asl_pipeline.simulate.anatomy import (
@@ -86,6 +86,36 @@ _DROPOUT_MNI = (
     ((-44.0, -6.0, -30.0), 0.45, 10.0),
     ((44.0, -6.0, -30.0), 0.45, 10.0),
 )
+
+
+#: B0 inhomogeneity (off-resonance, Hz at 3 T) of the distortion option:
+#: (MNI centre, amplitude range in Hz, width in mm). Air-tissue interfaces of
+#: the frontal sinus / orbits (above the sinus, in the orbitofrontal cortex) and
+#: of the ear canals / mastoids (inferior temporal lobes) give the strong,
+#: localised fields of real field maps; peak displacements of 1.5-4 ASL voxels
+#: in the brain at the simulated readout (TotalReadoutTime 24.5 ms).
+_B0_MNI = (
+    ((0.0, 45.0, -32.0), (130.0, 170.0), 20.0),
+    ((-42.0, -4.0, -42.0), (80.0, 110.0), 16.0),
+    ((42.0, -4.0, -42.0), (80.0, 110.0), 16.0),
+)
+
+#: Reverse phase-encoding direction written for the reverse-PE M0.
+_REVERSE_PE = {"j": "j-", "j-": "j", "i": "i-", "i-": "i", "k": "k-", "k-": "k"}
+
+
+def b0_field(rng, points_mni) -> np.ndarray:
+    """Off-resonance field (Hz) at ``(N, 3)`` MNI points: the blobs of
+    :data:`_B0_MNI` (amplitudes drawn from their ranges, centres jittered by
+    +-4 mm) plus a gentle linear background (up to +-12 Hz over 100 mm)."""
+    pts = np.asarray(points_mni, float)
+    field = np.zeros(len(pts))
+    for centre, (lo, hi), width in _B0_MNI:
+        c = np.asarray(centre) + rng.uniform(-4, 4, 3)
+        d2 = ((pts - c) ** 2).sum(1)
+        field += rng.uniform(lo, hi) * np.exp(-d2 / (2 * width**2))
+    slope = rng.uniform(-0.12, 0.12, 3)
+    return field + (pts - np.array([0.0, -18.0, 12.0])) @ slope
 
 
 def _check_choice(value, choices, field_name):
@@ -471,6 +501,7 @@ def _asl_anatomy(
     pad=(0, 0, 0),
     deformation_sd=4.0,
     susceptibility=True,
+    b0_rng=None,
 ) -> _ASLAnatomy:
     """Tissue fractions, CBF and ATT on the ASL grid (see the module docstring).
 
@@ -530,6 +561,8 @@ def _asl_anatomy(
             gain -= amp * rng.uniform(0.7, 1.3) * np.exp(-d2 / (2 * width**2))
         gain = np.clip(gain, 0.15, 1.0)
     fractions["gain"] = gain.reshape(shape).astype(np.float32)
+    if b0_rng is not None:  # its own generator: the other draws are unchanged
+        fractions["b0"] = b0_field(b0_rng, centres_mni).reshape(shape).astype(np.float32)
     lesion_map = None
     crop = tuple(slice(p, p + n) for p, n in zip(pad, out_shape, strict=True))
     if lesion:
@@ -722,6 +755,10 @@ class SimulatedSubject:
     ``(volume, slice)`` with ``outlier_slice_kinds`` ("drop"/"ghost"),
     ``motion_jerks`` (volumes where a persistent motion step starts; not
     counted as outliers, although the pair they split is degraded).
+    Distortion (``distortion=True`` only): ``field_hz`` (true off-resonance
+    field, Hz, ASL space at the head position of volume 0, undistorted),
+    ``m0_reverse`` (the M0 scan acquired with the reverse phase encoding, same
+    head position as ``m0``) and ``m0_reverse_metadata`` (its sidecar).
     """
 
     asl: np.ndarray
@@ -763,6 +800,9 @@ class SimulatedSubject:
     t1_tissue: float = kinetics.T1_TISSUE[3.0]
     cbf_gm: np.ndarray | None = None
     cbf_wm: np.ndarray | None = None
+    field_hz: np.ndarray | None = None
+    m0_reverse: np.ndarray | None = None
+    m0_reverse_metadata: dict | None = None
 
     def _pair_of(self, volume: int) -> int:
         """Pair index of an ASL volume (an included M0 volume comes first)."""
@@ -830,6 +870,7 @@ def simulate_subject(
     pld_repeats: int | None = None,
     t1_after_arrival: str | None = None,
     t1_tissue: float | None = None,
+    distortion: bool = False,
 ) -> SimulatedSubject:
     """Simulate one subject's ASL run, separate M0 scan and T1w image.
 
@@ -896,6 +937,19 @@ def simulate_subject(
     and ``m0_true`` included, so quantification with the measured M0 is
     unaffected but the SNR drops there (and M0-based masks lose voxels).
 
+    ``distortion``: B0-induced geometric distortion of the EPI/GRASE readout
+    (off by default). A smooth off-resonance field (:func:`b0_field`: strong
+    orbitofrontal and inferior temporal fields, 80-170 Hz at the air-tissue
+    interfaces, and a gentle linear background), fixed to the head, shifts
+    the signal of every ASL volume and of the M0 along the declared phase
+    encoding (``PhaseEncodingDirection`` j, ``TotalReadoutTime`` 24.5 ms:
+    ``f * 0.0245`` voxels) with the Jacobian intensity change
+    (:func:`asl_pipeline.sdc.distort`), before the noise; a second M0
+    (``m0_reverse``, phase encoding j-) gives the PEPOLAR pair. The field and
+    the reverse M0's noise come from their own generator, so every other
+    output is the same as without distortion except the distorted images.
+    Truth maps stay in the undistorted space.
+
     ``resolution`` (1 or 2 mm) picks the MNI templates, ``subsample`` the
     sub-voxel sample points per ASL voxel for partial volume; ``dtype`` is the
     dtype of ``asl`` and ``m0`` (float64 for exact known-answer tests).
@@ -932,8 +986,10 @@ def simulate_subject(
         pad=(3, 3, 3) if motion else (0, 0, 0),
         deformation_sd=deformation_sd,
         susceptibility=susceptibility,
+        b0_rng=np.random.default_rng([int(seed), 0xB0]) if distortion else None,
     )
     fr = anat.fractions
+    pe = sdc.phase_encoding(proto.metadata(voxel_size)) if distortion else None
     m0_true = _m0_true(fr)
     static = _static(fr, proto)
     if proto.is_multi_pld:  # one noise-free ΔM per distinct delay
@@ -970,6 +1026,15 @@ def simulate_subject(
     if z_blur_fwhm is None:
         z_blur_fwhm = 1.2 if proto.readout == "3D" else 0.0
     z_sigma = float(z_blur_fwhm) / np.sqrt(8 * np.log(2))
+
+    def _field_at(t_params):
+        """The head-fixed B0 field seen with the head at ``t_params``."""
+        if not np.any(t_params):
+            return fr["b0"]
+        return resample_moved(
+            anat.padded["fractions"]["b0"], anat.padded["affine"], t_params, order=1,
+            prefiltered=False, mode="nearest", out_shape=shape, out_affine=anat.affine,
+        )  # fmt: skip
 
     def _readout(vol):
         if z_sigma > 0:
@@ -1028,6 +1093,8 @@ def simulate_subject(
         for u, z, kind in slices:
             if u == t:
                 noise.corrupt_slice(rng, s_t, z, kind)
+        if pe is not None:
+            s_t = sdc.distort(s_t, _field_at(params[t]), pe)
         asl[..., t] = anatomy.rician(rng, np.asarray(_readout(s_t), dtype), sigma)
 
     m0_ref = _recovered(fr, proto.m0_tr)
@@ -1042,6 +1109,19 @@ def simulate_subject(
             out_affine=anat.affine,
         )
     m0_ref = np.maximum(m0_ref, 0.0)
+    m0_reverse = m0_reverse_md = None
+    if pe is not None:
+        field_m0 = _field_at(m0_motion)
+        reverse = sdc.PhaseEncoding(_REVERSE_PE[pe.direction], pe.axis, -pe.sign, pe.readout_time)
+        m0_reverse = anatomy.rician(
+            np.random.default_rng([int(seed), 0xB1]),  # its own noise stream
+            np.asarray(_readout(sdc.distort(m0_ref, field_m0, reverse)), dtype),
+            sigma,
+        )
+        m0_reverse_md = dict(
+            proto.m0_metadata(voxel_size), PhaseEncodingDirection=reverse.direction
+        )
+        m0_ref = sdc.distort(m0_ref, field_m0, pe)
     m0 = anatomy.rician(rng, np.asarray(_readout(m0_ref), dtype), sigma)
 
     sub = SimulatedSubject(
@@ -1082,6 +1162,9 @@ def simulate_subject(
         t1_tissue=proto.t1_tissue,
         cbf_gm=anat.cbf_gm,
         cbf_wm=anat.cbf_wm,
+        field_hz=fr.get("b0"),
+        m0_reverse=m0_reverse,
+        m0_reverse_metadata=m0_reverse_md,
     )
     if m0_type == "INCLUDED":
         _include_m0(sub, proto)
