@@ -127,9 +127,8 @@ def init_asl_preproc_wf(
     )
     processed = has_pairs and (nuisance_regression or smoothing_fwhm > 0)
     cbf_wf = init_cbf_wf(
-        metadata=dict(run.metadata),
+        description=run.description,
         processed_series=processed,
-        m0_metadata=dict(run.m0_metadata) or None,
         multi_pld=multi_pld,
         n_pairs=n_pairs,
         quantification=quantification,
