@@ -43,6 +43,7 @@ def init_asl_preproc_wf(
     quantification: str = "white-paper",
     pvc: str = "none",
     omp_nthreads: int = 1,
+    seed: int = 1,
     name: str | None = None,
 ) -> pe.Workflow:
     """Process one ASL run, from the raw series to stored derivatives.
@@ -124,6 +125,7 @@ def init_asl_preproc_wf(
         spm_cmd=spm_cmd,
         mem_gb=mem_gb,
         omp_nthreads=omp_nthreads,
+        seed=seed,
     )
     processed = has_pairs and (nuisance_regression or smoothing_fwhm > 0)
     cbf_wf = init_cbf_wf(
