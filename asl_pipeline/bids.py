@@ -39,10 +39,8 @@ Choices left open by the spec and made here (all documented in the fields):
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import math
 import os
 import stat
 from dataclasses import dataclass, field
@@ -51,23 +49,24 @@ from pathlib import Path
 import numpy as np
 
 from asl_pipeline.errors import ASLInputError, ASLInputErrors
-from asl_pipeline.kinetics import labeling_efficiency as _labeling_efficiency
+from asl_pipeline.rundesc import (  # noqa: F401 (the constants, re-exported)
+    BOLUS_CUTOFF_TECHNIQUES,
+    DEFAULT_FIELD_STRENGTH,
+    LABELING_TYPES,
+    M0_TYPES,
+    MAX_TIME_S,
+    VOLUME_TYPES,
+    RunDescription,
+    parse_efficiency,
+    parse_labeling,
+    parse_m0,
+    parse_m0_type,
+    parse_readout,
+    parse_series,
+    read_aslcontext,
+)
 
 LOGGER = logging.getLogger("asl_pipeline.bids")
-
-#: Volume types allowed in ``aslcontext.tsv`` (BIDS 1.5+).
-VOLUME_TYPES = ("control", "label", "m0scan", "deltam", "cbf", "noRF")
-#: Labeling types of ``ArterialSpinLabelingType``.
-LABELING_TYPES = ("PCASL", "CASL", "PASL")
-#: Values of ``M0Type``.
-M0_TYPES = ("Separate", "Included", "Estimate", "Absent")
-#: Values of ``BolusCutOffTechnique`` (spaces and case ignored when read).
-BOLUS_CUTOFF_TECHNIQUES = ("QUIPSS", "QUIPSSII", "Q2TIPS")
-#: Longest plausible delay or duration (s): PostLabelingDelay, TI,
-#: LabelingDuration, BolusCutOffDelayTime.
-MAX_TIME_S = 10.0
-#: Field strength assumed when ``MagneticFieldStrength`` is missing (T).
-DEFAULT_FIELD_STRENGTH = 3.0
 
 #: Largest JSON sidecar read (bytes); real sidecars are a few kB.
 MAX_SIDECAR_BYTES = 1 << 20
@@ -80,9 +79,12 @@ _SKIP_DIRS = ("derivatives", "sourcedata", "code", "stimuli", "models")
 
 @dataclass(frozen=True, eq=False)
 class ASLRun:
-    """One validated BIDS ASL run.
+    """One validated BIDS ASL run: its files and its :class:`RunDescription`.
 
     Indices are 0-based volume indices of the ASL series; times are seconds.
+    What the nodes need lives in :attr:`description` (passed to them as
+    :meth:`RunDescription.to_dict`); the other attributes of the description
+    are offered here as read-only properties (arrays for the per-volume values).
     """
 
     #: Subject label (without ``sub-``).
@@ -99,66 +101,21 @@ class ASLRun:
     aslcontext_file: Path
     #: The run's own JSON sidecar (the file named in errors about fields).
     sidecar_file: Path
-    #: Merged sidecar (BIDS inheritance applied by pybids).
+    #: Merged sidecar (BIDS inheritance applied by pybids), as read.
     metadata: dict
-    #: Volume type of each volume, in series order.
-    volume_types: tuple[str, ...]
-    #: Number of volumes (rows of aslcontext, 4th image dimension).
-    n_volumes: int
     #: Image shape (4D, or 3D for a single-volume series).
     shape: tuple[int, ...]
     #: Voxel size in mm (first three zooms).
     voxel_size: tuple[float, float, float]
-    #: ``(n_pairs, 2)`` int array of ``(control_index, label_index)``, in
-    #: aslcontext order; empty ``(0, 2)`` for deltam-/cbf-only series.
-    control_label_pairs: np.ndarray
-    #: Indices of ``m0scan`` volumes inside the series.
-    m0_volumes: tuple[int, ...]
-    #: Indices of ``deltam`` volumes.
-    deltam_volumes: tuple[int, ...]
-    #: Indices of ``cbf`` volumes.
-    cbf_volumes: tuple[int, ...]
-    #: Indices of ``noRF`` volumes.
-    norf_volumes: tuple[int, ...]
-    #: Post-labeling delay of each volume (for PASL the inversion time TI).
-    plds: np.ndarray
-    #: PCASL, CASL or PASL.
-    labeling_type: str
-    #: ``LabelingDuration`` (tau): a float, a per-volume array, or None (PASL).
-    labeling_duration: float | np.ndarray | None
-    #: ``BolusCutOffFlag`` (None when absent, as for most (P)CASL sidecars).
-    bolus_cutoff_flag: bool | None
-    #: QUIPSS, QUIPSSII or Q2TIPS (PASL with bolus cut-off), else None.
-    bolus_cutoff_technique: str | None
-    #: ``BolusCutOffDelayTime`` as a tuple (one value, or two for Q2TIPS).
-    bolus_cutoff_delay_time: tuple[float, ...] | None
-    #: Separate, Included, Estimate or Absent.
-    m0_type: str
+    #: The normalised description of the run (series, labeling, efficiency,
+    #: readout, M0), the only thing the nodes are told about the sidecar.
+    description: RunDescription
     #: Separate M0 image (Separate only).
     m0_file: Path | None
     #: Merged sidecar of the separate M0 ({} otherwise).
     m0_metadata: dict
-    #: ``M0Estimate`` (Estimate only).
-    m0_estimate: float | None
     #: Reverse phase-encoding M0 images found in ``fmap/`` for this run.
     m0_pepolar_files: tuple[Path, ...]
-    #: ``BackgroundSuppression``.
-    background_suppression: bool
-    #: ``BackgroundSuppressionNumberPulses`` (0 without background
-    #: suppression, None when suppression is on but the count is unknown).
-    background_suppression_pulses: int | None
-    #: ``LabelingEfficiency`` as given, or None (use the default by type).
-    labeling_efficiency: float | None
-    #: ``MagneticFieldStrength`` in tesla (3 T assumed when missing).
-    field_strength: float
-    #: ``MRAcquisitionType``: "2D" or "3D".
-    acquisition: str
-    #: Slice acquisition times (2D), or None.
-    slice_timing: np.ndarray | None
-    #: Repetition time of the M0 (s), None when unknown (never 0).
-    m0_repetition_time: float | None
-    #: ``TotalAcquiredPairs`` or None.
-    total_acquired_pairs: int | None
     #: The anatomical reference, or None when not required and absent.
     t1w_file: Path | None
     #: Recoverable oddities found while reading.
@@ -166,10 +123,118 @@ class ASLRun:
     #: Merged sidecars of :attr:`m0_pepolar_files`, in the same order.
     m0_pepolar_metadata: tuple[dict, ...] = field(default_factory=tuple)
 
+    # ---- series ---------------------------------------------------------------
+    @property
+    def volume_types(self) -> tuple[str, ...]:
+        """Volume type of each volume, in series order."""
+        return self.description.volume_types
+
+    @property
+    def n_volumes(self) -> int:
+        """Number of volumes (rows of aslcontext, 4th image dimension)."""
+        return self.description.series.n_volumes
+
+    @property
+    def control_label_pairs(self) -> np.ndarray:
+        """``(n_pairs, 2)`` read-only ``(control_index, label_index)``, in aslcontext
+        order; empty ``(0, 2)`` for deltam-/cbf-only series."""
+        return self.description.pairs
+
+    @property
+    def m0_volumes(self) -> tuple[int, ...]:
+        """Indices of ``m0scan`` volumes inside the series."""
+        return self.description.series.indices("m0scan")
+
+    @property
+    def deltam_volumes(self) -> tuple[int, ...]:
+        return self.description.series.indices("deltam")
+
+    @property
+    def cbf_volumes(self) -> tuple[int, ...]:
+        return self.description.series.indices("cbf")
+
+    @property
+    def norf_volumes(self) -> tuple[int, ...]:
+        return self.description.series.indices("noRF")
+
+    @property
+    def total_acquired_pairs(self) -> int | None:
+        return self.description.series.total_acquired_pairs
+
+    # ---- labeling -------------------------------------------------------------
+    @property
+    def plds(self) -> np.ndarray:
+        """Post-labeling delay of each volume (for PASL the inversion time TI)."""
+        return self.description.plds
+
+    @property
+    def labeling_type(self) -> str:
+        return self.description.labeling.labeling_type
+
+    @property
+    def labeling_duration(self) -> float | np.ndarray | None:
+        """``LabelingDuration`` (tau): a float, the per-volume array as given, or None."""
+        lab = self.description.labeling
+        if lab.labeling_duration_per_volume is not None:
+            return _readonly(np.asarray(lab.labeling_duration_per_volume, dtype=float))
+        return lab.labeling_duration
+
+    @property
+    def bolus_cutoff_flag(self) -> bool | None:
+        return self.description.labeling.bolus_cutoff_flag
+
+    @property
+    def bolus_cutoff_technique(self) -> str | None:
+        return self.description.labeling.bolus_cutoff_technique
+
+    @property
+    def bolus_cutoff_delay_time(self) -> tuple[float, ...] | None:
+        return self.description.labeling.bolus_cutoff_delay_time
+
+    # ---- efficiency, readout, M0 ---------------------------------------------------
+    @property
+    def background_suppression(self) -> bool:
+        return self.description.efficiency.background_suppression
+
+    @property
+    def background_suppression_pulses(self) -> int | None:
+        return self.description.efficiency.background_suppression_pulses
+
+    @property
+    def labeling_efficiency(self) -> float | None:
+        return self.description.efficiency.labeling_efficiency
+
+    @property
+    def field_strength(self) -> float:
+        return self.description.efficiency.field_strength
+
+    @property
+    def acquisition(self) -> str:
+        return self.description.readout.acquisition
+
+    @property
+    def slice_timing(self) -> np.ndarray | None:
+        times = self.description.readout.slice_timing
+        return None if times is None else _readonly(np.asarray(times, dtype=float))
+
+    @property
+    def m0_type(self) -> str:
+        return self.description.m0.m0_type
+
+    @property
+    def m0_estimate(self) -> float | None:
+        return self.description.m0.m0_estimate
+
+    @property
+    def m0_repetition_time(self) -> float | None:
+        """Repetition time of the M0 (s), None when unknown (never 0)."""
+        return self.description.m0.m0_repetition_time
+
+    # ---- derived --------------------------------------------------------------
     @property
     def n_pairs(self) -> int:
         """Number of control/label pairs."""
-        return int(self.control_label_pairs.shape[0])
+        return len(self.description.series.pairs)
 
     @property
     def pair_plds(self) -> np.ndarray:
@@ -179,8 +244,7 @@ class ASLRun:
     @property
     def perfusion_volumes(self) -> tuple[int, ...]:
         """Indices of all volumes carrying perfusion (control, label, deltam, cbf)."""
-        keep = {"control", "label", "deltam", "cbf"}
-        return tuple(i for i, t in enumerate(self.volume_types) if t in keep)
+        return self.description.series.perfusion_volumes
 
     @property
     def unique_plds(self) -> np.ndarray:
@@ -191,23 +255,17 @@ class ASLRun:
     @property
     def is_multi_pld(self) -> bool:
         """True when the perfusion volumes use more than one delay."""
-        return self.unique_plds.size > 1
+        return self.description.is_multi_pld
 
     @property
     def bolus_duration(self) -> float | None:
         """TI1 for PASL with bolus cut-off (first ``BolusCutOffDelayTime``)."""
-        if self.bolus_cutoff_delay_time is None:
-            return None
-        return float(self.bolus_cutoff_delay_time[0])
+        return self.description.labeling.bolus_duration
 
     @property
     def effective_labeling_efficiency(self) -> float:
         """Alpha with the background-suppression loss applied (see kinetics)."""
-        return _labeling_efficiency(
-            self.labeling_type,
-            self.labeling_efficiency,
-            self.background_suppression_pulses or 0,
-        )
+        return self.description.alpha
 
     @property
     def label_first(self) -> bool | None:
@@ -223,8 +281,11 @@ class ASLRun:
         return None
 
 
-# --------------------------------------------------------------------------
-# Small readers and field checks
+def _readonly(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
 # --------------------------------------------------------------------------
 
 
@@ -248,230 +309,6 @@ def _find_nifti(path_without_ext: Path) -> Path | None:
         if candidate.exists():
             return candidate
     return None
-
-
-def _did_you_mean(md: dict, key: str) -> str:
-    """A hint at a misspelt sidecar key (e.g. PostLabellingDelay)."""
-    import difflib
-
-    close = difflib.get_close_matches(key, [k for k in md if k != key], n=1, cutoff=0.8)
-    if not close:
-        close = [k for k in md if k != key and k.lower() == key.lower()]
-    return f' (the sidecar has "{close[0]}": a misspelling of "{key}"?)' if close else ""
-
-
-def _is_number(value) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
-
-
-def _number(
-    md,
-    key,
-    file,
-    *,
-    what="a number in seconds",
-    required=False,
-    minimum=None,
-    strict_min=False,
-    fix=None,
-):
-    """A scalar numeric sidecar field, validated."""
-    if key not in md or md[key] is None:
-        if required:
-            raise ASLInputError(
-                f"is missing; it is required here ({what}).",
-                file=file,
-                field=key,
-                fix=(fix or f'add "{key}" to the sidecar.') + _did_you_mean(md, key),
-            )
-        return None
-    value = md[key]
-    if not _is_number(value):
-        raise ASLInputError(
-            f"must be {what}, got {value!r} ({type(value).__name__}).",
-            file=file,
-            field=key,
-            fix=f"write {key} as a plain JSON number (no quotes, no units).",
-        )
-    value = float(value)
-    if minimum is not None and (value < minimum or (strict_min and value == minimum)):
-        bound = f"> {minimum}" if strict_min else f">= {minimum}"
-        raise ASLInputError(
-            f"must be {bound}, got {value}.",
-            file=file,
-            field=key,
-            fix=fix or f"correct {key} from the scanner protocol.",
-        )
-    return value
-
-
-def _per_volume(md, key, file, n_volumes, *, required, fix, n_pairs=0):
-    """A field that is a scalar or a list with one value per volume."""
-    if key not in md or md[key] is None:
-        if required:
-            raise ASLInputError(
-                "is missing; it is required for this labeling type.",
-                file=file,
-                field=key,
-                fix=fix + _did_you_mean(md, key),
-            )
-        return None
-    value = md[key]
-    if isinstance(value, list):
-        if len(value) != n_volumes:
-            raise ASLInputError(
-                f"has {len(value)} values but the series has {n_volumes} volumes.",
-                file=file,
-                field=key,
-                fix=f"give one {key} per volume (aslcontext row), or a single number "
-                "when it is the same for all volumes"
-                + (
-                    " (this list has one value per pair: repeat each value for the "
-                    "control and the label)."
-                    if n_pairs and len(value) == n_pairs
-                    else "."
-                ),
-            )
-        bad = [v for v in value if not _is_number(v)]
-        if bad:
-            raise ASLInputError(
-                f"must contain numbers only, got {bad[0]!r}.",
-                file=file,
-                field=key,
-                fix=f"write every {key} entry as a plain JSON number.",
-            )
-        return np.asarray(value, dtype=float)
-    if not _is_number(value):
-        raise ASLInputError(
-            f"must be a number or a list of numbers, got {value!r}.",
-            file=file,
-            field=key,
-            fix=f"write {key} as a plain JSON number in seconds (no quotes, no units).",
-        )
-    return float(value)
-
-
-def _check_times(values: np.ndarray, volumes, file, key: str) -> None:
-    """Refuse a negative time, or one of a perfusion volume outside (0, MAX_TIME_S] s."""
-    invalid = values < 0
-    invalid[volumes] |= (values[volumes] <= 0) | (values[volumes] > MAX_TIME_S)
-    if not invalid.any():
-        return
-    bad = int(np.flatnonzero(invalid)[0])
-    unit = (
-        " (milliseconds must be divided by 1000)"
-        if values[bad] > MAX_TIME_S
-        else " (check for a sign error or a missing value)"
-    )
-    raise ASLInputError(
-        f"is {values[bad]} s for volume {bad}: it must be in (0, {MAX_TIME_S:g}] s for "
-        "labeled and control volumes (for PASL the inversion time TI).",
-        file=file,
-        field=key,
-        fix=f"give {key} as a positive number of seconds, at most {MAX_TIME_S:g}{unit}.",
-    )
-
-
-def _boolean(md, key, file):
-    if key not in md or md[key] is None:
-        return None
-    value = md[key]
-    if not isinstance(value, bool):
-        raise ASLInputError(
-            f"must be true or false, got {value!r}.",
-            file=file,
-            field=key,
-            fix=f"write {key} as a JSON boolean: true or false (no quotes).",
-        )
-    return value
-
-
-def _read_aslcontext(path: Path, warnings: list[str]) -> tuple[str, ...]:
-    if not path.exists():
-        raise ASLInputError(
-            "is missing: every ASL series needs its aslcontext.tsv.",
-            file=path,
-            field="volume_type",
-            fix="add a TSV with a 'volume_type' column and one row per volume "
-            "(control, label, m0scan, deltam, cbf or noRF).",
-        )
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fobj:
-            rows = [r for r in csv.reader(fobj, delimiter="\t") if any(c.strip() for c in r)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ASLInputError(
-            f"cannot be read ({exc}).",
-            file=path,
-            field="volume_type",
-            fix="save it as a UTF-8 tab-separated file.",
-        ) from None
-    header = [c.strip() for c in rows[0]] if rows else []
-    if "volume_type" not in header:
-        raise ASLInputError(
-            f"has no 'volume_type' column (header: {header}).",
-            file=path,
-            field="volume_type",
-            fix="make the first line the header 'volume_type' (tab-separated).",
-        )
-    col = header.index("volume_type")
-    lookup = {t.lower(): t for t in VOLUME_TYPES}
-    types = []
-    for lineno, row in enumerate(rows[1:], start=2):
-        raw = row[col].strip() if col < len(row) else ""
-        canonical = lookup.get(raw.lower())
-        if canonical is None:
-            raise ASLInputError(
-                f"line {lineno} has the unknown volume type {raw!r}.",
-                file=path,
-                field="volume_type",
-                fix=f"use one of {', '.join(VOLUME_TYPES)}.",
-            )
-        if raw != canonical:
-            warnings.append(
-                f"{path.name} line {lineno}: volume type {raw!r} read as {canonical!r}"
-            )
-        types.append(canonical)
-    if not types:
-        raise ASLInputError(
-            "lists no volumes.",
-            file=path,
-            field="volume_type",
-            fix="add one row per volume of the ASL series.",
-        )
-    return tuple(types)
-
-
-def _pair(types: tuple[str, ...], path: Path) -> np.ndarray:
-    """Adjacent control/label pairs, in either order (see module docstring)."""
-    seq = [(i, t) for i, t in enumerate(types) if t in ("control", "label")]
-    n_control = sum(t == "control" for _, t in seq)
-    n_label = len(seq) - n_control
-    if n_control != n_label:
-        raise ASLInputError(
-            f"has {n_control} control and {n_label} label volumes: they cannot be paired.",
-            file=path,
-            field="volume_type",
-            fix="list as many control as label volumes, each label next to its control "
-            "(drop the unpaired volume from the series and from aslcontext).",
-        )
-    pairs = []
-    for k in range(0, len(seq), 2):
-        (i, ti), (j, tj) = seq[k], seq[k + 1]
-        if ti == tj:
-            raise ASLInputError(
-                f"volumes {i} and {j} are both '{ti}': control and label volumes must "
-                "alternate to form pairs.",
-                file=path,
-                field="volume_type",
-                fix="order the series so that each label is next to its control "
-                "(label-first and control-first orders are both accepted).",
-            )
-        pairs.append((i, j) if ti == "control" else (j, i))
-    return np.asarray(pairs, dtype=int).reshape(-1, 2)
 
 
 def _load_image(path: Path, role: str):
@@ -860,13 +697,9 @@ def _pybids_filters(bids_filters: dict | None, query: str) -> dict:
 def _read_run(
     layout, root: Path, asl_file: Path, *, require_t1w: bool, t1w_filters: dict | None = None
 ) -> ASLRun:
+    """One run, section by section: series, labeling, efficiency, readout, M0, T1w."""
     warnings: list[str] = []
     entities = layout.parse_file_entities(str(asl_file))
-    subject = entities["subject"]
-    session = entities.get("session")
-    run = entities.get("run")
-    run = None if run is None else str(run)
-    acq = entities.get("acquisition")
     sidecar = asl_file.with_name(_strip_ext(asl_file) + ".json")
     md = dict(layout.get_metadata(str(asl_file)))
     if not md:
@@ -877,10 +710,55 @@ def _read_run(
             fix="add the sidecar written by the converter (dcm2niix) with the ASL fields.",
         )
     where = _field_source(layout, root, asl_file, sidecar, entities)
-
-    # ---- aslcontext and image -------------------------------------------
     context_file = _sibling(asl_file, "aslcontext.tsv")
-    types = _read_aslcontext(context_file, warnings)
+    types, img = _read_series_files(asl_file, context_file, warnings)
+    shape = tuple(int(s) for s in img.shape)
+    series = parse_series(types, md, where, warnings, source=context_file)
+    labeling = parse_labeling(md, series, where, warnings)
+    efficiency = parse_efficiency(md, where, warnings)
+    readout = parse_readout(md, shape[2], where, warnings)
+    m0 = _find_m0(layout, root, entities, asl_file, img, md, where, warnings)
+    m0_source = parse_m0(
+        md,
+        series,
+        where,
+        warnings,
+        background_suppression=efficiency.background_suppression,
+        m0_metadata=m0.metadata if m0.file is not None else None,
+        m0_sidecar=m0.sidecar,
+        m0_file=m0.file,
+    )
+    description = RunDescription(
+        series, labeling, efficiency, readout, m0_source, str(sidecar), str(context_file)
+    )
+    t1w = _read_t1w(layout, root, entities, warnings, t1w_filters, require=require_t1w)
+    for message in warnings:
+        LOGGER.warning("%s: %s", asl_file.name, message)
+    run = entities.get("run")
+    return ASLRun(
+        subject=entities["subject"],
+        session=entities.get("session"),
+        run=None if run is None else str(run),
+        acq=entities.get("acquisition"),
+        asl_file=asl_file,
+        aslcontext_file=context_file,
+        sidecar_file=sidecar,
+        metadata=md,
+        shape=shape,
+        voxel_size=tuple(float(z) for z in img.header.get_zooms()[:3]),
+        description=description,
+        m0_file=m0.file,
+        m0_metadata=m0.metadata,
+        m0_pepolar_files=tuple(p for p, _ in m0.pepolar),
+        m0_pepolar_metadata=tuple(m for _, m in m0.pepolar),
+        t1w_file=t1w,
+        warnings=tuple(warnings),
+    )
+
+
+def _read_series_files(asl_file: Path, context_file: Path, warnings: list[str]):
+    """The volume types and the image of the series, checked against each other."""
+    types = read_aslcontext(context_file, warnings)
     n_rows = len(types)
     img = _load_image(asl_file, "ASL series")
     shape = tuple(int(s) for s in img.shape)
@@ -908,345 +786,70 @@ def _read_run(
             field="volume_type",
             fix="write exactly one aslcontext row per volume of the series, in order.",
         )
-    voxel_size = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return types, img
 
-    pairs = _pair(types, context_file)
-    idx = {t: tuple(i for i, x in enumerate(types) if x == t) for t in VOLUME_TYPES}
-    if not (pairs.size or idx["deltam"] or idx["cbf"]):
-        raise ASLInputError(
-            "has no perfusion volumes (no control/label pair, deltam or cbf).",
-            file=context_file,
-            field="volume_type",
-            fix="check that the aslcontext describes the ASL series and not only its M0.",
-        )
-    if pairs.size and (idx["deltam"] or idx["cbf"]):
+
+@dataclass(frozen=True)
+class _M0Files:
+    """The separate M0 image of a run (with its sidecar) and reverse-PE M0s."""
+
+    file: Path | None
+    sidecar: Path | None
+    metadata: dict
+    pepolar: tuple[tuple[Path, dict], ...]
+
+
+def _find_m0(layout, root, entities, asl_file, img, md, where, warnings) -> _M0Files:
+    """The files of the M0 (M0Type Separate), checked against the series' grid."""
+    pepolar = _pepolar_m0(
+        layout, root, entities["subject"], entities.get("session"), asl_file, md
+    )
+    if parse_m0_type(md, where) != "Separate":
+        return _M0Files(None, None, {}, tuple(pepolar))
+    m0_file = _find_nifti(_sibling(asl_file, "m0scan"))
+    if m0_file is None and pepolar:
+        m0_file = pepolar[0][0]
+        pepolar = pepolar[1:]
         warnings.append(
-            "series mixes control/label pairs with deltam/cbf volumes; the pairs are used"
+            f"no M0 in perf/: using {m0_file.relative_to(root)} (its IntendedFor names "
+            "this series)"
         )
-
-    # ---- labeling ---------------------------------------------------------
-    asl_type = md.get("ArterialSpinLabelingType")
-    if asl_type is None:
+    if m0_file is None:
+        expected = _sibling(asl_file, "m0scan.nii.gz")
         raise ASLInputError(
-            "is missing.",
-            file=where("ArterialSpinLabelingType"),
-            field="ArterialSpinLabelingType",
-            fix='add "ArterialSpinLabelingType": "PCASL", "CASL" or "PASL".'
-            + _did_you_mean(md, "ArterialSpinLabelingType"),
-        )
-    if not isinstance(asl_type, str) or asl_type.strip().upper() not in LABELING_TYPES:
-        raise ASLInputError(
-            f"has the unknown value {asl_type!r}.",
-            file=where("ArterialSpinLabelingType"),
-            field="ArterialSpinLabelingType",
-            fix="use one of PCASL, CASL, PASL (pseudo-continuous, continuous, pulsed).",
-        )
-    labeling_type = asl_type.strip().upper()
-
-    plds = _per_volume(
-        md,
-        "PostLabelingDelay",
-        where("PostLabelingDelay"),
-        n_volumes,
-        n_pairs=pairs.shape[0],
-        required=True,
-        fix='add "PostLabelingDelay" in seconds (for PASL: the inversion time TI), '
-        "one number or one per volume.",
-    )
-    plds = np.full(n_volumes, plds) if np.isscalar(plds) else plds
-    perf_idx = [i for i, t in enumerate(types) if t not in ("m0scan", "noRF")]
-    _check_times(plds, perf_idx, where("PostLabelingDelay"), "PostLabelingDelay")
-    if pairs.size:
-        differ = np.flatnonzero(~np.isclose(plds[pairs[:, 0]], plds[pairs[:, 1]]))
-        if differ.size:
-            c, lbl = pairs[differ[0]]
-            raise ASLInputError(
-                f"differs within a control/label pair (volume {c}: {plds[c]} s, volume "
-                f"{lbl}: {plds[lbl]} s).",
-                file=where("PostLabelingDelay"),
-                field="PostLabelingDelay",
-                fix="give both volumes of each pair the same delay, in aslcontext order.",
-            )
-
-    tau = None
-    if labeling_type in ("PCASL", "CASL"):
-        tau = _per_volume(
-            md,
-            "LabelingDuration",
-            where("LabelingDuration"),
-            n_volumes,
-            n_pairs=pairs.shape[0],
-            required=True,
-            fix='add "LabelingDuration" in seconds (the duration of the labeling pulse '
-            "train, e.g. 1.8).",
-        )
-        tau_arr = np.full(n_volumes, tau) if np.isscalar(tau) else tau
-        _check_times(tau_arr, perf_idx, where("LabelingDuration"), "LabelingDuration")
-        if pairs.size and not np.allclose(tau_arr[pairs[:, 0]], tau_arr[pairs[:, 1]]):
-            raise ASLInputError(
-                "differs within a control/label pair.",
-                file=where("LabelingDuration"),
-                field="LabelingDuration",
-                fix="give both volumes of each pair the same labeling duration.",
-            )
-
-    bolus_flag = _boolean(md, "BolusCutOffFlag", where("BolusCutOffFlag"))
-    technique = None
-    bolus_times = None
-    if labeling_type == "PASL":
-        if not bolus_flag:
-            raise ASLInputError(
-                "is false or missing: PASL without bolus cut-off (QUIPSS, QUIPSS II, "
-                "Q2TIPS) has an unknown bolus duration and cannot be quantified.",
-                file=where("BolusCutOffFlag"),
-                field="BolusCutOffFlag",
-                fix='if a bolus cut-off was used, set "BolusCutOffFlag": true with '
-                '"BolusCutOffTechnique" and "BolusCutOffDelayTime"; otherwise this PASL '
-                "data cannot be quantified by this pipeline."
-                + _did_you_mean(md, "BolusCutOffFlag"),
-            )
-        raw = md.get("BolusCutOffTechnique")
-        key = raw.replace(" ", "").replace("_", "").upper() if isinstance(raw, str) else None
-        if key not in BOLUS_CUTOFF_TECHNIQUES:
-            raise ASLInputError(
-                f"is {raw!r}; with BolusCutOffFlag true it must be one of "
-                f"{', '.join(BOLUS_CUTOFF_TECHNIQUES)}.",
-                file=where("BolusCutOffTechnique"),
-                field="BolusCutOffTechnique",
-                fix='set "BolusCutOffTechnique" to "QUIPSS", "QUIPSSII" or "Q2TIPS".',
-            )
-        technique = key
-        raw_t = md.get("BolusCutOffDelayTime")
-        values = raw_t if isinstance(raw_t, list) else [raw_t]
-        n_expected = 2 if technique == "Q2TIPS" else 1
-        ok = (
-            len(values) == n_expected
-            and all(_is_number(v) and 0 < v <= MAX_TIME_S for v in values)
-            and (n_expected == 1 or values[1] > values[0])
-        )
-        if not ok:
-            shape_txt = (
-                "a list [TI1, TI1s] (start and end of the saturation train, "
-                f"0 < TI1 < TI1s <= {MAX_TIME_S:g})"
-                if technique == "Q2TIPS"
-                else f"one number (TI1) in (0, {MAX_TIME_S:g}]"
-            )
-            raise ASLInputError(
-                f"is {raw_t!r}; for {technique} it must be {shape_txt}, in seconds.",
-                file=where("BolusCutOffDelayTime"),
-                field="BolusCutOffDelayTime",
-                fix=f'write "BolusCutOffDelayTime" as {shape_txt}.',
-            )
-        bolus_times = tuple(float(v) for v in values)
-
-    # ---- background suppression, efficiency, field ------------------------
-    bs = _boolean(md, "BackgroundSuppression", where("BackgroundSuppression"))
-    if bs is None:
-        warnings.append("BackgroundSuppression missing: assumed false")
-        bs = False
-    n_pulses: int | None = 0
-    if bs:
-        value = md.get("BackgroundSuppressionNumberPulses")
-        if value is None:
-            n_pulses = None
-            warnings.append(
-                "BackgroundSuppressionNumberPulses missing: labeling efficiency not "
-                "corrected for background suppression"
-            )
-        elif not (_is_number(value) and float(value) >= 0 and float(value).is_integer()):
-            raise ASLInputError(
-                f"must be a non-negative integer, got {value!r}.",
-                file=where("BackgroundSuppressionNumberPulses"),
-                field="BackgroundSuppressionNumberPulses",
-                fix="write the number of background-suppression pulses as a JSON integer.",
-            )
-        else:
-            n_pulses = int(value)
-    efficiency = _number(
-        md,
-        "LabelingEfficiency",
-        where("LabelingEfficiency"),
-        what="a fraction between 0 and 1",
-        minimum=0,
-        strict_min=True,
-    )
-    if efficiency is not None and efficiency > 1:
-        raise ASLInputError(
-            f"must be a fraction in (0, 1], got {efficiency}.",
-            file=where("LabelingEfficiency"),
-            field="LabelingEfficiency",
-            fix="write the efficiency as a fraction (0.85, not 85), or remove the field "
-            "to use the default for the labeling type.",
-        )
-    field_strength = _number(
-        md,
-        "MagneticFieldStrength",
-        where("MagneticFieldStrength"),
-        what="a number in tesla",
-        minimum=0,
-        strict_min=True,
-    )
-    if field_strength is None:
-        field_strength = DEFAULT_FIELD_STRENGTH
-        warnings.append(f"MagneticFieldStrength missing: {DEFAULT_FIELD_STRENGTH:g} T assumed")
-
-    # ---- geometry and timing ----------------------------------------------
-    acquisition = md.get("MRAcquisitionType")
-    if acquisition is None:
-        acquisition = "2D" if "SliceTiming" in md else "3D"
-        warnings.append(f"MRAcquisitionType missing: {acquisition} assumed")
-    elif not isinstance(acquisition, str) or acquisition.strip().upper() not in ("2D", "3D"):
-        raise ASLInputError(
-            f"has the unknown value {acquisition!r}.",
-            file=where("MRAcquisitionType"),
-            field="MRAcquisitionType",
-            fix='use "2D" (slice by slice, e.g. EPI) or "3D" (e.g. GRASE, spiral).',
-        )
-    acquisition = acquisition.strip().upper()
-    slice_timing = None
-    if "SliceTiming" in md:
-        values = md["SliceTiming"]
-        if not isinstance(values, list) or not all(_is_number(v) for v in values):
-            raise ASLInputError(
-                f"must be a list of numbers (seconds), got {values!r}.",
-                file=where("SliceTiming"),
-                field="SliceTiming",
-                fix="write SliceTiming as a JSON list with one time per slice.",
-            )
-        if acquisition == "2D":
-            if len(values) != shape[2]:
-                raise ASLInputError(
-                    f"has {len(values)} values but {asl_file.name} has {shape[2]} slices.",
-                    file=where("SliceTiming"),
-                    field="SliceTiming",
-                    fix="give one acquisition time per slice (third image dimension).",
-                )
-            if min(values) < 0:
-                raise ASLInputError(
-                    "contains negative times.",
-                    file=where("SliceTiming"),
-                    field="SliceTiming",
-                    fix="give slice times in seconds from the start of the readout (>= 0).",
-                )
-            slice_timing = np.asarray(values, dtype=float)
-        else:
-            warnings.append("SliceTiming ignored for a 3D acquisition")
-    elif acquisition == "2D":
-        warnings.append(
-            "2D acquisition without SliceTiming: every slice is taken at the nominal "
-            "PostLabelingDelay (CBF of later slices will be overestimated)"
-        )
-
-    total_pairs = md.get("TotalAcquiredPairs")
-    if total_pairs is not None:
-        if not (_is_number(total_pairs) and float(total_pairs).is_integer() and total_pairs > 0):
-            raise ASLInputError(
-                f"must be a positive integer, got {total_pairs!r}.",
-                file=where("TotalAcquiredPairs"),
-                field="TotalAcquiredPairs",
-                fix="write the number of acquired control/label pairs as a JSON integer.",
-            )
-        total_pairs = int(total_pairs)
-        if pairs.size and total_pairs != pairs.shape[0]:
-            warnings.append(
-                f"TotalAcquiredPairs is {total_pairs} but the series holds {pairs.shape[0]} pairs"
-            )
-
-    # ---- M0 ---------------------------------------------------------------
-    m0_type_raw = md.get("M0Type")
-    lookup = {t.lower(): t for t in M0_TYPES}
-    m0_type = lookup.get(m0_type_raw.strip().lower()) if isinstance(m0_type_raw, str) else None
-    if m0_type is None:
-        raise ASLInputError(
-            "is missing." if m0_type_raw is None else f"has the unknown value {m0_type_raw!r}.",
+            f"is 'Separate' but no M0 image was found (expected {expected.name}).",
             file=where("M0Type"),
             field="M0Type",
-            fix='set "M0Type" to "Separate" (an _m0scan file), "Included" (m0scan volumes '
-            'in the series), "Estimate" (with "M0Estimate") or "Absent".'
-            + _did_you_mean(md, "M0Type"),
+            fix=f"add {expected.name} (with its JSON sidecar), or set M0Type to what "
+            "was acquired (Included, Estimate or Absent).",
         )
-    m0_file = None
-    m0_md: dict = {}
-    m0_estimate = None
-    m0_tr = None
-    pepolar = _pepolar_m0(layout, root, subject, session, asl_file, md)
-    if m0_type == "Separate":
-        m0_file = _find_nifti(_sibling(asl_file, "m0scan"))
-        if m0_file is None and pepolar:
-            m0_file = pepolar[0][0]
-            pepolar = pepolar[1:]
-            warnings.append(
-                f"no M0 in perf/: using {m0_file.relative_to(root)} (its IntendedFor names "
-                "this series)"
-            )
-        if m0_file is None:
-            expected = _sibling(asl_file, "m0scan.nii.gz")
-            raise ASLInputError(
-                f"is 'Separate' but no M0 image was found (expected {expected.name}).",
-                file=where("M0Type"),
-                field="M0Type",
-                fix=f"add {expected.name} (with its JSON sidecar), or set M0Type to what "
-                "was acquired (Included, Estimate or Absent).",
-            )
-        m0_img = _load_image(m0_file, "M0")
-        if len(m0_img.shape) not in (3, 4) or tuple(m0_img.shape[:3]) != shape[:3]:
-            raise ASLInputError(
-                f"has shape {tuple(m0_img.shape)} but the ASL series has the voxel grid "
-                f"{shape[:3]}.",
-                file=m0_file,
-                field="image dimensions",
-                fix="acquire or reconstruct the M0 on the ASL grid (same matrix and slices), "
-                "or resample it onto the ASL grid before running the pipeline.",
-            )
-        if not np.allclose(m0_img.affine, img.affine, atol=1e-3):
-            warnings.append(
-                f"{m0_file.name} and {asl_file.name} have different affines; the M0 will be "
-                "registered to the ASL series"
-            )
-        m0_md = dict(layout.get_metadata(str(m0_file)))
-        m0_sidecar = m0_file.with_name(_strip_ext(m0_file) + ".json")
-        m0_tr = _repetition_time(m0_md, m0_sidecar, None, warnings)
-    elif m0_type == "Included":
-        if not idx["m0scan"]:
-            raise ASLInputError(
-                "is 'Included' but the aslcontext lists no m0scan volume.",
-                file=where("M0Type"),
-                field="M0Type",
-                fix=f"mark the M0 volumes as 'm0scan' in {context_file.name}, or set M0Type "
-                "to Separate, Estimate or Absent.",
-            )
-        m0_tr = _repetition_time(md, where("RepetitionTimePreparation"), idx["m0scan"], warnings)
-    elif m0_type == "Estimate":
-        m0_estimate = _number(
-            md,
-            "M0Estimate",
-            where("M0Estimate"),
-            what="a positive number (the M0 signal, in the image's units)",
-            required=True,
-            minimum=0,
-            strict_min=True,
-            fix='add "M0Estimate" (a single M0 value in the units of the ASL images) or '
-            "change M0Type.",
+    m0_img = _load_image(m0_file, "M0")
+    shape = tuple(int(s) for s in img.shape)
+    if len(m0_img.shape) not in (3, 4) or tuple(m0_img.shape[:3]) != shape[:3]:
+        raise ASLInputError(
+            f"has shape {tuple(m0_img.shape)} but the ASL series has the voxel grid {shape[:3]}.",
+            file=m0_file,
+            field="image dimensions",
+            fix="acquire or reconstruct the M0 on the ASL grid (same matrix and slices), "
+            "or resample it onto the ASL grid before running the pipeline.",
         )
-    else:  # Absent
-        if bs:
-            raise ASLInputError(
-                "is 'Absent' with BackgroundSuppression true: without an M0 the control "
-                "image stands in for M0, which background suppression makes invalid.",
-                file=where("M0Type"),
-                field="M0Type",
-                fix="provide an M0 (an _m0scan file with M0Type Separate, m0scan volumes "
-                "with Included, or M0Estimate); if background suppression was in fact off, "
-                "set BackgroundSuppression to false.",
-            )
-        m0_tr = _repetition_time(md, where("RepetitionTimePreparation"), None, warnings)
-    if idx["m0scan"] and m0_type != "Included":
+    if not np.allclose(m0_img.affine, img.affine, atol=1e-3):
         warnings.append(
-            f"{len(idx['m0scan'])} m0scan volume(s) in the series are ignored (M0Type is "
-            f"{m0_type})"
+            f"{m0_file.name} and {asl_file.name} have different affines; the M0 will be "
+            "registered to the ASL series"
         )
+    return _M0Files(
+        m0_file,
+        m0_file.with_name(_strip_ext(m0_file) + ".json"),
+        dict(layout.get_metadata(str(m0_file))),
+        tuple(pepolar),
+    )
 
-    t1w = _find_t1w(layout, subject, session, warnings, t1w_filters)
+
+def _read_t1w(layout, root, entities, warnings, filters, *, require: bool) -> Path | None:
+    """The subject's T1w image (one 3D volume), or None when not required."""
+    subject, session = entities["subject"], entities.get("session")
+    t1w = _find_t1w(layout, subject, session, warnings, filters)
     if t1w is not None:
         t1w_img = _load_image(t1w, "T1w")
         if len(t1w_img.shape) != 3 and not (len(t1w_img.shape) == 4 and t1w_img.shape[3] == 1):
@@ -1256,7 +859,7 @@ def _read_run(
                 field="image dimensions",
                 fix="keep a single 3D T1w volume (e.g. the first run, or an average).",
             )
-    if t1w is None and require_t1w:
+    if t1w is None and require:
         anat = root / f"sub-{subject}" / (f"ses-{session}/anat" if session else "anat")
         raise ASLInputError(
             f"holds no T1-weighted image for sub-{subject}; the pipeline needs one for "
@@ -1265,53 +868,7 @@ def _read_run(
             field="T1w",
             fix=f"add {anat.relative_to(root)}/sub-{subject}_T1w.nii.gz (from dcm2niix).",
         )
-
-    for message in warnings:
-        LOGGER.warning("%s: %s", asl_file.name, message)
-    for array in (pairs, plds, slice_timing, tau):
-        if isinstance(array, np.ndarray):
-            array.flags.writeable = False  # the run description is immutable
-    return ASLRun(
-        subject=subject,
-        session=session,
-        run=run,
-        acq=acq,
-        asl_file=asl_file,
-        aslcontext_file=context_file,
-        sidecar_file=sidecar,
-        metadata=md,
-        volume_types=types,
-        n_volumes=n_volumes,
-        shape=shape,
-        voxel_size=voxel_size,
-        control_label_pairs=pairs,
-        m0_volumes=idx["m0scan"],
-        deltam_volumes=idx["deltam"],
-        cbf_volumes=idx["cbf"],
-        norf_volumes=idx["noRF"],
-        plds=plds,
-        labeling_type=labeling_type,
-        labeling_duration=tau,
-        bolus_cutoff_flag=bolus_flag,
-        bolus_cutoff_technique=technique,
-        bolus_cutoff_delay_time=bolus_times,
-        m0_type=m0_type,
-        m0_file=m0_file,
-        m0_metadata=m0_md,
-        m0_estimate=m0_estimate,
-        m0_pepolar_files=tuple(p for p, _ in pepolar),
-        m0_pepolar_metadata=tuple(m for _, m in pepolar),
-        background_suppression=bs,
-        background_suppression_pulses=n_pulses,
-        labeling_efficiency=efficiency,
-        field_strength=field_strength,
-        acquisition=acquisition,
-        slice_timing=slice_timing,
-        m0_repetition_time=m0_tr,
-        total_acquired_pairs=total_pairs,
-        t1w_file=t1w,
-        warnings=tuple(warnings),
-    )
+    return t1w
 
 
 def _field_source(layout, root: Path, asl_file: Path, own: Path, entities: dict):
@@ -1346,50 +903,6 @@ def _field_source(layout, root: Path, asl_file: Path, own: Path, entities: dict)
         return own
 
     return where
-
-
-def _repetition_time(md, file, volumes, warnings) -> float | None:
-    """The M0's repetition time; None (with a warning) when unknown or 0.
-
-    ``RepetitionTimePreparation`` wins over ``RepetitionTime``; a per-volume
-    list is read at ``volumes`` (the included M0 volumes).
-    """
-    key = "RepetitionTimePreparation" if "RepetitionTimePreparation" in md else "RepetitionTime"
-    value = md.get(key)
-    if isinstance(value, list) and volumes is not None and len(value) > max(volumes):
-        value = [value[i] for i in volumes]
-    if isinstance(value, list):
-        if not value or not all(_is_number(v) for v in value):
-            raise ASLInputError(
-                f"must be a number or a list of numbers, got {value!r}.",
-                file=file,
-                field=key,
-                fix=f"write {key} in seconds as a plain JSON number.",
-            )
-        if len(set(value)) > 1:
-            warnings.append(f"{key} differs between M0 volumes {sorted(set(value))}: unknown")
-            return None
-        value = value[0]
-    if value is None:
-        warnings.append(
-            f"M0 repetition time unknown ({file.name} has no RepetitionTimePreparation): "
-            "no correction for incomplete M0 recovery"
-        )
-        return None
-    if not _is_number(value):
-        raise ASLInputError(
-            f"must be a number in seconds, got {value!r}.",
-            file=file,
-            field=key,
-            fix=f"write {key} as a plain JSON number (no quotes, no units).",
-        )
-    if value <= 0:
-        warnings.append(
-            f"{key} is {value} in {file.name}: treated as unknown, no correction for "
-            "incomplete M0 recovery"
-        )
-        return None
-    return float(value)
 
 
 def _as_set(value) -> set[str]:

@@ -32,7 +32,6 @@ Conventions
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,19 +39,18 @@ from os import PathLike
 
 import numpy as np
 
-from asl_pipeline import kinetics
+from asl_pipeline import kinetics, rundesc
 from asl_pipeline.errors import ASLInputError
+from asl_pipeline.rundesc import (  # noqa: F401 (one set of constants, re-exported)
+    LABELING_TYPES,
+    M0_TYPES,
+    VOLUME_TYPES,
+    RunDescription,
+)
 
 LOGGER = logging.getLogger(__name__)
 
-#: Volume types of a BIDS ``aslcontext.tsv``.
-VOLUME_TYPES = ("control", "label", "m0scan", "deltam", "cbf", "noRF")
-
-#: Labeling types understood (BIDS ``ArterialSpinLabelingType``).
-LABELING_TYPES = ("PCASL", "CASL", "PASL")
-
-#: M0 types (BIDS ``M0Type``), plus the ASLtbx variant offered as an option.
-M0_TYPES = ("Separate", "Included", "Estimate", "Absent")
+#: The ASLtbx M0 variant offered as an option, beside the BIDS M0 types.
 PAIRWISE_CONTROL = "pairwise-control"
 
 #: Beyond this repetition time (s) the M0 is taken as fully relaxed.
@@ -213,67 +211,59 @@ class QuantParams:
         return out
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
+def quant_params(desc: RunDescription, **overrides) -> QuantParams:
+    """The quantification parameters of a run description; nothing is parsed again.
+
+    ``overrides`` replace fields of :class:`QuantParams` (``t1b``, ``lam``,
+    ``t1_tissue``, ``alpha``, ``m0_tr``, ...); ``labeling_efficiency`` and
+    ``n_bs_pulses`` recompute ``alpha``; ``slice_timing=()`` forces 3D.
+    """
+    return _params(
+        desc.labeling,
+        desc.efficiency,
+        desc.readout,
+        desc.m0,
+        perfusion=desc.series.perfusion_volumes,
+        source=desc.sidecar,
+        overrides=overrides,
     )
 
 
-def _number(value, fieldname: str, source, *, allow_list: bool = False):
-    """A float (or tuple of floats) from a sidecar value, or an ASLInputError."""
-    if allow_list and isinstance(value, list | tuple | np.ndarray):
-        if len(value) == 0 or not all(_is_number(v) for v in value):
-            raise ASLInputError(
-                f"expected a list of numbers, got {value!r}.",
-                file=source,
-                field=fieldname,
-                fix="write the values as JSON numbers (no quotes), in seconds.",
-            )
-        out = tuple(float(v) for v in value)
-        if not all(math.isfinite(v) for v in out):
-            raise ASLInputError(
-                f"non-finite value in {value!r}.", file=source, field=fieldname, fix="fix it."
-            )
-        return out
-    if not _is_number(value) or not math.isfinite(float(value)):
-        raise ASLInputError(
-            f"expected a number, got {value!r}.",
-            file=source,
-            field=fieldname,
-            fix="write the value as a JSON number (no quotes), in SI units (seconds, tesla).",
-        )
-    return float(value)
-
-
-def _repetition_time(metadata: Mapping, source, what: str, warn: bool = True) -> float | None:
-    value = metadata.get("RepetitionTimePreparation", metadata.get("RepetitionTime"))
-    if value is None:
-        if warn:
-            _warn(
-                f"{source or 'metadata'}: RepetitionTimePreparation of the {what} is missing: "
-                "taken as unknown, no M0 recovery correction."
-            )
-        return None
-    if isinstance(value, list | tuple) and len(value) > 0:
-        # per-volume TRs: use them only when they agree
-        values = _number(value, "RepetitionTimePreparation", source, allow_list=True)
-        if len(set(values)) > 1:
-            if warn:
-                _warn(
-                    f"{source or 'metadata'}: RepetitionTimePreparation of the {what} varies "
-                    f"({sorted(set(values))}): no M0 recovery correction."
-                )
-            return None
-        value = values[0]
-    value = _number(value, "RepetitionTimePreparation", source)
-    if value <= 0:
-        if warn:
-            _warn(
-                f"{source or 'metadata'}: RepetitionTimePreparation of the {what} is {value}: "
-                "taken as unknown, no M0 recovery correction."
-            )
-        return None
-    return value
+def _params(labeling, efficiency, readout, m0, *, perfusion, source, overrides) -> QuantParams:
+    plds = labeling.plds
+    used = {plds[i] for i in perfusion} if perfusion is not None else set(plds)
+    field_strength = float(overrides.pop("field_strength", efficiency.field_strength))
+    n_bs = overrides.pop("n_bs_pulses", None)
+    n_bs = (efficiency.background_suppression_pulses or 0) if n_bs is None else int(n_bs)
+    given = overrides.pop("labeling_efficiency", None)
+    given = efficiency.labeling_efficiency if given is None else given
+    slice_timing = overrides.pop("slice_timing", readout.slice_timing)
+    values = {
+        "labeling_type": labeling.labeling_type,
+        "pld": used.pop() if len(used) == 1 else tuple(plds),
+        "alpha": float(kinetics.labeling_efficiency(labeling.labeling_type, given, n_bs)),
+        "t1b": kinetics.t1_blood(field_strength),
+        "tau": labeling.labeling_duration,
+        "ti1": labeling.bolus_duration,
+        "lam": kinetics.LAMBDA,
+        "slice_timing": tuple(float(t) for t in slice_timing or ()) or None,
+        "field_strength": field_strength,
+        "tr": m0.series_repetition_time,
+        "m0_tr": m0.m0_repetition_time,
+        "t1_tissue": kinetics.t1_tissue(field_strength),
+        "m0_type": m0.m0_type,
+        "m0_estimate": m0.m0_estimate,
+        "background_suppression": efficiency.background_suppression,
+        "n_bs_pulses": n_bs,
+        "labeling_efficiency": given,
+        "bolus_cutoff_technique": labeling.bolus_cutoff_technique,
+        "source": None if source is None else str(source),
+    }
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise TypeError(f"unknown quantification parameter(s): {sorted(unknown)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return QuantParams(**values)
 
 
 def quant_params_from_metadata(
@@ -282,20 +272,15 @@ def quant_params_from_metadata(
     m0_metadata: Mapping | None = None,
     source: str | PathLike | None = None,
     m0_source: str | PathLike | None = None,
-    labeling_efficiency: float | None = None,
-    n_bs_pulses: int | None = None,
-    alpha: float | None = None,
-    t1b: float | None = None,
-    lam: float | None = None,
-    t1_tissue: float | None = None,
-    field_strength: float | None = None,
-    tau: float | None = None,
-    ti1: float | None = None,
-    m0_tr: float | None = None,
-    m0_estimate: float | None = None,
-    slice_timing: Sequence[float] | None = None,
+    **overrides,
 ) -> QuantParams:
-    """Read the quantification parameters from a BIDS ``_asl.json`` dictionary.
+    """The quantification parameters of a BIDS ``_asl.json`` dictionary alone.
+
+    For callers without the run's volume types: the sidecar is read by the
+    section parsers of :mod:`asl_pipeline.rundesc`, the rules of the BIDS
+    reader (case-folded ``M0Type``, 2D inferred from ``SliceTiming``, ...).
+    Its warnings are emitted as :class:`InputWarning`. A run read from a
+    dataset uses :func:`quant_params` on its description instead.
 
     Parameters
     ----------
@@ -307,272 +292,36 @@ def quant_params_from_metadata(
         M0 recovery correction is skipped with a warning.
     source, m0_source
         The sidecars' paths, named in error messages.
-    labeling_efficiency
-        Overrides ``LabelingEfficiency`` (before the background-suppression
-        factor).
-    n_bs_pulses
-        Overrides ``BackgroundSuppressionNumberPulses``.
-    alpha
-        Overrides the effective labeling efficiency (no further factor).
-    t1b, lam, t1_tissue, field_strength, tau, ti1, m0_tr, m0_estimate
-        Override the blood T1, the partition coefficient, the tissue T1 of the
-        M0 correction, the field strength, the labeling duration, the PASL
-        bolus duration, the M0 repetition time and ``M0Estimate``.
-    slice_timing
-        Overrides ``SliceTiming``; an empty sequence forces 3D (no per-slice
-        delay).
+    overrides
+        As :func:`quant_params`.
 
     Raises
     ------
     ASLInputError
-        Unknown labeling type; PASL without bolus cut-off; labeling duration
-        <= 0; negative PLD; non-numeric values; ``M0Type: Estimate`` without a
-        positive ``M0Estimate``; a 2D readout without ``SliceTiming``.
+        Every problem the BIDS reader refuses in a sidecar.
     """
-    src = None if source is None else str(source)
+    found: list[str] = []
+    where = rundesc.fixed_source(None if source is None else str(source))
     if not isinstance(metadata, Mapping):
         raise ASLInputError(
-            "the ASL metadata is not a JSON object.", file=src, fix="check the sidecar."
+            "the ASL metadata is not a JSON object.", file=where(""), fix="check the sidecar."
         )
-
-    ltype = metadata.get("ArterialSpinLabelingType")
-    if not isinstance(ltype, str) or ltype.upper() not in LABELING_TYPES:
-        raise ASLInputError(
-            f"missing or unknown labeling type {ltype!r}.",
-            file=src,
-            field="ArterialSpinLabelingType",
-            fix=f"set it to one of {', '.join(LABELING_TYPES)}.",
-        )
-    ltype = ltype.upper()
-
-    if "PostLabelingDelay" not in metadata:
-        raise ASLInputError(
-            "the post-labeling delay is missing.",
-            file=src,
-            field="PostLabelingDelay",
-            fix="add it in seconds (for PASL: the inversion time TI).",
-        )
-    pld = _number(metadata["PostLabelingDelay"], "PostLabelingDelay", src, allow_list=True)
-    if np.any(np.asarray(pld) < 0):
-        raise ASLInputError(
-            f"negative post-labeling delay {metadata['PostLabelingDelay']!r}.",
-            file=src,
-            field="PostLabelingDelay",
-            fix="give the delay in seconds, >= 0 (milliseconds or a sign error?).",
-        )
-    if isinstance(pld, tuple) and len(pld) == 1:
-        pld = pld[0]
-
-    if field_strength is None:
-        if "MagneticFieldStrength" in metadata:
-            field_strength = _number(
-                metadata["MagneticFieldStrength"], "MagneticFieldStrength", src
-            )
-        else:
-            _warn(f"{src or 'metadata'}: MagneticFieldStrength is missing: assuming 3 T.")
-            field_strength = 3.0
-    if t1b is None:
-        t1b = kinetics.t1_blood(field_strength)
-    if t1_tissue is None:
-        t1_tissue = kinetics.t1_tissue(field_strength)
-
-    # labeling duration / bolus duration
-    technique = metadata.get("BolusCutOffTechnique")
-    if ltype == "PASL":
-        tau = None
-        if ti1 is None:
-            if metadata.get("BolusCutOffFlag") is not True:
-                raise ASLInputError(
-                    "PASL without bolus cut-off (BolusCutOffFlag is not true): the bolus "
-                    "duration is unknown and CBF cannot be quantified.",
-                    file=src,
-                    field="BolusCutOffFlag",
-                    fix="use QUIPSS II / Q2TIPS data, or pass the bolus duration as ti1=.",
-                )
-            if "BolusCutOffDelayTime" not in metadata:
-                raise ASLInputError(
-                    "PASL with bolus cut-off but no BolusCutOffDelayTime.",
-                    file=src,
-                    field="BolusCutOffDelayTime",
-                    fix="add the bolus cut-off time TI1 in seconds.",
-                )
-            if isinstance(technique, str) and technique.upper() == "QUIPSS":
-                raise ASLInputError(
-                    "original QUIPSS (saturation of the imaging slab at TI1) is not supported: "
-                    "the single-compartment QUIPSS II equation does not apply.",
-                    file=src,
-                    field="BolusCutOffTechnique",
-                    fix="pass the bolus duration explicitly as ti1= if you accept the "
-                    "QUIPSS II equation.",
-                )
-            value = _number(
-                metadata["BolusCutOffDelayTime"], "BolusCutOffDelayTime", src, allow_list=True
-            )
-            # Q2TIPS: [start, end] of the saturation train; the bolus is cut at the start.
-            ti1 = value[0] if isinstance(value, tuple) else value
-        ti1 = float(ti1)
-        if not ti1 > 0:
-            raise ASLInputError(
-                f"bolus cut-off time must be > 0 s, got {ti1}.",
-                file=src,
-                field="BolusCutOffDelayTime",
-                fix="give TI1 in seconds.",
-            )
-    else:
-        ti1 = None
-        if tau is None:
-            if "LabelingDuration" not in metadata:
-                raise ASLInputError(
-                    "(P)CASL without a labeling duration.",
-                    file=src,
-                    field="LabelingDuration",
-                    fix="add LabelingDuration in seconds.",
-                )
-            tau = _number(metadata["LabelingDuration"], "LabelingDuration", src, allow_list=True)
-            if isinstance(tau, tuple):
-                if len(set(tau)) > 1:
-                    raise ASLInputError(
-                        "a per-volume LabelingDuration that varies is not supported.",
-                        file=src,
-                        field="LabelingDuration",
-                        fix="quantify each labeling duration separately.",
-                    )
-                tau = tau[0]
-        tau = float(tau)
-        if not tau > 0:
-            raise ASLInputError(
-                f"labeling duration must be > 0 s, got {tau}.",
-                file=src,
-                field="LabelingDuration",
-                fix="set LabelingDuration to the duration of the labeling train in seconds.",
-            )
-
-    # labeling efficiency and background suppression
-    bs = metadata.get("BackgroundSuppression", False)
-    if not isinstance(bs, bool | np.bool_):
-        raise ASLInputError(
-            f"expected true or false, got {bs!r}.",
-            file=src,
-            field="BackgroundSuppression",
-            fix="write a JSON boolean (no quotes).",
-        )
-    bs = bool(bs)
-    if n_bs_pulses is None:
-        if not bs:
-            n_bs_pulses = 0
-        elif "BackgroundSuppressionNumberPulses" in metadata:
-            n = _number(
-                metadata["BackgroundSuppressionNumberPulses"],
-                "BackgroundSuppressionNumberPulses",
-                src,
-            )
-            if n < 0 or n != int(n):
-                raise ASLInputError(
-                    f"expected a non-negative integer, got {n}.",
-                    file=src,
-                    field="BackgroundSuppressionNumberPulses",
-                    fix="give the number of background-suppression pulses.",
-                )
-            n_bs_pulses = int(n)
-        else:
-            _warn(
-                f"{src or 'metadata'}: BackgroundSuppression is true but "
-                "BackgroundSuppressionNumberPulses is missing: no efficiency loss applied "
-                "(pass n_bs_pulses= to correct)."
-            )
-            n_bs_pulses = 0
-    if labeling_efficiency is None and "LabelingEfficiency" in metadata:
-        labeling_efficiency = _number(metadata["LabelingEfficiency"], "LabelingEfficiency", src)
-    if labeling_efficiency is not None and not 0 < labeling_efficiency <= 1:
-        raise ASLInputError(
-            f"labeling efficiency must be in (0, 1], got {labeling_efficiency}.",
-            file=src,
-            field="LabelingEfficiency",
-            fix="give it as a fraction (e.g. 0.85).",
-        )
-    if alpha is None:
-        alpha = kinetics.labeling_efficiency(ltype, labeling_efficiency, n_bs_pulses)
-
-    # slice timing
-    acq = metadata.get("MRAcquisitionType", "3D")
-    if slice_timing is not None:
-        slice_timing = tuple(float(t) for t in slice_timing) or None
-    elif acq == "2D":
-        if "SliceTiming" not in metadata:
-            raise ASLInputError(
-                "2D readout without SliceTiming: each slice's delay is unknown.",
-                file=src,
-                field="SliceTiming",
-                fix="add SliceTiming (s), or pass slice_timing=() to ignore the readout delay.",
-            )
-        slice_timing = _number(metadata["SliceTiming"], "SliceTiming", src, allow_list=True)
-        if not isinstance(slice_timing, tuple):
-            slice_timing = (slice_timing,)
-        if min(slice_timing) < 0:
-            raise ASLInputError(
-                "negative slice time.", file=src, field="SliceTiming", fix="use times >= 0 s."
-            )
-    else:
-        slice_timing = None
-
-    # M0
-    m0_type = metadata.get("M0Type")
-    if m0_type not in M0_TYPES:
-        raise ASLInputError(
-            f"missing or unknown M0Type {m0_type!r}.",
-            file=src,
-            field="M0Type",
-            fix=f"set it to one of {', '.join(M0_TYPES)}.",
-        )
-    if m0_type == "Estimate" and m0_estimate is None:
-        if "M0Estimate" not in metadata:
-            raise ASLInputError(
-                "M0Type is Estimate but M0Estimate is missing.",
-                file=src,
-                field="M0Estimate",
-                fix="add the estimated M0 value (same units as the ASL images).",
-            )
-        m0_estimate = _number(metadata["M0Estimate"], "M0Estimate", src)
-    if m0_estimate is not None and not m0_estimate > 0:
-        raise ASLInputError(
-            f"M0Estimate must be > 0, got {m0_estimate}.",
-            file=src,
-            field="M0Estimate",
-            fix="give the estimated M0 in the units of the ASL images.",
-        )
-
-    # The series' TR matters for an M0 taken from the series itself; a separate M0
-    # has its own. Warn about an unknown TR only where it is needed (compute_m0
-    # warns again when it skips the correction).
-    tr = _repetition_time(metadata, src, "ASL series", warn=m0_type in ("Included", "Absent"))
-    if m0_tr is None:
-        if m0_type == "Separate" and m0_metadata is not None:
-            m0_tr = _repetition_time(
-                m0_metadata, None if m0_source is None else str(m0_source), "M0 scan"
-            )
-        elif m0_type in ("Included", "Absent"):
-            m0_tr = tr
-
-    return QuantParams(
-        labeling_type=ltype,
-        pld=pld,
-        alpha=float(alpha),
-        t1b=float(t1b),
-        tau=tau,
-        ti1=ti1,
-        lam=float(kinetics.LAMBDA if lam is None else lam),
-        slice_timing=slice_timing,
-        field_strength=float(field_strength),
-        tr=tr,
-        m0_tr=None if m0_tr is None else float(m0_tr),
-        t1_tissue=float(t1_tissue),
-        m0_type=m0_type,
-        m0_estimate=m0_estimate,
-        background_suppression=bs,
-        n_bs_pulses=int(n_bs_pulses),
-        labeling_efficiency=labeling_efficiency,
-        bolus_cutoff_technique=technique if isinstance(technique, str) else None,
-        source=src,
+    labeling = rundesc.parse_labeling(metadata, None, where, found)
+    efficiency = rundesc.parse_efficiency(metadata, where, found)
+    readout = rundesc.parse_readout(metadata, None, where, found)
+    m0 = rundesc.parse_m0(
+        metadata,
+        None,
+        where,
+        found,
+        background_suppression=efficiency.background_suppression,
+        m0_metadata=m0_metadata,
+        m0_sidecar=m0_source,
+    )
+    for message in found:
+        _warn(f"{source or 'metadata'}: {message}")
+    return _params(
+        labeling, efficiency, readout, m0, perfusion=None, source=source, overrides=overrides
     )
 
 
@@ -611,16 +360,9 @@ class DeltaM:
     volumes: tuple[tuple[int, ...], ...] = ()
 
 
-def _check_volume_types(volume_types, n_volumes, source):
-    vtypes = [str(v).strip() for v in volume_types]
-    bad = sorted({v for v in vtypes if v not in VOLUME_TYPES})
-    if bad:
-        raise ASLInputError(
-            f"unknown volume types {bad}.",
-            file=source,
-            field="volume_type",
-            fix=f"use only {', '.join(VOLUME_TYPES)} (lower case, except noRF).",
-        )
+def _volume_types(volume_types, n_volumes, source) -> tuple[str, ...]:
+    """The volume types normalised by the one rule (:mod:`asl_pipeline.rundesc`)."""
+    vtypes = rundesc.normalise_volume_types(volume_types, source=source)
     if n_volumes is not None and len(vtypes) != n_volumes:
         raise ASLInputError(
             f"{len(vtypes)} rows in aslcontext but {n_volumes} volumes in the series.",
@@ -687,62 +429,23 @@ def deltam_series(
             fix="pass the 4D ASL image.",
         )
     n_vol = series.shape[3]
-    vtypes = _check_volume_types(volume_types, n_vol, src)
+    vtypes = _volume_types(volume_types, n_vol, src)
     vol_plds = None if plds is None else _per_volume(plds, n_vol, "PostLabelingDelay", src)
-    idx_cl = [i for i, v in enumerate(vtypes) if v in ("control", "label")]
-    idx_dm = [i for i, v in enumerate(vtypes) if v == "deltam"]
-    idx_cbf = [i for i, v in enumerate(vtypes) if v == "cbf"]
-
-    if not idx_cl:
-        if idx_dm and idx_cbf:
-            raise ASLInputError(
-                "the series mixes deltam and cbf volumes.",
-                file=src,
-                field="volume_type",
-                fix="quantify one kind of volume per run.",
-            )
-        idx = idx_dm or idx_cbf
-        if not idx:
-            raise ASLInputError(
-                "no control/label, deltam or cbf volumes in the series.",
-                file=src,
-                field="volume_type",
-                fix="check the aslcontext file.",
-            )
+    # the reader's rules: pairs first (deltam/cbf volumes beside them are not
+    # used), else the deltam or the cbf volumes
+    layout = rundesc.parse_series(vtypes, {}, rundesc.fixed_source(src), [], source=src)
+    if layout.kind != "pairs":
+        idx = list(layout.indices(layout.kind))
         return DeltaM(
             deltam=series[..., idx].astype(float),
-            kind="deltam" if idx_dm else "cbf",
+            kind=layout.kind,
             plds=None if vol_plds is None else vol_plds[idx],
             volumes=tuple((i,) for i in idx),
         )
-    if idx_dm or idx_cbf:
-        raise ASLInputError(
-            "the series mixes control/label volumes with deltam or cbf volumes.",
-            file=src,
-            field="volume_type",
-            fix="keep one kind of perfusion volume per run.",
-        )
+    idx_cl = [i for i, v in enumerate(vtypes) if v in ("control", "label")]
 
     if method == "pairwise":
-        if len(idx_cl) % 2:
-            raise ASLInputError(
-                f"odd number ({len(idx_cl)}) of control/label volumes: cannot pair them.",
-                file=src,
-                field="volume_type",
-                fix="remove the unpaired volume from the series and aslcontext.",
-            )
-        pairs = []
-        for a, b in zip(idx_cl[0::2], idx_cl[1::2], strict=True):
-            if {vtypes[a], vtypes[b]} != {"control", "label"}:
-                raise ASLInputError(
-                    f"volumes {a} and {b} ({vtypes[a]}, {vtypes[b]}) do not form a "
-                    "control/label pair.",
-                    file=src,
-                    field="volume_type",
-                    fix="control and label volumes must come in pairs (either order).",
-                )
-            c, lab = (a, b) if vtypes[a] == "control" else (b, a)
-            pairs.append((c, lab))
+        pairs = layout.pairs
         control = series[..., [p[0] for p in pairs]].astype(float)
         deltam = control - series[..., [p[1] for p in pairs]]
         mean_control = control.mean(axis=3)
@@ -906,7 +609,7 @@ def compute_m0(
         if series is None or volume_types is None:
             raise ValueError(f"M0Type {method} needs series and volume_types")
         series = np.asarray(series)
-        vtypes = _check_volume_types(volume_types, series.shape[-1], src)
+        vtypes = _volume_types(volume_types, series.shape[-1], src)
         want = "m0scan" if method == "Included" else "control"
         idx = [i for i, v in enumerate(vtypes) if v == want]
         if not idx:

@@ -14,15 +14,24 @@ its arguments and its result travel by pickle through a temporary folder; a
 new interpreter (not ``multiprocessing``'s spawn) is used because spawn
 re-executes the parent's main script, and the scripts Nipype writes for SLURM
 jobs have no ``__main__`` guard.
+
+The worker does not outlive its caller: on Linux it asks the kernel for a
+SIGTERM when the caller dies (``PR_SET_PDEATHSIG``, even after ``kill -9``),
+and everywhere it watches its parent's pid; either way it removes its
+temporary folder and exits.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -42,7 +51,9 @@ def call_with_itk_threads(n_threads: int, func, /, *args, **kwargs):
             pickle.dump((func, args, kwargs), fh)
         env = {**os.environ, ENV_VAR: str(max(1, int(n_threads)))}
         proc = subprocess.run(
-            [sys.executable, "-m", __name__, str(job), str(result)], env=env, check=False
+            [sys.executable, "-m", __name__, str(job), str(result), str(os.getpid())],
+            env=env,
+            check=False,
         )
         if not result.exists():
             raise RuntimeError(
@@ -56,7 +67,40 @@ def call_with_itk_threads(n_threads: int, func, /, *args, **kwargs):
     raise value
 
 
-def _worker(job: str, result: str) -> None:
+#: Seconds between two checks of the caller's pid by the worker.
+PARENT_POLL_S = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+def _leave(folder: Path) -> None:
+    """The caller is gone: remove the job's folder and exit at once."""
+    shutil.rmtree(folder, ignore_errors=True)
+    os._exit(1)
+
+
+def _die_with_parent(folder: Path, parent: int) -> None:
+    """End the worker (and its temporary folder) when the caller dies."""
+    signal.signal(signal.SIGTERM, lambda *_: _leave(folder))
+    try:  # Linux: the kernel sends SIGTERM when the parent dies, even by SIGKILL
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # died before prctl took effect
+        _leave(folder)
+
+    def watch():  # elsewhere (and as a fallback): poll the parent's pid
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        _leave(folder)
+
+    threading.Thread(target=watch, daemon=True, name="asl-itk-parent-watch").start()
+
+
+def _worker(job: str, result: str, parent: int | None = None) -> None:
+    if parent is not None:
+        _die_with_parent(Path(job).parent, parent)
     with open(job, "rb") as fh:
         func, args, kwargs = pickle.load(fh)
     try:
@@ -73,4 +117,4 @@ def _worker(job: str, result: str) -> None:
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1], sys.argv[2])
+    _worker(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)

@@ -54,7 +54,7 @@ import numpy as np
 from scipy import ndimage
 
 from asl_pipeline.errors import ASLInputError
-from asl_pipeline.outliers import pairs_from_aslcontext
+from asl_pipeline.rundesc import pair_volumes
 from asl_pipeline.sdc import FieldCorrection, hz_to_voxels, jacobian_map
 
 #: Radius (mm) of the sphere on which rotations become displacements for the
@@ -600,8 +600,8 @@ def interpolate_pair_trajectory(params, volume_types) -> np.ndarray:
     drift passes through unchanged. Other volumes keep their parameters.
     """
     out = np.array(params, dtype=float, copy=True)
-    pairs = pairs_from_aslcontext(volume_types)
-    if pairs is None:
+    pairs = pair_volumes(volume_types)
+    if not len(pairs):
         return out
     centres = pairs.mean(axis=1)
     means = _pair_means(out, pairs)
@@ -620,8 +620,8 @@ def pair_consistent_params(params, volume_types) -> np.ndarray:
     is then left uncorrected. Other volumes keep their own parameters.
     """
     out = np.array(params, dtype=float, copy=True)
-    pairs = pairs_from_aslcontext(volume_types)
-    if pairs is not None:
+    pairs = pair_volumes(volume_types)
+    if len(pairs):
         out[pairs[:, 0]] = out[pairs[:, 1]] = _pair_means(out, pairs)
     return out
 

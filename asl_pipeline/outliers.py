@@ -24,7 +24,7 @@ Motion
     by default pair ``i`` is rows ``2i`` and ``2i + 1``, which requires
     exactly ``2 * n_pairs`` rows (otherwise the rows are ambiguous and an
     :class:`~asl_pipeline.errors.ASLInputError` asks for ``motion_pairs``;
-    :func:`pairs_from_aslcontext` builds it from the BIDS ``aslcontext``).
+    :func:`asl_pipeline.rundesc.pair_volumes` builds it from the BIDS ``aslcontext``).
 Non-finite voxels
     A voxel that is NaN or infinite in any pair is left out of every
     statistic (correlations, global CBF, tissue SDs); its output value is the
@@ -103,7 +103,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -252,37 +251,6 @@ def _as_mask(mask, shape, finite: np.ndarray) -> np.ndarray:
     return m
 
 
-def pairs_from_aslcontext(volume_types: Sequence[str]) -> np.ndarray | None:
-    """Row indices ``(control, label)`` of every pair, from BIDS ``volume_type``.
-
-    The control and label volumes (``m0scan`` and ``noRF`` skipped) are taken
-    two by two in order, whichever of the two comes first, exactly as
-    :func:`asl_pipeline.cbf.deltam_series` pairs them, so row ``i`` belongs to
-    CBF map ``i``. Returns ``None`` for series without control/label volumes
-    (``deltam`` or ``cbf`` only), where no control-label motion exists.
-    """
-    types = [str(t).strip().lower() for t in volume_types]
-    idx = [i for i, t in enumerate(types) if t in ("control", "label")]
-    if not idx:
-        return None
-    if len(idx) % 2:
-        raise ASLInputError(
-            f"odd number ({len(idx)}) of control/label volumes: cannot pair them",
-            field="volume_type",
-            fix="check the aslcontext.tsv rows against the ASL series",
-        )
-    pairs = []
-    for a, b in zip(idx[0::2], idx[1::2], strict=True):
-        if {types[a], types[b]} != {"control", "label"}:
-            raise ASLInputError(
-                f"volumes {a} and {b} ({types[a]}, {types[b]}) do not form a control/label pair",
-                field="volume_type",
-                fix="control and label volumes must come in pairs (either order)",
-            )
-        pairs.append((a, b) if types[a] == "control" else (b, a))
-    return np.array(pairs, dtype=int)
-
-
 def pair_motion(motion, n_pairs: int, motion_pairs=None) -> tuple[np.ndarray, np.ndarray]:
     """Per-pair control-label motion difference and mean position.
 
@@ -322,8 +290,8 @@ def pair_motion(motion, n_pairs: int, motion_pairs=None) -> tuple[np.ndarray, np
                 f"{params.shape[0]} motion rows for {n_pairs} pairs: expected {2 * n_pairs} "
                 "(control and label interleaved)",
                 field="motion",
-                fix="pass motion_pairs (e.g. from pairs_from_aslcontext) to say which rows "
-                "belong to which pair",
+                fix="pass motion_pairs (e.g. from asl_pipeline.rundesc.pair_volumes) to say "
+                "which rows belong to which pair",
             )
         idx = np.arange(2 * n_pairs).reshape(n_pairs, 2)
     else:

@@ -43,13 +43,16 @@ from asl_pipeline.errors import ASLInputError
 from asl_pipeline.qc import largest_component
 
 
-def _ants():
+def _ants(seed: int | None = None):
+    """antspyx, with ``seed`` for the random metric sampling of its registrations.
+
+    antspyx passes a seed to ANTs only when told to; the registrations below
+    are given theirs as an argument (a node input, so that another seed is
+    another result), never through the environment.
+    """
     import ants  # imported lazily: antspyx is heavy and only the embedded backend needs it
 
-    # antspyx passes a random seed to ANTs only when told to: honour
-    # ANTS_RANDOM_SEED (set by asl-pipeline) so random metric sampling repeats
-    seed = os.environ.get("ANTS_RANDOM_SEED")
-    if seed and ants.config._random_seed != int(seed):
+    if seed is not None:
         ants.config._random_seed = int(seed)
     return ants
 
@@ -274,14 +277,13 @@ def register_t1w_to_mni(
     that is already skull-stripped, or to reproduce the earlier behaviour,
     which scaled some skull-on heads onto the brain: benchmarks/RESULTS.md).
     """
-    ants = _ants()
+    ants = _ants(seed)
     data = check_3d(t1w, "T1w", t1w_file)
     if transform not in ("SyN", "Affine"):
         raise ValueError("transform must be 'SyN' or 'Affine'")
     tpl = template or load_template(template_resolution)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("ANTS_RANDOM_SEED", str(seed))
     fixed = to_ants(tpl.t1)
     moving = to_ants(t1w)
     moving_aff = moving
@@ -377,9 +379,8 @@ def register_asl_to_t1w(
     ``out_file`` receives the ITK ``.mat``: it resamples ASL-space images into
     T1w space (apply it inverted to bring T1w-space maps into ASL space).
     """
-    ants = _ants()
+    ants = _ants(seed)
     check_3d(ref, "ASL reference", ref_file)
-    os.environ.setdefault("ANTS_RANDOM_SEED", str(seed))
     fixed = to_ants(ref)
     moving = to_ants(t1w_brain)
     prefix = str(Path(out_file).with_suffix("")) + "_"

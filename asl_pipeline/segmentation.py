@@ -123,9 +123,14 @@ def preprocess_t1w(
     reg_iterations=(40, 20, 10),
     prior_weight: float = 0.25,
     n4_shrink: int = 4,
+    seed: int = 1,
     t1w_file=None,
 ) -> AnatResult:
-    """Bias correction, MNI registration, brain extraction and tissue maps."""
+    """Bias correction, MNI registration, brain extraction and tissue maps.
+
+    ``seed`` seeds the random metric sampling of the MNI registration (Atropos
+    runs with its own constant seed).
+    """
     check_3d(t1w, "T1w", t1w_file)
     t1w = nib.Nifti1Image(np.squeeze(np.asarray(t1w.dataobj, dtype=np.float32)), t1w.affine)
     tpl = template or load_template(template_resolution)
@@ -137,6 +142,7 @@ def preprocess_t1w(
         template_resolution=template_resolution,
         transform=transform,
         reg_iterations=reg_iterations,
+        seed=seed,
         t1w_file=t1w_file,
     )
     mask_p = template_to_t1w(tpl.brain_mask, pre, reg.mni_to_t1w).get_fdata()

@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from asl_pipeline import outliers as ol
+from asl_pipeline.rundesc import pair_volumes
 from asl_pipeline.simulate import simulate_cbf_series
 
 #: Methods compared: label -> (core method, keyword arguments).
@@ -56,7 +57,7 @@ def truth_matrix(sim, brain_slices) -> np.ndarray:
 
 
 def score_one(sim, method, kwargs):
-    pairs = ol.pairs_from_aslcontext(sim.aslcontext)
+    pairs = pair_volumes(sim.aslcontext)
     inputs = {"gm": sim.gm, "wm": sim.wm, "csf": sim.csf, "mask": sim.brain_mask}
     kwargs = dict(kwargs)
     if method in ("paocsl", "aoc") and kwargs.pop("motion", True) is not None:

@@ -21,6 +21,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from asl_pipeline.interfaces.cbf import ComputeCBF
+from asl_pipeline.rundesc import describe_metadata, read_aslcontext
 from asl_pipeline.workflows.cbf import init_cbf_wf
 
 
@@ -32,7 +33,13 @@ def build_workflow(asl, aslcontext, metadata, m0, mask, gm, wm, csf, base_dir):
     my_step.inputs.asl = str(asl)
     my_step.inputs.m0 = str(m0)
 
-    cbf_wf = init_cbf_wf(metadata=metadata, n_pairs=40, outlier_method="paocsl", denoise=False)
+    # the run read once, by the rules of asl_pipeline's BIDS reader
+    description = describe_metadata(
+        metadata, read_aslcontext(aslcontext), sidecar="asl.json", aslcontext=str(aslcontext)
+    )
+    cbf_wf = init_cbf_wf(
+        description=description, n_pairs=40, outlier_method="paocsl", denoise=False
+    )
     cbf_wf.inputs.inputnode.aslcontext = str(aslcontext)
     cbf_wf.inputs.inputnode.mask = str(mask)
     cbf_wf.inputs.inputnode.gm = str(gm)

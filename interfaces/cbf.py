@@ -7,7 +7,6 @@ records the units and every parameter used.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import replace
@@ -27,7 +26,9 @@ from nipype.utils.filemanip import fname_presuffix
 
 from asl_pipeline import cbf as core
 from asl_pipeline import kinetics
+from asl_pipeline.bids import read_json_sidecar
 from asl_pipeline.errors import ASLInputError
+from asl_pipeline.rundesc import RunDescription, describe_metadata, read_aslcontext
 
 LOGGER = logging.getLogger("nipype.interface")
 
@@ -51,29 +52,44 @@ def _load_metadata(value, fallback_source: str | None) -> tuple[dict, str | None
     """A sidecar given as a dict or a JSON file, and the path to name in errors."""
     if isinstance(value, dict):
         return value, fallback_source
-    try:
-        with open(value) as fobj:
-            return json.load(fobj), str(value)
-    except json.JSONDecodeError as err:
-        raise ASLInputError(
-            f"not valid JSON ({err}).", file=value, fix="fix the JSON syntax."
-        ) from err
+    return read_json_sidecar(value), str(value)
 
 
-def read_aslcontext(path) -> list[str]:
-    """The ``volume_type`` column of a BIDS ``aslcontext.tsv``."""
-    with open(path, newline="") as fobj:
-        rows = list(csv.reader(fobj, delimiter="\t"))
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if not rows or "volume_type" not in [c.strip() for c in rows[0]]:
+def run_description(inputs, n_slices: int | None = None) -> RunDescription:
+    """The run description of a node: given as such, or made from a sidecar.
+
+    The workflow passes ``run_description`` (built by the BIDS reader); an
+    interface used on its own may be given ``metadata`` and ``aslcontext``
+    instead, read by the same section parsers (:mod:`asl_pipeline.rundesc`).
+    """
+    if isdefined(inputs.run_description):
+        return RunDescription.from_dict(inputs.run_description)
+    if not isdefined(inputs.aslcontext):
         raise ASLInputError(
-            "no 'volume_type' column header.",
-            file=path,
-            field="volume_type",
-            fix="the first line must be the tab-separated header with 'volume_type'.",
+            "the volume types are unknown: neither run_description nor aslcontext is set.",
+            field="aslcontext",
+            fix="connect the aslcontext.tsv of the series (or the run description).",
         )
-    col = [c.strip() for c in rows[0]].index("volume_type")
-    return [r[col].strip() if col < len(r) else "" for r in rows[1:]]
+    types = read_aslcontext(inputs.aslcontext)
+    meta, src = _load_metadata(inputs.metadata, _sidecar_of(inputs.asl_file))
+    m0_meta, m0_src = (None, None)
+    if isdefined(inputs.m0_metadata):
+        m0_fallback = _sidecar_of(inputs.m0_file) if isdefined(inputs.m0_file) else None
+        m0_meta, m0_src = _load_metadata(inputs.m0_metadata, m0_fallback)
+    found: list[str] = []
+    desc = describe_metadata(
+        meta,
+        types,
+        n_slices=n_slices,
+        m0_metadata=m0_meta,
+        sidecar=src,
+        m0_sidecar=m0_src,
+        aslcontext=inputs.aslcontext,
+        warnings=found,
+    )
+    for message in found:
+        LOGGER.warning("%s: %s", src or "metadata", message)
+    return desc
 
 
 def _image(path, *, ndim: tuple[int, ...], what: str) -> tuple[nb.Nifti1Image, np.ndarray]:
@@ -137,15 +153,9 @@ class _Loaded:
 
     def __init__(self, inputs):
         self.img, self.series = _image(inputs.asl_file, ndim=(4,), what="ASL series")
-        self.vtypes = read_aslcontext(inputs.aslcontext)
-        meta, src = _load_metadata(inputs.metadata, _sidecar_of(inputs.asl_file))
-        m0_meta, m0_src = (None, None)
-        if isdefined(inputs.m0_metadata):
-            m0_fallback = _sidecar_of(inputs.m0_file) if isdefined(inputs.m0_file) else None
-            m0_meta, m0_src = _load_metadata(inputs.m0_metadata, m0_fallback)
-        self.params = core.quant_params_from_metadata(
-            meta, m0_metadata=m0_meta, source=src, m0_source=m0_src
-        )
+        self.desc = run_description(inputs, n_slices=self.series.shape[2])
+        self.vtypes = self.desc.volume_types
+        self.params = core.quant_params(self.desc)
         self.mask = None
         if isdefined(inputs.mask):
             _, mask = _image(inputs.mask, ndim=(3,), what="brain mask")
@@ -158,7 +168,7 @@ class _Loaded:
             self.vtypes,
             method=method,
             plds=self.params.pld,
-            source=inputs.aslcontext,
+            source=self.desc.aslcontext,
         )
 
     def m0(self, inputs, *, dm=None, method=None):
@@ -186,10 +196,35 @@ class _Loaded:
         }
 
 
-_METADATA_DESC = "BIDS _asl.json sidecar, as a dictionary or a JSON file"
-_M0_META_DESC = (
-    "sidecar of the separate M0 scan (dict or JSON file), for its RepetitionTimePreparation"
+_METADATA_DESC = (
+    "BIDS _asl.json sidecar, as a dictionary or a JSON file (with aslcontext; instead of "
+    "run_description, for use outside the pipeline)"
 )
+_M0_META_DESC = (
+    "sidecar of the separate M0 scan (dict or JSON file), for its RepetitionTimePreparation "
+    "(with metadata only)"
+)
+_DESCRIPTION_DESC = (
+    "the run description built by the BIDS reader (asl_pipeline.rundesc.RunDescription."
+    "to_dict()): volume types, pairs, delays, labeling, M0 source, readout; nothing is "
+    "parsed again"
+)
+_ASLCONTEXT_DESC = "BIDS aslcontext.tsv of the series (with metadata only)"
+
+
+class _RunInputSpec(BaseInterfaceInputSpec):
+    """What the run is: its description, or (used alone) a sidecar and its aslcontext."""
+
+    run_description = traits.Dict(mandatory=True, xor=["metadata"], desc=_DESCRIPTION_DESC)
+    metadata = traits.Either(
+        traits.Dict,
+        File(exists=True),
+        mandatory=True,
+        xor=["run_description"],
+        desc=_METADATA_DESC,
+    )
+    aslcontext = File(exists=True, desc=_ASLCONTEXT_DESC)
+    m0_metadata = traits.Either(traits.Dict, File(exists=True), desc=_M0_META_DESC)
 
 
 # --------------------------------------------------------------------------------------
@@ -197,14 +232,11 @@ _M0_META_DESC = (
 # --------------------------------------------------------------------------------------
 
 
-class _ComputeM0InputSpec(BaseInterfaceInputSpec):
+class _ComputeM0InputSpec(_RunInputSpec):
     asl_file = File(exists=True, mandatory=True, desc="motion-corrected 4D ASL series")
-    aslcontext = File(exists=True, mandatory=True, desc="BIDS aslcontext.tsv of the series")
-    metadata = traits.Either(traits.Dict, File(exists=True), mandatory=True, desc=_METADATA_DESC)
     m0_file = File(
         exists=True, desc="separate M0 image (M0Type Separate), on the ASL grid, 3D or 4D"
     )
-    m0_metadata = traits.Either(traits.Dict, File(exists=True), desc=_M0_META_DESC)
     mask = File(exists=True, desc="brain mask on the ASL grid (reported statistics only)")
     m0_scale = traits.Float(1.0, usedefault=True, desc="multiplier applied to the M0")
     gm = File(exists=True, desc="GM partial-volume map on the ASL grid (tissue-weighted recovery)")
@@ -299,16 +331,13 @@ class ComputeM0(SimpleInterface):
 # --------------------------------------------------------------------------------------
 
 
-class _ComputeCBFInputSpec(BaseInterfaceInputSpec):
+class _ComputeCBFInputSpec(_RunInputSpec):
     asl_file = File(exists=True, mandatory=True, desc="motion-corrected 4D ASL series")
-    aslcontext = File(exists=True, mandatory=True, desc="BIDS aslcontext.tsv of the series")
-    metadata = traits.Either(traits.Dict, File(exists=True), mandatory=True, desc=_METADATA_DESC)
     m0_file = File(
         exists=True,
         desc="final M0 on the ASL grid (ComputeM0's output), used as is; without it the M0 "
         "is computed from the series for M0Type Included/Estimate/Absent",
     )
-    m0_metadata = traits.Either(traits.Dict, File(exists=True), desc=_M0_META_DESC)
     mask = File(exists=True, desc="brain mask on the ASL grid; CBF is 0 outside it")
     quantification = traits.Enum(
         "white-paper",
@@ -416,21 +445,13 @@ _KINETIC_MODEL = {
 }
 
 
-class _ComputeMultiPLDCBFInputSpec(BaseInterfaceInputSpec):
+class _ComputeMultiPLDCBFInputSpec(_RunInputSpec):
     asl_file = File(exists=True, mandatory=True, desc="motion-corrected 4D ASL series")
-    aslcontext = File(exists=True, mandatory=True, desc="BIDS aslcontext.tsv of the series")
-    metadata = traits.Either(
-        traits.Dict,
-        File(exists=True),
-        mandatory=True,
-        desc=_METADATA_DESC + " (PostLabelingDelay: one value per volume)",
-    )
     m0_file = File(
         exists=True,
         desc="final M0 on the ASL grid (ComputeM0's output), used as is; without it the M0 "
         "is computed from the series for M0Type Included/Estimate/Absent",
     )
-    m0_metadata = traits.Either(traits.Dict, File(exists=True), desc=_M0_META_DESC)
     mask = File(exists=True, desc="brain mask on the ASL grid; only these voxels are fitted")
     m0_scale = traits.Float(
         1.0, usedefault=True, desc="multiplier of the M0 when it is computed here"
@@ -485,7 +506,7 @@ class ComputeMultiPLDCBF(SimpleInterface):
         if dm.kind != "deltam":
             raise ASLInputError(
                 "the series holds cbf volumes: nothing to fit.",
-                file=self.inputs.aslcontext,
+                file=inp.desc.aslcontext,
                 field="volume_type",
             )
         m0, extra = inp.m0(self.inputs, dm=dm)

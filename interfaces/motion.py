@@ -19,7 +19,7 @@ from nipype.utils.filemanip import fname_presuffix
 from asl_pipeline import motion as core
 from asl_pipeline import sdc
 from asl_pipeline.errors import ASLInputError
-from asl_pipeline.interfaces.cbf import read_aslcontext
+from asl_pipeline.rundesc import read_aslcontext
 
 LOGGER = logging.getLogger("nipype.interface")
 

@@ -27,7 +27,7 @@ from nipype.utils.filemanip import fname_presuffix
 
 from asl_pipeline import outliers as core
 from asl_pipeline.errors import ASLInputError
-from asl_pipeline.interfaces.cbf import read_aslcontext
+from asl_pipeline.rundesc import pair_volumes, read_aslcontext
 
 LOGGER = logging.getLogger("nipype.interface")
 
@@ -298,13 +298,13 @@ class CleanCBF(SimpleInterface):
         pairs = None
         if isdefined(inp.aslcontext):
             vtypes = read_aslcontext(inp.aslcontext)
-            pairs = core.pairs_from_aslcontext(vtypes)
-            if pairs is None or len(pairs) != n_pairs:
+            pairs = pair_volumes(vtypes, source=inp.aslcontext)
+            if len(pairs) != n_pairs:
                 LOGGER.warning(
                     "%d CBF maps but %s control/label pairs in %s: pairs not mapped to "
                     "volumes, motion screening skipped",
                     n_pairs,
-                    "no" if pairs is None else len(pairs),
+                    len(pairs) or "no",
                     inp.aslcontext,
                 )
                 pairs = None

@@ -51,6 +51,13 @@ class _T1wPreprocInputSpec(BaseInterfaceInputSpec):
         0.25, usedefault=True, desc="Atropos weight of the template tissue priors"
     )
     n_procs = traits.Int(1, usedefault=True, desc="ITK threads")
+    seed = traits.Range(
+        low=1,
+        value=1,
+        usedefault=True,
+        desc="random seed of the ANTs metric sampling (a node input: another seed reruns "
+        "the registration)",
+    )
 
 
 class _T1wPreprocOutputSpec(TraitedSpec):
@@ -85,6 +92,7 @@ class T1wPreprocess(SimpleInterface):
                 transform=inp.transform,
                 reg_iterations=tuple(inp.reg_iterations),
                 prior_weight=inp.prior_weight,
+                seed=inp.seed,
             )
         )
         return runtime
@@ -119,6 +127,13 @@ class _ASLToT1wInputSpec(BaseInterfaceInputSpec):
     wm_t1w = File(exists=True, mandatory=True, desc="WM probability, T1w space")
     csf_t1w = File(exists=True, mandatory=True, desc="CSF probability, T1w space")
     n_procs = traits.Int(1, usedefault=True, desc="ITK threads")
+    seed = traits.Range(
+        low=1,
+        value=1,
+        usedefault=True,
+        desc="random seed of the ANTs metric sampling (a node input: another seed reruns "
+        "the registration)",
+    )
 
 
 class _ASLToT1wOutputSpec(TraitedSpec):
@@ -149,6 +164,7 @@ class ASLToT1w(SimpleInterface):
             nb.load(inp.t1w_brain),
             os.path.join(runtime.cwd, "asl_to_t1w.mat"),
             ref_file=inp.ref_image,
+            seed=inp.seed,
         )
         self._results["asl_to_t1w"] = xfm
         self._results.update(maps_to_asl(inp, ref, xfm, runtime.cwd))

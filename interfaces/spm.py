@@ -36,7 +36,6 @@ from nipype.utils.filemanip import fname_presuffix
 
 from asl_pipeline import motion as core
 from asl_pipeline.errors import ASLInputError
-from asl_pipeline.interfaces.cbf import read_aslcontext
 from asl_pipeline.interfaces.motion import (
     ResliceOptionsInputSpec,
     field_correction,
@@ -44,6 +43,7 @@ from asl_pipeline.interfaces.motion import (
     write_realign_outputs,
 )
 from asl_pipeline.registration import read_itk_affine, write_itk_affine
+from asl_pipeline.rundesc import read_aslcontext
 from asl_pipeline.segmentation import clean_mask
 
 LOGGER = logging.getLogger("nipype.interface")

@@ -16,6 +16,7 @@ from _bidsfactory import (
 )
 
 from asl_pipeline.bids import collect_runs
+from asl_pipeline.errors import ASLInputError
 
 
 def _run_files(root, sub, *, ses=None, run=None, context=("control", "label") * 2, md=None):
@@ -104,7 +105,7 @@ def test_deltam_and_cbf_only_series(tmp_path):
 def test_per_volume_pld_and_labeling_duration(tmp_path):
     context = ("m0scan",) + ("label", "control") * 3
     plds = [0.0, 1.0, 1.0, 1.5, 1.5, 2.0, 2.0]
-    taus = [0.0, 1.8, 1.8, 1.6, 1.6, 1.4, 1.4]
+    taus = [0.0, 1.8, 1.8, 1.8, 1.8, 1.8, 1.8]
     root = make_dataset(
         tmp_path,
         context=context,
@@ -116,6 +117,17 @@ def test_per_volume_pld_and_labeling_duration(tmp_path):
     np.testing.assert_allclose(run.labeling_duration, taus)
     np.testing.assert_allclose(run.pair_plds, [1.0, 1.5, 2.0])
     assert run.is_multi_pld and run.m0_volumes == (0,)
+    assert run.description.labeling.labeling_duration == 1.8
+
+
+def test_labeling_duration_varying_between_pairs_is_refused(tmp_path):
+    """The quantification takes one tau per run: validation refuses more, as it does."""
+    context = ("label", "control") * 3
+    taus = [1.8, 1.8, 1.6, 1.6, 1.4, 1.4]
+    root = make_dataset(tmp_path, context=context, sidecar={"LabelingDuration": taus})
+    with pytest.raises(ASLInputError) as err:
+        collect_runs(root)
+    assert err.value.field == "LabelingDuration" and "varies" in err.value.problem
 
 
 def test_casl_default_efficiency_and_estimate_m0(tmp_path):

@@ -5,6 +5,7 @@ expected labeling efficiencies and T1s are written out from the methods spec
 so that the tests check the constants too, not only the inversion.
 """
 
+import dataclasses
 import json
 import warnings
 
@@ -192,9 +193,14 @@ def test_m0_absent_uses_mean_control_and_refuses_bs():
     np.testing.assert_allclose(m0_img, m0, rtol=1e-12)
     res = C.cbf_single_pld(C.deltam_series(series, vtypes).deltam, m0_img, params)
     np.testing.assert_allclose(res.mean_cbf, cbf, rtol=1e-6)
-    bs = C.quant_params_from_metadata(
-        _meta(M0Type="Absent", BackgroundSuppression=True, BackgroundSuppressionNumberPulses=2)
+    # refused when the sidecar is read (as by the BIDS reader), and by compute_m0
+    bs_meta = _meta(
+        M0Type="Absent", BackgroundSuppression=True, BackgroundSuppressionNumberPulses=2
     )
+    with pytest.raises(ASLInputError, match="BackgroundSuppression") as err:
+        C.quant_params_from_metadata(bs_meta)
+    assert err.value.field == "M0Type"
+    bs = dataclasses.replace(params, background_suppression=True, n_bs_pulses=2)
     with pytest.raises(ASLInputError, match="BackgroundSuppression"):
         C.compute_m0(bs, series=series, volume_types=vtypes)
 
@@ -524,11 +530,29 @@ def test_multi_pld_reaches_least_squares_optimum_with_noise():
         ),
         (
             _meta(ArterialSpinLabelingType="PASL", BolusCutOffFlag=True),
+            "BolusCutOffTechnique",
+        ),
+        (
+            _meta(
+                ArterialSpinLabelingType="PASL",
+                BolusCutOffFlag=True,
+                BolusCutOffTechnique="QUIPSSII",
+            ),
             "BolusCutOffDelayTime",
         ),
+        (  # original QUIPSS: refused by the reader's rule, as by the quantifier
+            _meta(
+                ArterialSpinLabelingType="PASL",
+                BolusCutOffFlag=True,
+                BolusCutOffTechnique="QUIPSS",
+                BolusCutOffDelayTime=0.7,
+            ),
+            "BolusCutOffTechnique",
+        ),
         (_meta(M0Type="Estimate"), "M0Estimate"),
-        (_meta(M0Type="estimate"), "M0Type"),
-        (_meta(MRAcquisitionType="2D"), "SliceTiming"),
+        (_meta(M0Type="estimate"), "M0Estimate"),  # case-folded, as by the reader
+        (_meta(M0Type="Fancy"), "M0Type"),
+        (_meta(LabelingDuration=[1.8, 1.6]), "LabelingDuration"),
         (_meta(BackgroundSuppression="true"), "BackgroundSuppression"),
         (_meta(RepetitionTimePreparation="4"), "RepetitionTimePreparation"),
     ],
@@ -538,6 +562,21 @@ def test_malformed_sidecar_names_field(meta, field):
         C.quant_params_from_metadata(meta, source="sub-01_asl.json")
     assert err.value.field == field
     assert "sub-01_asl.json" in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_2d_without_slice_timing_warns_as_the_reader():
+    """One rule: a 2D readout without SliceTiming is quantified at the nominal delay."""
+    with pytest.warns(C.InputWarning, match="without SliceTiming"):
+        params = C.quant_params_from_metadata(_meta(MRAcquisitionType="2D"), m0_tr=4.0)
+    assert params.slice_timing is None
+
+
+def test_case_folded_m0type_and_inferred_2d():
+    with pytest.warns(C.InputWarning, match="MRAcquisitionType missing: 2D assumed"):
+        params = C.quant_params_from_metadata(
+            _meta(M0Type="separate", MRAcquisitionType=None, SliceTiming=[0.0, 0.1]), m0_tr=4.0
+        )
+    assert params.m0_type == "Separate" and params.slice_timing == (0.0, 0.1)
 
 
 def test_malformed_arrays():
@@ -555,8 +594,8 @@ def test_malformed_arrays():
         C.deltam_series(np.ones(SHAPE + (4,)), ["control", "label", "control"])
     with pytest.raises(ASLInputError, match="pair"):
         C.deltam_series(np.ones(SHAPE + (4,)), ["control", "control", "label", "label"])
-    with pytest.raises(ASLInputError, match="unknown volume types"):
-        C.deltam_series(np.ones(SHAPE + (2,)), ["Control", "label"])
+    with pytest.raises(ASLInputError, match="unknown volume type"):
+        C.deltam_series(np.ones(SHAPE + (2,)), ["Kontrol", "label"])
     with pytest.raises(ASLInputError, match="PostLabelingDelay"):
         C.deltam_series(np.ones(SHAPE + (4,)), ["control", "label"] * 2, plds=[1, 2, 3])
     with pytest.raises(ASLInputError, match="SliceTiming"):

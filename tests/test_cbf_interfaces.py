@@ -8,12 +8,8 @@ import pytest
 
 from asl_pipeline import kinetics as K
 from asl_pipeline.errors import ASLInputError
-from asl_pipeline.interfaces.cbf import (
-    ComputeCBF,
-    ComputeM0,
-    ComputeMultiPLDCBF,
-    read_aslcontext,
-)
+from asl_pipeline.interfaces.cbf import ComputeCBF, ComputeM0, ComputeMultiPLDCBF
+from asl_pipeline.rundesc import read_aslcontext
 
 SHAPE = (6, 5, 4)
 AFFINE = np.diag([3.0, 3.0, 4.0, 1.0])
@@ -208,7 +204,7 @@ def test_read_aslcontext_errors(tmp_path):
     assert str(bad) in str(err.value)
     good = tmp_path / "ok_aslcontext.tsv"
     good.write_text("volume_type\r\nm0scan\r\ndeltam\r\n\r\n")
-    assert read_aslcontext(good) == ["m0scan", "deltam"]
+    assert read_aslcontext(good) == ("m0scan", "deltam")
 
 
 def test_ge_deltam_with_included_m0_int16(tmp_path):

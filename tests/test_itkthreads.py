@@ -1,6 +1,11 @@
 """call_with_itk_threads: ANTs work in a fresh process with a set ITK thread count."""
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -51,3 +56,45 @@ def test_registration_repeats_exactly_after_ants_ran_with_other_threads(tmp_path
         mats.append(reg.read_itk_affine(out))
     np.testing.assert_array_equal(mats[0], mats[1])
     assert abs(mats[0][0, 3]) > 1.0  # it did register the 3 mm shift
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_worker_does_not_outlive_a_killed_caller(tmp_path):
+    """kill -9 of the caller ends the ANTs worker and removes its temporary folder."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    code = "import time; from asl_pipeline.itkthreads import call_with_itk_threads as c; "
+    code += "c(1, time.sleep, 120)"
+    caller = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (workers := _children(caller.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert workers, "the worker process did not start"
+        while not list(tmp_path.glob("asl_itk_*/job.pkl")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{workers[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        alive = Path(f"/proc/{workers[0]}").exists()
+        if alive:  # do not leave it behind if the test fails
+            os.kill(workers[0], signal.SIGKILL)
+        assert not alive, "the ANTs worker outlived its killed caller"
+        assert not list(tmp_path.glob("asl_itk_*")), "the worker's temporary folder was left"
+    finally:
+        if caller.poll() is None:
+            caller.kill()

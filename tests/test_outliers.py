@@ -16,6 +16,7 @@ import pytest
 
 from asl_pipeline import outliers as ol
 from asl_pipeline.errors import ASLInputError
+from asl_pipeline.rundesc import pair_volumes
 
 NOISE = 40.0
 
@@ -197,19 +198,19 @@ def test_motion_prerejection_and_pairing(phantom):
     # label-first order and an M0 volume in front: same pair via aslcontext
     context = ["m0scan"] + ["label", "control"] * n
     motion2 = np.vstack([np.zeros((1, 6)), motion[:, :][np.arange(2 * n) ^ 1]])
-    pairs = ol.pairs_from_aslcontext(context)
+    pairs = pair_volumes(context)
     res2 = _run_paocsl(d, motion=motion2, motion_pairs=pairs)
     assert res2.details["prerejected_motion"] == [9]
 
 
-def test_pairs_from_aslcontext():
+def test_pair_volumes_and_pair_motion():
     np.testing.assert_array_equal(
-        ol.pairs_from_aslcontext(["control", "label", "m0scan", "label", "control"]),
+        pair_volumes(["control", "label", "m0scan", "label", "control"]),
         [[0, 1], [4, 3]],
     )
-    assert ol.pairs_from_aslcontext(["deltam", "deltam"]) is None
+    assert pair_volumes(["deltam", "deltam"]).shape == (0, 2)
     with pytest.raises(ASLInputError, match="volume_type"):
-        ol.pairs_from_aslcontext(["control", "control", "label", "label"])
+        pair_volumes(["control", "control", "label", "label"])
     diff, avg = ol.pair_motion(np.arange(24.0).reshape(4, 6), 2)
     np.testing.assert_array_equal(diff, np.full((2, 6), 6.0))
     np.testing.assert_array_equal(avg[0], np.arange(6.0) + 3)

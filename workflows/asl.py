@@ -49,6 +49,7 @@ def init_asl_preproc_wf(
     sdc: bool = True,
     omp_nthreads: int = 1,
     templates: tuple[str, ...] = (),
+    seed: int = 1,
     name: str | None = None,
 ) -> pe.Workflow:
     """Process one ASL run, from the raw series to stored derivatives.
@@ -164,12 +165,12 @@ def init_asl_preproc_wf(
         spm_cmd=spm_cmd,
         mem_gb=mem_gb,
         omp_nthreads=omp_nthreads,
+        seed=seed,
     )
     processed = has_pairs and (nuisance_regression or smoothing_fwhm > 0)
     cbf_wf = init_cbf_wf(
-        metadata=dict(run.metadata),
+        description=run.description,
         processed_series=processed,
-        m0_metadata=dict(run.m0_metadata) or None,
         multi_pld=multi_pld,
         n_pairs=n_pairs,
         quantification=quantification,

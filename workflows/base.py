@@ -56,6 +56,7 @@ def init_asl_pipeline_wf(config, runs) -> pe.Workflow:
                     pvc=config.pvc,
                     sdc=config.sdc,
                     omp_nthreads=config.omp_nthreads,
+                    seed=int(config.seed) or 1,  # 0 (the default) uses 1
                 )
             ]
         )
@@ -71,6 +72,7 @@ def init_single_subject_wf(
     spm_cmd: str | None = None,
     omp_nthreads: int = 1,
     output_spaces: tuple[str, ...] = ("asl", MNI_SPACE),
+    seed: int = 1,
     name: str | None = None,
     **asl_options,
 ) -> pe.Workflow:
@@ -91,6 +93,8 @@ def init_single_subject_wf(
         The subject's validated ASL runs; they share the first run's T1w.
     output_dir
         Root of the derivatives dataset.
+    seed
+        Random seed of the registrations (an input of their nodes).
     asl_options
         Passed on to :func:`~asl_pipeline.workflows.asl.init_asl_preproc_wf`.
     """
@@ -105,6 +109,7 @@ def init_single_subject_wf(
         omp_nthreads=omp_nthreads,
         output_dir=output_dir,
         source_file=t1w,
+        seed=seed,
     )
     workflow.connect(anat_source, "t1w", anat_wf, "inputnode.t1w")
     fields = ["t1w_preproc", "t1w_brain", "t1w_mask", "gm_t1w", "wm_t1w", "csf_t1w", "t1w_to_mni"]
@@ -125,6 +130,7 @@ def init_single_subject_wf(
             omp_nthreads=omp_nthreads,
             output_spaces=output_spaces,
             templates=tuple(templates),
+            seed=seed,
             **asl_options,
         )
         for f in fields:

@@ -9,6 +9,7 @@ from nipype.pipeline import engine as pe
 from asl_pipeline.interfaces.cbf import ComputeCBF, ComputeM0, ComputeMultiPLDCBF
 from asl_pipeline.interfaces.denoise import DWANDenoise
 from asl_pipeline.interfaces.outliers import CleanCBF
+from asl_pipeline.rundesc import RunDescription
 
 #: Outputs of :func:`init_cbf_wf` stored as derivatives (with ``final_cbf``,
 #: the last map of the chain, they make its outputnode).
@@ -31,8 +32,7 @@ def is_multi_pld(plds, volume_types) -> bool:
 
 def init_cbf_wf(
     *,
-    metadata: dict,
-    m0_metadata: dict | None = None,
+    description: RunDescription,
     multi_pld: bool = False,
     processed_series: bool = False,
     t1_after_arrival: str = "tissue",
@@ -57,12 +57,18 @@ def init_cbf_wf(
         :simple_form: yes
 
         from asl_pipeline.workflows.cbf import init_cbf_wf
-        wf = init_cbf_wf(metadata={"ArterialSpinLabelingType": "PCASL"}, n_pairs=40)
+        from asl_pipeline.rundesc import describe_metadata
+        meta = {"ArterialSpinLabelingType": "PCASL", "PostLabelingDelay": 1.8,
+                "LabelingDuration": 1.8, "M0Type": "Separate", "BackgroundSuppression": False}
+        wf = init_cbf_wf(description=describe_metadata(meta, ["control", "label"] * 40),
+                         n_pairs=40)
 
     Parameters
     ----------
-    metadata, m0_metadata
-        The run's ASL sidecar and the separate M0's sidecar (merged, as read).
+    description
+        The run's :class:`~asl_pipeline.rundesc.RunDescription`, built by the
+        BIDS reader (:attr:`asl_pipeline.bids.ASLRun.description`); the nodes
+        receive it as a dictionary and parse no sidecar again.
     t1_after_arrival
         Multi-PLD fit: the T1 governing the label after it reaches tissue,
         ``"tissue"`` (apparent tissue T1, Buxton et al. 1998) or ``"blood"``
@@ -112,8 +118,8 @@ def init_cbf_wf(
     asl_m0_source
         Motion-corrected series used for the M0 (no smoothing or regression).
     aslcontext, m0_file, mask, gm, wm, csf, motion
-        Volume types, realigned M0, ASL brain mask, tissue maps in ASL space,
-        motion parameters TSV.
+        Volume types (for the outlier cleaning's motion rows), realigned M0,
+        ASL brain mask, tissue maps in ASL space, motion parameters TSV.
 
     Outputs
     -------
@@ -144,16 +150,15 @@ def init_cbf_wf(
         niu.IdentityInterface(fields=list(CBF_OUTPUTS) + ["measured_cbf", "final_cbf"]),
         name="outputnode",
     )
-    m0_kwargs = {"m0_metadata": m0_metadata} if m0_metadata else {}
+    run = description.to_dict()
     compute_m0 = pe.Node(
-        ComputeM0(metadata=metadata, m0_scale=m0_scale, recovery=m0_recovery, **m0_kwargs),
+        ComputeM0(run_description=run, m0_scale=m0_scale, recovery=m0_recovery),
         name="compute_m0",
         mem_gb=mem_gb,
     )
     workflow.connect([
-        (inputnode, compute_m0, [("asl_m0_source", "asl_file"), ("aslcontext", "aslcontext"),
-                                 ("mask", "mask"), ("gm", "gm"), ("wm", "wm"),
-                                 ("csf", "csf")]),
+        (inputnode, compute_m0, [("asl_m0_source", "asl_file"), ("mask", "mask"),
+                                 ("gm", "gm"), ("wm", "wm"), ("csf", "csf")]),
         (compute_m0, outputnode, [("m0_file", "m0"), ("m0_json", "m0_json")]),
     ])  # fmt: skip
     if has_m0_file:
@@ -161,7 +166,7 @@ def init_cbf_wf(
 
     if multi_pld:
         fit = pe.Node(
-            ComputeMultiPLDCBF(metadata=metadata, t1_after_arrival=t1_after_arrival),
+            ComputeMultiPLDCBF(run_description=run, t1_after_arrival=t1_after_arrival),
             name="fit_multi_pld",
             mem_gb=2 * mem_gb,
         )
@@ -177,8 +182,7 @@ def init_cbf_wf(
             )
         )
         workflow.connect([
-            (inputnode, fit, [("asl_file", "asl_file"), ("aslcontext", "aslcontext"),
-                              ("mask", "mask")]),
+            (inputnode, fit, [("asl_file", "asl_file"), ("mask", "mask")]),
             (compute_m0, fit, [("m0_file", "m0_file")]),
             (fit, outputnode, [("cbf", "mean_cbf"), ("cbf_json", "mean_cbf_json"),
                                ("att", "att"), ("att_json", "att_json"),
@@ -188,11 +192,10 @@ def init_cbf_wf(
 
     quant = "white-paper" if quantification == "white-paper" else "pairwise-control"
     compute_cbf = pe.Node(
-        ComputeCBF(metadata=metadata, quantification=quant), name="compute_cbf", mem_gb=mem_gb
+        ComputeCBF(run_description=run, quantification=quant), name="compute_cbf", mem_gb=mem_gb
     )
     workflow.connect([
-        (inputnode, compute_cbf, [("asl_file", "asl_file"), ("aslcontext", "aslcontext"),
-                                  ("mask", "mask")]),
+        (inputnode, compute_cbf, [("asl_file", "asl_file"), ("mask", "mask")]),
         (compute_m0, compute_cbf, [("m0_file", "m0_file")]),
         (compute_cbf, outputnode, [("cbf_ts", "cbf_ts"), ("cbf_ts_json", "cbf_ts_json"),
                                    ("mean_cbf", "mean_cbf"),
@@ -216,13 +219,12 @@ def init_cbf_wf(
         decide_on = compute_cbf
         if processed_series:  # cleaning decides on the unprocessed series' CBF
             decide_on = pe.Node(
-                ComputeCBF(metadata=metadata, quantification=quant),
+                ComputeCBF(run_description=run, quantification=quant),
                 name="compute_cbf_unprocessed",
                 mem_gb=mem_gb,
             )
             workflow.connect([
-                (inputnode, decide_on, [("asl_unprocessed", "asl_file"),
-                                        ("aslcontext", "aslcontext"), ("mask", "mask")]),
+                (inputnode, decide_on, [("asl_unprocessed", "asl_file"), ("mask", "mask")]),
                 (compute_m0, decide_on, [("m0_file", "m0_file")]),
                 (compute_cbf, clean, [("cbf_ts", "cbf_ts_apply")]),
             ])  # fmt: skip

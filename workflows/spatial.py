@@ -261,6 +261,7 @@ def init_anat_wf(
     source_file: str | None = None,
     mem_gb: float = 4.0,
     omp_nthreads: int = 1,
+    seed: int = 1,
     name: str = "anat_wf",
 ):
     """T1w: bias correction, brain extraction, GM/WM/CSF maps, T1w <-> MNI.
@@ -310,6 +311,7 @@ def init_anat_wf(
                 template_resolution=template_resolution,
                 transform=transform,
                 n_procs=omp_nthreads,
+                seed=seed,
             ),
             name="t1w_preproc",
             mem_gb=mem_gb,
@@ -413,6 +415,7 @@ def init_asl_reg_wf(
     use_mcr: bool = False,
     mem_gb: float = 1.0,
     omp_nthreads: int = 1,
+    seed: int = 1,
     name: str = "asl_reg_wf",
 ):
     """ASL reference -> T1w rigid registration; tissue maps and mask into ASL space.
@@ -446,7 +449,10 @@ def init_asl_reg_wf(
             "brain mask were brought into ASL space through its inverse."
         )
         coreg = pe.Node(
-            ASLToT1w(n_procs=omp_nthreads), name="asl_to_t1w", mem_gb=mem_gb, n_procs=omp_nthreads
+            ASLToT1w(n_procs=omp_nthreads, seed=seed),
+            name="asl_to_t1w",
+            mem_gb=mem_gb,
+            n_procs=omp_nthreads,
         )
         workflow.connect([
             (inputnode, coreg, [(f, f) for f in ["ref_image", "t1w_brain"] + maps]),

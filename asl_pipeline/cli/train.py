@@ -387,12 +387,7 @@ def run_to_subject(run, *, realign: bool = True, bold: bool = False):
             fix="resample the M0 to the ASL grid, or run asl-pipeline and train on its "
             "derivatives",
         )
-    params = quant.quant_params_from_metadata(
-        run.metadata,
-        m0_metadata=run.m0_metadata or None,
-        source=run.sidecar_file,
-        m0_source=run.m0_file,
-    )
+    params = quant.quant_params(run.description)
     dm = quant.deltam_series(series, run.volume_types, plds=params.pld, source=run.aslcontext_file)
     if dm.kind == "cbf":
         cbf_ts = dm.deltam

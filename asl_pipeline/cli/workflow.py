@@ -92,12 +92,12 @@ def _configure_nipype(config, log_dir: Path) -> None:
         os.environ.setdefault("LOGNAME", os.environ.get("USER", "asl_pipeline"))
     # Reproducibility: ITK (antspyx) registrations sample their metric at random
     # and split sums across threads, so reruns are byte-identical only with a
-    # fixed seed and a fixed thread count. The registration interfaces set their
-    # count themselves, in a fresh process (asl_pipeline.itkthreads); this
-    # default covers the other ITK work (resampling) in the workers and SLURM
-    # jobs, which inherit the environment.
+    # fixed seed and a fixed thread count. The seed is an input of the
+    # registration nodes (so another seed reruns them); the registration
+    # interfaces set their thread count themselves, in a fresh process
+    # (asl_pipeline.itkthreads); this default covers the other ITK work
+    # (resampling) in the workers and SLURM jobs, which inherit the environment.
     os.environ[ITK_THREADS_VAR] = str(max(1, int(config.omp_nthreads)))
-    os.environ["ANTS_RANDOM_SEED"] = str(int(config.seed) or 1)
     nipype_config.update_config({
         "execution": {
             "crashdump_dir": str(log_dir),

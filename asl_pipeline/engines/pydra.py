@@ -210,9 +210,9 @@ def init_pydra_wf(config, runs, payload_dir: Path) -> pydra.Workflow:
     from asl_pipeline.workflows.base import init_asl_pipeline_wf
 
     graph = execution_graph(init_asl_pipeline_wf(config, runs))
-    # the thread count and seed of ITK that run_workflow sets, for workers that
-    # do not inherit this process's environment
-    environ = {k: os.environ[k] for k in (ITK_THREADS_VAR, "ANTS_RANDOM_SEED") if k in os.environ}
+    # the thread count of ITK that run_workflow sets, for workers that do not
+    # inherit this process's environment (the seed is a node input)
+    environ = {k: os.environ[k] for k in (ITK_THREADS_VAR,) if k in os.environ}
     by_subject = defaultdict(list)
     for node in graph.nodes():
         if isinstance(node, JoinNode):
