@@ -145,6 +145,7 @@ class Config:
     paocsl_spec_rules: bool = False
     denoise: bool = False
     dwan_weights: Path | None = None
+    dwan_finetune: float = 0.0
     smoothing_fwhm: float = 0.0
     nuisance_regression: bool = False
     zigzag_method: str = "interpolate"
@@ -186,6 +187,13 @@ class Config:
             raise ValueError(f"unknown --ignore value(s) {bad}")
         if self.registration_backend not in REGISTRATION_BACKENDS:
             raise ValueError(f"unknown registration backend {self.registration_backend!r}")
+        if self.denoise and self.smoothing_fwhm:
+            raise ValueError(
+                "--denoise and --smoothing-fwhm cannot be combined: the network denoises the "
+                "unsmoothed mean map it was trained on; drop one of them"
+            )
+        if not 0 <= self.dwan_finetune <= 3600:
+            raise ValueError("--dwan-finetune must be 0-3600 seconds")
         from asl_pipeline.templates import split_space
 
         for space in self.output_spaces:

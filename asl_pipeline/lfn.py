@@ -195,9 +195,14 @@ class PairSampler:
     target_pairs
         Pairs averaged in the (independent) target.
     jitter
-        Shift the tissue and M0 channels by up to one voxel in-plane for half
+        Shift the tissue and M0 channels by up to two voxels in-plane for half
         the examples (:func:`_misregister`): on real data they come from a
         registered T1w and never align perfectly.
+    vary_perfusion
+        Multiply each example's clean map by :func:`_perfusion_gain` (a global
+        level, separate GM and WM levels and a smooth regional field), so the
+        network cannot learn typical CBF values or a fixed GM/WM ratio and
+        must read the perfusion from the data.
     """
 
     def __init__(
@@ -210,6 +215,7 @@ class PairSampler:
         target_pairs: int = 32,
         device="cpu",
         jitter: bool = True,
+        vary_perfusion: bool = True,
     ):
         import torch
 
@@ -217,6 +223,7 @@ class PairSampler:
 
         self.channels = check_channels(channels)
         self.jitter = bool(jitter)
+        self.vary_perfusion = bool(vary_perfusion)
         self.patch = int(patch)
         self.n_pairs = tuple(int(v) for v in n_pairs)
         self.target_pairs = int(target_pairs)
@@ -312,6 +319,8 @@ class PairSampler:
             ]
         )
         clean, mask = crops[:, 0:1], crops[:, 1:2]
+        if self.vary_perfusion:
+            clean = clean * _perfusion_gain(crops[:, 2:3], crops[:, 3:4], gen)
         drift = self.params[k, 6].view(-1, 1, 1, 1)
         # input and target pairs come from different, random parts of the run
         g_in = 1 + drift * (
@@ -338,12 +347,36 @@ class PairSampler:
         return x, target * mask, mask, n
 
 
+def _perfusion_gain(gm, wm, gen):
+    """Multiplicative gain ``(b, 1, p, p)`` of the clean maps of a batch.
+
+    A global level log-uniform in [0.5, 2], GM and WM levels log-uniform in
+    [0.7, 1.4] each (so GM/WM ratios from half to twice the simulators'), and
+    a smooth regional field (a 4 x 4 grid of log-normal values, SD 0.2,
+    interpolated): hypo- and hyperperfused territories.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b, dev = len(gm), gm.device
+
+    def logu(lo, hi):
+        u = torch.rand((b, 1, 1, 1), generator=gen, device=dev)
+        return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+
+    rest = (1 - gm - wm).clamp(min=0)
+    tissue = logu(0.7, 1.4) * gm + logu(0.7, 1.4) * wm + rest
+    coarse = 0.2 * torch.randn((b, 1, 4, 4), generator=gen, device=dev)
+    field = F.interpolate(coarse, size=gm.shape[-2:], mode="bicubic", align_corners=True)
+    return logu(0.5, 2.0) * tissue * torch.exp(field)
+
+
 def _misregister(anat, gen):
-    """``anat`` ``(b, c, p, p)`` with half the examples rolled by one voxel in-plane."""
+    """``anat`` ``(b, c, p, p)`` with half the examples rolled by up to two voxels in-plane."""
     import torch
 
     out = anat.clone()
-    shifts = torch.randint(-1, 2, (len(anat), 2), generator=gen, device=anat.device).tolist()
+    shifts = torch.randint(-2, 3, (len(anat), 2), generator=gen, device=anat.device).tolist()
     keep = (torch.rand(len(anat), generator=gen, device=anat.device) < 0.5).tolist()
     for b in range(len(anat)):
         if not keep[b] and any(shifts[b]):

@@ -59,6 +59,20 @@ class _DWANDenoiseInputSpec(_NetworkRunInputSpec):
         desc="model file written by asl-train (default: the shipped DWAN, learning from "
         "noise, L1 loss)",
     )
+    cbf_ts = File(
+        exists=True,
+        desc="per-pair CBF series (4-D) whose mean is in_file: the noise level of the map "
+        "and the pairs of subject-level fine-tuning",
+    )
+    gm_file = File(exists=True, desc="GM probability on the CBF map's grid (guided models)")
+    wm_file = File(exists=True, desc="WM probability on the CBF map's grid (guided models)")
+    m0_file = File(exists=True, desc="M0 on the CBF map's grid (models with an m0 channel)")
+    finetune_seconds = traits.Float(
+        0.0,
+        usedefault=True,
+        desc="fine-tune the weights on the run's own pairs for this long first (0: off)",
+    )
+    seed = traits.Int(0, usedefault=True, desc="random seed of the fine-tuning")
 
 
 class _DWANDenoiseOutputSpec(TraitedSpec):
@@ -75,7 +89,7 @@ class DWANDenoise(SimpleInterface):
     def _run_interface(self, runtime):
         import torch
 
-        from asl_pipeline.models.inference import denoise_cbf
+        from asl_pipeline.models.inference import denoise_run
 
         torch.set_num_threads(max(1, self.inputs.num_threads))
         img, data, mask = _load_volume_and_mask(
@@ -85,12 +99,25 @@ class DWANDenoise(SimpleInterface):
             mean_4d=False,
             fix_4d="pass the mean CBF map, not the per-pair series",
         )
+
+        def optional(name):
+            value = getattr(self.inputs, name)
+            if not isdefined(value):
+                return None
+            return np.asanyarray(nb.load(value).dataobj).astype(np.float32)
+
         weights = self.inputs.weights if isdefined(self.inputs.weights) else None
-        out, info = denoise_cbf(
+        out, info, fit = denoise_run(
             data,
             mask,
+            series=optional("cbf_ts"),
+            gm=optional("gm_file"),
+            wm=optional("wm_file"),
+            m0=optional("m0_file"),
             weights=weights,
             affine=img.affine,
+            finetune_seconds=self.inputs.finetune_seconds,
+            seed=self.inputs.seed,
             device=self.inputs.device,
             batch_size=self.inputs.batch_size,
         )
@@ -107,6 +134,8 @@ class DWANDenoise(SimpleInterface):
             "Sources": [str(self.inputs.in_file), str(self.inputs.mask_file)],
             "DenoisingModel": _model_record(info),
         }
+        if fit is not None:
+            sidecar["SubjectFineTuning"] = fit
         self._results["out_file"] = out_file
         self._results["out_sidecar"] = _write_sidecar(out_file, sidecar)
         return runtime

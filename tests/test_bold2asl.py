@@ -206,8 +206,8 @@ def test_bold_model_save_load_round_trip_exact(tmp_path):
 def test_shipped_weights_still_load_as_a_cbf_denoiser():
     assert default_weights_path().is_file()
     model, info = load_model()
-    assert "input_kind" not in info["config"]  # written before BOLD inputs existed
     assert info["input_kind"] == "cbf" and model.config["input_kind"] == "cbf"
+    assert info["config"]["channels"][0] == "cbf"
 
 
 # ----------------------------------------------------------------- guards

@@ -94,16 +94,89 @@ def test_interface_refuses_bad_inputs(tmp_path):
         ).run(cwd=tmp_path)
 
 
+def _tissue_run(seed=3, shape=(40, 40, 6), n_pairs=10, sd=40.0):
+    """Two-tissue phantom (GM 60, WM 25 mL/100 g/min) and a noisy per-pair series."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(shape, bool)
+    mask[4:-4, 4:-4, 1:-1] = True
+    x = np.arange(shape[0])[:, None, None]
+    gm = np.where(mask & ((x // 4) % 2 == 0), 1.0, 0.0) * np.ones(shape)
+    wm = np.where(mask, 1.0 - gm, 0.0)
+    truth = (60.0 * gm + 25.0 * wm).astype(np.float32)
+    series = truth[..., None] + rng.normal(0, sd, shape + (n_pairs,))
+    return truth, mask, gm.astype(np.float32), wm.astype(np.float32), series.astype(np.float32)
+
+
 def test_interface_default_weights_are_the_shipped_dwan(tmp_path):
-    cbf, mask = _subject(3, shape=(40, 40, 4))
-    in_file, mask_file = _write(tmp_path, cbf, mask, np.diag([3.0, 3.0, 5.0, 1.0]))
-    res = DWANDenoise(in_file=in_file, mask_file=mask_file).run(cwd=tmp_path)
+    truth, mask, gm, wm, series = _tissue_run()
+    aff = np.diag([3.0, 3.0, 5.0, 1.0])
+    in_file, mask_file = _write(tmp_path, series.mean(-1), mask, aff)
+    paths = {}
+    for name, arr in {"ts": series, "gm": gm, "wm": wm}.items():
+        paths[name] = str(tmp_path / f"sub-01_{name}.nii.gz")
+        nb.Nifti1Image(arr, aff).to_filename(paths[name])
+    res = DWANDenoise(
+        in_file=in_file,
+        mask_file=mask_file,
+        cbf_ts=paths["ts"],
+        gm_file=paths["gm"],
+        wm_file=paths["wm"],
+    ).run(cwd=tmp_path)
     side = json.loads(open(res.outputs.out_sidecar).read())
     assert side["DenoisingModel"]["File"] == "dwan_lfn_l1.pt"
     assert side["DenoisingModel"]["Sha256"] == file_sha256(default_weights_path())
     out = nb.load(res.outputs.out_file).get_fdata()
-    # denoising a noisy uniform 50 region: the output is smoother and keeps the level
     inner = mask.copy()
     inner[:8], inner[-8:], inner[:, :8], inner[:, -8:] = False, False, False, False
-    assert out[inner].std() < cbf[inner].std()
-    assert abs(out[inner].mean() - 50.0) < 10.0
+    mean = series.mean(-1)
+    # the denoised map is closer to the truth than the 10-pair mean, and keeps both levels
+    err = np.sqrt(np.mean((out[inner] - truth[inner]) ** 2))
+    err_mean = np.sqrt(np.mean((mean[inner] - truth[inner]) ** 2))
+    assert err < 0.5 * err_mean
+    g, w = inner & (gm > 0.5), inner & (wm > 0.5)
+    assert abs(out[g].mean() - 60.0) < 6.0 and abs(out[w].mean() - 25.0) < 8.0
+
+
+def test_interface_guided_weights_need_the_series(tmp_path):
+    truth, mask, gm, wm, series = _tissue_run()
+    in_file, mask_file = _write(tmp_path, series.mean(-1), mask, np.diag([3.0, 3.0, 5.0, 1.0]))
+    with pytest.raises(ASLInputError, match="per-pair CBF series") as err:
+        DWANDenoise(in_file=in_file, mask_file=mask_file).run(cwd=tmp_path)
+    assert "channels" in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_shipped_denoiser_follows_the_perfusion_level():
+    """Twice the perfusion under the same noise reads twice the CBF (no learned prior)."""
+    from asl_pipeline.models.inference import denoise_run
+
+    truth, mask, gm, wm, series = _tissue_run(sd=20.0)
+    noise = series - truth[..., None]
+    inner = mask.copy()
+    inner[:8], inner[-8:], inner[:, :8], inner[:, -8:] = False, False, False, False
+    levels = []
+    for gain in (1.0, 2.0):
+        pairs = gain * truth[..., None] + noise
+        out, _, _ = denoise_run(pairs.mean(-1), mask, series=pairs, gm=gm, wm=wm)
+        levels.append([out[inner & (gm > 0.5)].mean(), out[inner & (wm > 0.5)].mean()])
+    ratio = np.array(levels[1]) / np.array(levels[0])
+    assert np.all(np.abs(ratio - 2.0) < 0.2), ratio
+
+
+def test_noise_scaled_model_is_positively_homogeneous():
+    model = DWAN(
+        width=8,
+        expansion=2,
+        depth=2,
+        global_dilations=(2, 4),
+        channels=("cbf", "noise", "gm"),
+        scale_by_noise=True,
+    ).eval()
+    x = torch.randn(2, 3, 24, 24)
+    x[:, 1] = 4.0
+    x[:, 2] = torch.rand(2, 24, 24)
+    y = model(x)
+    x3 = x.clone()
+    x3[:, :2] *= 3.0  # CBF and its noise level scaled, tissue maps unchanged
+    assert torch.allclose(model(x3), 3.0 * y, atol=1e-4)
+    with pytest.raises(ValueError, match="noise"):
+        DWAN(channels=("cbf", "gm"), scale_by_noise=True)

@@ -119,7 +119,10 @@ def test_shipped_weights_match_manifest():
     assert entry["sha256"] == file_sha256(path)
     assert entry["size"] == path.stat().st_size
     model, info = load_model()
-    assert info["arch"] == "dwan" and _n_params(model) == 592_011
+    # 592,011 parameters of the 1-channel study network, plus 3 extra input channels
+    # x 32 x 9 stem weights (the skip conv sees the CBF channel only)
+    assert info["arch"] == "dwan" and _n_params(model) == 592_011 + 3 * 32 * 9
+    assert info["config"]["channels"] == ["cbf", "noise", "gm", "wm"]
     assert info["metadata"]["command"] == entry["command"]
 
 

@@ -45,6 +45,7 @@ def init_asl_pipeline_wf(config, runs) -> pe.Workflow:
                     paocsl_spec_rules=config.paocsl_spec_rules,
                     denoise=config.denoise,
                     dwan_weights=str(config.dwan_weights) if config.dwan_weights else None,
+                    dwan_finetune=config.dwan_finetune,
                     smoothing_fwhm=config.smoothing_fwhm,
                     nuisance_regression=config.nuisance_regression,
                     zigzag_method=config.zigzag_method,

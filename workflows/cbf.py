@@ -45,6 +45,8 @@ def init_cbf_wf(
     paocsl_spec_rules: bool = False,
     denoise: bool = True,
     dwan_weights: str | None = None,
+    dwan_finetune: float = 0.0,
+    seed: int = 0,
     has_m0_file: bool = True,
     mem_gb: float = 1.0,
     omp_nthreads: int = 1,
@@ -104,6 +106,9 @@ def init_cbf_wf(
         single-slice corruptions (see benchmarks/RESULTS.md).
     denoise, dwan_weights
         Apply DWAN to the cleaned mean CBF, with the shipped or given weights.
+    dwan_finetune, seed
+        Seconds of subject-level fine-tuning on the run's own pairs before
+        denoising (0: none), and its random seed.
     has_m0_file
         Whether a separate M0 image is connected to ``inputnode.m0_file``.
 
@@ -257,21 +262,33 @@ def init_cbf_wf(
     workflow.connect(best[0], best[1], outputnode, "measured_cbf")
     if denoise:
         kwargs = {"weights": str(dwan_weights)} if dwan_weights else {}
+        if dwan_finetune:
+            kwargs["finetune_seconds"] = float(dwan_finetune)
         dwan = pe.Node(
-            DWANDenoise(num_threads=omp_nthreads, **kwargs),
+            DWANDenoise(num_threads=omp_nthreads, seed=int(seed), **kwargs),
             name="dwan_denoise",
             mem_gb=2.0,
             n_procs=omp_nthreads,
         )
         workflow.connect([
             (best[0], dwan, [(best[1], "in_file")]),
-            (inputnode, dwan, [("mask", "mask_file")]),
+            (inputnode, dwan, [("mask", "mask_file"), ("gm", "gm_file"), ("wm", "wm_file")]),
+            (compute_cbf, dwan, [("cbf_ts", "cbf_ts")]),
+            (compute_m0, dwan, [("m0_file", "m0_file")]),
             (dwan, outputnode, [("out_file", "denoised_cbf"),
                                 ("out_sidecar", "denoised_cbf_json")]),
         ])  # fmt: skip
         desc += (
-            " The mean CBF map was denoised slice by slice with DWAN, a dilated "
-            "wide-activation network trained from noisy data alone (learning from noise)."
+            " The unsmoothed mean CBF map was denoised slice by slice with DWAN, a dilated "
+            "wide-activation network trained from noisy data alone (learning from noise), "
+            "given the map's noise level (estimated from the per-pair series) and the GM/WM "
+            "probability maps as extra input channels"
+            + (
+                f", after {float(dwan_finetune):g} s of fine-tuning on the run's own pairs "
+                "(subject-level learning from noise)."
+                if dwan_finetune
+                else "."
+            )
         )
         best = (dwan, "out_file")
     workflow.connect(best[0], best[1], outputnode, "final_cbf")

@@ -306,6 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="DWAN weights (.pt) instead of the packaged ones",
     )
     g.add_argument(
+        "--dwan-finetune",
+        type=_float(0, False),
+        default=0.0,
+        metavar="SECONDS",
+        help="with --denoise: first fine-tune the weights on the run's own pairs for this "
+        "long (subject-level learning from noise; default 0: off)",
+    )
+    g.add_argument(
         "--smoothing-fwhm",
         type=_float(0, False),
         default=0.0,

@@ -170,7 +170,8 @@ def get_parser() -> argparse.ArgumentParser:
         "--channels",
         default="cbf,noise,gm,wm",
         help="input channels of a new model, comma-separated from cbf, noise, gm, wm, m0 "
-        "(default cbf,noise,gm,wm; asl_pipeline.models.channels)",
+        "(default cbf,noise,gm,wm; asl_pipeline.models.channels); with a noise channel the "
+        "model works in signal-to-noise units (DWAN scale_by_noise)",
     )
     syn.add_argument("--steps", type=int, default=4000, help="optimizer steps (4000)")
     syn.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
@@ -607,7 +608,9 @@ def main(argv=None) -> int:
                 )
             init = {"path": init_info["path"], "sha256": init_info["sha256"]}
         elif args.synthetic is not None or args.synthetic_file is not None:
-            model = build_model(args.model, channels=args.channels)
+            model = build_model(
+                args.model, channels=args.channels, scale_by_noise="noise" in args.channels
+            )
         else:
             model = build_model(args.model, input_kind=args.input)
         if args.synthetic is not None or args.synthetic_file is not None:

@@ -80,6 +80,13 @@ class DWAN(nn.Module):
         e.g. ``("cbf", "noise", "gm", "wm")``; the input skip conv then sees
         the CBF channel only. ``None``: ``in_channels`` unnamed channels and a
         skip over all of them (models written before channels existed).
+    scale_by_noise
+        Divide the CBF and noise channels of each slice by its noise level
+        (the ``"noise"`` channel) instead of ``cbf_scale``, and multiply the
+        output back: the network sees signal-to-noise units and is
+        positively homogeneous, ``f(a x, a sigma) = a f(x, sigma)``, so a
+        scanner, calibration or perfusion level outside the training data
+        scales the output instead of being pulled to familiar values.
     input_kind
         ``"cbf"`` (CBF in mL/100 g/min, divided by ``cbf_scale``) or ``"bold"``
         (a BOLD-weighted image, divided by each slice's median; methods spec,
@@ -103,6 +110,7 @@ class DWAN(nn.Module):
         cbf_scale: float = CBF_SCALE,
         input_kind: str = "cbf",
         channels: Sequence[str] | None = None,
+        scale_by_noise: bool = False,
     ):
         super().__init__()
         if channels is not None:
@@ -128,6 +136,10 @@ class DWAN(nn.Module):
         }
         if channels is not None:
             self.config["channels"] = channels
+        if scale_by_noise:
+            if channels is None or "noise" not in channels:
+                raise ValueError("scale_by_noise needs a 'noise' input channel")
+            self.config["scale_by_noise"] = True
         self.register_buffer("cbf_scale", torch.tensor(float(cbf_scale)))
         self.stem = nn.Conv2d(in_channels, width, stem_kernel, padding=stem_kernel // 2)
         self.local_path = nn.Sequential(
@@ -148,15 +160,19 @@ class DWAN(nn.Module):
         (one per sample; default, each slice's median non-zero voxel).
         """
         channels = self.config.get("channels")
+        unit = self.cbf_scale
         if channels is None:
             x = normalise_input(x, self.cbf_scale, self.config["input_kind"], scale)
             skip_in = x
         else:
-            x = normalise_channels(x, channels, self.cbf_scale)
+            if self.config.get("scale_by_noise"):
+                noise = x[:, channels.index("noise")].flatten(1).amax(dim=1)
+                unit = noise.clamp(min=1e-3).reshape(-1, 1, 1, 1)
+            x = normalise_channels(x, channels, unit)
             skip_in = x[:, :1]
         feat = self.stem(x)
         both = torch.cat([self.local_path(feat), self.global_path(feat)], dim=1)
-        return (self.head(both) + self.skip(skip_in)) * self.cbf_scale
+        return (self.head(both) + self.skip(skip_in)) * unit
 
     def receptive_field(self) -> int:
         """Side, in pixels, of the square receptive field of one output pixel."""

@@ -75,6 +75,78 @@ def denoise_cbf(
     return _apply_saved(volume, mask, weights, "cbf", affine, device, batch_size, extra)
 
 
+def denoise_run(
+    mean,
+    mask,
+    *,
+    series=None,
+    gm=None,
+    wm=None,
+    m0=None,
+    weights=None,
+    affine=None,
+    finetune_seconds: float = 0.0,
+    seed: int = 0,
+    device="cpu",
+    batch_size: int = 16,
+):
+    """Denoise a run's mean CBF map with everything its model takes.
+
+    ``mean`` is the unsmoothed (cleaned) mean of the run's pairs, ``series``
+    its per-pair CBF series ``(x, y, z, n)``: the ``"noise"`` channel is
+    :func:`~asl_pipeline.models.channels.noise_sd_map` of the series for the
+    mean of its ``n`` pairs. ``gm``/``wm``/``m0`` fill the channels of the same
+    names. ``finetune_seconds > 0`` first fine-tunes the model on the run's
+    own pairs (:func:`asl_pipeline.lfn.finetune`, subject-level learning from
+    noise). Returns the denoised map, the model's info and the fine-tuning
+    record (None without fine-tuning).
+    """
+    from asl_pipeline.errors import ASLInputError
+    from asl_pipeline.models.channels import noise_sd_map
+    from asl_pipeline.models.io import load_model
+
+    model, info = load_model(weights, device=device)
+    require_input_kind(info, "cbf")
+    channels = model.config.get("channels") or ("cbf",)
+    mask = np.asarray(mask, bool)
+    needs_series = "noise" in channels or finetune_seconds > 0
+    if needs_series and (series is None or np.ndim(series) != 4 or np.shape(series)[3] < 2):
+        raise ASLInputError(
+            "this denoising model needs the run's per-pair CBF series (at least 2 pairs) "
+            "to estimate the noise level of the mean map"
+            + (" and to fine-tune on" if finetune_seconds > 0 else "")
+            + ".",
+            file=info["path"],
+            field="channels",
+            fix="pass the per-pair series (DWANDenoise.cbf_ts), or use weights without a "
+            "noise channel",
+        )
+    extra = {"gm": gm, "wm": wm, "m0": m0}
+    if series is not None and np.ndim(series) == 4:
+        series = np.nan_to_num(np.asarray(series, np.float32))
+        extra["noise"] = noise_sd_map(series, mask)
+    axis = 2 if affine is None else axial_axis(affine)
+    fit = None
+    if finetune_seconds > 0:
+        from asl_pipeline import lfn
+
+        maps = {k: None if v is None else np.moveaxis(np.asarray(v), axis, 2)
+                for k, v in extra.items() if k != "noise"}
+        fit = lfn.finetune(
+            model,
+            np.moveaxis(series, axis, 2),
+            np.moveaxis(mask, axis, 2),
+            maps,
+            seconds=finetune_seconds,
+            seed=seed,
+            device=device,
+        )
+    out = denoise_volume(
+        model, mean, mask, axis=axis, batch_size=batch_size, device=device, extra=extra
+    )
+    return out, info, fit
+
+
 def _apply_saved(volume, mask, weights, input_kind, affine, device, batch_size, extra=None):
     """Load ``weights``, check they take ``input_kind``, apply them along the axial axis."""
     from asl_pipeline.models.io import load_model

@@ -1,0 +1,124 @@
+"""Realistic pair noise, the on-the-fly learning-from-noise sampler and subject fine-tuning."""
+
+import numpy as np
+import pytest
+import torch
+
+from asl_pipeline import lfn
+from asl_pipeline.models import DWAN
+from asl_pipeline.models.channels import noise_sd_map
+from asl_pipeline.simulate import noise
+
+
+def _clean(seed=0, shape=(40, 44, 8)):
+    """A small two-tissue subject with the default (real-scan) pair noise."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(shape, bool)
+    mask[5:-5, 5:-5, :] = True
+    gm = np.where(mask, rng.uniform(0, 1, shape) > 0.5, 0).astype(np.float32)
+    wm = np.where(mask, 1.0 - gm, 0).astype(np.float32)
+    cbf = (60 * gm + 25 * wm).astype(np.float32)
+    return lfn.CleanSubject(
+        "s",
+        cbf,
+        mask,
+        gm,
+        wm,
+        np.where(mask, 1000.0, 0).astype(np.float32),
+        noise.PairNoise(),
+        "test",
+    )
+
+
+def test_pair_noise_has_the_real_scan_statistics():
+    subj = _clean(shape=(64, 64, 16))
+    series = subj.draw_pairs(np.random.default_rng(1), 50)
+    stats = noise.noise_statistics(series, subj.mask)
+    real = noise.REAL_SCAN_STATISTICS
+    assert abs(stats["pair_sd"] - real["pair_sd"]) < 0.15 * real["pair_sd"]
+    for key in ("lag1_x", "lag1_y", "lag1_z", "lag1_pairs"):
+        assert abs(stats[key] - real[key]) < 0.06, key
+    assert stats["excess_kurtosis"] > 15  # heavy tails (Gaussian: 0)
+    assert stats["fraction_beyond_4sd"] > 50 * 6.3e-5  # far above the Gaussian 0.0063%
+    assert stats["slice_sd_max"] / stats["slice_sd_min"] > 1.6
+    assert abs(stats["sd_ratio_high_low"] - 1.0) < 0.1  # additive
+    assert 2.5 < stats["global_offset_sd"] < 8.0
+
+
+def test_noise_map_estimates_the_sd_of_the_mean():
+    subj = _clean(shape=(64, 64, 6))
+    params = noise.PairNoise(tail_fraction=0.0, global_sd=0.0, slice_centre=1.0, slice_edge=1.0)
+    subj.noise = params
+    pairs = subj.draw_pairs(np.random.default_rng(2), 10)
+    est = noise_sd_map(pairs, subj.mask)[subj.mask]
+    assert np.allclose(est, params.sd / np.sqrt(10), rtol=0.1)
+
+
+def test_sampler_gives_independent_noisy_input_and_target():
+    subj = _clean()
+    subj.noise = noise.PairNoise(tail_fraction=0.0, slice_centre=1.0, slice_edge=1.0)
+    sampler = lfn.PairSampler(
+        [subj], ("cbf", "noise", "gm", "wm"), patch=32, jitter=False, vary_perfusion=False
+    )
+    gen = torch.Generator().manual_seed(0)
+    x, y, m, n = sampler.batch(16, gen, n=8)
+    assert x.shape == (16, 4, 32, 32) and y.shape == m.shape == (16, 1, 32, 32) and n == 8
+    inside = m[:, 0] > 0
+    # the noise channel is the input's noise level, sd / sqrt(n), constant in the mask
+    level = x[:, 1][inside]
+    assert abs(float(level.median()) - 52.5 / np.sqrt(8)) < 0.2 * 52.5 / np.sqrt(8)
+    # input and target noises (around the same clean map) are uncorrelated
+    gmv = x[:, 2]
+    truth = 60 * gmv + 25 * (1 - gmv)
+    ex, ey = (x[:, 0] - truth)[inside], (y[:, 0] - truth)[inside]
+    assert abs(float(torch.corrcoef(torch.stack([ex, ey]))[0, 1])) < 0.1
+    assert float(ey.std()) < float(ex.std())  # 32 target pairs, 8 input pairs
+
+
+def test_perfusion_gain_varies_levels_and_ratios():
+    gen = torch.Generator().manual_seed(0)
+    gm = torch.zeros(200, 1, 16, 16)
+    gm[..., :8] = 1.0
+    wm = 1.0 - gm
+    gain = lfn._perfusion_gain(gm, wm, gen)
+    g, w = gain[..., :8].mean((1, 2, 3)), gain[..., 8:].mean((1, 2, 3))
+    assert float(g.min()) < 0.5 < 1.8 < float(g.max())
+    ratio = g / w
+    assert float(ratio.min()) < 0.8 and float(ratio.max()) > 1.25
+
+
+def test_finetune_on_own_pairs_is_seeded_and_learns():
+    subj = _clean(shape=(40, 40, 4))
+    series = subj.draw_pairs(np.random.default_rng(3), 12)
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = DWAN(
+            width=8,
+            expansion=2,
+            depth=1,
+            global_dilations=(2,),
+            channels=("cbf", "noise", "gm", "wm"),
+            scale_by_noise=True,
+        )
+        fit = lfn.finetune(
+            model, series, subj.mask, subj.maps(), seconds=60, max_steps=15, batch_size=4, lr=1e-3
+        )
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert fit["steps"] == 15 and fit["loss_last"] < fit["loss_first"]
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_finetune_refuses_too_few_pairs():
+    subj = _clean(shape=(40, 40, 4))
+    model = DWAN(width=8, expansion=2, depth=1, global_dilations=(2,), channels=("cbf", "noise"))
+    with pytest.raises(ValueError, match="at least 4"):
+        lfn.finetune(model, subj.draw_pairs(np.random.default_rng(0), 3), subj.mask)
+
+
+def test_clean_subjects_round_trip(tmp_path):
+    subj = _clean()
+    lfn.save_subjects([subj], tmp_path / "s.npz")
+    back = lfn.load_subjects(tmp_path / "s.npz")[0]
+    assert back.noise == subj.noise and back.name == "s"
+    assert np.allclose(back.cbf, subj.cbf, atol=0.05) and np.array_equal(back.mask, subj.mask)
