@@ -122,3 +122,51 @@ def test_clean_subjects_round_trip(tmp_path):
     back = lfn.load_subjects(tmp_path / "s.npz")[0]
     assert back.noise == subj.noise and back.name == "s"
     assert np.allclose(back.cbf, subj.cbf, atol=0.05) and np.array_equal(back.mask, subj.mask)
+
+
+def _derivatives(root, with_tissue=True):
+    import nibabel as nb
+
+    for k in range(2):
+        subj = _clean(seed=k, shape=(36, 36, 4))
+        series = subj.draw_pairs(np.random.default_rng(k), 8)
+        perf = root / f"sub-0{k}" / "perf"
+        perf.mkdir(parents=True)
+        aff = np.diag([3.0, 3.0, 5.0, 1.0])
+        nb.Nifti1Image(series, aff).to_filename(perf / f"sub-0{k}_desc-timeseries_cbf.nii.gz")
+        nb.Nifti1Image(subj.mask.astype(np.uint8), aff).to_filename(
+            perf / f"sub-0{k}_desc-brain_mask.nii.gz"
+        )
+        if with_tissue:
+            for label, arr in (("GM", subj.gm), ("WM", subj.wm)):
+                nb.Nifti1Image(arr, aff).to_filename(
+                    perf / f"sub-0{k}_label-{label}_probseg.nii.gz"
+                )
+
+
+def test_asl_train_subject_finetune_on_derivatives(tmp_path, capsys):
+    from asl_pipeline.cli.train import main
+    from asl_pipeline.models import load_model
+
+    _derivatives(tmp_path / "deriv")
+    out = tmp_path / "out"
+    # the guided shipped weights cannot be trained on segment means: a clear refusal
+    argv = ["--derivatives", str(tmp_path / "deriv"), "--init-weights", "shipped"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 2
+    assert "--subject-finetune" in capsys.readouterr().err
+    assert main([*argv, "--subject-finetune", "2", "--out", str(out), "--no-progress"]) == 0
+    models = sorted(out.glob("*_model.pt"))
+    assert len(models) == 2
+    _, info = load_model(models[0])
+    assert info["metadata"]["scheme"] == "lfn-subject"
+    assert info["metadata"]["finetune"]["steps"] >= 1
+
+
+def test_asl_train_subject_finetune_needs_tissue_maps(tmp_path, capsys):
+    from asl_pipeline.cli.train import main
+
+    _derivatives(tmp_path / "deriv", with_tissue=False)
+    argv = ["--derivatives", str(tmp_path / "deriv"), "--init-weights", "shipped"]
+    assert main([*argv, "--subject-finetune", "1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "channels" in err and "probseg" in err

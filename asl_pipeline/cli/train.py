@@ -305,6 +305,13 @@ def load_derivatives(root) -> list:
         axis, voxel_size = _axial_layout(img)
         series = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), axis, 2)
         mask = np.moveaxis(np.asarray(mimg.dataobj) > 0, axis, 2)
+        tissue = {}
+        for label in ("GM", "WM"):  # the run's tissue maps on its grid, when written
+            prefix = re.split(r"_(?:desc|space|res|cbf)[-_.]", path.name, maxsplit=1)[0]
+            found = sorted(path.parent.glob(f"{prefix}_label-{label}_probseg.nii*"))
+            if found and nb.load(found[0]).shape[:3] == img.shape[:3]:
+                data = np.asarray(nb.load(found[0]).dataobj, dtype=np.float32)
+                tissue[label.lower()] = np.moveaxis(data, axis, 2)
         subjects.append(
             Subject(
                 name=path.name,
@@ -312,6 +319,7 @@ def load_derivatives(root) -> list:
                 mask=mask,
                 voxel_size=voxel_size,
                 info={"file": str(path), "mask": str(mask_path)},
+                **tissue,
             )
         )
     if len(subjects) < 2:
@@ -555,10 +563,26 @@ def _main_subject_finetune(args, argv, subjects, init) -> int:
 
     for subj in subjects:
         model, _ = load_model(init["path"], device=args.device)
+        missing = [
+            c
+            for c in ("gm", "wm")
+            if c in (model.config.get("channels") or ()) and getattr(subj, c) is None
+        ]
+        if missing:
+            raise ASLInputError(
+                f"the weights take the {missing} channels but no such tissue maps were found "
+                "next to the run.",
+                file=subj.info.get("file"),
+                field="channels",
+                fix="fine-tune on asl-pipeline derivatives (--derivatives, which hold "
+                "*_label-GM_probseg / *_label-WM_probseg on the ASL grid), or use "
+                "asl-pipeline --denoise --dwan-finetune SECONDS",
+            )
         fit = lfn.finetune(
             model,
             subj.series,
             subj.mask,
+            {"gm": subj.gm, "wm": subj.wm},
             seconds=args.subject_finetune,
             lr=args.lr,
             seed=args.seed,
@@ -659,7 +683,21 @@ def main(argv=None) -> int:
     prep_seconds = time.time() - t0
     if args.subject_finetune is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        return _main_subject_finetune(args, argv, subjects, init)
+        try:
+            return _main_subject_finetune(args, argv, subjects, init)
+        except ASLInputError as err:
+            print(f"asl-train: error: {err}", file=sys.stderr)
+            return 2
+    if model.config.get("channels"):
+        print(
+            "asl-train: error: the initial weights take the input channels "
+            f"{model.config['channels']} (noise level, tissue maps), which the segment "
+            "scheme of --bids/--derivatives/--simulate does not provide. Fix: fine-tune them "
+            "on each run's own pairs with --subject-finetune SECONDS (or asl-pipeline "
+            "--dwan-finetune), or train new weights with --synthetic.",
+            file=sys.stderr,
+        )
+        return 2
     train_subj, val_subj = split_subjects(subjects, args.val_fraction, args.seed)
     cfg = TrainConfig(
         epochs=args.epochs,
