@@ -562,7 +562,13 @@ def parse_labeling(md: Mapping, series: Series | None, where: Where, warnings: l
         fix='add "PostLabelingDelay" in seconds (for PASL: the inversion time TI), '
         "one number or one per volume.",
     )
-    perf = series.perfusion_volumes if series is not None else range(len(plds))
+    # without the volume types a zero delay may be an M0 volume's: only the
+    # nonzero delays are then known to be perfusion volumes'
+    perf = (
+        series.perfusion_volumes
+        if series is not None
+        else [k for k, v in enumerate(plds) if v != 0 or len(plds) == 1]
+    )
     _check_times(plds, perf, where("PostLabelingDelay"), "PostLabelingDelay")
     pairs = () if series is None else series.pairs
     _same_within_pairs(plds, pairs, where("PostLabelingDelay"), "PostLabelingDelay", "delay")
