@@ -77,16 +77,21 @@ def mni_subject(seed: int, index: int) -> CleanSubject:
     settings.update(outliers=False, noise_scale=0.0)
     sim = simulate_cbf_series(seed * 100_000 + index, n_pairs=1, motion_scale=0.0, **settings)
     rng = np.random.default_rng([seed, index, 1])
+    return _from_simulation(sim, sim.cbf, "mni", seed, index, rng, _jsonable(settings))
+
+
+def _from_simulation(sim, cbf, generator, seed, index, rng, settings) -> CleanSubject:
+    """A :class:`CleanSubject` of a simulated subject's maps, its pair noise drawn."""
     return CleanSubject(
-        name=f"mni-{seed}-{index}",
-        cbf=sim.cbf.astype(np.float32),
+        name=f"{generator}-{seed}-{index}",
+        cbf=np.asarray(cbf, np.float32),
         mask=np.asarray(sim.brain_mask, bool),
         gm=sim.gm.astype(np.float32),
         wm=sim.wm.astype(np.float32),
         m0=sim.m0_true.astype(np.float32),
         noise=random_pair_noise(rng),
-        generator="mni",
-        info={"seed": seed * 100_000 + index, "settings": _jsonable(settings)},
+        generator=generator,
+        info={"seed": seed * 100_000 + index, "settings": settings},
     )
 
 
@@ -108,17 +113,7 @@ def phantom_subject(seed: int, index: int) -> CleanSubject:
     sim = simulate_phantom(
         seed * 100_000 + index, n_pairs=1, noise_level=0.0, t1w=False, **settings
     )
-    return CleanSubject(
-        name=f"phantom-{seed}-{index}",
-        cbf=sim.cbf_white_paper.astype(np.float32),
-        mask=np.asarray(sim.brain_mask, bool),
-        gm=sim.gm.astype(np.float32),
-        wm=sim.wm.astype(np.float32),
-        m0=sim.m0_true.astype(np.float32),
-        noise=random_pair_noise(rng),
-        generator="phantom",
-        info={"seed": seed * 100_000 + index, "settings": settings},
-    )
+    return _from_simulation(sim, sim.cbf_white_paper, "phantom", seed, index, rng, settings)
 
 
 def clean_subjects(n: int, *, seed: int = 0, progress: bool = False) -> list[CleanSubject]:
