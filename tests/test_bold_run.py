@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from asl_pipeline.bids import collect_runs
-from asl_pipeline.simulate import simulate_dataset, simulate_subject
 from asl_pipeline.simulate import bold as sim_bold
+from asl_pipeline.simulate import simulate_dataset, simulate_subject
 
 TINY = dict(
     n_pairs=3,
@@ -58,7 +58,9 @@ def test_static_signal_depends_on_perfusion_as_documented():
 def test_fluctuation_amplitude_follows_cbf():
     sub = simulate_subject(7, t1w=False, **TINY, **BOLD)
     b = sub.bold
-    np.testing.assert_allclose(b.amplitude, sim_bold.BOLD_AMPLITUDE * b.cbf / 60.0, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(
+        b.amplitude, sim_bold.BOLD_AMPLITUDE * b.cbf / 60.0, rtol=1e-5, atol=1e-9
+    )
 
 
 def test_dataset_writes_a_bold_run(dataset):

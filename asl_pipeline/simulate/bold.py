@@ -208,7 +208,9 @@ def simulate_bold(
     shift = np.eye(4)
     shift[:3, 3] = -pad
     paffine = affine @ shift
-    fr, mni = _fractions(anat, bold_to_asl @ paffine, pshape, resolution=resolution, subsample=subsample)
+    fr, mni = _fractions(
+        anat, bold_to_asl @ paffine, pshape, resolution=resolution, subsample=subsample
+    )
     cbf_gm, cbf_wm = (c.reshape(pshape) for c in anat.perfusion(mni))
     cbf = fr["gm"] * cbf_gm + fr["wm"] * cbf_wm
     gain = _gain(rng, mni, dropout).reshape(pshape)
@@ -220,7 +222,9 @@ def simulate_bold(
     hi = apply_affine(paffine, np.asarray(pshape, float)[None] - 1)[0] + 10
     weights = np.stack(
         [
-            np.clip(1 + anatomy.SmoothField(rng, lo, hi, 30.0, 3.0).on_grid(paffine, pshape), 0, None)
+            np.clip(
+                1 + anatomy.SmoothField(rng, lo, hi, 30.0, 3.0).on_grid(paffine, pshape), 0, None
+            )
             for _ in range(N_NETWORKS)
         ]
     )

@@ -260,7 +260,8 @@ def _write_bold(root: Path, s: str, bold) -> list[Path]:
     _write_tsv(motion, cols, [[f"{v:.9f}" for v in row] for row in bold.motion])
     xfm = truth / f"{stem}_from-bold_to-ASL_mode-image_xfm.txt"
     _write_bytes(
-        xfm, ("\n".join(" ".join(f"{v:.12g}" for v in r) for r in bold.bold_to_asl) + "\n").encode()
+        xfm,
+        ("\n".join(" ".join(f"{v:.12g}" for v in r) for r in bold.bold_to_asl) + "\n").encode(),
     )
     return paths + [motion, xfm]
 
