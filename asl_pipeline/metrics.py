@@ -150,7 +150,7 @@ def gm_wm_contrast(image, gm, wm, *, threshold=0.7) -> float:
     """Mean GM CBF over mean WM CBF (masks or probability maps above ``threshold``)."""
     gm = _tissue(gm, threshold).astype(float)
     wm = _tissue(wm, threshold).astype(float)
-    return tissue_cbf_stats(image, gm, wm, threshold=0.5)["gm_wm_ratio"]
+    return tissue_cbf_stats(image, gm, wm, gm_threshold=0.5, wm_threshold=0.5)["gm_wm_ratio"]
 
 
 def voxelwise_correlation(estimates, references, mask=None):
