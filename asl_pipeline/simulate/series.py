@@ -1229,6 +1229,18 @@ def simulate_subject(
     return sub
 
 
+def _simulate_bold(seed, anat, shape, susceptibility, n_volumes, voxel_size, noise_scale,
+                   motion_scale, resolution):  # fmt: skip
+    """The BOLD run of the fast path (see :mod:`asl_pipeline.simulate.bold`)."""
+    from asl_pipeline.simulate.bold import simulate_bold
+
+    return simulate_bold(
+        seed, anat, shape, dropout=_DROPOUT_MNI if susceptibility else (), m0_scale=M0_SCALE,
+        n_volumes=n_volumes, voxel_size=voxel_size, noise_scale=noise_scale or 1.0,
+        motion_scale=motion_scale, resolution=resolution, subsample=(1, 1, 1),
+    )  # fmt: skip
+
+
 # --------------------------------------------------------------------------
 # fast per-pair CBF series
 
@@ -1270,6 +1282,7 @@ class SimulatedCBFSeries:
     mean_series: np.ndarray | None = None
     cbf_gm: np.ndarray | None = None
     cbf_wm: np.ndarray | None = None
+    bold: object = None  # SimulatedBOLD (``bold=True`` only)
 
 
 def simulate_cbf_series(
@@ -1297,6 +1310,9 @@ def simulate_cbf_series(
     subsample=(1, 1, 2),
     mean_series: bool = False,
     pair_noise: noise.PairNoise | None = None,
+    bold: bool = False,
+    bold_volumes: int = 120,
+    bold_voxel_size: float = 3.0,
 ) -> SimulatedCBFSeries:
     """Per-pair CBF maps from the same signal and noise model, fast.
 
@@ -1330,6 +1346,9 @@ def simulate_cbf_series(
     per-pair CBF noise with the statistics of real single-pair maps
     (spatially correlated, heavy-tailed, slice-varying, global offsets) and a
     drift of the perfusion signal over the run; motion and outliers are kept.
+
+    ``bold``: also the subject's resting BOLD run (``bold`` attribute, as in
+    :func:`simulate_subject`; its own generator, nothing else changes).
     """
     rng = np.random.default_rng(seed)
     _check_grid(shape, voxel_size, noise_scale)
@@ -1447,4 +1466,17 @@ def simulate_cbf_series(
         mean_series=means,
         cbf_gm=anat.cbf_gm,
         cbf_wm=anat.cbf_wm,
+        bold=None
+        if not bold
+        else _simulate_bold(
+            seed,
+            anat,
+            shape,
+            susceptibility,
+            bold_volumes,
+            bold_voxel_size,
+            noise_scale,
+            motion_scale,
+            resolution,
+        ),
     )
