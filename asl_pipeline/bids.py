@@ -122,6 +122,14 @@ class ASLRun:
     warnings: tuple[str, ...] = field(default_factory=tuple)
     #: Merged sidecars of :attr:`m0_pepolar_files`, in the same order.
     m0_pepolar_metadata: tuple[dict, ...] = field(default_factory=tuple)
+    #: The subject's BIDS BOLD runs (``func/*_bold.nii[.gz]``) of the same
+    #: session, sorted; empty when there are none (nothing else changes).
+    bold_files: tuple[Path, ...] = field(default_factory=tuple)
+
+    @property
+    def bold_file(self) -> Path | None:
+        """The first of :attr:`bold_files` (the one BOLD-to-ASL reads), or None."""
+        return self.bold_files[0] if self.bold_files else None
 
     # ---- series ---------------------------------------------------------------
     @property
@@ -753,6 +761,7 @@ def _read_run(
         m0_pepolar_metadata=tuple(m for _, m in m0.pepolar),
         t1w_file=t1w,
         warnings=tuple(warnings),
+        bold_files=_find_bold(layout, entities["subject"], entities.get("session"), warnings),
     )
 
 
@@ -937,6 +946,19 @@ def _pepolar_m0(layout, root, subject, session, asl_file, asl_md) -> list[tuple[
         if targets & set(_intended_for(md)) or named:
             found.append((Path(path), dict(md)))
     return found
+
+
+def _find_bold(layout, subject, session, warnings) -> tuple[Path, ...]:
+    """The subject's BOLD runs in ``func/`` of the ASL run's session (sorted)."""
+    query = {"subject": subject, "suffix": "bold", "datatype": "func",
+             "extension": [".nii", ".nii.gz"]}  # fmt: skip
+    if session:
+        query["session"] = session
+    files = _unique_files(f.path for f in layout.get(**query))
+    if len(files) > 1:
+        names = ", ".join(Path(f).name for f in files)
+        warnings.append(f"several BOLD runs ({names}): BOLD-to-ASL uses the first")
+    return tuple(Path(f) for f in files)
 
 
 def _find_t1w(layout, subject, session, warnings, filters=None) -> Path | None:

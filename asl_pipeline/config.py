@@ -63,6 +63,7 @@ _PATH_FIELDS = (
     "work_dir",
     "plugin_config",
     "dwan_weights",
+    "bold_to_cbf",
     "bids_filter_file",
 )
 #: Queries of a BIDS filter file that the pipeline applies (fMRIPrep's names).
@@ -146,6 +147,9 @@ class Config:
     denoise: bool = False
     dwan_weights: Path | None = None
     dwan_finetune: float = 0.0
+    #: BOLD-to-ASL weights (``--bold-to-cbf``): with a BIDS BOLD run of the
+    #: subject, also write ``desc-boldpredicted_cbf`` (off when None).
+    bold_to_cbf: Path | None = None
     smoothing_fwhm: float = 0.0
     nuisance_regression: bool = False
     zigzag_method: str = "interpolate"

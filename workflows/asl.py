@@ -38,6 +38,7 @@ def init_asl_preproc_wf(
     denoise: bool = False,
     dwan_weights: str | None = None,
     dwan_finetune: float = 0.0,
+    bold_to_cbf: str | None = None,
     smoothing_fwhm: float = 0.0,
     nuisance_regression: bool = False,
     zigzag_method: str = "interpolate",
@@ -72,6 +73,12 @@ def init_asl_preproc_wf(
         Template spaces other than the bundled MNI152NLin2009aSym (TemplateFlow
         names, :mod:`asl_pipeline.templates`); every CBF map is resampled into
         each through ``inputnode.t1w_to_<name>`` onto ``inputnode.<name>_reference``.
+    bold_to_cbf
+        BOLD-to-ASL weights (``--bold-to-cbf``). Only when given AND the run
+        has a BIDS BOLD run (:attr:`~asl_pipeline.bids.ASLRun.bold_file`): the
+        BOLD run is motion-corrected, its mean registered to the ASL reference
+        and resampled onto the ASL grid (:func:`init_bold_to_cbf_wf`), and the
+        CBF the network predicts from it is stored as ``desc-boldpredicted_cbf``.
     sdc
         Susceptibility distortion correction when the run has a PEPOLAR M0
         pair (:func:`asl_pipeline.sdc.pepolar_pair`; its sidecars are checked
@@ -288,6 +295,20 @@ def init_asl_preproc_wf(
         (source_node, ds_wf, [("aslcontext", "inputnode.aslcontext")]),
     ])  # fmt: skip
 
+    if bold_to_cbf and run.bold_file is not None:
+        bold_wf = init_bold_to_cbf_wf(
+            bold_file=str(run.bold_file),
+            weights=str(bold_to_cbf),
+            output_dir=str(output_dir),
+            source_file=source,
+            seed=seed,
+            omp_nthreads=omp_nthreads,
+        )
+        workflow.connect([
+            (hmc_wf, bold_wf, [("outputnode.ref_image", "inputnode.asl_ref")]),
+            (reg_wf, bold_wf, [("outputnode.asl_mask", "inputnode.asl_mask")]),
+        ])  # fmt: skip
+
     # resampling to MNI (and T1w): one interpolation through the composed transforms
     if mni or "T1w" in output_spaces:
         for field in maps:
@@ -416,3 +437,75 @@ def _methods_text(*workflows) -> str:
                 seen.add(desc)
                 parts.append(desc)
     return "\n\n".join(parts)
+
+
+def init_bold_to_cbf_wf(
+    *,
+    bold_file: str,
+    weights: str,
+    output_dir: str,
+    source_file: str,
+    seed: int = 1,
+    omp_nthreads: int = 1,
+    name: str = "bold_to_cbf_wf",
+) -> pe.Workflow:
+    """CBF predicted from the subject's BIDS BOLD run (methods spec 6.4).
+
+    The BOLD run is motion-corrected (rigid), its temporal mean registered
+    (rigid, mutual information) to the ASL reference and resampled onto the
+    ASL grid (:func:`asl_pipeline.bold.bold_to_asl`); a network trained by
+    learning from noise (``benchmarks/bold2asl_runs.py``: the BOLD mean on the
+    ASL grid as input, noisy single-segment mean CBF of the ASL run as
+    targets) predicts CBF from it inside the ASL brain mask. Stored as
+    ``desc-boldpredicted_cbf`` (a prediction, never the measured map).
+
+    Inputs
+    ------
+    asl_ref, asl_mask
+        ASL reference image and brain mask (ASL grid).
+
+    Outputs
+    -------
+    bold_cbf
+        The predicted CBF map (ASL grid).
+    """
+    from asl_pipeline.interfaces.bids import DerivativesDataSink
+    from asl_pipeline.interfaces.bold import BOLDToASLSpace
+    from asl_pipeline.interfaces.denoise import BOLDToCBF
+
+    workflow = pe.Workflow(name=name)
+    workflow.__desc__ = (
+        "The subject's BOLD run was realigned (rigid), its temporal mean registered to the "
+        "ASL reference (rigid, mutual information) and resampled onto the ASL grid, and a "
+        "network trained by learning from noise predicted a CBF map from it "
+        "(desc-boldpredicted; a prediction, not a measurement)."
+    )
+    inputnode = pe.Node(niu.IdentityInterface(fields=["asl_ref", "asl_mask"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["bold_cbf"]), name="outputnode")
+    to_asl = pe.Node(BOLDToASLSpace(bold_file=bold_file, seed=seed), name="bold_to_asl",
+                     mem_gb=2.0)  # fmt: skip
+    predict = pe.Node(BOLDToCBF(weights=weights, num_threads=omp_nthreads), name="predict",
+                      n_procs=omp_nthreads, mem_gb=1.0)  # fmt: skip
+    sink = pe.Node(
+        DerivativesDataSink(
+            base_directory=str(output_dir),
+            source_file=source_file,
+            suffix="cbf",
+            desc="boldpredicted",
+            extension=".nii.gz",
+            meta_dict={"Units": "mL/100 g/min"},
+            sources=[raw_uri(bold_file)],
+            description="CBF predicted from the subject's BOLD run (methods spec 6.4).",
+        ),
+        name="ds_boldpredicted_cbf",
+        run_without_submitting=True,
+        mem_gb=0.1,
+    )
+    workflow.connect([
+        (inputnode, to_asl, [("asl_ref", "reference")]),
+        (to_asl, predict, [("out_file", "in_file")]),
+        (inputnode, predict, [("asl_mask", "mask_file")]),
+        (predict, sink, [("out_file", "in_file"), ("out_sidecar", "in_meta")]),
+        (predict, outputnode, [("out_file", "bold_cbf")]),
+    ])  # fmt: skip
+    return workflow

@@ -46,6 +46,7 @@ def init_asl_pipeline_wf(config, runs) -> pe.Workflow:
                     denoise=config.denoise,
                     dwan_weights=str(config.dwan_weights) if config.dwan_weights else None,
                     dwan_finetune=config.dwan_finetune,
+                    bold_to_cbf=str(config.bold_to_cbf) if config.bold_to_cbf else None,
                     smoothing_fwhm=config.smoothing_fwhm,
                     nuisance_regression=config.nuisance_regression,
                     zigzag_method=config.zigzag_method,

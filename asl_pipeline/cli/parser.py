@@ -306,6 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="DWAN weights (.pt) instead of the packaged ones",
     )
     g.add_argument(
+        "--bold-to-cbf",
+        type=_existing_file,
+        default=None,
+        metavar="WEIGHTS",
+        help="BOLD-to-ASL prediction (methods spec 6.4): for runs whose subject has a BIDS "
+        "BOLD run (func/*_bold.nii.gz, same session), motion-correct it, register its mean "
+        "to the ASL reference and write desc-boldpredicted_cbf with these weights "
+        "(benchmarks/bold2asl_runs.py); a prediction, never a measurement (default off)",
+    )
+    g.add_argument(
         "--dwan-finetune",
         type=_float(0, False),
         default=0.0,

@@ -152,13 +152,16 @@ def _weights_problems(config) -> list:
     from asl_pipeline.errors import ASLInputError
     from asl_pipeline.models.io import verify_weights
 
-    if not config.denoise:
-        return []
-    try:
-        verify_weights(config.dwan_weights)
-    except ASLInputError as exc:
-        return [exc]
-    return []
+    problems = []
+    for wanted, weights in ((config.denoise, config.dwan_weights),
+                            (config.bold_to_cbf is not None, config.bold_to_cbf)):  # fmt: skip
+        if not wanted:
+            continue
+        try:
+            verify_weights(weights)
+        except ASLInputError as exc:
+            problems.append(exc)
+    return problems
 
 
 def validate(config) -> tuple[list, list]:

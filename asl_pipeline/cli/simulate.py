@@ -97,6 +97,13 @@ def get_parser() -> argparse.ArgumentParser:
         "(PEPOLAR) and the true field map with the ground truth",
     )
     s.add_argument(
+        "--bold",
+        action="store_true",
+        help="also write a resting-state BOLD run per subject (func/sub-XX_task-rest_bold.nii.gz, "
+        "3 mm, 120 volumes, its own grid and head position; T2* and fluctuation amplitude "
+        "depend on the same anatomy and perfusion, see asl_pipeline.simulate.bold)",
+    )
+    s.add_argument(
         "--noise-scale", type=float, default=1.0, help="multiplies thermal and physiological noise"
     )
     p = parser.add_argument_group(
@@ -121,7 +128,7 @@ def get_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_MNI_ONLY = ("lesion", "label_first", "no_motion", "no_outliers", "distortion")
+_MNI_ONLY = ("lesion", "label_first", "no_motion", "no_outliers", "distortion", "bold")
 _PHANTOM_ONLY = ("motion", "outlier_types")
 
 
@@ -173,6 +180,8 @@ def _multi_pld_kwargs(args) -> dict:
         kw["t1_after_arrival"] = args.t1_after_arrival
     if args.distortion:
         kw["distortion"] = True
+    if args.bold:
+        kw["bold"] = True
     return kw
 
 

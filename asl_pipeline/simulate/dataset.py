@@ -7,6 +7,7 @@ Layout of ``out_dir``::
     sub-XX/perf/sub-XX_asl.nii.gz (+ _asl.json, _aslcontext.tsv)
     sub-XX/perf/sub-XX_m0scan.nii.gz (+ .json, IntendedFor the ASL run)
     sub-XX/fmap/sub-XX_dir-AP_m0scan.nii.gz (+ .json)  reverse-PE M0 (``distortion``)
+    sub-XX/func/sub-XX_task-rest_bold.nii.gz (+ .json)  resting BOLD run (``bold``)
     derivatives/simulation/            (DatasetType "derivative")
         .bidsignore                     files BIDS derivatives do not cover
         sub-XX/perf/sub-XX_desc-true_cbf.nii.gz     true CBF, ASL space
@@ -21,6 +22,11 @@ Layout of ``out_dir``::
         sub-XX/perf/sub-XX_from-ASL_to-T1w_mode-image_xfm.txt
         sub-XX/fmap/sub-XX_desc-true_fieldmap.nii.gz (+ .json)  B0 field, Hz (``distortion``)
         sub-XX/anat/sub-XX_label-{GM,WM,CSF}_probseg.nii.gz, _desc-brain_mask
+        sub-XX/func/sub-XX_task-rest_desc-true_cbf.nii.gz   true CBF, BOLD grid (``bold``)
+        sub-XX/func/sub-XX_task-rest_desc-trueamplitude_boldmap.nii.gz  a(x) (``bold``)
+        sub-XX/func/sub-XX_task-rest_desc-true_motion.tsv   BOLD head motion (``bold``)
+        sub-XX/func/sub-XX_task-rest_from-bold_to-ASL_mode-image_xfm.txt  4x4 BOLD world
+            (head at BOLD volume 0) -> ASL world (head at ASL volume 0) (``bold``)
         sub-XX/anat/sub-XX_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.json
         sub-XX/anat/sub-XX_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.nii.gz
 
@@ -234,6 +240,32 @@ def kinetics_truth(sub: SimulatedSubject) -> dict:
     }
 
 
+def _write_bold(root: Path, s: str, bold) -> list[Path]:
+    """The BOLD run (``func/``) and its truth (``derivatives/simulation/.../func``)."""
+    func = root / s / "func"
+    truth = root / "derivatives" / "simulation" / s / "func"
+    stem = f"{s}_task-{bold.metadata['TaskName']}"
+    tr = bold.metadata["RepetitionTime"]
+    paths = [func / f"{stem}_bold.nii.gz", func / f"{stem}_bold.json"]
+    _write_nifti(paths[0], bold.data, bold.affine, dtype=np.int16, tr=tr)
+    _write_json(paths[1], bold.metadata)
+    for desc, data in (("true", bold.cbf), ("trueamplitude", bold.amplitude)):
+        path = truth / f"{stem}_desc-{desc}_cbf.nii.gz"
+        if desc == "trueamplitude":
+            path = truth / f"{stem}_desc-trueamplitude_boldmap.nii.gz"
+        _write_nifti(path, data, bold.affine, dtype=np.float32)
+        paths.append(path)
+    cols = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+    motion = truth / f"{stem}_desc-true_motion.tsv"
+    _write_tsv(motion, cols, [[f"{v:.9f}" for v in row] for row in bold.motion])
+    xfm = truth / f"{stem}_from-bold_to-ASL_mode-image_xfm.txt"
+    _write_bytes(
+        xfm,
+        ("\n".join(" ".join(f"{v:.12g}" for v in r) for r in bold.bold_to_asl) + "\n").encode(),
+    )
+    return paths + [motion, xfm]
+
+
 def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
     """Write one simulated subject (raw files and derivatives); returns the paths."""
     root = Path(out_dir)
@@ -271,6 +303,8 @@ def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
         rev_md = dict(sub.m0_reverse_metadata, IntendedFor=targets, B0FieldIdentifier=B0_FIELD_ID)
         _write_json(fmap / f"{s}_dir-AP_m0scan.json", rev_md)
         written.append(fmap / f"{s}_dir-AP_m0scan.json")
+    if getattr(sub, "bold", None) is not None:
+        written += _write_bold(root, s, sub.bold)
     if sub.t1w is not None:
         nii(anat / f"{s}_T1w.nii.gz", sub.t1w, sub.t1w_affine, np.int16)
         _write_json(anat / f"{s}_T1w.json", _T1W_SIDECAR)
@@ -460,7 +494,7 @@ def write_dataset(
     _write_bytes(
         deriv / ".bidsignore",
         b"# ground-truth files the BIDS derivatives specification does not cover\n"
-        b"**/perf/*\n**/*_xfm.*\n",
+        b"**/perf/*\n**/*_xfm.*\n" + (b"**/func/*\n" if subject_kwargs.get("bold") else b""),
     )
     rows = []
     for i, label in enumerate(labels):

@@ -482,6 +482,9 @@ class _ASLAnatomy:
     padded: dict = field(default_factory=dict)
     cbf_gm: np.ndarray | None = None  # per-tissue CBF at the voxel centre (partial-volume
     cbf_wm: np.ndarray | None = None  # truth: cbf = gm * cbf_gm + wm * cbf_wm)
+    #: ``f(mni_points) -> (cbf_gm, cbf_wm)``: the tissue CBF anywhere in the head
+    #: (the same perfusion on another grid, e.g. the BOLD run's)
+    perfusion: object = None
 
 
 def _unit_field(rng, spacing):
@@ -546,9 +549,11 @@ def _asl_anatomy(
     # tissue perfusion and transit time, smooth functions of MNI position
     gm_level = rng.uniform(50, 68)
     wm_level = gm_level / rng.uniform(2.2, 2.8)
-    f_gm, f_wm, f_att = (_unit_field(rng, s)(centres_mni) for s in (30.0, 40.0, 35.0))
+    field_gm, field_wm, field_att = (_unit_field(rng, s) for s in (30.0, 40.0, 35.0))
+    f_gm, f_wm, f_att = (f(centres_mni) for f in (field_gm, field_wm, field_att))
     cbf_gm = np.clip(gm_level * (1 + 0.12 * f_gm), 40, 80)
     cbf_wm = np.clip(wm_level * (1 + 0.10 * f_wm), 15, 30)
+    lesion_spec = None
     posterior = np.clip((20.0 - centres_mni[:, 1]) / 120.0, 0, 1)
     att_gm = 0.9 + rng.uniform(-0.1, 0.1) + 0.35 * posterior + 0.06 * f_att
     att_wm = att_gm + 0.3
@@ -572,6 +577,7 @@ def _asl_anatomy(
         r = np.linalg.norm(centres_mni - c, axis=1)
         w = 1.0 / (1.0 + np.exp((r - radius) / 3.0))
         depth = rng.uniform(0.5, 0.8)
+        lesion_spec = (c, radius, depth)
         cbf_gm = cbf_gm * (1 - depth * w)
         cbf_wm = cbf_wm * (1 - depth * w)
         att_gm = att_gm + 0.4 * w
@@ -593,6 +599,17 @@ def _asl_anatomy(
     att = att.reshape(shape)
     shift = np.eye(4)
     shift[:3, 3] = pad
+
+    def perfusion(points_mni):
+        pts = np.atleast_2d(points_mni)
+        gm_ = np.clip(gm_level * (1 + 0.12 * field_gm(pts)), 40, 80)
+        wm_ = np.clip(wm_level * (1 + 0.10 * field_wm(pts)), 15, 30)
+        if lesion_spec is not None:
+            c_, r_, d_ = lesion_spec
+            w_l = 1.0 / (1.0 + np.exp((np.linalg.norm(pts - c_, axis=1) - r_) / 3.0))
+            gm_, wm_ = gm_ * (1 - d_ * w_l), wm_ * (1 - d_ * w_l)
+        return gm_, wm_
+
     return _ASLAnatomy(
         affine=affine @ shift,
         fractions={k: v[crop] for k, v in fractions.items()},
@@ -606,6 +623,7 @@ def _asl_anatomy(
         padded={"affine": affine, "fractions": fractions, "cbf": cbf, "att": att},
         cbf_gm=cbf_gm.reshape(shape)[crop].astype(np.float32),
         cbf_wm=cbf_wm.reshape(shape)[crop].astype(np.float32),
+        perfusion=perfusion,
     )
 
 
@@ -803,6 +821,7 @@ class SimulatedSubject:
     field_hz: np.ndarray | None = None
     m0_reverse: np.ndarray | None = None
     m0_reverse_metadata: dict | None = None
+    bold: object = None  # SimulatedBOLD (``bold=True`` only)
 
     def _pair_of(self, volume: int) -> int:
         """Pair index of an ASL volume (an included M0 volume comes first)."""
@@ -871,6 +890,9 @@ def simulate_subject(
     t1_after_arrival: str | None = None,
     t1_tissue: float | None = None,
     distortion: bool = False,
+    bold: bool = False,
+    bold_volumes: int = 120,
+    bold_voxel_size: float = 3.0,
 ) -> SimulatedSubject:
     """Simulate one subject's ASL run, separate M0 scan and T1w image.
 
@@ -949,6 +971,12 @@ def simulate_subject(
     the reverse M0's noise come from their own generator, so every other
     output is the same as without distortion except the distorted images.
     Truth maps stay in the undistorted space.
+
+    ``bold``: also a resting-state BOLD run (``bold`` attribute, a
+    :class:`~asl_pipeline.simulate.bold.SimulatedBOLD`) of ``bold_volumes``
+    volumes on its own ``bold_voxel_size`` mm grid, with the same anatomy and
+    perfusion (model: :mod:`asl_pipeline.simulate.bold`). Off by default; its
+    own generator, so every other output is the same with or without it.
 
     ``resolution`` (1 or 2 mm) picks the MNI templates, ``subsample`` the
     sub-voxel sample points per ASL voxel for partial volume; ``dtype`` is the
@@ -1166,6 +1194,23 @@ def simulate_subject(
         m0_reverse=m0_reverse,
         m0_reverse_metadata=m0_reverse_md,
     )
+    if bold:
+        from asl_pipeline.simulate.bold import simulate_bold
+
+        sub.bold = simulate_bold(
+            seed,
+            anat,
+            shape,
+            dropout=_DROPOUT_MNI if susceptibility else (),
+            m0_scale=M0_SCALE,
+            n_volumes=bold_volumes,
+            voxel_size=bold_voxel_size,
+            noise_scale=noise_scale,
+            motion=motion,
+            motion_scale=motion_scale,
+            resolution=resolution,
+            dtype=dtype,
+        )
     if m0_type == "INCLUDED":
         _include_m0(sub, proto)
     if t1w:
@@ -1182,6 +1227,18 @@ def simulate_subject(
         sub.gm_t1w, sub.wm_t1w, sub.csf_t1w = probs["gm"], probs["wm"], probs["csf"]
         sub.brain_mask_t1w = probs["brain_mask"]
     return sub
+
+
+def _simulate_bold(seed, anat, shape, susceptibility, n_volumes, voxel_size, noise_scale,
+                   motion_scale, resolution):  # fmt: skip
+    """The BOLD run of the fast path (see :mod:`asl_pipeline.simulate.bold`)."""
+    from asl_pipeline.simulate.bold import simulate_bold
+
+    return simulate_bold(
+        seed, anat, shape, dropout=_DROPOUT_MNI if susceptibility else (), m0_scale=M0_SCALE,
+        n_volumes=n_volumes, voxel_size=voxel_size, noise_scale=noise_scale or 1.0,
+        motion_scale=motion_scale, resolution=resolution, subsample=(1, 1, 1),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------
@@ -1225,6 +1282,7 @@ class SimulatedCBFSeries:
     mean_series: np.ndarray | None = None
     cbf_gm: np.ndarray | None = None
     cbf_wm: np.ndarray | None = None
+    bold: object = None  # SimulatedBOLD (``bold=True`` only)
 
 
 def simulate_cbf_series(
@@ -1252,6 +1310,9 @@ def simulate_cbf_series(
     subsample=(1, 1, 2),
     mean_series: bool = False,
     pair_noise: noise.PairNoise | None = None,
+    bold: bool = False,
+    bold_volumes: int = 120,
+    bold_voxel_size: float = 3.0,
 ) -> SimulatedCBFSeries:
     """Per-pair CBF maps from the same signal and noise model, fast.
 
@@ -1285,6 +1346,9 @@ def simulate_cbf_series(
     per-pair CBF noise with the statistics of real single-pair maps
     (spatially correlated, heavy-tailed, slice-varying, global offsets) and a
     drift of the perfusion signal over the run; motion and outliers are kept.
+
+    ``bold``: also the subject's resting BOLD run (``bold`` attribute, as in
+    :func:`simulate_subject`; its own generator, nothing else changes).
     """
     rng = np.random.default_rng(seed)
     _check_grid(shape, voxel_size, noise_scale)
@@ -1402,4 +1466,17 @@ def simulate_cbf_series(
         mean_series=means,
         cbf_gm=anat.cbf_gm,
         cbf_wm=anat.cbf_wm,
+        bold=None
+        if not bold
+        else _simulate_bold(
+            seed,
+            anat,
+            shape,
+            susceptibility,
+            bold_volumes,
+            bold_voxel_size,
+            noise_scale,
+            motion_scale,
+            resolution,
+        ),
     )
