@@ -300,7 +300,8 @@ def _ignore_signals():
 @contextlib.contextmanager
 def graceful_shutdown():
     """SIGTERM/SIGINT raise :class:`Interrupted` in the main thread; on it the
-    run's child processes are ended; the run's temporary folder goes on any exit."""
+    run's child processes are ended and the SLURM jobs it submitted cancelled
+    (:mod:`asl_pipeline.cli.slurmjobs`); the run's temporary folder goes on any exit."""
     run_pid = os.getpid()
     multiprocessing.util.register_after_fork(_AFTER_FORK, lambda _: die_with_parent(run_pid))
     handle = _handler(run_pid)
@@ -314,10 +315,20 @@ def graceful_shutdown():
                 # the worker pool breaks as its processes end: that is expected here
                 logging.getLogger("concurrent.futures").disabled = True
                 end_children()
+                _cancel_slurm_jobs()
                 raise
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+
+
+def _cancel_slurm_jobs() -> None:
+    """Cancel the SLURM jobs this run submitted (none unless the SLURM plugin ran)."""
+    import sys
+
+    jobs = sys.modules.get("asl_pipeline.cli.slurmjobs")
+    if jobs is not None:  # imported only by a SLURM run
+        jobs.cancel_submitted()
 
 
 def _writable_parent(path: Path) -> Path:

@@ -171,6 +171,10 @@ def _run(config, runs, command: str) -> int:
         settings = _with_progress(settings, progress)
     started = time.time()
     heartbeat = progress.heartbeat() if config.verbosity >= 0 else contextlib.nullcontext()
+    if settings["plugin"] == "SLURM":  # a plugin that records its jobs, to cancel them
+        from asl_pipeline.cli.slurmjobs import TrackedSLURMPlugin
+
+        settings = {"plugin": TrackedSLURMPlugin(plugin_args=settings["plugin_args"])}
     try:
         with heartbeat:
             workflow.run(**settings)
