@@ -211,6 +211,71 @@ class QuantParams:
         return out
 
 
+def _seconds(values) -> str:
+    """``1.8 s`` or ``0.5, 1.0, 1.5 s`` (distinct values, in order)."""
+    vals = list(dict.fromkeys(round(float(v), 4) for v in np.atleast_1d(values)))
+    return ", ".join(f"{v:g}" for v in vals) + " s"
+
+
+def methods_parameters(params: QuantParams, *, m0_recovery: str = "tissue") -> str:
+    """The methods-text sentence stating the run's quantification parameters.
+
+    Labeling, delays, readout, labeling efficiency (with the background
+    suppression factor), blood T1, partition coefficient and the M0 source,
+    with the values used (:class:`QuantParams`), for the report's boilerplate.
+    """
+    plds = [p for p in np.atleast_1d(params.pld) if p > 0] or [params.pld]
+    delay = "inversion time TI" if params.labeling_type == "PASL" else "post-labeling delay"
+    parts = [f"{params.labeling_type} labeling"]
+    if params.tau is not None:
+        parts.append(f"labeling duration {params.tau:g} s")
+    if params.ti1 is not None:
+        parts.append(f"bolus duration TI1 {params.ti1:g} s ({params.bolus_cutoff_technique})")
+    parts.append(f"{delay} {_seconds(plds)}")
+    if params.slice_timing:
+        spread = max(params.slice_timing) - min(params.slice_timing)
+        parts.append(
+            f"2D readout (each slice's delay lengthened by its acquisition time, "
+            f"up to {spread:g} s)"
+        )
+    else:
+        parts.append("3D readout")
+    text = "Quantification used " + ", ".join(parts) + "; "
+    base = params.labeling_efficiency
+    if base is None:
+        base = kinetics.ALPHA_DEFAULT[params.labeling_type.upper()]
+    eff = f"labeling efficiency {base:g}"
+    if params.n_bs_pulses:
+        eff += (
+            f" times {kinetics.ALPHA_BS_PER_PULSE:g} per background-suppression pulse "
+            f"({params.n_bs_pulses} pulses: {params.alpha:.3g})"
+        )
+    text += (
+        f"{eff}, blood T1 {params.t1b:g} s at {params.field_strength:g} T and a "
+        f"blood-brain partition coefficient of {params.lam:g} mL/g. "
+    )
+    m0 = {
+        "Separate": "a separate M0 scan",
+        "Included": "the M0 volumes of the series",
+        "Estimate": f"the single M0 value given in the sidecar ({params.m0_estimate:g})"
+        if params.m0_estimate is not None
+        else "the M0 value given in the sidecar",
+        "Absent": "the mean control image",
+    }.get(params.m0_type, str(params.m0_type))
+    text += f"M0 came from {m0}"
+    if params.m0_tr and params.m0_type != "Estimate":
+        how = (
+            "a T1 weighted by each voxel's GM/WM/CSF fractions"
+            if m0_recovery == "tissue"
+            else f"a tissue T1 of {params.t1_tissue:g} s"
+        )
+        text += (
+            f", corrected for incomplete recovery at its repetition time of "
+            f"{params.m0_tr:g} s with {how}"
+        )
+    return text + "."
+
+
 def quant_params(desc: RunDescription, **overrides) -> QuantParams:
     """The quantification parameters of a run description; nothing is parsed again.
 

@@ -6,6 +6,7 @@ import numpy as np
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from asl_pipeline.cbf import methods_parameters, quant_params
 from asl_pipeline.interfaces.cbf import ComputeCBF, ComputeM0, ComputeMultiPLDCBF
 from asl_pipeline.interfaces.denoise import DWANDenoise
 from asl_pipeline.interfaces.outliers import CleanCBF
@@ -185,6 +186,8 @@ def init_cbf_wf(
                 if t1_after_arrival == "tissue"
                 else "after arrival (the white-paper simplification)."
             )
+            + " "
+            + methods_parameters(quant_params(description), m0_recovery=m0_recovery)
         )
         workflow.connect([
             (inputnode, fit, [("asl_file", "asl_file"), ("mask", "mask")]),
@@ -211,7 +214,8 @@ def init_cbf_wf(
         "and converted to CBF (mL/100 g/min) with the single-compartment model of the ASL "
         "white paper (Alsop et al. 2015)"
         + (", using each pair's control image as M0 (ASLtbx)" if quant != "white-paper" else "")
-        + "."
+        + ". "
+        + methods_parameters(quant_params(description), m0_recovery=m0_recovery)
     )
     best = (compute_cbf, "mean_cbf")
 
