@@ -118,6 +118,43 @@ def plot_planes(
     return fig
 
 
+def plot_fieldmap(fieldmap, reference, *, mask, n_cuts: int = 5):
+    """The estimated B0 field (Hz, diverging colours, one symmetric scale) over
+    the reference image, in three rows of cuts spread over ``mask``, with a
+    colour bar in Hz."""
+    from nilearn import plotting
+
+    field = _img(fieldmap)
+    inside = np.abs(field.get_fdata()[_binary(mask).get_fdata() > 0])
+    vmax = max(float(np.percentile(inside, 99.5)) if inside.size else 1.0, 1.0)
+    fig = plt.figure(figsize=(12.0, 6.6))
+    for k, (axis, rect) in enumerate(_three_rows(fig, 3, 0).items()):
+        plotting.plot_stat_map(
+            field,
+            bg_img=_img(reference),
+            display_mode=axis,
+            cut_coords=mask_cuts(mask, axis, n_cuts),
+            figure=fig,
+            axes=rect,
+            cmap="RdBu_r",
+            vmax=vmax,
+            symmetric_cbar=True,
+            colorbar=k == 0,
+            black_bg=True,
+            draw_cross=False,
+            annotate=True,
+            dim=0,
+        )
+    fig.suptitle(
+        "B0 field (Hz) estimated from the reverse phase-encoded M0 pair",
+        color="w",
+        fontsize=10,
+        y=0.995,
+    )
+    fig.patch.set_facecolor("black")
+    return fig
+
+
 def plot_segmentation(t1w, brain_mask, probsegs: dict):
     """T1w with the brain mask (red) and GM/WM/CSF (probability 0.5) contours."""
     contours = [(brain_mask, 0.5, "#ff2020")]

@@ -205,6 +205,11 @@ def _run_outputs(stem: str, folder: Path) -> RunOutputs:
         "denoised_cbf": one("desc-denoised_cbf.nii.gz") or one("desc-denoisedSmooth*_cbf.nii.gz"),
         "att": one("att.nii.gz"),
         "m0": one("desc-preproc_m0scan.nii.gz"),
+        "pvc_gm": one("desc-pvcGM_cbf.nii.gz"),
+        "pvc_wm": one("desc-pvcWM_cbf.nii.gz"),
+        "fieldmap": _first(
+            (folder.parent / "fmap").glob(f"{stem.split('_')[0]}*_desc-preproc_fieldmap.nii.gz")
+        ),
     }
     if run.outlier_method:
         m = run.outlier_method
@@ -726,6 +731,8 @@ def _run_section(run: RunOutputs, anat: AnatOutputs, figs: _Figures) -> Section:
         _confounds_part(run, figs),
         _carpet_part(run, figs),
         _cbf_part(run, figs),
+        _pvc_part(run, figs),
+        _sdc_part(run, figs),
         _outliers_part(run, figs),
         _qc_part(qc),
     ]
@@ -869,6 +876,66 @@ def _cbf_part(run, figs) -> str:
                 )
             )
     return "".join(out)
+
+
+def _pvc_part(run, figs) -> str:
+    """Partial-volume corrected GM and WM maps next to the measured map, one scale."""
+    from asl_pipeline import reportlets
+
+    measured = run.get("cleaned_cbf") or run.get("mean_cbf")
+    if not (run.get("pvc_gm") and run.get("pvc_wm") and measured and run.get("mask")):
+        return ""
+    mask = _load(run.get("mask"))
+    imgs = [
+        ("measured CBF (before correction)", _load(measured)),
+        ("PV-corrected GM CBF", _load(run.get("pvc_gm"))),
+        ("PV-corrected WM CBF", _load(run.get("pvc_wm"))),
+    ]
+    inside = imgs[1][1].get_fdata()[mask.get_fdata() > 0.5]
+    vmax = max(float(np.nanpercentile(inside, 99)) if inside.size else 100.0, 1.0)
+    name = figs.make(
+        f"{run.stem}_desc-pvc_cbf",
+        lambda: reportlets.plot_cbf_maps(imgs, mask=mask, vmax=vmax),
+    )
+    if not name:
+        return ""
+    return "<h3>Partial-volume correction</h3>" + _figure(
+        name,
+        f"Before and after partial-volume correction (linear regression of Asllani et al. "
+        f"2008 over a kernel of neighbouring voxels): the measured map, and the GM and WM "
+        f"CBF each voxel would have if it held that tissue only; one colour scale "
+        f"(0-{vmax:.0f} mL/100 g/min). Blank voxels: too little of the tissue, or too few "
+        "neighbours, to estimate.",
+    )
+
+
+def _sdc_part(run, figs) -> str:
+    """The B0 field estimated for susceptibility distortion correction."""
+    from asl_pipeline import reportlets
+
+    ref = run.get("asl_ref") or run.get("m0")
+    if not (run.get("fieldmap") and ref and run.get("mask")):
+        return ""
+    mask = _load(run.get("mask"))
+    field = _load(run.get("fieldmap"))
+    if field.shape[:3] != mask.shape[:3]:
+        from nilearn.image import resample_to_img
+
+        field = resample_to_img(field, mask, interpolation="continuous")
+    name = figs.make(
+        f"{run.stem}_desc-sdc_fieldmap",
+        lambda: reportlets.plot_fieldmap(field, _load(ref), mask=mask),
+    )
+    if not name:
+        return ""
+    return "<h3>Susceptibility distortion correction</h3>" + _figure(
+        name,
+        "The B0 field estimated from the reverse phase-encoded M0 pair (Hz; red: positive, "
+        "blue: negative) over the corrected ASL reference. Each ASL volume and the M0 were "
+        "shifted back along the phase-encoding axis by field x total readout time, with the "
+        "Jacobian intensity correction, in the same interpolation as the motion correction; "
+        "the ASL-to-T1w registration above shows the corrected reference.",
+    )
 
 
 def _outliers_part(run, figs) -> str:

@@ -235,3 +235,30 @@ def test_report_renders_in_headless_chromium(report):
     assert result["n"] == 7 and result["bad"] == [], result
     console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
     assert not console, console
+
+
+def test_report_shows_pvc_and_sdc_when_they_ran(tree, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(tree, out)
+    perf = out / "sub-01/perf"
+    cleaned = nib.load(perf / "sub-01_desc-paocsl_cbf.nii.gz")
+    gm = nib.load(perf / "sub-01_label-GM_probseg.nii.gz").get_fdata() > 0.5
+    data = cleaned.get_fdata()
+    _save(np.where(gm, data * 1.3, 0), cleaned.affine, perf / "sub-01_desc-pvcGM_cbf.nii.gz")
+    _save(np.where(~gm, data, 0), cleaned.affine, perf / "sub-01_desc-pvcWM_cbf.nii.gz")
+    fmap = out / "sub-01/fmap"
+    fmap.mkdir()
+    z = np.indices(data.shape)[2]
+    _save(
+        40.0 * (z - z.mean()),
+        cleaned.affine,
+        fmap / "sub-01_fmapid-auto00000_desc-preproc_fieldmap.nii.gz",
+    )
+    page = write_subject_report(out, "01").read_text()
+    assert "<h3>Partial-volume correction</h3>" in page
+    assert "<h3>Susceptibility distortion correction</h3>" in page
+    figures = out / "sub-01/figures"
+    for name in ("sub-01_desc-pvc_cbf.svg", "sub-01_desc-sdc_fieldmap.svg"):
+        assert (figures / name).stat().st_size > 10_000, name
+        assert name in page
+    assert "could not be drawn" not in page.lower()
