@@ -99,3 +99,34 @@ def test_workflow_branch_only_with_weights(tmp_path):
     )
     assert {"bold_to_asl", "predict", "ds_boldpredicted_cbf"} <= set(wf.list_node_names())
 
+
+@pytest.mark.slow
+def test_pipeline_writes_bold_predicted_cbf(tmp_path):
+    """``--bold-to-cbf`` on a subject with a BOLD run: desc-boldpredicted_cbf on the
+    ASL grid, a sidecar naming the model and the BOLD run; nothing without the option."""
+    import torch
+
+    from asl_pipeline.cli.run import main
+    from asl_pipeline.models import build_model, save_model
+    from asl_pipeline.simulate import simulate_dataset
+
+    bids = simulate_dataset(
+        tmp_path / "bids", n_subjects=1, seed=3, n_pairs=12, outliers=False,
+        bold=True, bold_volumes=20, bold_voxel_size=4.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    weights = tmp_path / "bold.pt"  # plumbing only: prediction quality is benchmarked
+    save_model(build_model("dwan", input_kind="bold"), weights, metadata={"test": True})
+    out = tmp_path / "out"
+    argv = [str(bids), str(out), "participant", "--work-dir", str(tmp_path / "work"),
+            "--output-spaces", "asl", "--nprocs", "2"]  # fmt: skip
+    assert main(argv + ["--bold-to-cbf", str(weights)]) == 0
+    perf = out / "sub-01" / "perf"
+    pred = perf / "sub-01_desc-boldpredicted_cbf.nii.gz"
+    mean = perf / "sub-01_desc-mean_cbf.nii.gz"
+    assert pred.is_file() and mean.is_file()
+    img, ref = nib.load(pred), nib.load(mean)
+    assert img.shape == ref.shape and np.allclose(img.affine, ref.affine)
+    meta = json.loads(pred.with_name(pred.name.replace(".nii.gz", ".json")).read_text())
+    assert meta["PredictedFromBOLD"] is True
+    assert "bids:raw:sub-01/func/sub-01_task-rest_bold.nii.gz" in meta["Sources"]
