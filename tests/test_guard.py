@@ -243,3 +243,45 @@ def test_workers_end_when_the_run_is_killed(tmp_path):
     else:
         os.kill(worker, signal.SIGKILL)
         raise AssertionError("the worker outlived the killed run")
+
+
+_MULTIPROC_DRIVER = """
+import sys
+from nipype.interfaces.base import CommandLine
+from nipype.pipeline import engine as pe
+from asl_pipeline.cli import guard
+
+wf = pe.Workflow(name="k9", base_dir=sys.argv[1])
+wf.add_nodes([
+    pe.Node(CommandLine("sleep", args=sys.argv[2], resource_monitor=False), name=f"nap{i}")
+    for i in range(2)
+])
+with guard.graceful_shutdown():
+    wf.run(plugin="MultiProc", plugin_args={"n_procs": 2})
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_run_leaves_no_step_program_running(tmp_path):
+    """MultiProc workers die with the run and take the programs they started along."""
+    import subprocess
+    import sys
+    import time
+
+    tag = f"{time.time_ns() % 10**6 + 3000}"  # a unique sleep length to find our processes
+    run = subprocess.Popen([sys.executable, "-c", _MULTIPROC_DRIVER, str(tmp_path), tag])
+
+    def ours():
+        out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        return [line for line in out.splitlines() if f"sleep {tag}" in line]
+
+    deadline = time.time() + 60
+    while len(ours()) < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert ours(), "the steps never started"
+    run.kill()
+    run.wait()
+    deadline = time.time() + 20
+    while ours() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not ours()

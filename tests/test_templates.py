@@ -1,6 +1,7 @@
 """Template spaces by TemplateFlow name, from a local TemplateFlow folder."""
 
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import pytest
@@ -87,3 +88,26 @@ def test_template_space_graph(dataset, tmp_path, tf_home):  # noqa: F811
     from asl_pipeline.cli.workflow import methods_texts
 
     assert any(TPL in text for text in methods_texts(wf))
+
+
+@pytest.mark.slow
+def test_t1w_registers_to_a_templateflow_template(tf_home, tmp_path):
+    """A real T1wToTemplate run: the T1w lands on the template (r > 0.8 in its brain)."""
+    import numpy as np
+
+    from asl_pipeline.interfaces.registration import T1wToTemplate
+    from asl_pipeline.registration import load_template
+    from asl_pipeline.simulate import simulate_subject
+
+    sub = simulate_subject(5, n_pairs=2, t1w_voxel_size=2.0)
+    t1w = tmp_path / "t1w.nii.gz"
+    nib.Nifti1Image(sub.t1w.astype(np.float32), sub.t1w_affine).to_filename(t1w)
+    res = T1wToTemplate(t1w_file=str(t1w), template=TPL, n_procs=2).run(cwd=tmp_path)
+    out = nib.load(res.outputs.t1w_template)
+    tpl = load_template(2)
+    assert out.shape == tpl.t1.shape
+    brain = tpl.brain_mask.get_fdata() > 0.5
+    r = np.corrcoef(out.get_fdata()[brain], tpl.t1.get_fdata()[brain])[0, 1]
+    assert r > 0.8, r
+    for name in ("t1w_to_template", "template_to_t1w", "reference"):
+        assert Path(getattr(res.outputs, name)).is_file()

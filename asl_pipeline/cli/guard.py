@@ -285,6 +285,32 @@ def die_with_parent(parent: int | None = None) -> bool:
     return done
 
 
+def _end_own_group(signum, _frame):
+    """SIGTERM in a worker: end it and every process it started (its group)."""
+    try:
+        os.killpg(os.getpid(), signal.SIGKILL)
+    finally:
+        os._exit(128 + signum)
+
+
+def worker_setup(parent: int) -> None:
+    """Run in every multiprocessing worker of the run (after fork).
+
+    The worker leads its own process group, so the programs a step starts
+    (SPM/MATLAB, any command line) are in it; SIGTERM (from the run's clean
+    shutdown, or from Linux when the run dies even of SIGKILL:
+    :func:`die_with_parent`) ends the whole group, so no step's program is
+    left orphaned.
+    """
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    else:
+        signal.signal(signal.SIGTERM, _end_own_group)
+    die_with_parent(parent)
+
+
 class _AfterFork:
     """Anchor of the after-fork hook (multiprocessing keeps a weak reference)."""
 
@@ -303,7 +329,7 @@ def graceful_shutdown():
     run's child processes are ended and the SLURM jobs it submitted cancelled
     (:mod:`asl_pipeline.cli.slurmjobs`); the run's temporary folder goes on any exit."""
     run_pid = os.getpid()
-    multiprocessing.util.register_after_fork(_AFTER_FORK, lambda _: die_with_parent(run_pid))
+    multiprocessing.util.register_after_fork(_AFTER_FORK, lambda _: worker_setup(run_pid))
     handle = _handler(run_pid)
     handlers = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
