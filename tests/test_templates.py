@@ -1,5 +1,6 @@
 """Template spaces by TemplateFlow name, from a local TemplateFlow folder."""
 
+import os
 import shutil
 
 import nibabel as nib
@@ -87,3 +88,34 @@ def test_template_space_graph(dataset, tmp_path, tf_home):  # noqa: F811
     from asl_pipeline.cli.workflow import methods_texts
 
     assert any(TPL in text for text in methods_texts(wf))
+
+
+@pytest.mark.slow
+def test_t1w_to_template_registers_a_simulated_t1w(tf_home, tmp_path):
+    """T1wToTemplate runs a real affine + SyN registration to a template read from
+    the local TemplateFlow folder, and the registered T1w matches the template."""
+    import numpy as np
+
+    from asl_pipeline.interfaces.registration import T1wToTemplate
+    from asl_pipeline.simulate import simulate_subject
+
+    small = dict(shape=(32, 32, 12), voxel_size=(6.0, 6.0, 10.0), resolution=2)
+    sub = simulate_subject(2, n_pairs=1, t1w_voxel_size=2.0, subsample=(1, 1, 2), **small)
+    t1w_file = tmp_path / "sub-01_desc-preproc_T1w.nii.gz"
+    nib.Nifti1Image(sub.t1w.astype(np.float32), sub.t1w_affine).to_filename(t1w_file)
+    work = tmp_path / "reg"
+    work.mkdir()
+    res = T1wToTemplate(t1w_file=str(t1w_file), template=TPL).run(cwd=str(work))
+    out = res.outputs
+    for name in ("t1w_to_template", "template_to_t1w", "reference", "t1w_template"):
+        assert os.path.isfile(getattr(out, name)), name
+    assert out.t1w_to_template.endswith(f"from-T1w_to-{TPL}_xfm.h5")
+    tpl = templates.get_template(TPL)
+    warped = nib.load(out.t1w_template)
+    assert warped.shape == tpl.t1.shape
+    np.testing.assert_allclose(warped.affine, tpl.t1.affine, atol=1e-4)
+    brain = np.asarray(tpl.brain_mask.dataobj) > 0.5
+    a = np.asarray(warped.dataobj, dtype=float)[brain]
+    b = np.asarray(tpl.t1.dataobj, dtype=float)[brain]
+    r = np.corrcoef(a, b)[0, 1]
+    assert r > 0.8, f"registered T1w vs template: r = {r:.3f}"
