@@ -142,3 +142,15 @@ def test_pasl_and_asltbx_m0():
     assert "labeling efficiency 0.98" in text
     assert "each pair's own control image" in text and "multiplied by 2" in text
     assert "with TR 3 s and a single tissue T1 of 1.4 s" in text
+
+
+def test_asltbx_m0_gets_the_m0_scale_it_states(tmp_path):
+    """With each pair's control image as M0, the CBF node computes the M0 itself:
+    it must apply --m0-scale, as the methods text says."""
+    from tests.test_workflows import _nodes
+
+    bids = make_dataset(tmp_path / "bids", context=PAIRS)
+    wf = _build(bids, tmp_path, "--quantification", "asltbx", "--m0-scale", "10")
+    assert _nodes(wf)["compute_cbf"].inputs.m0_scale == 10
+    text = next(iter(methods_texts(wf)))
+    assert "each pair's own control image" in text and "multiplied by 10" in text
