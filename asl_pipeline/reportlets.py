@@ -115,6 +115,29 @@ def plot_planes(
     if title:
         fig.suptitle(title, color="w", fontsize=10, y=0.995)
     fig.patch.set_facecolor("black")
+    rasterize_layers(fig)
+    return fig
+
+
+#: zorder below which a brain panel's artists are drawn as one raster layer in
+#: the SVG: the image (zorder 0) and the contours (collections, zorder 2), not
+#: the text (cut coordinates, L/R marks: zorder 3) nor the figure's titles.
+RASTER_ZORDER = 2.5
+
+#: Resolution (dots per inch) of the raster layers of an SVG figure.
+RASTER_DPI = 100
+
+
+def rasterize_layers(fig, zorder: float = RASTER_ZORDER):
+    """Draw the images and contours of every axes of ``fig`` as an embedded
+    PNG when saved as SVG, keeping the text as vectors.
+
+    A segmentation figure of a 1 mm T1w has four contour sets on 21 cuts: as
+    vector paths they made a 4-5 MB SVG; rasterized at :data:`RASTER_DPI` the
+    page stays light and the text stays sharp.
+    """
+    for ax in fig.axes:
+        ax.set_rasterization_zorder(zorder)
     return fig
 
 
@@ -382,6 +405,7 @@ def save_svg(fig, path) -> Path:
     fig.savefig(
         path,
         format="svg",
+        dpi=RASTER_DPI,
         facecolor=fig.get_facecolor(),
         bbox_inches="tight",
         metadata={"Date": None},

@@ -543,6 +543,9 @@ def test_boilerplate_only_writes_the_methods_text(dataset, tmp_path, capsys):
     run_methods = next(iter(workflow._graph.nodes())).methods["runs"][0][1]
     assert run_methods.strip() in text
     assert "DWAN" not in text and "Head motion" in text
+    # the quantification constants of the run, and the works cited
+    assert "labeling duration 1.8 s, post-labeling delay (PLD) 1.8 s" in text
+    assert "## References" in text and "- Alsop DC, Detre JA" in text
 
 
 def test_quiet_prints_no_run_summary(dataset, tmp_path, capsys):

@@ -6,7 +6,7 @@ import numpy as np
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from asl_pipeline.cbf import methods_parameters, quant_params
+from asl_pipeline.boilerplate import quantification_text
 from asl_pipeline.interfaces.cbf import ComputeCBF, ComputeM0, ComputeMultiPLDCBF
 from asl_pipeline.interfaces.denoise import DWANDenoise
 from asl_pipeline.interfaces.outliers import CleanCBF
@@ -157,6 +157,16 @@ def init_cbf_wf(
         name="outputnode",
     )
     run = description.to_dict()
+    # the run's constants (labeling, delays, readout, efficiency, T1s, M0), stated
+    # with the values the quantification nodes read from the same description
+    constants = quantification_text(
+        description,
+        multi_pld=multi_pld,
+        quantification=quantification,
+        m0_scale=m0_scale,
+        m0_recovery=m0_recovery,
+        t1_after_arrival=t1_after_arrival,
+    )
     compute_m0 = pe.Node(
         ComputeM0(run_description=run, m0_scale=m0_scale, recovery=m0_recovery),
         name="compute_m0",
@@ -187,7 +197,7 @@ def init_cbf_wf(
                 else "after arrival (the white-paper simplification)."
             )
             + " "
-            + methods_parameters(quant_params(description), m0_recovery=m0_recovery)
+            + constants
         )
         workflow.connect([
             (inputnode, fit, [("asl_file", "asl_file"), ("mask", "mask")]),
@@ -200,7 +210,9 @@ def init_cbf_wf(
 
     quant = "white-paper" if quantification == "white-paper" else "pairwise-control"
     compute_cbf = pe.Node(
-        ComputeCBF(run_description=run, quantification=quant), name="compute_cbf", mem_gb=mem_gb
+        ComputeCBF(run_description=run, quantification=quant, m0_scale=m0_scale),
+        name="compute_cbf",
+        mem_gb=mem_gb,
     )
     workflow.connect([
         (inputnode, compute_cbf, [("asl_file", "asl_file"), ("mask", "mask")]),
@@ -215,7 +227,7 @@ def init_cbf_wf(
         "white paper (Alsop et al. 2015)"
         + (", using each pair's control image as M0 (ASLtbx)" if quant != "white-paper" else "")
         + ". "
-        + methods_parameters(quant_params(description), m0_recovery=m0_recovery)
+        + constants
     )
     best = (compute_cbf, "mean_cbf")
 
@@ -228,7 +240,7 @@ def init_cbf_wf(
         decide_on = compute_cbf
         if processed_series:  # cleaning decides on the unprocessed series' CBF
             decide_on = pe.Node(
-                ComputeCBF(run_description=run, quantification=quant),
+                ComputeCBF(run_description=run, quantification=quant, m0_scale=m0_scale),
                 name="compute_cbf_unprocessed",
                 mem_gb=mem_gb,
             )

@@ -320,6 +320,12 @@ def boilerplate_markdown(texts: dict[str, list[str]], version: str) -> str:
         if len(texts) > 1:
             lines += [f"## {', '.join(runs)}", ""]
         lines += [text, ""]
+    # the works the texts cite (the report numbers them; here they are listed)
+    from asl_pipeline.subject_report import cite
+
+    _, references = cite(list(texts))
+    if references:
+        lines += ["## References", ""] + [f"- {ref}" for ref in references] + [""]
     return "\n".join(lines)
 
 
