@@ -200,3 +200,32 @@ def test_sigterm_on_a_real_cluster_leaves_no_job(tmp_path, monkeypatch):
             break
         time.sleep(0.5)
     assert queue.strip() == "", f"jobs still queued: {queue}"
+
+
+def test_cli_run_stopped_by_sigterm_cancels_its_jobs(fake_slurm, tmp_path, capsys):
+    """``asl-pipeline ... --plugin SLURM`` on a small dataset: the first jobs
+    stay queued (fake cluster), SIGTERM, and exactly those jobs are cancelled."""
+    from asl_pipeline.cli.run import main
+    from tests._bidsfactory import make_dataset
+
+    counter, calls = fake_slurm
+    dataset = make_dataset(tmp_path / "ds")
+    out, work = tmp_path / "out", tmp_path / "work"
+    recorded: list[int] = []
+
+    def submitted():
+        recorded[:] = slurmjobs.submitted_jobs()
+        return bool(recorded)
+
+    _sigterm_when(submitted, timeout_s=120)
+    argv = [str(dataset), str(out), "participant", "-w", str(work), "--no-denoise",
+            "--skip-bids-validation", "--plugin", "SLURM"]  # fmt: skip
+    assert main(argv) == 128 + signal.SIGTERM
+    last = int(counter.read_text())
+    # every job submitted (1001..last) was still queued, so all are cancelled
+    assert recorded and recorded[0] == 1001
+    assert calls.read_text() == " ".join(map(str, range(1001, last + 1))) + "\n"
+    err = capsys.readouterr().err
+    assert f"scancel {' '.join(map(str, range(1001, last + 1)))}" in err
+    assert "stopped by SIGTERM" in err
+    assert slurmjobs.submitted_jobs() == []
