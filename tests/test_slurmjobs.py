@@ -1,119 +1,231 @@
-"""A stopped SLURM run cancels the jobs it submitted (asl_pipeline.cli.slurmjobs)."""
+"""A run stopped by SIGTERM/SIGINT with ``--plugin SLURM`` cancels the jobs it
+submitted (``scancel``), so nothing of it stays queued or running."""
 
 import os
+import shutil
 import signal
-import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from asl_pipeline.cli import guard, slurmjobs
+from asl_pipeline.cli.workflow import _runner
 
 
-def _fake(bin_dir, name, body):
-    path = bin_dir / name
-    path.write_text("#!/bin/sh\n" + body)
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+def _script(folder: Path, name: str, body: str) -> Path:
+    path = folder / name
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _empty_registry():
+    slurmjobs.clear_jobs()
+    yield
+    slurmjobs.clear_jobs()
 
 
 @pytest.fixture
-def fake_slurm(tmp_path, monkeypatch):
-    """sbatch answering job 4242; scancel writing its arguments to a file."""
+def fake_scancel(tmp_path, monkeypatch):
+    """A ``scancel`` on PATH appending its arguments (one call a line) to a file."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    log = tmp_path / "scancel.log"
-    _fake(bin_dir, "sbatch", 'echo "Submitted batch job 4242"\n')
-    _fake(bin_dir, "scancel", f'echo "$@" >> {log}\n')
+    calls = tmp_path / "scancel_calls.txt"
+    _script(bin_dir, "scancel", f'echo "$*" >> {calls}\n')
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("LOGNAME", "tester")
-    slurmjobs.SUBMITTED.clear()
-    yield log
-    slurmjobs.SUBMITTED.clear()
+    return bin_dir, calls
 
 
-class _Node:
-    plugin_args: dict = {}
-    _hierarchy = "wf"
-    _id = "step"
-
-    def __init__(self, path):
-        self.path = path
-
-    def output_dir(self):
-        return str(self.path)
+def test_cancel_jobs_runs_scancel_on_exactly_the_ids(fake_scancel, capsys):
+    _, calls = fake_scancel
+    assert slurmjobs.cancel_jobs([101, 102, 101]) == [101, 102]
+    assert calls.read_text() == "101 102\n"
+    assert "cancelling 2 SLURM job(s) of this run: scancel 101 102" in capsys.readouterr().err
 
 
-def test_submitted_jobs_are_recorded_and_cancelled(fake_slurm, tmp_path):
-    plugin = slurmjobs.TrackedSLURMPlugin(plugin_args={})
-    script = tmp_path / "batch.sh"
-    script.write_text("#!/bin/sh\ntrue\n")
-    assert plugin._submit_batchtask(str(script), _Node(tmp_path)) == 4242
-    assert slurmjobs.SUBMITTED == [4242]
-    assert slurmjobs.cancel_submitted() == [4242]
-    assert fake_slurm.read_text().split() == ["4242"]
-    assert slurmjobs.SUBMITTED == []
-
-
-def test_nothing_is_cancelled_without_submitted_jobs(fake_slurm):
+def test_nothing_is_called_without_jobs(fake_scancel, capsys):
+    _, calls = fake_scancel
+    assert slurmjobs.cancel_jobs([]) == []
     assert slurmjobs.cancel_submitted() == []
-    assert not fake_slurm.exists()
+    assert not calls.exists()
+    assert capsys.readouterr().err == ""
 
 
-def test_sigterm_during_a_run_cancels_its_jobs(fake_slurm):
-    slurmjobs.SUBMITTED.extend([7, 8])
-    with pytest.raises(guard.Interrupted):
-        with guard.graceful_shutdown():
-            os.kill(os.getpid(), signal.SIGTERM)
-            raise AssertionError("the signal should have interrupted the run")
-    assert fake_slurm.read_text().split() == ["7", "8"]
+def test_finished_jobs_are_not_cancelled(fake_scancel):
+    _, calls = fake_scancel
+    for job in (7, 8, 9):
+        slurmjobs.record_job(job)
+    slurmjobs.forget_job(8)  # left the queue
+    assert slurmjobs.cancel_submitted() == [7, 9]
+    assert calls.read_text() == "7 9\n"
+    assert slurmjobs.submitted_jobs() == []
 
 
-_DRIVER = """
-import sys
-from nipype.interfaces.base import CommandLine
-from nipype.pipeline import engine as pe
-from asl_pipeline.cli import guard
-from asl_pipeline.cli.slurmjobs import TrackedSLURMPlugin
+def test_missing_scancel_names_the_jobs_to_cancel_by_hand(tmp_path, capsys):
+    assert slurmjobs.cancel_jobs([5], scancel=str(tmp_path / "no-scancel")) == [5]
+    err = capsys.readouterr().err
+    assert "scancel failed" in err and "cancel the jobs by hand: scancel 5" in err
 
-wf = pe.Workflow(name="slurm_cancel", base_dir=sys.argv[1])
-wf.add_nodes([pe.Node(CommandLine("sleep", args="600", resource_monitor=False), name="nap")])
-try:
-    with guard.graceful_shutdown():
-        wf.run(plugin=TrackedSLURMPlugin(plugin_args={"poll_sleep_duration": 1}))
-except guard.Interrupted as exc:
-    sys.exit(exc.exit_status())
-"""
+
+def test_failing_scancel_is_reported(tmp_path, capsys):
+    bad = _script(tmp_path, "scancel", 'echo "scancel: error: Invalid job id" >&2; exit 1\n')
+    slurmjobs.cancel_jobs([5, 6], scancel=str(bad))
+    assert (
+        "scancel exited with status 1: scancel: error: Invalid job id" in capsys.readouterr().err
+    )
+
+
+def test_slurm_choice_uses_the_recording_plugin():
+    runner = _runner({"plugin": "SLURM", "plugin_args": {"sbatch_args": "--mem=1G"}})
+    assert type(runner["plugin"]).__name__ == "CancellableSLURMPlugin"
+    assert runner["plugin"].plugin_args == {"sbatch_args": "--mem=1G"}
+    multiproc = {"plugin": "MultiProc", "plugin_args": {"n_procs": 2}}
+    assert _runner(multiproc) is multiproc
+
+
+def _add(a):
+    return a + 1
+
+
+def _two_node_workflow(base_dir: Path):
+    from nipype import Node, Workflow
+    from nipype.interfaces.utility import Function
+
+    wf = Workflow(name="tiny", base_dir=str(base_dir))
+    for i in (1, 2):  # independent: both submitted at once
+        node = Node(Function(input_names=["a"], output_names=["b"], function=_add),
+                    name=f"add{i}")  # fmt: skip
+        node.inputs.a = i
+        wf.add_nodes([node])
+    wf.config["execution"].update({"poll_sleep_duration": 0.2, "crashdump_dir": str(base_dir)})
+    return wf
+
+
+@pytest.fixture
+def fake_slurm(fake_scancel, monkeypatch):
+    """``sbatch`` numbering jobs from 1001 (logging each submission) and
+    ``squeue`` reporting the job as queued (a cluster that is busy)."""
+    bin_dir, calls = fake_scancel
+    counter = bin_dir / "last_job"
+    _script(bin_dir, "sbatch",
+            f'n=$(( $(cat {counter} 2>/dev/null || echo 1000) + 1 )); echo $n > {counter}\n'
+            'echo "Submitted batch job $n"\n')  # fmt: skip
+    _script(bin_dir, "squeue", 'echo "JOBID"; echo "$2"\n')
+    monkeypatch.setenv("LOGNAME", os.environ.get("LOGNAME", "tester"))
+    return counter, calls
+
+
+def _sigterm_when(condition, timeout_s=60.0):
+    def wait_then_kill():
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not condition():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=wait_then_kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_sigterm_during_a_slurm_run_cancels_its_queued_jobs(fake_slurm, tmp_path, capsys):
+    counter, calls = fake_slurm
+    wf = _two_node_workflow(tmp_path / "work")
+    _sigterm_when(lambda: counter.exists() and counter.read_text().strip() == "1002")
+    with pytest.raises(guard.Interrupted), guard.graceful_shutdown():
+        wf.run(**_runner({"plugin": "SLURM", "plugin_args": {}}))
+    assert calls.read_text() == "1001 1002\n"
+    assert "scancel 1001 1002" in capsys.readouterr().err
+    assert slurmjobs.submitted_jobs() == []
+
+
+def test_run_whose_jobs_all_finished_cancels_nothing(fake_scancel, tmp_path, monkeypatch):
+    """``sbatch`` that runs the job at once and an empty queue: the jobs are
+    forgotten as they finish, and a later SIGTERM has nothing to cancel."""
+    bin_dir, calls = fake_scancel
+    submitted = bin_dir / "submitted"
+    _script(
+        bin_dir,
+        "sbatch",
+        f'echo x >> {submitted}; bash "${{@: -1}}" >/dev/null 2>&1\n'
+        'echo "Submitted batch job $(( 2000 + $(wc -l < ' + str(submitted) + ') ))"\n',
+    )
+    _script(bin_dir, "squeue", 'echo "JOBID"\n')
+    monkeypatch.setenv("LOGNAME", os.environ.get("LOGNAME", "tester"))
+    wf = _two_node_workflow(tmp_path / "work")
+    with pytest.raises(guard.Interrupted), guard.graceful_shutdown():
+        wf.run(**_runner({"plugin": "SLURM", "plugin_args": {}}))
+        assert slurmjobs.submitted_jobs() == []
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert len(submitted.read_text().split()) == 2
+    assert not calls.exists()
+
+
+def _slurm_running() -> bool:
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return False
+    res = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    return res.returncode == 0 and any(s.startswith(("idle", "mix")) for s in res.stdout.split())
 
 
 @pytest.mark.slow
-def test_real_slurm_job_is_cancelled_when_the_run_is_stopped(tmp_path):
-    import shutil
-    import subprocess
-    import sys
-    import time
+@pytest.mark.slurm
+def test_sigterm_on_a_real_cluster_leaves_no_job(tmp_path, monkeypatch):
+    """Real SLURM: jobs held in the queue (``--hold``) by the plugin, SIGTERM,
+    and ``squeue`` no longer lists them."""
+    if not _slurm_running():
+        pytest.skip("sbatch absent or no SLURM cluster running (../shared/ci/setup-slurm.sh)")
+    monkeypatch.setenv("LOGNAME", os.environ.get("LOGNAME", "root"))
+    wf = _two_node_workflow(tmp_path / "work")
+    seen: list[int] = []
 
-    if (
-        shutil.which("sbatch") is None
-        or subprocess.run(["sinfo"], capture_output=True, timeout=20).returncode
-    ):
-        pytest.skip("no SLURM controller here (CI starts one with shared/ci/setup-slurm.sh)")
-    env = {**os.environ, "LOGNAME": os.environ.get("LOGNAME", "root")}
-    driver = subprocess.Popen(
-        [sys.executable, "-c", _DRIVER, str(tmp_path)], env=env, cwd=tmp_path
-    )
+    def two_submitted():
+        seen[:] = slurmjobs.submitted_jobs()
+        return len(seen) == 2
 
-    def queued():
-        out = subprocess.run(
-            ["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, timeout=20
-        ).stdout
-        return [line for line in out.splitlines() if "slurm_cancel" in line]
+    _sigterm_when(two_submitted, timeout_s=120)
+    with pytest.raises(guard.Interrupted), guard.graceful_shutdown():
+        wf.run(**_runner({"plugin": "SLURM", "plugin_args": {"sbatch_args": "--hold"}}))
+    assert len(seen) == 2
+    ids = ",".join(map(str, seen))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        queue = subprocess.run(["squeue", "-h", "-j", ids, "-o", "%i %T"],
+                               capture_output=True, text=True).stdout  # fmt: skip
+        if not queue.strip():
+            break
+        time.sleep(0.5)
+    assert queue.strip() == "", f"jobs still queued: {queue}"
 
-    deadline = time.time() + 120
-    while not queued() and time.time() < deadline:
-        time.sleep(1)
-    assert queued(), "the job was never submitted"
-    driver.send_signal(signal.SIGTERM)
-    driver.wait(timeout=120)
-    deadline = time.time() + 60
-    while queued() and time.time() < deadline:
-        time.sleep(1)
-    assert not queued()
+
+def test_cli_run_stopped_by_sigterm_cancels_its_jobs(fake_slurm, tmp_path, capsys):
+    """``asl-pipeline ... --plugin SLURM`` on a small dataset: the first jobs
+    stay queued (fake cluster), SIGTERM, and exactly those jobs are cancelled."""
+    from asl_pipeline.cli.run import main
+    from tests._bidsfactory import make_dataset
+
+    counter, calls = fake_slurm
+    dataset = make_dataset(tmp_path / "ds")
+    out, work = tmp_path / "out", tmp_path / "work"
+    recorded: list[int] = []
+
+    def submitted():
+        recorded[:] = slurmjobs.submitted_jobs()
+        return bool(recorded)
+
+    _sigterm_when(submitted, timeout_s=120)
+    argv = [str(dataset), str(out), "participant", "-w", str(work), "--no-denoise",
+            "--skip-bids-validation", "--plugin", "SLURM"]  # fmt: skip
+    assert main(argv) == 128 + signal.SIGTERM
+    last = int(counter.read_text())
+    # every job submitted (1001..last) was still queued, so all are cancelled
+    assert recorded and recorded[0] == 1001
+    assert calls.read_text() == " ".join(map(str, range(1001, last + 1))) + "\n"
+    err = capsys.readouterr().err
+    assert f"scancel {' '.join(map(str, range(1001, last + 1)))}" in err
+    assert "stopped by SIGTERM" in err
+    assert slurmjobs.submitted_jobs() == []

@@ -11,7 +11,9 @@
   subprocesses), and removes the run's temporary folder (``TMPDIR`` of the
   run, so the children's temporary files go there too). Its multiprocessing
   workers also end when the run is killed with SIGKILL
-  (:func:`die_with_parent`).
+  (:func:`die_with_parent`). The SLURM jobs the run submitted and that are
+  still queued or running are cancelled (``scancel``, see
+  :mod:`asl_pipeline.cli.slurmjobs`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -187,14 +190,44 @@ class Interrupted(BaseException):  # noqa: N818 - a signal, not an error of the 
         return 128 + self.signum
 
 
+class _Deferral(threading.local):
+    depth = 0
+    pending: int | None = None
+
+
+_DEFERRAL = _Deferral()
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold back :class:`Interrupted` until the block has ended.
+
+    Under :func:`graceful_shutdown`, a SIGTERM/SIGINT arriving inside the block
+    is raised when it ends, so that a step the stop must not split (an
+    ``sbatch`` submission and the recording of its job id) is completed first.
+    """
+    _DEFERRAL.depth += 1
+    try:
+        yield
+    finally:
+        _DEFERRAL.depth -= 1
+        if _DEFERRAL.depth == 0 and _DEFERRAL.pending is not None:
+            signum, _DEFERRAL.pending = _DEFERRAL.pending, None
+            raise Interrupted(signum)  # noqa: B012 - the stop takes over
+
+
 def _handler(main_pid: int):
-    """Raise :class:`Interrupted` in the run's process; forked workers, which
-    inherit the handler, die of the signal quietly as they would without it."""
+    """Raise :class:`Interrupted` in the run's process (after a
+    :func:`signals_deferred` block); forked workers, which inherit the
+    handler, die of the signal quietly as they would without it."""
 
     def handle(signum, _frame):
         if os.getpid() != main_pid:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+            return
+        if _DEFERRAL.depth > 0:
+            _DEFERRAL.pending = signum
             return
         raise Interrupted(signum)
 
@@ -328,6 +361,8 @@ def graceful_shutdown():
     """SIGTERM/SIGINT raise :class:`Interrupted` in the main thread; on it the
     run's child processes are ended and the SLURM jobs it submitted cancelled
     (:mod:`asl_pipeline.cli.slurmjobs`); the run's temporary folder goes on any exit."""
+    from asl_pipeline.cli import slurmjobs
+
     run_pid = os.getpid()
     multiprocessing.util.register_after_fork(_AFTER_FORK, lambda _: worker_setup(run_pid))
     handle = _handler(run_pid)
@@ -340,21 +375,14 @@ def graceful_shutdown():
                 _ignore_signals()  # a second Ctrl-C must not cut the clean-up short
                 # the worker pool breaks as its processes end: that is expected here
                 logging.getLogger("concurrent.futures").disabled = True
+                slurmjobs.cancel_submitted()
                 end_children()
-                _cancel_slurm_jobs()
                 raise
     finally:
+        slurmjobs.clear_jobs()
+        _DEFERRAL.pending = None
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-
-
-def _cancel_slurm_jobs() -> None:
-    """Cancel the SLURM jobs this run submitted (none unless the SLURM plugin ran)."""
-    import sys
-
-    jobs = sys.modules.get("asl_pipeline.cli.slurmjobs")
-    if jobs is not None:  # imported only by a SLURM run
-        jobs.cancel_submitted()
 
 
 def _writable_parent(path: Path) -> Path:

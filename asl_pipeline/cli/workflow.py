@@ -80,6 +80,17 @@ def _with_progress(settings: dict, progress) -> dict:
     return {**settings, "plugin_args": {**settings["plugin_args"], "status_callback": progress}}
 
 
+def _runner(settings: dict) -> dict:
+    """``Workflow.run`` arguments: with ``SLURM``, nipype's SLURM plugin that
+    records its job ids, so that a stopped run cancels them
+    (:mod:`asl_pipeline.cli.slurmjobs`)."""
+    if settings["plugin"] != "SLURM":
+        return settings
+    from asl_pipeline.cli.slurmjobs import slurm_plugin
+
+    return {"plugin": slurm_plugin(settings["plugin_args"])}
+
+
 def _configure_nipype(config, log_dir: Path) -> None:
     """Execution and logging settings of nipype, and the environment of the workers."""
     from nipype import config as nipype_config
@@ -171,13 +182,9 @@ def _run(config, runs, command: str) -> int:
         settings = _with_progress(settings, progress)
     started = time.time()
     heartbeat = progress.heartbeat() if config.verbosity >= 0 else contextlib.nullcontext()
-    if settings["plugin"] == "SLURM":  # a plugin that records its jobs, to cancel them
-        from asl_pipeline.cli.slurmjobs import TrackedSLURMPlugin
-
-        settings = {"plugin": TrackedSLURMPlugin(plugin_args=settings["plugin_args"])}
     try:
         with heartbeat:
-            workflow.run(**settings)
+            workflow.run(**_runner(settings))
     except Exception as exc:  # nipype raises RuntimeError on node failures
         _report_failure(exc, log_dir, work_dir, started)
         return EXIT_FAILED
