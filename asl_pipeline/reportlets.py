@@ -206,6 +206,44 @@ def plot_cbf_maps(
     return fig
 
 
+def plot_fieldmap(reference, fieldmap, *, mask, vmax: float, n_cuts: int = 6):
+    """The B0 field (Hz, diverging colours, symmetric +/-``vmax``, transparent
+    near 0) over ``reference`` in three planes, with a colour bar in Hz."""
+    from nilearn import plotting
+
+    reference, fieldmap = _img(reference), _img(fieldmap)
+    fig = plt.figure(figsize=(12.0, 7.2))
+    fig.patch.set_facecolor("black")
+    for axis, rect in _three_rows(fig, 3, 0).items():
+        rect = [rect[0], rect[1] + 0.06, rect[2], rect[3] * 0.92]
+        plotting.plot_stat_map(
+            fieldmap,
+            bg_img=reference,
+            display_mode=axis,
+            cut_coords=mask_cuts(mask, axis, n_cuts),
+            figure=fig,
+            axes=rect,
+            annotate=True,
+            draw_cross=False,
+            black_bg=True,
+            colorbar=False,
+            cmap="RdBu_r",
+            vmax=vmax,
+            symmetric_cbar=True,
+            threshold=0.05 * vmax,
+            dim=0,
+            resampling_interpolation="nearest",
+        )
+    cax = fig.add_axes([0.3, 0.02, 0.4, 0.02])
+    sm = matplotlib.cm.ScalarMappable(
+        norm=matplotlib.colors.Normalize(-vmax, vmax), cmap="RdBu_r"
+    )
+    bar = fig.colorbar(sm, cax=cax, orientation="horizontal")
+    bar.set_label("B0 field (Hz)", color="w")
+    bar.ax.tick_params(colors="w")
+    return fig
+
+
 def plot_confounds(
     confounds: dict,
     *,
