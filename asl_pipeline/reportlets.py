@@ -141,43 +141,6 @@ def rasterize_layers(fig, zorder: float = RASTER_ZORDER):
     return fig
 
 
-def plot_fieldmap(fieldmap, reference, *, mask, n_cuts: int = 5):
-    """The estimated B0 field (Hz, diverging colours, one symmetric scale) over
-    the reference image, in three rows of cuts spread over ``mask``, with a
-    colour bar in Hz."""
-    from nilearn import plotting
-
-    field = _img(fieldmap)
-    inside = np.abs(field.get_fdata()[_binary(mask).get_fdata() > 0])
-    vmax = max(float(np.percentile(inside, 99.5)) if inside.size else 1.0, 1.0)
-    fig = plt.figure(figsize=(12.0, 6.6))
-    for k, (axis, rect) in enumerate(_three_rows(fig, 3, 0).items()):
-        plotting.plot_stat_map(
-            field,
-            bg_img=_img(reference),
-            display_mode=axis,
-            cut_coords=mask_cuts(mask, axis, n_cuts),
-            figure=fig,
-            axes=rect,
-            cmap="RdBu_r",
-            vmax=vmax,
-            symmetric_cbar=True,
-            colorbar=k == 0,
-            black_bg=True,
-            draw_cross=False,
-            annotate=True,
-            dim=0,
-        )
-    fig.suptitle(
-        "B0 field (Hz) estimated from the reverse phase-encoded M0 pair",
-        color="w",
-        fontsize=10,
-        y=0.995,
-    )
-    fig.patch.set_facecolor("black")
-    return fig
-
-
 def plot_segmentation(t1w, brain_mask, probsegs: dict):
     """T1w with the brain mask (red) and GM/WM/CSF (probability 0.5) contours."""
     contours = [(brain_mask, 0.5, "#ff2020")]
@@ -262,6 +225,44 @@ def plot_cbf_maps(
     sm = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(vmin, vmax), cmap=cmap)
     bar = fig.colorbar(sm, cax=cax, orientation="horizontal")
     bar.set_label(f"CBF ({CBF_UNITS})", color="w")
+    bar.ax.tick_params(colors="w")
+    return fig
+
+
+def plot_fieldmap(reference, fieldmap, *, mask, vmax: float, n_cuts: int = 6):
+    """The B0 field (Hz, diverging colours, symmetric +/-``vmax``, transparent
+    near 0) over ``reference`` in three planes, with a colour bar in Hz."""
+    from nilearn import plotting
+
+    reference, fieldmap = _img(reference), _img(fieldmap)
+    fig = plt.figure(figsize=(12.0, 7.2))
+    fig.patch.set_facecolor("black")
+    for axis, rect in _three_rows(fig, 3, 0).items():
+        rect = [rect[0], rect[1] + 0.06, rect[2], rect[3] * 0.92]
+        plotting.plot_stat_map(
+            fieldmap,
+            bg_img=reference,
+            display_mode=axis,
+            cut_coords=mask_cuts(mask, axis, n_cuts),
+            figure=fig,
+            axes=rect,
+            annotate=True,
+            draw_cross=False,
+            black_bg=True,
+            colorbar=False,
+            cmap="RdBu_r",
+            vmax=vmax,
+            symmetric_cbar=True,
+            threshold=0.05 * vmax,
+            dim=0,
+            resampling_interpolation="nearest",
+        )
+    cax = fig.add_axes([0.3, 0.02, 0.4, 0.02])
+    sm = matplotlib.cm.ScalarMappable(
+        norm=matplotlib.colors.Normalize(-vmax, vmax), cmap="RdBu_r"
+    )
+    bar = fig.colorbar(sm, cax=cax, orientation="horizontal")
+    bar.set_label("B0 field (Hz)", color="w")
     bar.ax.tick_params(colors="w")
     return fig
 

@@ -207,9 +207,7 @@ def _run_outputs(stem: str, folder: Path) -> RunOutputs:
         "m0": one("desc-preproc_m0scan.nii.gz"),
         "pvc_gm": one("desc-pvcGM_cbf.nii.gz"),
         "pvc_wm": one("desc-pvcWM_cbf.nii.gz"),
-        "fieldmap": _first(
-            (folder.parent / "fmap").glob(f"{stem.split('_')[0]}*_desc-preproc_fieldmap.nii.gz")
-        ),
+        "fieldmap": _fieldmap_of(folder),
     }
     if run.outlier_method:
         m = run.outlier_method
@@ -228,6 +226,12 @@ def _run_outputs(stem: str, folder: Path) -> RunOutputs:
             key=lambda e: next((k for k, o in enumerate(order) if e[0].startswith(o) and o), 9)
         )
     return run
+
+
+def _fieldmap_of(perf: Path) -> Path | None:
+    """The SDC field map (``fmap/*_desc-preproc_fieldmap.nii.gz``, Hz) stored next to
+    the run's ``perf/`` folder (same subject/session), if any."""
+    return _first((perf.parent / "fmap").glob("*_desc-preproc_fieldmap.nii.gz"))
 
 
 def find_anat(subject_dir: Path) -> AnatOutputs:
@@ -730,9 +734,9 @@ def _run_section(run: RunOutputs, anat: AnatOutputs, figs: _Figures) -> Section:
         _registration_part(run, anat, figs),
         _confounds_part(run, figs),
         _carpet_part(run, figs),
+        _sdc_part(run, figs),
         _cbf_part(run, figs),
         _pvc_part(run, figs),
-        _sdc_part(run, figs),
         _outliers_part(run, figs),
         _qc_part(qc),
     ]
@@ -878,63 +882,101 @@ def _cbf_part(run, figs) -> str:
     return "".join(out)
 
 
+def _sdc_part(run, figs) -> str:
+    """Susceptibility distortion correction: the estimated field (Hz) over the
+    corrected reference, and a flicker of the distorted vs corrected reference.
+
+    The uncorrected reference is not a derivative: the distorted frame is the
+    stored (corrected) reference pushed back through the estimated field with the
+    forward model (:func:`asl_pipeline.sdc.distort`), i.e. what the scanner recorded
+    according to the estimate; the caption says so."""
+    from asl_pipeline import registration, reportlets, sdc
+
+    if not (run.get("fieldmap") and run.get("asl_ref") and run.get("mask")):
+        return ""
+    ref, mask = _load(run.get("asl_ref")), _load(run.get("mask"))
+    field = _load(run.get("fieldmap"))
+    if field.shape[:3] != ref.shape[:3] or not np.allclose(field.affine, ref.affine, atol=1e-3):
+        field = registration.apply_transforms(field, ref, [])
+    field_hz = np.asarray(field.get_fdata(), np.float32)
+    out = ["<h3>Susceptibility distortion correction</h3>"]
+    inside = np.abs(field_hz[mask.get_fdata() > 0.5])
+    limit = max(float(np.percentile(inside, 99)) if inside.size else 1.0, 1.0)
+    name = figs.make(
+        f"{run.stem}_desc-fieldmap_aslref",
+        lambda: reportlets.plot_fieldmap(ref, field, mask=mask, vmax=limit),
+    )
+    if name:
+        out.append(
+            _figure(
+                name,
+                f"Estimated B0 field (Hz; colour scale +/-{limit:.0f} Hz, the 99th percentile "
+                "of |field| in the brain mask) over the corrected ASL reference; the field was "
+                f"estimated from the reverse phase-encoded M0 pair ({run.get('fieldmap').name}).",
+            )
+        )
+    try:
+        meta = _run_metadata(run)
+        pe = sdc.phase_encoding(meta, file=run.get("asl_json"))
+    except Exception:  # sidecar lacks PE fields: field only, no flicker
+        out.append(
+            "<p class='warn'>The run's sidecar has no PhaseEncodingDirection/"
+            "TotalReadoutTime, so the before/after view cannot be drawn.</p>"
+        )
+        return "".join(out)
+    shift = np.abs(sdc.hz_to_voxels(field_hz, pe))[mask.get_fdata() > 0.5]
+
+    def frames():
+        data = np.asarray(ref.get_fdata(), np.float32)
+        distorted = nib.Nifti1Image(sdc.distort(data, field_hz, pe), ref.affine)
+        return reportlets.plot_registration_pair(distorted, ref, fixed_mask=mask, boundary=mask)
+
+    names = figs.make(f"{run.stem}_desc-sdc_aslref", frames)
+    if names:
+        p95 = float(np.percentile(shift, 95)) if shift.size else 0.0
+        out.append(
+            _flicker(
+                names[0],
+                names[1],
+                f"Flicker between the distorted (frame 1) and the distortion-corrected "
+                f"(frame 2) ASL reference, phase encoding {pe.direction}; red: the brain "
+                f"mask of the corrected reference. Displacement along the phase-encoding "
+                f"axis: 95th percentile {p95:.2f} voxels in the brain. The distorted frame is "
+                "the corrected reference pushed back through the estimated field (forward "
+                "model; the uncorrected reference is not stored). Hover to pause.",
+            )
+        )
+    return "".join(out)
+
+
 def _pvc_part(run, figs) -> str:
-    """Partial-volume corrected GM and WM maps next to the measured map, one scale."""
+    """Partial-volume correction: GM and WM maps next to the uncorrected map."""
     from asl_pipeline import reportlets
 
-    measured = run.get("cleaned_cbf") or run.get("mean_cbf")
-    if not (run.get("pvc_gm") and run.get("pvc_wm") and measured and run.get("mask")):
+    if not (run.get("pvc_gm") or run.get("pvc_wm")) or run.get("mask") is None:
         return ""
-    mask = _load(run.get("mask"))
-    imgs = [
-        ("measured CBF (before correction)", _load(measured)),
-        ("PV-corrected GM CBF", _load(run.get("pvc_gm"))),
-        ("PV-corrected WM CBF", _load(run.get("pvc_wm"))),
+    uncorrected = run.get("cleaned_cbf") or run.get("mean_cbf") or run.get("denoised_cbf")
+    maps = [("uncorrected CBF", uncorrected)] if uncorrected else []
+    maps += [
+        ("PVC grey-matter CBF", run.get("pvc_gm")),
+        ("PVC white-matter CBF", run.get("pvc_wm")),
     ]
-    inside = imgs[1][1].get_fdata()[mask.get_fdata() > 0.5]
-    vmax = max(float(np.nanpercentile(inside, 99)) if inside.size else 100.0, 1.0)
+    maps = [(t, p) for t, p in maps if p is not None]
+    mask = _load(run.get("mask"))
+    imgs = [(t, _load(p)) for t, p in maps]
+    values = np.concatenate([i.get_fdata()[mask.get_fdata() > 0.5] for _, i in imgs])
+    vmax = max(float(np.percentile(values, 99)) if values.size else 100.0, 1.0)
     name = figs.make(
-        f"{run.stem}_desc-pvc_cbf",
-        lambda: reportlets.plot_cbf_maps(imgs, mask=mask, vmax=vmax),
+        f"{run.stem}_desc-pvc_cbf", lambda: reportlets.plot_cbf_maps(imgs, mask=mask, vmax=vmax)
     )
     if not name:
         return ""
     return "<h3>Partial-volume correction</h3>" + _figure(
         name,
-        f"Before and after partial-volume correction (linear regression of Asllani et al. "
-        f"2008 over a kernel of neighbouring voxels): the measured map, and the GM and WM "
-        f"CBF each voxel would have if it held that tissue only; one colour scale "
-        f"(0-{vmax:.0f} mL/100 g/min). Blank voxels: too little of the tissue, or too few "
-        "neighbours, to estimate.",
-    )
-
-
-def _sdc_part(run, figs) -> str:
-    """The B0 field estimated for susceptibility distortion correction."""
-    from asl_pipeline import reportlets
-
-    ref = run.get("asl_ref") or run.get("m0")
-    if not (run.get("fieldmap") and ref and run.get("mask")):
-        return ""
-    mask = _load(run.get("mask"))
-    field = _load(run.get("fieldmap"))
-    if field.shape[:3] != mask.shape[:3]:
-        from nilearn.image import resample_to_img
-
-        field = resample_to_img(field, mask, interpolation="continuous")
-    name = figs.make(
-        f"{run.stem}_desc-sdc_fieldmap",
-        lambda: reportlets.plot_fieldmap(field, _load(ref), mask=mask),
-    )
-    if not name:
-        return ""
-    return "<h3>Susceptibility distortion correction</h3>" + _figure(
-        name,
-        "The B0 field estimated from the reverse phase-encoded M0 pair (Hz; red: positive, "
-        "blue: negative) over the corrected ASL reference. Each ASL volume and the M0 were "
-        "shifted back along the phase-encoding axis by field x total readout time, with the "
-        "Jacobian intensity correction, in the same interpolation as the motion correction; "
-        "the ASL-to-T1w registration above shows the corrected reference.",
+        f"Uncorrected CBF and the partial-volume-corrected grey- and white-matter CBF "
+        f"(pure-tissue estimates, linear regression), one colour scale (0-{vmax:.0f} "
+        "mL/100 g/min, 99th percentile of all maps in the brain mask): three planes at the "
+        "brain's centre (L/R marked) and five axial cuts.",
     )
 
 

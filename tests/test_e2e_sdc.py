@@ -39,10 +39,19 @@ def test_cli_corrects_a_distorted_subject(tmp_path, seed):
     true_field = _load(truth / "fmap/sub-01_desc-true_fieldmap.nii.gz")
     brain = _load(truth / "perf/sub-01_desc-brain_mask.nii.gz") > 0
     err = np.abs(_load(fmap) - true_field)[brain] * TRT
-    assert err.mean() < 0.15 and np.percentile(err, 99) < 0.5
+    true_disp = np.abs(true_field[brain]) * TRT
+    # seed 7 (2026-12-04): error mean 0.030, p99 0.40, max 0.85 voxel, against a true
+    # displacement of mean 0.24, p99 2.27 voxel (an uncorrected run's error)
+    assert err.mean() < 0.06 and np.percentile(err, 99) < 0.5
+    assert err.mean() < 0.25 * true_disp.mean()
 
     report = next((out / "sub-01" / "figures").glob("*_report.html")).read_text()
     assert "PEPOLAR" in report and "resampled once" in report
+    assert "<h3>Susceptibility distortion correction</h3>" in report
+    assert "Figures that could not be drawn" not in report
+    for svg in ("desc-fieldmap_aslref.svg", "desc-sdc_aslrefa.svg", "desc-sdc_aslrefb.svg"):
+        assert f"sub-01_{svg}" in report, svg
     cbf = _load(out / "sub-01/perf/sub-01_desc-mean_cbf.nii.gz")
     true_cbf = _load(truth / "perf/sub-01_desc-true_cbf.nii.gz")
+    # seed 7: r = 0.61 (12 noisy pairs)
     assert np.corrcoef(cbf[brain], true_cbf[brain])[0, 1] > 0.5

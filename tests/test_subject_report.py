@@ -215,6 +215,10 @@ window.addEventListener('load', () => {
 
 
 def test_report_renders_in_headless_chromium(report):
+    _render_check(report, 7)
+
+
+def _render_check(report, n_images):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium; .ci/run does it)")
@@ -232,33 +236,74 @@ def test_report_renders_in_headless_chromium(report):
     match = re.search(r"<pre id=\"render-check\">([^<]+)</pre>", proc.stdout)
     assert match, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(match.group(1).replace("&quot;", '"'))
-    assert result["n"] == 7 and result["bad"] == [], result
+    assert result["n"] == n_images and result["bad"] == [], result
     console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
     assert not console, console
 
 
-def test_report_shows_pvc_and_sdc_when_they_ran(tree, tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def corrected_tree(tree, tmp_path_factory):
+    """The same output with SDC (a field map, PE in the sidecar) and PVC maps."""
+    out = tmp_path_factory.mktemp("deriv_corr") / "out"
     shutil.copytree(tree, out)
-    perf = out / "sub-01/perf"
-    cleaned = nib.load(perf / "sub-01_desc-paocsl_cbf.nii.gz")
-    gm = nib.load(perf / "sub-01_label-GM_probseg.nii.gz").get_fdata() > 0.5
-    data = cleaned.get_fdata()
-    _save(np.where(gm, data * 1.3, 0), cleaned.affine, perf / "sub-01_desc-pvcGM_cbf.nii.gz")
-    _save(np.where(~gm, data, 0), cleaned.affine, perf / "sub-01_desc-pvcWM_cbf.nii.gz")
-    fmap = out / "sub-01/fmap"
+    shutil.rmtree(out / "sub-01/figures", ignore_errors=True)
+    perf, fmap = out / "sub-01/perf", out / "sub-01/fmap"
     fmap.mkdir()
-    z = np.indices(data.shape)[2]
+    ref = nib.load(perf / "sub-01_aslref.nii.gz")
+    y = np.arange(ref.shape[1])[None, :, None] * np.ones(ref.shape)
     _save(
-        40.0 * (z - z.mean()),
-        cleaned.affine,
+        30.0 * np.sin(y / 4.0),
+        ref.affine,
         fmap / "sub-01_fmapid-auto00000_desc-preproc_fieldmap.nii.gz",
     )
-    page = write_subject_report(out, "01").read_text()
-    assert "<h3>Partial-volume correction</h3>" in page
+    side = perf / "sub-01_desc-preproc_asl.json"
+    meta = json.loads(side.read_text())
+    meta.update(PhaseEncodingDirection="j", TotalReadoutTime=0.03)
+    side.write_text(json.dumps(meta))
+    cbf = nib.load(perf / "sub-01_desc-paocsl_cbf.nii.gz")
+    _save(cbf.get_fdata() * 1.3, cbf.affine, perf / "sub-01_desc-pvcGM_cbf.nii.gz")
+    _save(cbf.get_fdata() * 0.4, cbf.affine, perf / "sub-01_desc-pvcWM_cbf.nii.gz")
+    return out
+
+
+@pytest.fixture(scope="module")
+def corrected_report(corrected_tree):
+    return write_subject_report(corrected_tree, "01")
+
+
+def test_report_shows_sdc_and_pvc(corrected_report):
+    page = corrected_report.read_text()
+    assert "Figures that could not be drawn" not in page
     assert "<h3>Susceptibility distortion correction</h3>" in page
-    figures = out / "sub-01/figures"
-    for name in ("sub-01_desc-pvc_cbf.svg", "sub-01_desc-sdc_fieldmap.svg"):
-        assert (figures / name).stat().st_size > 10_000, name
-        assert name in page
-    assert "could not be drawn" not in page.lower()
+    assert "<h3>Partial-volume correction</h3>" in page
+    assert "+/-30 Hz" in page  # the field's 99th percentile of |field|
+    # 30 Hz x 0.03 s = 0.9 voxel peak displacement
+    p95 = float(re.search(r"95th percentile ([0-9.]+) voxels", page).group(1))
+    assert 0.6 < p95 <= 0.9
+    srcs = re.findall(r"<img[^>]* src='([^']+)'", page)
+    assert len(srcs) == 7 + 4, srcs  # + field map, SDC before/after, PVC maps
+    for name in (
+        "desc-fieldmap_aslref.svg",
+        "desc-sdc_aslrefa.svg",
+        "desc-sdc_aslrefb.svg",
+        "desc-pvc_cbf.svg",
+    ):
+        assert f"sub-01_{name}" in srcs, name
+        svg = (corrected_report.parent / f"sub-01_{name}").read_text()
+        assert "<svg" in svg
+    pvc_svg = (corrected_report.parent / "sub-01_desc-pvc_cbf.svg").read_text()
+    assert "mL/100 g/min" in pvc_svg and "PVC grey" in pvc_svg
+    assert (
+        "B0 field (Hz)"
+        in (corrected_report.parent / "sub-01_desc-fieldmap_aslref.svg").read_text()
+    )
+
+
+def test_report_without_corrections_has_no_such_sections(report):
+    page = report.read_text()
+    assert "Susceptibility distortion correction" not in page
+    assert "<h3>Partial-volume correction</h3>" not in page
+
+
+def test_corrected_report_renders_in_headless_chromium(corrected_report):
+    _render_check(corrected_report, 11)
