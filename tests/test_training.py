@@ -321,7 +321,7 @@ def test_bids_input_skips_multi_pld_runs(tiny_bids, tmp_path, caplog):
     plds = [1.0, 1.0, 1.5, 1.5, 2.0, 2.0]
     sidecar = {"PostLabelingDelay": plds, "M0Type": "Estimate", "M0Estimate": 100.0}
     make_dataset(root, subject="04", sidecar=sidecar, m0=False, t1w=False)
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("WARNING", logger="asl_pipeline"):
         subjects = load_bids(root, progress=False)
     assert [s.name for s in subjects] == ["sub-01", "sub-02", "sub-03"]
     assert "sub-04_asl.nii.gz: multi-PLD run skipped" in caplog.text
