@@ -20,6 +20,8 @@ Embedded backend on antspyx, template-driven so it works on real T1w images
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -84,20 +86,38 @@ def segment_tissues(
     for name in ("csf", "gm", "wm"):
         p = np.clip(np.asarray(priors[name], dtype=np.float32), 0, 1) * m
         prior_imgs.append(img.new_image_like(p + eps * m))
-    seg = ants.atropos(
-        a=img,
-        x=mask_img,
-        i=prior_imgs,
-        m=mrf,
-        c=f"[{int(iterations)},0]",
-        priorweight=prior_weight,
-        r=0,  # --use-random-seed 0: Atropos' constant seed, so reruns are identical
-    )
-    probs = [p.numpy().astype(np.float32) for p in seg["probabilityimages"]]
+    with _private_tempdir():
+        seg = ants.atropos(
+            a=img,
+            x=mask_img,
+            i=prior_imgs,
+            m=mrf,
+            c=f"[{int(iterations)},0]",
+            priorweight=prior_weight,
+            r=0,  # --use-random-seed 0: Atropos' constant seed, so reruns are identical
+        )
+        probs = [p.numpy().astype(np.float32) for p in seg["probabilityimages"]]
     total = np.sum(probs, axis=0)
     total[total == 0] = 1
     out = {name: (p / total) * m for name, p in zip(("csf", "gm", "wm"), probs, strict=True)}
     return {k: out[k].astype(np.float32) for k in ("gm", "wm", "csf")}
+
+
+@contextlib.contextmanager
+def _private_tempdir():
+    """Point ``tempfile`` at a folder removed on exit.
+
+    antspyx's ``atropos`` writes its prior and posterior images under
+    ``tempfile.gettempdir()`` and never deletes them (about 3 files of a few MB
+    per call). Nodes run one per process, so the process-wide switch is safe.
+    """
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="asl_atropos_") as tmp:
+        tempfile.tempdir = tmp
+        try:
+            yield tmp
+        finally:
+            tempfile.tempdir = previous
 
 
 @dataclass

@@ -116,9 +116,14 @@ def test_preprocess_t1w_dice_on_simulated_subjects(seed, tmp_path):
         assert d >= 0.8, (name, d)
 
 
-def test_segment_tissues_repeats_exactly():
-    """Atropos runs with its constant seed: the same input gives the same maps."""
+def test_segment_tissues_repeats_exactly(tmp_path, monkeypatch):
+    """Atropos runs with its constant seed: the same input gives the same maps,
+    and it leaves none of its temporary images behind."""
+    import tempfile
+
     from asl_pipeline.segmentation import segment_tissues
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
     rng = np.random.default_rng(0)
     label = np.indices((24, 24, 24))[0] // 8
@@ -133,3 +138,5 @@ def test_segment_tissues_repeats_exactly():
     for name in ("gm", "wm", "csf"):
         np.testing.assert_array_equal(first[name], second[name])
     assert (first["wm"][label == 2] > 0.5).mean() > 0.9
+    assert list(tmp_path.iterdir()) == []
+    assert tempfile.tempdir == str(tmp_path)
