@@ -122,10 +122,13 @@ MOTION_SUBJECTS = ("demo", "sim-3d", "sim-motion", "ph-drift", "ph-jumps", "ph-g
 GM_THRESHOLD, WM_THRESHOLD = 0.7, 0.9
 
 
-def configs_for(name: str, everything: bool = False) -> list[str]:
+def configs_for(name: str, everything: bool = False, only=None) -> list[str]:
+    """The configurations run on subject ``name`` (``only``: a subset chosen by the user)."""
     if everything or name in MOTION_SUBJECTS:
-        return list(CONFIGS)
-    return [c for c in CONFIGS if c not in MOTION_CONFIGS]
+        chosen = list(CONFIGS)
+    else:
+        chosen = [c for c in CONFIGS if c not in MOTION_CONFIGS]
+    return [c for c in chosen if not only or c in only]
 
 
 def simulate(name: str, generator: str, seed: int, kwargs: dict, root: Path) -> Path | None:
@@ -276,13 +279,13 @@ def score_subject(root: Path, name: str, bids: Path) -> list[dict]:
     return rows
 
 
-def process(root: Path, entry, everything: bool = False) -> tuple[str, list[str]]:
+def process(root: Path, entry, everything: bool = False, only=None) -> tuple[str, list[str]]:
     name, generator, seed, kwargs = entry
     bids = simulate(name, generator, seed, kwargs, root)
     if bids is None:
         return name, ["skipped (generator unavailable)"]
     lines = []
-    for config in configs_for(name, everything):
+    for config in configs_for(name, everything, only):
         rc, wall = run_pipeline(bids, root, name, config)
         lines.append(f"{config}: exit {rc}, {wall:.0f} s")
     return name, lines
@@ -360,12 +363,18 @@ def main(argv=None) -> int:
         action="store_true",
         help=f"run {', '.join(MOTION_CONFIGS)} on every subject, not only {MOTION_SUBJECTS}",
     )
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(CONFIGS),
+        help="configurations to run (default: all that apply to each subject)",
+    )
     args = parser.parse_args(argv)
     root = args.out.resolve()
     panel = [p for p in PANEL if not args.subjects or p[0] in args.subjects]
     if not args.report_only:
         with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(process, root, e, args.all_configs) for e in panel]
+            futures = [pool.submit(process, root, e, args.all_configs, args.configs) for e in panel]
             for done in cf.as_completed(futures):
                 name, lines = done.result()
                 print(f"{name}: " + "; ".join(lines), flush=True)
