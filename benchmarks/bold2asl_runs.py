@@ -36,6 +36,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from eval_bold2asl import bold_model_and_config  # benchmarks/ is sys.path[0] when run
 
 MODEL = "dwan_boldrun_lfn_l1"
 ASL = {"shape": (64, 64, 20), "voxel_size": (3.4, 3.4, 6.0), "labeling": "PCASL", "readout": "2D"}
@@ -90,9 +91,9 @@ def main(argv=None):
 
     import torch
 
-    from asl_pipeline.models import build_model, save_model
+    from asl_pipeline.models import save_model
     from asl_pipeline.models.inference import denoise_volume
-    from asl_pipeline.training import TEST_SEED_OFFSET, TrainConfig, segment_means, train
+    from asl_pipeline.training import TEST_SEED_OFFSET, segment_means, train
 
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -100,19 +101,7 @@ def main(argv=None):
     subjects = [bold_subject(args.seed * 100_000 + 70_000 + i) for i in range(args.train_subjects)]
     sim_seconds = time.time() - t0
     print(f"simulated and registered {len(subjects)} training subjects in {sim_seconds:.0f} s")
-    torch.manual_seed(args.seed)
-    model = build_model("dwan", input_kind="bold")
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        steps_per_epoch=args.steps // args.epochs,
-        batch_size=args.batch_size,
-        patch_size=args.patch_size,
-        loss="l1",
-        scheme="lfn",
-        seed=args.seed,
-        progress=False,
-        input_kind="bold",
-    )
+    model, cfg = bold_model_and_config(args)
     t0 = time.time()
     hist = train(model, subjects[1:], subjects[:1], cfg, args.out / f"{MODEL}_run")
     train_seconds = time.time() - t0

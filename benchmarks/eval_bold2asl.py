@@ -43,11 +43,13 @@ from eval_dwan import TEST_SETTINGS, base_parser  # benchmarks/ is sys.path[0] w
 MODEL = "dwan_bold_lfn_l1"
 
 
-def train_model(args, train_subj, val_subj, path: Path) -> None:
+def bold_model_and_config(args):
+    """A fresh BOLD-input DWAN (seeded) and its learning-from-noise L1 training set-up,
+    from the ``--epochs --steps --batch-size --patch-size --seed`` options."""
     import torch
 
-    from asl_pipeline.models import build_model, save_model
-    from asl_pipeline.training import TrainConfig, train
+    from asl_pipeline.models import build_model
+    from asl_pipeline.training import TrainConfig
 
     torch.manual_seed(args.seed)
     model = build_model("dwan", input_kind="bold")
@@ -62,6 +64,14 @@ def train_model(args, train_subj, val_subj, path: Path) -> None:
         progress=False,
         input_kind="bold",
     )
+    return model, cfg
+
+
+def train_model(args, train_subj, val_subj, path: Path) -> None:
+    from asl_pipeline.models import save_model
+    from asl_pipeline.training import train
+
+    model, cfg = bold_model_and_config(args)
     t0 = time.time()
     hist = train(model, train_subj, val_subj, cfg, path.parent / f"{MODEL}_run", resume=True)
     save_model(

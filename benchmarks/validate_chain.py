@@ -374,7 +374,9 @@ def main(argv=None) -> int:
     panel = [p for p in PANEL if not args.subjects or p[0] in args.subjects]
     if not args.report_only:
         with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(process, root, e, args.all_configs, args.configs) for e in panel]
+            futures = [
+                pool.submit(process, root, e, args.all_configs, args.configs) for e in panel
+            ]
             for done in cf.as_completed(futures):
                 name, lines = done.result()
                 print(f"{name}: " + "; ".join(lines), flush=True)
