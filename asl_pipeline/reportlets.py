@@ -75,6 +75,22 @@ def _three_rows(fig, n_rows_total: int, first_row: int):
     }
 
 
+def _plane(fig, rect, axis: str, mask, n_cuts: int) -> dict:
+    """nilearn options of one row of cuts along ``axis`` spread over ``mask``: black
+    background, no cross, no colour bar, no dimming."""
+    return {
+        "display_mode": axis,
+        "cut_coords": mask_cuts(mask, axis, n_cuts),
+        "figure": fig,
+        "axes": rect,
+        "annotate": True,
+        "draw_cross": False,
+        "black_bg": True,
+        "colorbar": False,
+        "dim": 0,
+    }
+
+
 def plot_planes(
     background,
     *,
@@ -97,18 +113,7 @@ def plot_planes(
     fig = plt.figure(figsize=(figure_width, figure_width * 0.55))
     for axis, rect in _three_rows(fig, 3, 0).items():
         display = plotting.plot_anat(
-            background,
-            display_mode=axis,
-            cut_coords=mask_cuts(mask, axis, n_cuts),
-            figure=fig,
-            axes=rect,
-            annotate=True,
-            draw_cross=False,
-            black_bg=True,
-            colorbar=False,
-            vmin=0,
-            vmax=vmax,
-            dim=0,
+            background, **_plane(fig, rect, axis, mask, n_cuts), vmin=0, vmax=vmax
         )
         for img, level, colour in contours:
             display.add_contours(_img(img), levels=[level], colors=[colour], linewidths=0.9)
@@ -242,19 +247,11 @@ def plot_fieldmap(reference, fieldmap, *, mask, vmax: float, n_cuts: int = 6):
         plotting.plot_stat_map(
             fieldmap,
             bg_img=reference,
-            display_mode=axis,
-            cut_coords=mask_cuts(mask, axis, n_cuts),
-            figure=fig,
-            axes=rect,
-            annotate=True,
-            draw_cross=False,
-            black_bg=True,
-            colorbar=False,
+            **_plane(fig, rect, axis, mask, n_cuts),
             cmap="RdBu_r",
             vmax=vmax,
             symmetric_cbar=True,
             threshold=0.05 * vmax,
-            dim=0,
             resampling_interpolation="nearest",
         )
     cax = fig.add_axes([0.3, 0.02, 0.4, 0.02])
