@@ -292,21 +292,13 @@ class PairSampler:
         """One batch: ``x (b, c, p, p)``, ``y (b, 1, p, p)``, ``mask (b, 1, p, p)``, and ``n``."""
         import torch
 
-        from asl_pipeline.models.channels import median_variance_factor
-
         if n is None:
             lo, hi = self.n_pairs
             u = float(torch.rand((), generator=gen, device=self.device))
             n = int(round(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))))
         k = torch.randint(len(self.slabs), (batch_size,), generator=gen, device=self.device)
         slab = self.slabs[k]
-        # a crop holding some brain
-        top = torch.randint(
-            self.size - self.patch + 1, (batch_size,), generator=gen, device=self.device
-        ).tolist()
-        left = torch.randint(
-            self.size - self.patch + 1, (batch_size,), generator=gen, device=self.device
-        ).tolist()
+        top, left = _crop_corners(self.size, self.patch, batch_size, gen, self.device)
         crops = torch.stack(
             [
                 slab[b, :, top[b] : top[b] + self.patch, left[b] : left[b] + self.patch]
@@ -327,18 +319,11 @@ class PairSampler:
         pairs = clean * g_in + self._noise(gen, k, n)
         x_cbf = pairs.mean(1, keepdim=True)
         var = pairs.var(1, unbiased=True).masked_fill(mask[:, 0] <= 0, float("nan"))
-        sd = torch.nan_to_num(torch.nanmedian(var.flatten(1), dim=1).values, nan=0.0)
-        sd = torch.sqrt(sd / median_variance_factor(n) / n).view(-1, 1, 1, 1)
+        median_var = torch.nan_to_num(torch.nanmedian(var.flatten(1), dim=1).values, nan=0.0)
+        sd = _mean_noise_sd(median_var, n).view(-1, 1, 1, 1)
         target = clean * g_t + self._noise(gen, k, self.target_pairs).mean(1, keepdim=True)
         anat = _misregister(crops[:, 2:5], gen) if self.jitter else crops[:, 2:5]
-        named = {
-            "cbf": x_cbf,
-            "noise": sd.expand_as(x_cbf),
-            "gm": anat[:, 0:1],
-            "wm": anat[:, 1:2],
-            "m0": anat[:, 2:3],
-        }
-        x = torch.cat([named[c] for c in self.channels], dim=1) * mask
+        x = _input_channels(self.channels, x_cbf, sd.expand_as(x_cbf), anat, mask)
         return x, target * mask, mask, n
 
 
@@ -422,8 +407,6 @@ class SeriesSampler:
         """As :meth:`PairSampler.batch`, from the run's own pairs."""
         import torch
 
-        from asl_pipeline.models.channels import median_variance_factor
-
         if n is None:
             n = int(
                 torch.randint(
@@ -431,12 +414,7 @@ class SeriesSampler:
                 )
             )
         k = torch.randint(len(self.pairs), (batch_size,), generator=gen, device=self.device)
-        top = torch.randint(
-            self.size - self.patch + 1, (batch_size,), generator=gen, device=self.device
-        ).tolist()
-        left = torch.randint(
-            self.size - self.patch + 1, (batch_size,), generator=gen, device=self.device
-        ).tolist()
+        top, left = _crop_corners(self.size, self.patch, batch_size, gen, self.device)
         xs, ys, ms, anats = [], [], [], []
         for b in range(batch_size):
             sl = (slice(top[b], top[b] + self.patch), slice(left[b], left[b] + self.patch))
@@ -445,22 +423,49 @@ class SeriesSampler:
             inp, rest = pairs[order[:n]], pairs[order[n:]]
             mask = self.anat[k[b], 0][sl]
             var = inp.var(0, unbiased=True)
-            sd = var[mask > 0].median() if bool((mask > 0).any()) else var.new_zeros(())
-            sd = torch.sqrt(sd / median_variance_factor(n) / n)
+            sd = _mean_noise_sd(
+                var[mask > 0].median() if bool((mask > 0).any()) else var.new_zeros(()), n
+            )
             xs.append(torch.stack([inp.mean(0), sd.expand_as(mask)]))
             ys.append(rest.mean(0, keepdim=True))
             ms.append(mask[None])
             anats.append(self.anat[k[b], 1:][:, sl[0], sl[1]])
         x, y, m, anat = (torch.stack(a) for a in (xs, ys, ms, anats))
-        named = {
-            "cbf": x[:, 0:1],
-            "noise": x[:, 1:2],
-            "gm": anat[:, 0:1],
-            "wm": anat[:, 1:2],
-            "m0": anat[:, 2:3],
-        }
-        x = torch.cat([named[c] for c in self.channels], dim=1) * m
-        return x, y * m, m, n
+        return _input_channels(self.channels, x[:, 0:1], x[:, 1:2], anat, m), y * m, m, n
+
+
+def _crop_corners(size: int, patch: int, batch_size: int, gen, device):
+    """Random top and left corners (lists) of ``batch_size`` crops of a padded slice."""
+    import torch
+
+    top = torch.randint(size - patch + 1, (batch_size,), generator=gen, device=device)
+    left = torch.randint(size - patch + 1, (batch_size,), generator=gen, device=device)
+    return top.tolist(), left.tolist()
+
+
+def _mean_noise_sd(median_var, n: int):
+    """Noise SD of an ``n``-pair mean from the median over the brain of the pairs'
+    voxel-wise variance (the ``noise`` channel, :mod:`asl_pipeline.models.channels`)."""
+    import torch
+
+    from asl_pipeline.models.channels import median_variance_factor
+
+    return torch.sqrt(median_var / median_variance_factor(n) / n)
+
+
+def _input_channels(channels, cbf, noise, anat, mask):
+    """The model input ``(b, c, p, p)``: the named channels in the model's order, masked.
+    ``anat`` holds GM, WM and M0 in its channels 0-2."""
+    import torch
+
+    named = {
+        "cbf": cbf,
+        "noise": noise,
+        "gm": anat[:, 0:1],
+        "wm": anat[:, 1:2],
+        "m0": anat[:, 2:3],
+    }
+    return torch.cat([named[c] for c in channels], dim=1) * mask
 
 
 def finetune(
