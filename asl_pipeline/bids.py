@@ -810,9 +810,7 @@ class _M0Files:
 
 def _find_m0(layout, root, entities, asl_file, img, md, where, warnings) -> _M0Files:
     """The files of the M0 (M0Type Separate), checked against the series' grid."""
-    pepolar = _pepolar_m0(
-        layout, root, entities["subject"], entities.get("session"), asl_file, md
-    )
+    pepolar = _pepolar_m0(layout, root, entities["subject"], entities.get("session"), asl_file, md)
     if parse_m0_type(md, where) != "Separate":
         return _M0Files(None, None, {}, tuple(pepolar))
     m0_file = _find_nifti(_sibling(asl_file, "m0scan"))

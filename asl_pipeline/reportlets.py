@@ -255,9 +255,7 @@ def plot_fieldmap(reference, fieldmap, *, mask, vmax: float, n_cuts: int = 6):
             resampling_interpolation="nearest",
         )
     cax = fig.add_axes([0.3, 0.02, 0.4, 0.02])
-    sm = matplotlib.cm.ScalarMappable(
-        norm=matplotlib.colors.Normalize(-vmax, vmax), cmap="RdBu_r"
-    )
+    sm = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(-vmax, vmax), cmap="RdBu_r")
     bar = fig.colorbar(sm, cax=cax, orientation="horizontal")
     bar.set_label("B0 field (Hz)", color="w")
     bar.ax.tick_params(colors="w")

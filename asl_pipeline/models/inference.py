@@ -130,8 +130,11 @@ def denoise_run(
     if finetune_seconds > 0:
         from asl_pipeline import lfn
 
-        maps = {k: None if v is None else np.moveaxis(np.asarray(v), axis, 2)
-                for k, v in extra.items() if k != "noise"}
+        maps = {
+            k: None if v is None else np.moveaxis(np.asarray(v), axis, 2)
+            for k, v in extra.items()
+            if k != "noise"
+        }
         fit = lfn.finetune(
             model,
             np.moveaxis(series, axis, 2),
