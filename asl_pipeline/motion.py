@@ -549,6 +549,9 @@ class RealignResult:
     fd: np.ndarray  #: (n,) framewise displacement (mm) of the cleaned params
     rmsd: np.ndarray  #: (n,) relative RMS displacement (mm) of the cleaned params
     centre: np.ndarray  #: rotation centre (world mm)
+    #: with a field correction: the reference of the series resliced for motion only,
+    #: still distorted (the "before" of the correction); None without one
+    reference_distorted: np.ndarray | None = None
 
 
 def _check_image(data, name, file, ndim):
@@ -822,7 +825,16 @@ def apply_realignment(
         m0_corr = reslice(
             m0, affine, m0_params, centre=centre, order=order, field_hz=field, pe=m0_pe
         )
-    ref = corrected[..., zig != 0].mean(axis=-1) if (zig != 0).any() else corrected.mean(-1)
+    pairs = zig != 0
+    ref = corrected[..., pairs].mean(axis=-1) if pairs.any() else corrected.mean(-1)
+    ref_distorted = None
+    if field is not None:
+        volumes = np.flatnonzero(pairs) if pairs.any() else np.arange(data.shape[-1])
+        ref_distorted = (
+            data[..., volumes].astype(np.float32)
+            if reslice_mode == "none"
+            else reslice(data[..., volumes], affine, applied[volumes], centre=centre, order=order)
+        ).mean(axis=-1)
     return RealignResult(
         corrected=corrected,
         m0_corrected=m0_corr,
@@ -834,6 +846,7 @@ def apply_realignment(
         fd=framewise_displacement(clean, fd_radius),
         rmsd=rms_displacement(clean, centre, fd_radius),
         centre=centre,
+        reference_distorted=ref_distorted,
     )
 
 

@@ -173,7 +173,7 @@ def find_runs(subject_dir: Path) -> list[RunOutputs]:
     ):
         for path in subject_dir.glob(f"**/perf/{pattern}"):
             stem = path.name[: -len(tail)]
-            if "_space-" not in stem:
+            if "_space-" not in stem and "_desc-" not in stem:
                 stems.setdefault(stem, path.parent)
     return [_run_outputs(stem, folder) for stem, folder in sorted(stems.items())]
 
@@ -194,6 +194,7 @@ def _run_outputs(stem: str, folder: Path) -> RunOutputs:
         "asl_preproc": one("desc-preproc_asl.nii.gz"),
         "asl_json": one("desc-preproc_asl.json"),
         "asl_ref": one("aslref.nii.gz"),
+        "asl_ref_distorted": one("desc-hmc_aslref.nii.gz"),
         "mask": one("desc-brain_mask.nii.gz"),
         "gm": one("label-GM_probseg.nii.gz"),
         "wm": one("label-WM_probseg.nii.gz"),
@@ -886,10 +887,10 @@ def _sdc_part(run, figs) -> str:
     """Susceptibility distortion correction: the estimated field (Hz) over the
     corrected reference, and a flicker of the distorted vs corrected reference.
 
-    The uncorrected reference is not a derivative: the distorted frame is the
-    stored (corrected) reference pushed back through the estimated field with the
-    forward model (:func:`asl_pipeline.sdc.distort`), i.e. what the scanner recorded
-    according to the estimate; the caption says so."""
+    The distorted frame is the stored reference before the correction
+    (``desc-hmc_aslref``). Outputs of older runs lack it: their distorted frame is
+    the corrected reference pushed back through the estimated field with the
+    forward model (:func:`asl_pipeline.sdc.distort`), and the caption says so."""
     from asl_pipeline import registration, reportlets, sdc
 
     if not (run.get("fieldmap") and run.get("asl_ref") and run.get("mask")):
@@ -926,10 +927,22 @@ def _sdc_part(run, figs) -> str:
         return "".join(out)
     shift = np.abs(sdc.hz_to_voxels(field_hz, pe))[mask.get_fdata() > 0.5]
 
+    stored = run.get("asl_ref_distorted")
+
     def frames():
-        data = np.asarray(ref.get_fdata(), np.float32)
-        distorted = nib.Nifti1Image(sdc.distort(data, field_hz, pe), ref.affine)
+        if stored is not None:
+            distorted = _load(stored)
+        else:
+            data = np.asarray(ref.get_fdata(), np.float32)
+            distorted = nib.Nifti1Image(sdc.distort(data, field_hz, pe), ref.affine)
         return reportlets.plot_registration_pair(distorted, ref, fixed_mask=mask, boundary=mask)
+
+    origin = (
+        f"The distorted frame is the reference before the correction ({stored.name})."
+        if stored is not None
+        else "The distorted frame is the corrected reference pushed back through the "
+        "estimated field (forward model; this run's outputs hold no uncorrected reference)."
+    )
 
     names = figs.make(f"{run.stem}_desc-sdc_aslref", frames)
     if names:
@@ -941,9 +954,7 @@ def _sdc_part(run, figs) -> str:
                 f"Flicker between the distorted (frame 1) and the distortion-corrected "
                 f"(frame 2) ASL reference, phase encoding {pe.direction}; red: the brain "
                 f"mask of the corrected reference. Displacement along the phase-encoding "
-                f"axis: 95th percentile {p95:.2f} voxels in the brain. The distorted frame is "
-                "the corrected reference pushed back through the estimated field (forward "
-                "model; the uncorrected reference is not stored). Hover to pause.",
+                f"axis: 95th percentile {p95:.2f} voxels in the brain. {origin} Hover to pause.",
             )
         )
     return "".join(out)

@@ -138,6 +138,10 @@ class _ASLRealignOutputSpec(TraitedSpec):
     asl_corrected = File(exists=True, desc="realigned 4D ASL series (resliced once)")
     m0_corrected = File(desc="realigned M0 (same reference), when an M0 file was given")
     ref_image = File(exists=True, desc="reference: mean of the realigned control/label volumes")
+    ref_distorted = File(
+        desc="with a field map: the reference resliced for motion only (before the "
+        "distortion correction)"
+    )
     motion_params_raw = File(
         exists=True, desc="TSV of the estimated parameters (trans mm, rot rad)"
     )
@@ -207,6 +211,11 @@ def write_realign_outputs(res: core.RealignResult, asl_file, img, cwd) -> dict:
     nb.Nifti1Image(res.corrected, img.affine, hdr).to_filename(out["asl_corrected"])
     out["ref_image"] = fname_presuffix(asl_file, suffix="_hmcref", newpath=cwd)
     nb.Nifti1Image(res.reference.astype(np.float32), img.affine).to_filename(out["ref_image"])
+    if res.reference_distorted is not None:
+        out["ref_distorted"] = fname_presuffix(asl_file, suffix="_hmcref_distorted", newpath=cwd)
+        nb.Nifti1Image(res.reference_distorted.astype(np.float32), img.affine).to_filename(
+            out["ref_distorted"]
+        )
     out["motion_params_raw"] = write_motion_tsv(f"{cwd}/motion_params_raw.tsv", res.params_raw)
     out["motion_params"] = write_motion_tsv(f"{cwd}/motion_params.tsv", res.params)
     extra = {f"raw_{c}": res.params_raw[:, i] for i, c in enumerate(MOTION_COLUMNS)}

@@ -98,6 +98,10 @@ class _SPMRealignOutputSpec(TraitedSpec):
     asl_corrected = File(exists=True, desc="realigned 4D ASL series (resliced once)")
     m0_corrected = File(desc="realigned M0, when an M0 file was given")
     ref_image = File(exists=True, desc="mean of the realigned control/label volumes")
+    ref_distorted = File(
+        desc="with a field map: the reference resliced for motion only (before the "
+        "distortion correction)"
+    )
     motion_params_raw = File(exists=True, desc="TSV of SPM's parameters (our centre convention)")
     motion_params = File(exists=True, desc="TSV of the parameters after zig-zag removal")
     confounds = File(exists=True, desc="TSV: parameters, raw_* parameters, FD, RMSD")

@@ -51,6 +51,13 @@ def test_cli_corrects_a_distorted_subject(tmp_path, seed):
     assert "Figures that could not be drawn" not in report
     for svg in ("desc-fieldmap_aslref.svg", "desc-sdc_aslrefa.svg", "desc-sdc_aslrefb.svg"):
         assert f"sub-01_{svg}" in report, svg
+    # the reference before the correction is stored, and is the flicker's first frame
+    before = out / "sub-01/perf/sub-01_desc-hmc_aslref.nii.gz"
+    side = json.loads(before.with_name(before.name.replace(".nii.gz", ".json")).read_text())
+    assert side["Description"].startswith("ASL reference before susceptibility distortion")
+    assert "before the correction (sub-01_desc-hmc_aslref.nii.gz)" in report
+    after = _load(out / "sub-01/perf/sub-01_aslref.nii.gz")
+    assert _load(before).shape == after.shape and not np.allclose(_load(before), after)
     cbf = _load(out / "sub-01/perf/sub-01_desc-mean_cbf.nii.gz")
     true_cbf = _load(truth / "perf/sub-01_desc-true_cbf.nii.gz")
     # seed 7: r = 0.61 (12 noisy pairs)

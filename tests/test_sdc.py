@@ -180,6 +180,12 @@ def test_sdc_improves_mask_dice_and_cbf_correlation(distorted):
     assert scores["sdc"][1] > scores["raw"][1] + 0.005, scores
     # ... the displaced regions a lot (mean control image against the noise-free truth)
     assert scores["sdc"][2] > scores["raw"][2] + 0.1, scores
+    # the "before" reference kept for the report is the motion-only one
+    assert res["raw"].reference_distorted is None
+    np.testing.assert_allclose(
+        res["sdc"].reference_distorted, res["raw"].reference, rtol=1e-5, atol=1e-4
+    )
+    assert not np.allclose(res["sdc"].reference, res["raw"].reference, atol=1e-2)
 
 
 def test_distortion_is_off_by_default_and_leaves_truth_alone():

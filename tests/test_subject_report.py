@@ -14,7 +14,7 @@ import pytest
 from asl_pipeline.cli.run import main
 from asl_pipeline.interfaces.reports import SubjectReport
 from asl_pipeline.registration import write_itk_affine
-from asl_pipeline.subject_report import PROVENANCE, cite, write_subject_report
+from asl_pipeline.subject_report import PROVENANCE, cite, find_runs, write_subject_report
 
 SECTIONS = ("summary", "anat", "run-sub-01", "methods", "about", "errors")
 
@@ -256,6 +256,8 @@ def corrected_tree(tree, tmp_path_factory):
         ref.affine,
         fmap / "sub-01_fmapid-auto00000_desc-preproc_fieldmap.nii.gz",
     )
+    before = np.roll(ref.get_fdata(), 1, axis=1)  # the reference before the correction
+    _save(before, ref.affine, perf / "sub-01_desc-hmc_aslref.nii.gz")
     side = perf / "sub-01_desc-preproc_asl.json"
     meta = json.loads(side.read_text())
     meta.update(PhaseEncodingDirection="j", TotalReadoutTime=0.03)
@@ -269,6 +271,18 @@ def corrected_tree(tree, tmp_path_factory):
 @pytest.fixture(scope="module")
 def corrected_report(corrected_tree):
     return write_subject_report(corrected_tree, "01")
+
+
+def test_sdc_view_of_older_outputs_models_the_distorted_frame(corrected_tree, tmp_path):
+    """Outputs without the stored "before" reference: the flicker's distorted frame is
+    the corrected reference pushed through the field, and the caption says so."""
+    out = tmp_path / "out"
+    shutil.copytree(corrected_tree, out)
+    shutil.rmtree(out / "sub-01/figures", ignore_errors=True)
+    (out / "sub-01/perf/sub-01_desc-hmc_aslref.nii.gz").unlink()
+    page = write_subject_report(out, "01").read_text()
+    assert "pushed back through the estimated field (forward model" in page
+    assert "sub-01_desc-sdc_aslrefa.svg" in page
 
 
 def test_report_shows_sdc_and_pvc(corrected_report):
@@ -291,6 +305,9 @@ def test_report_shows_sdc_and_pvc(corrected_report):
         assert f"sub-01_{name}" in srcs, name
         svg = (corrected_report.parent / f"sub-01_{name}").read_text()
         assert "<svg" in svg
+    # the stored "before" reference is the distorted frame, not a second run
+    assert "before the correction (sub-01_desc-hmc_aslref.nii.gz)" in page
+    assert [r.stem for r in find_runs(corrected_report.parents[1])] == ["sub-01"]
     pvc_svg = (corrected_report.parent / "sub-01_desc-pvc_cbf.svg").read_text()
     assert "mL/100 g/min" in pvc_svg and "PVC grey" in pvc_svg
     assert (

@@ -266,6 +266,8 @@ def init_asl_preproc_wf(
         stored |= {"denoised_cbf", "denoised_cbf_json"}
     if pvc != "none":
         stored |= set(PVC_OUTPUTS)
+    if sdc_wf is not None:
+        stored.add("asl_ref_distorted")
     mni = MNI_SPACE in output_spaces
     # every stored CBF map in every requested space, under its native desc
     maps = [m for m in SPACE_MAPS if m in stored]
@@ -294,6 +296,8 @@ def init_asl_preproc_wf(
                          ("outputnode.ref_image", "inputnode.asl_ref")]),
         (source_node, ds_wf, [("aslcontext", "inputnode.aslcontext")]),
     ])  # fmt: skip
+    if sdc_wf is not None:
+        workflow.connect(hmc_wf, "outputnode.ref_distorted", ds_wf, "inputnode.asl_ref_distorted")
 
     if bold_to_cbf and run.bold_file is not None:
         bold_wf = init_bold_to_cbf_wf(

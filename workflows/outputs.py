@@ -30,6 +30,8 @@ DESCRIPTIONS = {
     "are those of the raw series (aslcontext).",
     "asl_ref": "ASL reference: mean of the realigned control and label volumes, the image "
     "registered to the T1w.",
+    "asl_ref_distorted": "ASL reference before susceptibility distortion correction: mean of "
+    "the control and label volumes realigned for head motion only, on the same grid.",
     "m0": "M0 image used for quantification (as M0Type says), multiplied by M0Scale and "
     "divided by M0RecoveryFactor for incomplete recovery.",
     "cbf_ts": "CBF of every label/control pair.",
@@ -104,7 +106,7 @@ def init_asl_derivatives_wf(
 
     Inputs
     ------
-    asl_preproc, asl_ref, aslcontext, cbf_ts, mean_cbf, att, cleaned_cbf,
+    asl_preproc, asl_ref, asl_ref_distorted, aslcontext, cbf_ts, mean_cbf, att, cleaned_cbf,
     denoised_cbf, pvc_gm_cbf, pvc_wm_cbf, m0 (each map with its ``<field>_json``
     sidecar from the interface), asl_mask, gm, wm, csf, confounds, qc, outlier_matrix,
     volume_status, asl_to_t1w, ``mni_<map>`` and ``t1w_<map>`` for each map of
@@ -135,6 +137,7 @@ def init_asl_derivatives_wf(
             ".nii.gz",
         ),
         "asl_ref": ("aslref", {}, {}, ["asl_preproc"], ".nii.gz"),
+        "asl_ref_distorted": ("aslref", {"desc": "hmc"}, {}, [raw_uri(source_file)], ".nii.gz"),
         "m0": (
             "m0scan",
             {"desc": "preproc"},

@@ -52,7 +52,10 @@ HMC_OUTPUTS = [
     "motion_params_raw",
     "motion_params",
     "confounds",
+    "ref_distorted",
 ]
+#: HMC outputs that exist only with an M0 file or a field map.
+_OPTIONAL_HMC = ("m0_corrected", "ref_distorted")
 ANAT_OUTPUTS = [
     "t1w_preproc",
     "t1w_brain",
@@ -139,7 +142,8 @@ def init_asl_hmc_wf(
     -------
     asl_corrected, m0_corrected, ref_image, motion_params_raw, motion_params,
     confounds (TSV with the parameters, ``raw_*``, ``framewise_displacement``,
-    ``rmsd``)
+    ``rmsd``), ref_distorted (with ``sdc``: the reference before the distortion
+    correction)
     """
     _check_backend(backend)
     workflow = pe.Workflow(name=name)
@@ -239,7 +243,7 @@ def init_asl_hmc_wf(
             ])  # fmt: skip
 
     workflow.connect([
-        (final, outputnode, [(f, f) for f in HMC_OUTPUTS if f != "m0_corrected"]),
+        (final, outputnode, [(f, f) for f in HMC_OUTPUTS if f not in _OPTIONAL_HMC]),
     ])  # fmt: skip
     if has_m0_file:
         workflow.connect(final, "m0_corrected", outputnode, "m0_corrected")
@@ -247,6 +251,7 @@ def init_asl_hmc_wf(
         for key, value in sdc.items():
             setattr(final.inputs, key, value)
         workflow.connect(inputnode, "fieldmap", final, "fieldmap")
+        workflow.connect(final, "ref_distorted", outputnode, "ref_distorted")
     return workflow
 
 
