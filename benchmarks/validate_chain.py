@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import csv
 import json
 import subprocess
 import sys
@@ -238,6 +239,48 @@ def direct_paocsl(perf: Path) -> np.ndarray | None:
     return result.mean_cbf
 
 
+def true_outliers(bids: Path, n_slices: int, n_pairs: int) -> np.ndarray | None:
+    """Slice x pair matrix of the generator's corrupted entries (1 = corrupted):
+    a whole-volume corruption marks every slice of its pair."""
+    table = bids / "derivatives/simulation/sub-01/perf/sub-01_desc-true_outliers.tsv"
+    if not table.exists():
+        return None
+    matrix = np.zeros((n_slices, n_pairs), bool)
+    with table.open() as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            pair = int(row["pair"])
+            if row["slice"] == "n/a":
+                matrix[:, pair] = True
+            else:
+                matrix[int(row["slice"]), pair] = True
+    return matrix
+
+
+def oracle(series: np.ndarray, matrix: np.ndarray, truth: dict) -> tuple[np.ndarray, dict]:
+    """The cleaning that knows the truth: each slice's mean over its uncorrupted pairs.
+
+    Its error against the truth is what no outlier cleaning can remove (noise,
+    physiological fluctuation, motion, segmentation). Also returns the standard
+    error (%) of its GM and WM means: the SD over pairs of each pair's tissue mean
+    (uncorrupted slices only) over the square root of the number of pairs.
+    """
+    out = np.empty(series.shape[:3])
+    for z in range(series.shape[2]):
+        keep = ~matrix[z]
+        out[:, :, z] = series[:, :, z, keep if keep.any() else slice(None)].mean(axis=-1)
+    se = {}
+    for tissue, threshold in (("gm", GM_THRESHOLD), ("wm", WM_THRESHOLD)):
+        inside = truth[tissue] > threshold
+        values = [
+            series[..., p][inside & ~matrix[:, p][None, None, :]].mean()
+            for p in range(series.shape[3])
+            if not matrix[:, p].all()
+        ]
+        true_mean = truth["cbf"][inside].mean()
+        se[f"{tissue}_se_pct"] = 100 * np.std(values, ddof=1) / np.sqrt(len(values)) / true_mean
+    return out, se
+
+
 def score_subject(root: Path, name: str, bids: Path) -> list[dict]:
     truth = truth_of(bids)
     rows = []
@@ -246,6 +289,12 @@ def score_subject(root: Path, name: str, bids: Path) -> list[dict]:
     if direct is not None:
         rows.append({"subject": name, "config": "direct", "map": "paocsl",
                      **score_map(direct, truth)})  # fmt: skip
+        series = _load(next(perf.glob("sub-01*_desc-timeseries_cbf.nii.gz")))
+        matrix = true_outliers(bids, *series.shape[2:])
+        if matrix is not None:
+            best, se = oracle(series, matrix, truth)
+            rows.append({"subject": name, "config": "oracle", "map": "cleaned",
+                         **score_map(best, truth), **se})  # fmt: skip
     for config in CONFIGS:
         out = root / "out" / config / name
         maps = _maps(out, config)
@@ -325,15 +374,46 @@ def summarise(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def against_oracle(rows: list[dict]) -> str:
+    """Per cleaned map: how far it lands from the oracle (median over subjects of
+    |GM - oracle GM| and |WM - oracle WM| in % of the truth, and of r - oracle r)."""
+    by = {(r["subject"], r["config"], r["map"]): r for r in rows}
+    groups: dict[tuple[str, str], list[tuple]] = {}
+    for row in rows:
+        best = by.get((row["subject"], "oracle", "cleaned"))
+        if best is None or row["map"] in ("att", "blur") or row["config"] == "oracle":
+            continue
+        groups.setdefault((row["config"], row["map"]), []).append(
+            (
+                abs(row["gm_err_pct"] - best["gm_err_pct"]),
+                abs(row["wm_err_pct"] - best["wm_err_pct"]),
+                row["r"] - best["r"],
+            )
+        )
+    lines = [
+        "| configuration | map | n | median abs GM - oracle % | median abs WM - oracle % | "
+        "worst abs GM - oracle % | median r - oracle r |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (config, desc), group in sorted(groups.items()):
+        g = np.array(group)
+        lines.append(
+            f"| {config} | {desc} | {len(g)} | {np.median(g[:, 0]):.1f} | "
+            f"{np.median(g[:, 1]):.1f} | {g[:, 0].max():.1f} | {np.median(g[:, 2]):+.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def per_subject(rows: list[dict]) -> str:
-    """GM/WM error (%) and r of the plain mean, the default cleaned map and the
-    denoised map per subject; ATT error (s) of multi-PLD subjects."""
+    """GM/WM error (%) and r of the plain mean, the oracle (with the standard error of
+    its GM/WM means), the default cleaned map and the denoised map per subject; ATT
+    error (s) of multi-PLD subjects."""
     by = {(r["subject"], r["config"], r["map"]): r for r in rows}
     subjects = list(dict.fromkeys(r["subject"] for r in rows))
     lines = [
-        "| subject | plain mean GM / WM % (r) | defaults cleaned GM / WM % (r) | "
-        "denoised GM / WM % (r) | ATT GM / WM error s |",
-        "|---|---|---|---|---|",
+        "| subject | plain mean GM / WM % (r) | oracle GM / WM % (r) | oracle SE GM / WM % | "
+        "defaults cleaned GM / WM % (r) | denoised GM / WM % (r) | ATT GM / WM error s |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def cell(key):
@@ -345,8 +425,11 @@ def per_subject(rows: list[dict]) -> str:
     for name in subjects:
         att = by.get((name, "defaults", "att"))
         att_text = f"{att['gm_err_pct']:+.2f} / {att['wm_err_pct']:+.2f}" if att else "-"
+        best = by.get((name, "oracle", "cleaned"))
+        se = f"{best['gm_se_pct']:.1f} / {best['wm_se_pct']:.1f}" if best else "-"
         lines.append(
-            f"| {name} | {cell((name, 'plain', 'mean'))} | {cell((name, 'defaults', 'paocsl'))} "
+            f"| {name} | {cell((name, 'plain', 'mean'))} | {cell((name, 'oracle', 'cleaned'))} "
+            f"| {se} | {cell((name, 'defaults', 'paocsl'))} "
             f"| {cell((name, 'defaults', 'denoised'))} | {att_text} |"
         )
     return "\n".join(lines)
@@ -388,6 +471,8 @@ def main(argv=None) -> int:
     write_table(rows, root / "results.tsv")
     (root / "panel.json").write_text(json.dumps({p[0]: p[1:] for p in panel}, indent=1))
     print(summarise(rows))
+    print()
+    print(against_oracle(rows))
     print()
     print(per_subject(rows))
     return 0
