@@ -343,3 +343,19 @@ def test_pepolar_and_phasediff_choice_follows_b0fieldsource(tmp_path, caplog):
     _edit(asl_json, B0FieldSource=None)  # neither (matched by IntendedFor): PEPOLAR
     (run,) = collect_runs(root)
     assert isinstance(sdc.field_source(run), sdc.PepolarPair)
+
+
+def test_simulated_field_map_changes_nothing_else():
+    kw = dict(n_pairs=2, shape=(24, 24, 8), voxel_size=(6.0, 6.0, 8.0), t1w=False)
+    pepolar = simulate_subject(5, distortion=True, **kw)
+    gre = simulate_subject(5, distortion=True, fieldmap="phasediff", **kw)
+    np.testing.assert_array_equal(pepolar.asl, gre.asl)
+    np.testing.assert_array_equal(pepolar.m0, gre.m0)
+    assert pepolar.fieldmap is None and gre.m0_reverse is None
+    f = gre.fieldmap
+    assert f.data.dtype == np.uint16 and f.data.max() < 4096
+    assert f.affine[0, 0] == pytest.approx(0.75 * 6.0)  # finer than the ASL grid
+    assert not np.allclose(f.affine[:3, 3], pepolar.asl_affine[:3, 3])
+    assert f.metadata == {"EchoTime1": 0.00492, "EchoTime2": 0.00738}
+    with pytest.raises(ValueError, match="fieldmap must be"):
+        simulate_subject(5, distortion=True, fieldmap="phase1", **kw)
