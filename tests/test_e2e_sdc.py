@@ -93,6 +93,8 @@ def test_cli_corrects_with_a_phasediff_field_map(tmp_path, seed):
     true_disp = np.abs(true_field[brain]) * TRT
     print(f"phasediff e2e: error mean {err.mean():.4f} p99 {np.percentile(err, 99):.3f} "
           f"max {err.max():.3f} voxel; true displacement mean {true_disp.mean():.3f}")  # fmt: skip
+    # seed 7 (2026-12-04): error mean 0.0062, p99 0.065, max 0.16 voxel, against a true
+    # displacement of mean 0.24 voxel (the M0 pair's estimate above: 0.030 mean)
     assert err.mean() < 0.05 and np.percentile(err, 99) < 0.3
     assert err.mean() < 0.25 * true_disp.mean()
 
