@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from asl_pipeline.errors import ASLInputError
-from asl_pipeline.sdc import PhaseEncoding, _ids, phase_encoding
+from asl_pipeline.sdc import PhaseEncoding, _grid, _ids, phase_encoding
 
 LOGGER = logging.getLogger("nipype.interface")
 
@@ -147,13 +147,6 @@ def fieldmap_files(run) -> list[FieldmapFiles]:
             )
         out.append(FieldmapFiles(suffix, str(path), dict(md), str(mag)))
     return out
-
-
-def _grid(path):
-    import nibabel as nib
-
-    img = nib.load(str(path))
-    return tuple(img.shape), img.affine
 
 
 def fieldmap_source(run) -> FieldmapSource | None:
