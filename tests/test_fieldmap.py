@@ -217,6 +217,16 @@ def test_interface_writes_the_field_on_the_asl_grid(simulated, tmp_path):
     assert err.mean() < 0.02
     record = json.loads(open(res.outputs.fieldmap_json).read())
     assert record["Units"] == "Hz" and record["ValuesReadAs"].startswith("Siemens integers")
+    # without a separate M0: registered to the first volume of the ASL series
+    series = tmp_path / "sub-01_asl.nii.gz"
+    nib.Nifti1Image(np.asarray(sub.asl), sub.asl_affine).to_filename(series)
+    res = PrepareFieldmap(
+        kind="phasediff", fieldmap_file=str(paths["phasediff"]),
+        magnitude_file=str(paths["magnitude1"]), metadata=f.metadata,
+        reference_file=str(series), frame="reference",
+    ).run(cwd=tmp_path)  # fmt: skip
+    err = np.abs(nib.load(res.outputs.fieldmap).get_fdata() - sub.field_hz)[sub.brain_mask]
+    assert (err * TRT).mean() < 0.02
 
 
 # --------------------------------------------------------------------------
@@ -359,3 +369,18 @@ def test_simulated_field_map_changes_nothing_else():
     assert f.metadata == {"EchoTime1": 0.00492, "EchoTime2": 0.00738}
     with pytest.raises(ValueError, match="fieldmap must be"):
         simulate_subject(5, distortion=True, fieldmap="phase1", **kw)
+
+
+def test_without_a_separate_m0_the_first_asl_volume_is_the_reference(tmp_path):
+    sub = simulate_subject(
+        5, n_pairs=2, shape=(24, 24, 8), voxel_size=(6.0, 6.0, 8.0), distortion=True,
+        fieldmap="fieldmap", m0_type="Included",
+    )  # fmt: skip
+    write_subject(tmp_path, "01", sub)
+    (tmp_path / "dataset_description.json").write_text(
+        json.dumps({"Name": "t", "BIDSVersion": "1.10.0"})
+    )
+    (run,) = collect_runs(tmp_path)
+    source = sdc.field_source(run)
+    assert (source.frame, source.m0_pe) == ("reference", None)
+    assert source.reference_file.endswith("perf/sub-01_asl.nii.gz")
