@@ -44,6 +44,10 @@ the field is estimated where there is signal and extrapolated smoothly
 elsewhere; signal lost to intra-voxel dephasing is not restored; very
 strong fields that fold the image (``|a df/dpe| >= 1``) cannot be unfolded.
 
+Phase-difference and direct (gradient-echo) field maps are read by
+:mod:`asl_pipeline.fieldmap`; :func:`field_source` picks the field map of a
+run among both kinds.
+
 Nothing here imports nipype: images are arrays and metadata are dicts.
 """
 
