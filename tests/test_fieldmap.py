@@ -236,7 +236,7 @@ def test_interface_writes_the_field_on_the_asl_grid(simulated, tmp_path):
 def _small(kind, tmp_path):
     sub = simulate_subject(
         5, n_pairs=2, shape=(24, 24, 8), voxel_size=(6.0, 6.0, 8.0), distortion=True,
-        fieldmap=kind,
+        fieldmap=kind, t1w=False,
     )  # fmt: skip
     write_subject(tmp_path, "01", sub)
     (tmp_path / "dataset_description.json").write_text(
@@ -258,7 +258,7 @@ def _edit(path, **changes):
 def test_written_phasediff_is_found_and_checked(tmp_path):
     _small("phasediff", tmp_path)
     fmap = tmp_path / "sub-01" / "fmap"
-    (run,) = collect_runs(tmp_path)
+    (run,) = collect_runs(tmp_path, require_t1w=False)
     assert [p.name for p, _ in run.fieldmap_files] == ["sub-01_phasediff.nii.gz"]
     assert run.m0_pepolar_files == ()
     source = sdc.field_source(run)
@@ -269,22 +269,22 @@ def test_written_phasediff_is_found_and_checked(tmp_path):
     assert source.reference_file.endswith("perf/sub-01_m0scan.nii.gz")
     # matched through B0FieldIdentifier/B0FieldSource alone as well
     _edit(fmap / "sub-01_phasediff.json", IntendedFor=None)
-    (run,) = collect_runs(tmp_path)
+    (run,) = collect_runs(tmp_path, require_t1w=False)
     assert [p.name for p, _ in run.fieldmap_files] == ["sub-01_phasediff.nii.gz"]
     # and not at all when neither names the run
     _edit(tmp_path / "sub-01/perf/sub-01_asl.json", B0FieldSource=None)
-    (run,) = collect_runs(tmp_path)
+    (run,) = collect_runs(tmp_path, require_t1w=False)
     assert run.fieldmap_files == () and sdc.field_source(run) is None
     _edit(tmp_path / "sub-01/perf/sub-01_asl.json", B0FieldSource="gre0")
     # refusals, before any work
     _edit(fmap / "sub-01_phasediff.json", EchoTime2=None)
-    (run,) = collect_runs(tmp_path)
+    (run,) = collect_runs(tmp_path, require_t1w=False)
     with pytest.raises(ASLInputError) as err:
         sdc.field_source(run)
     assert err.value.field == "EchoTime2" and err.value.file.endswith("sub-01_phasediff.nii.gz")
     _edit(fmap / "sub-01_phasediff.json", EchoTime2=0.00738)
     _edit(tmp_path / "sub-01/perf/sub-01_asl.json", TotalReadoutTime=None)
-    (run,) = collect_runs(tmp_path)
+    (run,) = collect_runs(tmp_path, require_t1w=False)
     with pytest.raises(ASLInputError) as err:
         sdc.field_source(run)
     assert err.value.field == "TotalReadoutTime" and err.value.file.endswith("sub-01_asl.json")
@@ -292,12 +292,12 @@ def test_written_phasediff_is_found_and_checked(tmp_path):
     mag = fmap / "sub-01_magnitude1.nii.gz"
     img = nib.load(mag)
     nib.Nifti1Image(np.asarray(img.dataobj)[:-2], img.affine).to_filename(mag)
-    (run,) = collect_runs(tmp_path)
+    (run,) = collect_runs(tmp_path, require_t1w=False)
     with pytest.raises(ASLInputError, match="magnitude must be on") as err:
         sdc.field_source(run)
     assert err.value.file.endswith("sub-01_magnitude1.nii.gz")
     mag.unlink()
-    (run,) = collect_runs(tmp_path)
+    (run,) = collect_runs(tmp_path, require_t1w=False)
     with pytest.raises(ASLInputError, match="no magnitude image") as err:
         sdc.field_source(run)
     assert err.value.field == "magnitude1"
@@ -311,7 +311,7 @@ def test_phase1_phase2_maps_refused_by_name(tmp_path):
         shutil.copy(fmap / "sub-01_phasediff.json", fmap / f"sub-01_{name}.json")
     (fmap / "sub-01_phasediff.nii.gz").unlink()
     (fmap / "sub-01_phasediff.json").unlink()
-    (run,) = collect_runs(tmp_path)
+    (run,) = collect_runs(tmp_path, require_t1w=False)
     with pytest.raises(ASLInputError, match="not support") as err:
         sdc.field_source(run)
     assert err.value.file.endswith("sub-01_phase1.nii.gz") and "phasediff" in err.value.fix
@@ -319,12 +319,12 @@ def test_phase1_phase2_maps_refused_by_name(tmp_path):
 
 def test_direct_field_map_units_checked_before_work(tmp_path):
     _small("fieldmap", tmp_path)
-    (run,) = collect_runs(tmp_path)
+    (run,) = collect_runs(tmp_path, require_t1w=False)
     source = sdc.field_source(run)
     assert source.fmap.kind == "fieldmap"
     assert source.fmap.magnitude_file.endswith("sub-01_magnitude.nii.gz")
     _edit(tmp_path / "sub-01/fmap/sub-01_fieldmap.json", Units="ppm")
-    (run,) = collect_runs(tmp_path)
+    (run,) = collect_runs(tmp_path, require_t1w=False)
     with pytest.raises(ASLInputError) as err:
         sdc.field_source(run)
     assert err.value.field == "Units" and err.value.file.endswith("sub-01_fieldmap.nii.gz")
@@ -339,19 +339,19 @@ def test_pepolar_and_phasediff_choice_follows_b0fieldsource(tmp_path, caplog):
         shutil.copy(path, fmap / path.name)
     asl_json = root / "sub-01/perf/sub-01_asl.json"
     assert json.loads(asl_json.read_text())["B0FieldSource"] == "pepolar0"
-    (run,) = collect_runs(root)
+    (run,) = collect_runs(root, require_t1w=False)
     assert isinstance(sdc.field_source(run), sdc.PepolarPair)  # named by B0FieldSource
     _edit(asl_json, B0FieldSource="gre0")
-    (run,) = collect_runs(root)
+    (run,) = collect_runs(root, require_t1w=False)
     with caplog.at_level("INFO", logger="nipype.workflow"):
         chosen = sdc.field_source(run)
     assert isinstance(chosen, fm.FieldmapSource) and chosen.fmap.kind == "phasediff"
     assert "using the phasediff (named by B0FieldSource)" in caplog.text
     _edit(asl_json, B0FieldSource=["gre0", "pepolar0"])  # both named: PEPOLAR
-    (run,) = collect_runs(root)
+    (run,) = collect_runs(root, require_t1w=False)
     assert isinstance(sdc.field_source(run), sdc.PepolarPair)
     _edit(asl_json, B0FieldSource=None)  # neither (matched by IntendedFor): PEPOLAR
-    (run,) = collect_runs(root)
+    (run,) = collect_runs(root, require_t1w=False)
     assert isinstance(sdc.field_source(run), sdc.PepolarPair)
 
 
@@ -374,13 +374,13 @@ def test_simulated_field_map_changes_nothing_else():
 def test_without_a_separate_m0_the_first_asl_volume_is_the_reference(tmp_path):
     sub = simulate_subject(
         5, n_pairs=2, shape=(24, 24, 8), voxel_size=(6.0, 6.0, 8.0), distortion=True,
-        fieldmap="fieldmap", m0_type="Included",
+        fieldmap="fieldmap", m0_type="Included", t1w=False,
     )  # fmt: skip
     write_subject(tmp_path, "01", sub)
     (tmp_path / "dataset_description.json").write_text(
         json.dumps({"Name": "t", "BIDSVersion": "1.10.0"})
     )
-    (run,) = collect_runs(tmp_path)
+    (run,) = collect_runs(tmp_path, require_t1w=False)
     source = sdc.field_source(run)
     assert (source.frame, source.m0_pe) == ("reference", None)
     assert source.reference_file.endswith("perf/sub-01_asl.nii.gz")
