@@ -100,6 +100,7 @@ def test_cli_corrects_with_a_phasediff_field_map(tmp_path, seed):
 
     report = next((out / "sub-01" / "figures").glob("*_report.html")).read_text()
     assert "phase-difference map" in report and "resampled once" in report
+    assert "measured with the phase-difference field map" in report
     assert "<h3>Susceptibility distortion correction</h3>" in report
     assert "Figures that could not be drawn" not in report
     for svg in ("desc-fieldmap_aslref.svg", "desc-sdc_aslrefa.svg", "desc-sdc_aslrefb.svg"):

@@ -384,3 +384,15 @@ def test_without_a_separate_m0_the_first_asl_volume_is_the_reference(tmp_path):
     source = sdc.field_source(run)
     assert (source.frame, source.m0_pe) == ("reference", None)
     assert source.reference_file.endswith("perf/sub-01_asl.nii.gz")
+
+
+def test_report_caption_names_the_kind_of_field_map(tmp_path):
+    from asl_pipeline.subject_report import _field_origin
+
+    path = tmp_path / "sub-01_fmapid-auto00000_desc-preproc_fieldmap.nii.gz"
+    assert _field_origin(path).startswith("estimated from the reverse phase-encoded M0 pair")
+    sidecar = tmp_path / "sub-01_fmapid-auto00000_desc-preproc_fieldmap.json"
+    sidecar.write_text(json.dumps({"Units": "Hz", "FieldmapType": "phasediff"}))
+    assert _field_origin(path).startswith("measured with the phase-difference field map")
+    sidecar.write_text(json.dumps({"Units": "Hz", "FieldmapType": "fieldmap"}))
+    assert _field_origin(path).startswith("measured with the B0 field map")
