@@ -35,6 +35,9 @@ Choices left open by the spec and made here (all documented in the fields):
   (:attr:`ASLRun.m0_pepolar_files`, sidecars in
   :attr:`ASLRun.m0_pepolar_metadata`); it becomes the M0 itself only when
   ``perf/`` holds none.
+* A ``phasediff``, ``fieldmap`` (or ``phase1``/``phase2``) image in ``fmap/``
+  matched the same way is a field map of the run
+  (:attr:`ASLRun.fieldmap_files`; checked by :mod:`asl_pipeline.fieldmap`).
 """
 
 from __future__ import annotations
@@ -122,6 +125,10 @@ class ASLRun:
     warnings: tuple[str, ...] = field(default_factory=tuple)
     #: Merged sidecars of :attr:`m0_pepolar_files`, in the same order.
     m0_pepolar_metadata: tuple[dict, ...] = field(default_factory=tuple)
+    #: Phase-difference, direct (and phase1/phase2) field maps in ``fmap/``
+    #: matched to this run like :attr:`m0_pepolar_files`, with their merged
+    #: sidecars (:func:`asl_pipeline.fieldmap.fieldmap_files` reads them).
+    fieldmap_files: tuple[tuple[Path, dict], ...] = field(default_factory=tuple)
     #: The subject's BIDS BOLD runs (``func/*_bold.nii[.gz]``) of the same
     #: session, sorted; empty when there are none (nothing else changes).
     bold_files: tuple[Path, ...] = field(default_factory=tuple)
@@ -762,6 +769,13 @@ def _read_run(
         t1w_file=t1w,
         warnings=tuple(warnings),
         bold_files=_find_bold(layout, entities["subject"], entities.get("session"), warnings),
+        fieldmap_files=tuple(
+            item
+            for suffix in FIELDMAP_SUFFIXES
+            for item in _matched_fmaps(
+                layout, root, entities["subject"], entities.get("session"), asl_file, md, suffix
+            )
+        ),
     )
 
 
@@ -924,9 +938,21 @@ def _as_set(value) -> set[str]:
 def _pepolar_m0(layout, root, subject, session, asl_file, asl_md) -> list[tuple[Path, dict]]:
     """M0 images in ``fmap/`` whose IntendedFor names this series or its M0, or
     whose ``B0FieldIdentifier`` the series names in its ``B0FieldSource``."""
+    return _matched_fmaps(layout, root, subject, session, asl_file, asl_md, "m0scan")
+
+
+#: ``fmap/`` suffixes of the field maps that are not PEPOLAR M0s (``phase1``/
+#: ``phase2`` are found so that they can be refused by name).
+FIELDMAP_SUFFIXES = ("phasediff", "fieldmap", "phase1", "phase2")
+
+
+def _matched_fmaps(layout, root, subject, session, asl_file, asl_md, suffix):
+    """Images with ``suffix`` in ``fmap/`` matched to the series as PEPOLAR M0s are:
+    ``IntendedFor`` names the series or its M0, or ``B0FieldIdentifier`` is named
+    by the series' ``B0FieldSource``."""
     query = {
         "subject": subject,
-        "suffix": "m0scan",
+        "suffix": suffix,
         "datatype": "fmap",
         "extension": [".nii", ".nii.gz"],
     }
@@ -1046,6 +1072,8 @@ def describe(run: ASLRun) -> str:
     m0 += f", TR {tr:g} s" if tr is not None else ", TR unknown"
     if run.m0_pepolar_files:
         m0 += "; reverse-PE M0: " + ", ".join(p.name for p in run.m0_pepolar_files)
+    if run.fieldmap_files:
+        m0 += "; field map: " + ", ".join(p.name for p, _ in run.fieldmap_files)
     lines.append(m0)
     bs = (
         (

@@ -63,6 +63,7 @@ def run_images(run) -> tuple[Image, ...]:
     if run.m0_file is not None:
         images.append(Image(Path(run.m0_file), "M0"))
     images += [Image(Path(p), "M0 (reverse phase encoding)") for p in run.m0_pepolar_files]
+    images += [Image(Path(p), "field map") for p, _ in run.fieldmap_files]
     if run.t1w_file is not None:
         images.append(Image(Path(run.t1w_file), "T1w"))
     return tuple(images)

@@ -44,6 +44,10 @@ the field is estimated where there is signal and extrapolated smoothly
 elsewhere; signal lost to intra-voxel dephasing is not restored; very
 strong fields that fold the image (``|a df/dpe| >= 1``) cannot be unfolded.
 
+Phase-difference and direct (gradient-echo) field maps are read by
+:mod:`asl_pipeline.fieldmap`; :func:`field_source` picks the field map of a
+run among both kinds.
+
 Nothing here imports nipype: images are arrays and metadata are dicts.
 """
 
@@ -643,3 +647,48 @@ def pepolar_pair(run) -> PepolarPair | None:
         asl_pe=asl_pe,
         m0_pe=pe_first if separate else None,
     )
+
+
+def field_source(run):
+    """The field map that corrects a run: a :class:`PepolarPair`, a
+    :class:`~asl_pipeline.fieldmap.FieldmapSource` (phasediff or direct map), or None.
+
+    Both kinds are checked (errors name the file, field and fix). When a run
+    has both, the one whose ``B0FieldIdentifier`` the run names in its
+    ``B0FieldSource`` wins if only that one is named; otherwise the PEPOLAR
+    pair. The choice is logged.
+    """
+    import logging
+
+    from asl_pipeline.fieldmap import fieldmap_source
+
+    pair = pepolar_pair(run)
+    other = fieldmap_source(run)
+    if pair is None or other is None:
+        return pair if other is None else other
+    sources = _ids(run.metadata.get("B0FieldSource"))
+    pair_named = bool(sources & (_ids(pair.reverse_metadata.get("B0FieldIdentifier"))
+                                 | _ids(pair.in_metadata.get("B0FieldIdentifier"))))  # fmt: skip
+    other_named = bool(sources & _ids(other.fmap.metadata.get("B0FieldIdentifier")))
+    chosen = other if other_named and not pair_named else pair
+    logging.getLogger("nipype.workflow").info(
+        "%s: field maps of two kinds (PEPOLAR %s, %s %s); using %s (%s).",
+        run.asl_file,
+        pair.reverse_file,
+        other.fmap.kind,
+        other.fmap.file,
+        "the " + other.fmap.kind if chosen is other else "the PEPOLAR pair",
+        "named by B0FieldSource" if chosen is other else
+        ("named by B0FieldSource" if pair_named else "PEPOLAR preferred when B0FieldSource "
+         "names neither alone"),
+    )  # fmt: skip
+    return chosen
+
+
+def _ids(value) -> set[str]:
+    """``B0FieldSource``/``B0FieldIdentifier`` (a string or a list) as a set."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, list):
+        return {v for v in value if isinstance(v, str)}
+    return set()

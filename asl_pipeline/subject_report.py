@@ -495,6 +495,21 @@ def _load(path) -> nib.Nifti1Image:
     return nib.Nifti1Image(np.asanyarray(img.dataobj, dtype=np.float32), img.affine)
 
 
+def _field_origin(fieldmap: Path) -> str:
+    """How the stored field map was made, from its sidecar's ``FieldmapType``
+    (written for phasediff and direct field maps; absent for PEPOLAR)."""
+    sidecar = fieldmap.with_name(fieldmap.name.replace(".nii.gz", ".json"))
+    try:
+        kind = json.loads(sidecar.read_text()).get("FieldmapType")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind == "phasediff":
+        return "measured with the phase-difference field map, registered to the ASL images"
+    if kind == "fieldmap":
+        return "measured with the B0 field map, registered to the ASL images"
+    return "estimated from the reverse phase-encoded M0 pair"
+
+
 def _run_metadata(run: RunOutputs) -> dict:
     path = run.get("asl_json")
     if path is None:
@@ -913,7 +928,7 @@ def _sdc_part(run, figs) -> str:
                 name,
                 f"Estimated B0 field (Hz; colour scale +/-{limit:.0f} Hz, the 99th percentile "
                 "of |field| in the brain mask) over the corrected ASL reference; the field was "
-                f"estimated from the reverse phase-encoded M0 pair ({run.get('fieldmap').name}).",
+                f"{_field_origin(run.get('fieldmap'))} ({run.get('fieldmap').name}).",
             )
         )
     try:

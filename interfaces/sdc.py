@@ -1,4 +1,5 @@
-"""Nipype interfaces over :mod:`asl_pipeline.sdc` (PEPOLAR field estimation)."""
+"""Nipype interfaces over :mod:`asl_pipeline.sdc` (PEPOLAR field estimation) and
+:mod:`asl_pipeline.fieldmap` (phase-difference and direct field maps)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from nipype.interfaces.base import (
 )
 from nipype.utils.filemanip import fname_presuffix
 
-from asl_pipeline import sdc
+from asl_pipeline import fieldmap, sdc
 from asl_pipeline.interfaces.motion import load_4d
 
 LOGGER = logging.getLogger("nipype.interface")
@@ -101,4 +102,84 @@ class EstimatePepolarField(SimpleInterface):
             corrected=corrected,
             residual_ratio=fit.residual_ratio,
         )
+        return runtime
+
+
+class _PrepareFieldmapInputSpec(BaseInterfaceInputSpec):
+    kind = traits.Enum(*fieldmap.KINDS, mandatory=True, desc="phasediff or fieldmap (BIDS suffix)")
+    fieldmap_file = File(exists=True, mandatory=True, desc="phase-difference or field map image")
+    magnitude_file = File(
+        exists=True, mandatory=True, desc="magnitude image on the field map's grid"
+    )
+    metadata = traits.Dict(
+        mandatory=True, desc="sidecar of fieldmap_file (EchoTime1/EchoTime2, or Units)"
+    )
+    reference_file = File(
+        exists=True, mandatory=True, desc="fixed image on the ASL grid: the M0 or the ASL series"
+    )
+    frame = traits.Enum(
+        "m0",
+        "reference",
+        usedefault=True,
+        desc="m0: reference_file is the M0 (its volumes averaged); reference: the ASL "
+        "series (its first volume)",
+    )
+    seed = traits.Int(1, usedefault=True, desc="seed of the registration's metric sampling")
+
+
+class _PrepareFieldmapOutputSpec(TraitedSpec):
+    fieldmap = File(exists=True, desc="B0 field (Hz) on the ASL grid, in the reference's space")
+    fieldmap_json = File(exists=True, desc="JSON record: Units, how the values were read")
+    magnitude = File(exists=True, desc="field map magnitude resampled onto the ASL grid")
+
+
+class PrepareFieldmap(SimpleInterface):
+    """Field (Hz) on the ASL grid from a phasediff or direct field map
+    (:func:`asl_pipeline.fieldmap.prepare_field`)."""
+
+    input_spec = _PrepareFieldmapInputSpec
+    output_spec = _PrepareFieldmapOutputSpec
+
+    def _run_interface(self, runtime):
+        inp = self.inputs
+        fmap_img = nb.load(inp.fieldmap_file)
+        mag_img = nb.load(inp.magnitude_file)
+        ref_img, ref = load_4d(inp.reference_file, "field map reference")
+        if ref.ndim == 4:
+            ref = ref.mean(-1) if inp.frame == "m0" else ref[..., 0]
+        res = fieldmap.prepare_field(
+            np.asanyarray(fmap_img.dataobj),
+            np.asanyarray(mag_img.dataobj, dtype=np.float32),
+            fmap_img.affine,
+            ref,
+            ref_img.affine,
+            kind=inp.kind,
+            metadata=inp.metadata,
+            file=inp.fieldmap_file,
+            register=lambda *a: fieldmap.register_magnitude(*a, seed=inp.seed),
+        )
+        LOGGER.info(
+            "%s: %s; field on the ASL grid %.1f to %.1f Hz",
+            inp.fieldmap_file,
+            res.note,
+            res.field_hz.min(),
+            res.field_hz.max(),
+        )
+        out = fname_presuffix(inp.fieldmap_file, suffix="_hz", newpath=runtime.cwd)
+        nb.Nifti1Image(res.field_hz, ref_img.affine).to_filename(out)
+        mag = fname_presuffix(inp.magnitude_file, suffix="_aslgrid", newpath=runtime.cwd)
+        nb.Nifti1Image(res.magnitude, ref_img.affine).to_filename(mag)
+        record = out.removesuffix(".gz").removesuffix(".nii") + ".json"
+        with open(record, "w") as fobj:
+            json.dump(
+                {
+                    "Units": "Hz",
+                    "FieldmapType": inp.kind,
+                    "ValuesReadAs": res.note,
+                    "RegistrationToReference": np.round(res.target_to_field, 5).tolist(),
+                },
+                fobj,
+                indent=2,
+            )
+        self._results.update(fieldmap=out, fieldmap_json=record, magnitude=mag)
         return runtime

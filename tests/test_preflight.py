@@ -57,6 +57,12 @@ def test_one_problem_per_image_all_images_reported(tmp_path):
 
     asl = _write(tmp_path, np.zeros((4, 4, 3, 2), np.float32), "asl.nii.gz")
     m0 = _write(tmp_path, np.full((4, 4, 3), np.nan, np.float32), "m0.nii.gz")
-    run = SimpleNamespace(asl_file=asl.path, m0_file=m0.path, m0_pepolar_files=(), t1w_file=None)
+    run = SimpleNamespace(
+        asl_file=asl.path,
+        m0_file=m0.path,
+        m0_pepolar_files=(),
+        t1w_file=None,
+        fieldmap_files=(),
+    )
     problems = check_runs([run, run])  # the same files twice are read once
     assert [Path(p.file).name for p in problems] == ["asl.nii.gz", "m0.nii.gz"]

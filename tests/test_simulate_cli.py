@@ -41,6 +41,14 @@ def test_parse_args_multi_pld_options(tmp_path):
     assert cli._multi_pld_kwargs(cli.parse_args([str(tmp_path)])) == {}
 
 
+def test_fieldmap_option_needs_distortion_and_reaches_the_simulator(tmp_path):
+    args = cli.parse_args([str(tmp_path), "--distortion", "--fieldmap", "PhaseDiff"])
+    assert cli._multi_pld_kwargs(args) == {"distortion": True, "fieldmap": "phasediff"}
+    # the default writes the PEPOLAR M0 exactly as before: no new keyword
+    args = cli.parse_args([str(tmp_path), "--distortion"])
+    assert cli._multi_pld_kwargs(args) == {"distortion": True}
+
+
 def test_impossible_plds_exit_1_and_write_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli.main([str(out), "--n-subjects", "1", "--plds", "1.0"]) == 1
@@ -58,6 +66,8 @@ def test_impossible_plds_exit_1_and_write_nothing(tmp_path, capsys):
         ["--pld-repeats", "2"],
         ["--plds", "1", "2", "--pld-repeats", "0"],
         ["--plds", "1", "2", "--t1-after-arrival", "csf"],
+        ["--fieldmap", "phasediff"],
+        ["--distortion", "--fieldmap", "phase1"],
     ],
 )
 def test_bad_command_line_exits_2(tmp_path, argv):

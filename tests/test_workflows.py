@@ -220,3 +220,49 @@ def test_pepolar_m0_turns_sdc_on(bids_examples_dir, tmp_path):
         _build(root, tmp_path)
     assert err.value.field == "TotalReadoutTime" and "dir-pa_m0scan" in err.value.file
     assert "pepolar_field" not in _nodes(_build(root, tmp_path, "--no-sdc"))
+
+
+def test_phasediff_fieldmap_turns_sdc_on(tmp_path):
+    """A phase-difference map in fmap/ (IntendedFor the run) gives the field-map branch."""
+    import json
+
+    from asl_pipeline.errors import ASLInputError
+    from asl_pipeline.simulate import simulate_subject, write_subject
+
+    root = tmp_path / "ds"
+    sub = simulate_subject(
+        5, n_pairs=2, shape=(24, 24, 8), voxel_size=(6.0, 6.0, 8.0), distortion=True,
+        fieldmap="phasediff",
+    )  # fmt: skip
+    write_subject(root, "01", sub)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "t", "BIDSVersion": "1.10.0"})
+    )
+    wf = _build(root, tmp_path)
+    nodes = _nodes(wf)
+    assert {"phasediff_field", "ds_fieldmap"} <= set(nodes)
+    assert "pepolar_field" not in nodes
+    assert nodes["phasediff_field"].inputs.frame == "m0"
+    (files,) = [
+        n.inputs for n in wf._get_all_nodes() if n.fullname.endswith("sdc_estimate_wf.inputnode")
+    ]
+    assert files.fieldmap_file.endswith("fmap/sub-01_phasediff.nii.gz")
+    assert files.magnitude_file.endswith("fmap/sub-01_magnitude1.nii.gz")
+    assert files.reference_file.endswith("perf/sub-01_m0scan.nii.gz")
+    realign = nodes["asl_realign"]
+    assert (realign.inputs.pe_direction, realign.inputs.fieldmap_frame) == ("j", "m0")
+    assert nodes["ds_fieldmap"].inputs.sources == [
+        "bids:raw:sub-01/fmap/sub-01_phasediff.nii.gz",
+        "bids:raw:sub-01/fmap/sub-01_magnitude1.nii.gz",
+        "bids:raw:sub-01/perf/sub-01_m0scan.nii.gz",
+    ]
+    for flag in (["--no-sdc"], ["--ignore", "fieldmaps"]):
+        assert "phasediff_field" not in _nodes(_build(root, tmp_path, *flag))
+    sidecar = root / "sub-01" / "fmap" / "sub-01_phasediff.json"
+    md = json.loads(sidecar.read_text())
+    del md["EchoTime1"]
+    sidecar.write_text(json.dumps(md))
+    with pytest.raises(ASLInputError) as err:
+        _build(root, tmp_path)
+    assert err.value.field == "EchoTime1" and err.value.file.endswith("sub-01_phasediff.nii.gz")
+    assert "phasediff_field" not in _nodes(_build(root, tmp_path, "--no-sdc"))

@@ -15,7 +15,7 @@ from asl_pipeline.templates import template_name
 from asl_pipeline.workflows.cbf import CBF_OUTPUTS, init_cbf_wf, is_multi_pld
 from asl_pipeline.workflows.outputs import SPACE_MAPS, init_asl_derivatives_wf
 from asl_pipeline.workflows.pvc import PVC_OUTPUTS, init_pvc_wf
-from asl_pipeline.workflows.sdc import init_pepolar_estimate_wf
+from asl_pipeline.workflows.sdc import init_sdc_estimate_wf
 from asl_pipeline.workflows.spatial import (
     init_asl_hmc_wf,
     init_asl_reg_wf,
@@ -81,7 +81,8 @@ def init_asl_preproc_wf(
         CBF the network predicts from it is stored as ``desc-boldpredicted_cbf``.
     sdc
         Susceptibility distortion correction when the run has a PEPOLAR M0
-        pair (:func:`asl_pipeline.sdc.pepolar_pair`; its sidecars are checked
+        pair, a phase-difference or a direct field map
+        (:func:`asl_pipeline.sdc.field_source`; its sidecars are checked
         here, before anything runs); ``False`` is ``--ignore fieldmaps``.
     Other parameters
         As the options of ``asl-pipeline`` (see :class:`asl_pipeline.config.Config`).
@@ -143,7 +144,7 @@ def init_asl_preproc_wf(
     has_pairs = n_pairs > 0
     outlier = outlier_method if (has_pairs and not multi_pld) else "none"
 
-    pair = sdc_core.pepolar_pair(run) if sdc else None
+    pair = sdc_core.field_source(run) if sdc else None
     hmc_wf = init_asl_hmc_wf(
         backend=registration_backend,
         spm_cmd=spm_cmd,
@@ -157,16 +158,9 @@ def init_asl_preproc_wf(
     )
     sdc_wf = None
     if pair is not None:
-        sdc_wf = init_pepolar_estimate_wf(
-            in_metadata=pair.in_metadata,
-            reverse_metadata=pair.reverse_metadata,
-            output_dir=str(output_dir),
-            source_file=source,
-            sources=[raw_uri(pair.in_file), raw_uri(pair.reverse_file)],
-            mem_gb=mem_gb,
+        sdc_wf = init_sdc_estimate_wf(
+            source=pair, output_dir=str(output_dir), source_file=source, seed=seed, mem_gb=mem_gb
         )
-        sdc_wf.inputs.inputnode.in_file = pair.in_file
-        sdc_wf.inputs.inputnode.reverse_file = pair.reverse_file
         workflow.connect(sdc_wf, "outputnode.fieldmap", hmc_wf, "inputnode.fieldmap")
     reg_wf = init_asl_reg_wf(
         backend=registration_backend,

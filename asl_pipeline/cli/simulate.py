@@ -97,6 +97,16 @@ def get_parser() -> argparse.ArgumentParser:
         "(PEPOLAR) and the true field map with the ground truth",
     )
     s.add_argument(
+        "--fieldmap",
+        choices=["pepolar", "phasediff", "fieldmap"],
+        default="pepolar",
+        type=str.lower,
+        help="with --distortion, the field map written to fmap/: pepolar (default; the "
+        "reverse phase-encoded M0), phasediff (phasediff + magnitude1/2, EchoTime1/2, "
+        "Siemens 0..4095 phase) or fieldmap (fieldmap in Hz + magnitude); phasediff and "
+        "fieldmap are on their own, finer grid and head position",
+    )
+    s.add_argument(
         "--bold",
         action="store_true",
         help="also write a resting-state BOLD run per subject (func/sub-XX_task-rest_bold.nii.gz, "
@@ -145,6 +155,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--pld-repeats must be at least 1")
     if args.noise_scale < 0:
         parser.error("--noise-scale must be >= 0")
+    if args.fieldmap != "pepolar" and not args.distortion:
+        parser.error("--fieldmap needs --distortion")
     if args.t1w_voxel_size is None:
         args.t1w_voxel_size = 1.5 if args.generator == "phantom" else 1.0
     if not 0.5 <= args.t1w_voxel_size <= 4:
@@ -180,6 +192,8 @@ def _multi_pld_kwargs(args) -> dict:
         kw["t1_after_arrival"] = args.t1_after_arrival
     if args.distortion:
         kw["distortion"] = True
+        if args.fieldmap != "pepolar":
+            kw["fieldmap"] = args.fieldmap
     if args.bold:
         kw["bold"] = True
     return kw

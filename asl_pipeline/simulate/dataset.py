@@ -7,6 +7,8 @@ Layout of ``out_dir``::
     sub-XX/perf/sub-XX_asl.nii.gz (+ _asl.json, _aslcontext.tsv)
     sub-XX/perf/sub-XX_m0scan.nii.gz (+ .json, IntendedFor the ASL run)
     sub-XX/fmap/sub-XX_dir-AP_m0scan.nii.gz (+ .json)  reverse-PE M0 (``distortion``)
+    sub-XX/fmap/sub-XX_phasediff.nii.gz, _magnitude1/2 (+ .json)  instead, with
+        ``fieldmap="phasediff"``; sub-XX_fieldmap.nii.gz, _magnitude with ``"fieldmap"``
     sub-XX/func/sub-XX_task-rest_bold.nii.gz (+ .json)  resting BOLD run (``bold``)
     derivatives/simulation/            (DatasetType "derivative")
         .bidsignore                     files BIDS derivatives do not cover
@@ -21,6 +23,8 @@ Layout of ``out_dir``::
         sub-XX/perf/sub-XX_desc-true_outliers.tsv   corrupted volumes/slices
         sub-XX/perf/sub-XX_from-ASL_to-T1w_mode-image_xfm.txt
         sub-XX/fmap/sub-XX_desc-true_fieldmap.nii.gz (+ .json)  B0 field, Hz (``distortion``)
+        sub-XX/fmap/sub-XX_space-fmap_desc-true_fieldmap.nii.gz  the same on the field
+            map's grid and head position (``fieldmap`` phasediff/fieldmap)
         sub-XX/anat/sub-XX_label-{GM,WM,CSF}_probseg.nii.gz, _desc-brain_mask
         sub-XX/func/sub-XX_task-rest_desc-true_cbf.nii.gz   true CBF, BOLD grid (``bold``)
         sub-XX/func/sub-XX_task-rest_desc-trueamplitude_boldmap.nii.gz  a(x) (``bold``)
@@ -78,6 +82,10 @@ BIDS_VERSION = "1.10.0"
 
 #: ``B0FieldIdentifier`` of the simulated PEPOLAR pair (``distortion``).
 B0_FIELD_ID = "pepolar0"
+
+#: ``B0FieldIdentifier`` of a simulated phasediff / direct field map
+#: (``distortion`` with ``fieldmap`` phasediff or fieldmap).
+FIELDMAP_ID = "gre0"
 
 _T1W_SIDECAR = {
     "Manufacturer": "asl_pipeline simulator",
@@ -240,6 +248,33 @@ def kinetics_truth(sub: SimulatedSubject) -> dict:
     }
 
 
+def _write_fieldmap(root, s, fm, has_m0: bool, nii) -> list:
+    """The field map of ``fm`` (SimulatedFieldmap) in ``fmap/``, with its magnitudes
+    and sidecars (``IntendedFor`` the series and its M0, ``B0FieldIdentifier``);
+    the true field on the field map's grid goes with the ground truth."""
+    fmap = root / s / "fmap"
+    written = []
+    targets = [f"bids::{s}/perf/{s}_asl.nii.gz"]
+    if has_m0:
+        targets.append(f"bids::{s}/perf/{s}_m0scan.nii.gz")
+    common = {"IntendedFor": targets, "B0FieldIdentifier": FIELDMAP_ID}
+    if fm.kind == "phasediff":
+        names = ("magnitude1", "magnitude2")
+        nii(fmap / f"{s}_phasediff.nii.gz", fm.data, fm.affine, np.uint16)
+    else:
+        names = ("magnitude",)
+        nii(fmap / f"{s}_fieldmap.nii.gz", fm.data, fm.affine, np.float32)
+    _write_json(fmap / f"{s}_{fm.kind}.json", dict(fm.metadata, **common))
+    written.append(fmap / f"{s}_{fm.kind}.json")
+    for name, mag in zip(names, fm.magnitudes, strict=True):
+        nii(fmap / f"{s}_{name}.nii.gz", mag, fm.affine, np.int16)
+        _write_json(fmap / f"{s}_{name}.json", dict(common))
+        written.append(fmap / f"{s}_{name}.json")
+    truth = root / "derivatives" / "simulation" / s / "fmap"
+    nii(truth / f"{s}_space-fmap_desc-true_fieldmap.nii.gz", fm.field_hz, fm.affine, np.float32)
+    return written
+
+
 def _write_bold(root: Path, s: str, bold) -> list[Path]:
     """The BOLD run (``func/``) and its truth (``derivatives/simulation/.../func``)."""
     func = root / s / "func"
@@ -284,7 +319,9 @@ def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
     _write_tsv(perf / f"{s}_aslcontext.tsv", ["volume_type"], [[c] for c in sub.aslcontext])
     written += [perf / f"{s}_asl.json", perf / f"{s}_aslcontext.tsv"]
     pepolar = sub.m0_reverse is not None
-    asl_md = dict(sub.metadata, B0FieldSource=B0_FIELD_ID) if pepolar else sub.metadata
+    fmap_sim = getattr(sub, "fieldmap", None)
+    field_id = B0_FIELD_ID if pepolar else FIELDMAP_ID if fmap_sim is not None else None
+    asl_md = dict(sub.metadata, B0FieldSource=field_id) if field_id else sub.metadata
     _write_json(perf / f"{s}_asl.json", asl_md)
     if sub.m0_metadata is not None:  # M0Type Separate
         nii(perf / f"{s}_m0scan.nii.gz", sub.m0, sub.asl_affine, np.int16)
@@ -292,6 +329,8 @@ def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
         m0_md["IntendedFor"] = f"bids::{s}/perf/{s}_asl.nii.gz"
         if pepolar:
             m0_md.update(B0FieldIdentifier=B0_FIELD_ID, B0FieldSource=B0_FIELD_ID)
+        elif field_id:
+            m0_md.update(B0FieldSource=field_id)
         _write_json(perf / f"{s}_m0scan.json", m0_md)
         written.append(perf / f"{s}_m0scan.json")
     if pepolar:
@@ -303,6 +342,8 @@ def write_subject(out_dir, label: str, sub: SimulatedSubject) -> list[Path]:
         rev_md = dict(sub.m0_reverse_metadata, IntendedFor=targets, B0FieldIdentifier=B0_FIELD_ID)
         _write_json(fmap / f"{s}_dir-AP_m0scan.json", rev_md)
         written.append(fmap / f"{s}_dir-AP_m0scan.json")
+    if fmap_sim is not None:
+        written += _write_fieldmap(root, s, fmap_sim, sub.m0_metadata is not None, nii)
     if getattr(sub, "bold", None) is not None:
         written += _write_bold(root, s, sub.bold)
     if sub.t1w is not None:

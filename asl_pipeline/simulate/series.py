@@ -821,6 +821,8 @@ class SimulatedSubject:
     field_hz: np.ndarray | None = None
     m0_reverse: np.ndarray | None = None
     m0_reverse_metadata: dict | None = None
+    #: SimulatedFieldmap (``distortion`` with ``fieldmap`` phasediff/fieldmap only)
+    fieldmap: object = None
     bold: object = None  # SimulatedBOLD (``bold=True`` only)
 
     def _pair_of(self, volume: int) -> int:
@@ -890,6 +892,7 @@ def simulate_subject(
     t1_after_arrival: str | None = None,
     t1_tissue: float | None = None,
     distortion: bool = False,
+    fieldmap: str = "pepolar",
     bold: bool = False,
     bold_volumes: int = 120,
     bold_voxel_size: float = 3.0,
@@ -970,7 +973,10 @@ def simulate_subject(
     (``m0_reverse``, phase encoding j-) gives the PEPOLAR pair. The field and
     the reverse M0's noise come from their own generator, so every other
     output is the same as without distortion except the distorted images.
-    Truth maps stay in the undistorted space.
+    Truth maps stay in the undistorted space. ``fieldmap`` ("pepolar", the
+    default, as described; "phasediff" or "fieldmap"): instead of the reverse
+    M0, a gradient-echo field map of the same field on its own grid and head
+    position (``fieldmap`` attribute, :mod:`asl_pipeline.simulate.fieldmap`).
 
     ``bold``: also a resting-state BOLD run (``bold`` attribute, a
     :class:`~asl_pipeline.simulate.bold.SimulatedBOLD`) of ``bold_volumes``
@@ -1004,6 +1010,8 @@ def simulate_subject(
         t1_after_arrival=t1_after_arrival,
         t1_tissue=t1_tissue,
     )
+    if fieldmap not in ("pepolar", "phasediff", "fieldmap"):
+        raise ValueError(f"fieldmap must be pepolar, phasediff or fieldmap, not {fieldmap!r}")
     anat = _asl_anatomy(
         rng,
         shape=shape,
@@ -1137,8 +1145,16 @@ def simulate_subject(
             out_affine=anat.affine,
         )
     m0_ref = np.maximum(m0_ref, 0.0)
-    m0_reverse = m0_reverse_md = None
-    if pe is not None:
+    m0_reverse = m0_reverse_md = fmap = None
+    if pe is not None and fieldmap != "pepolar":
+        from asl_pipeline.simulate.fieldmap import simulate_fieldmap
+
+        fmap = simulate_fieldmap(
+            fieldmap, seed, anat.padded["fractions"], anat.padded["fractions"]["b0"],
+            anat.padded["affine"], shape, anat.affine, sigma,
+        )  # fmt: skip
+        m0_ref = sdc.distort(m0_ref, _field_at(m0_motion), pe)
+    elif pe is not None:
         field_m0 = _field_at(m0_motion)
         reverse = sdc.PhaseEncoding(_REVERSE_PE[pe.direction], pe.axis, -pe.sign, pe.readout_time)
         m0_reverse = anatomy.rician(
@@ -1193,6 +1209,7 @@ def simulate_subject(
         field_hz=fr.get("b0"),
         m0_reverse=m0_reverse,
         m0_reverse_metadata=m0_reverse_md,
+        fieldmap=fmap,
     )
     if bold:
         from asl_pipeline.simulate.bold import simulate_bold
