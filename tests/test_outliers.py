@@ -107,12 +107,12 @@ def test_slice_pulled_below_5_by_an_outlier_is_still_cleaned(phantom):
     assert ts[:, :, 7][d["mask"][:, :, 7]].mean() < 5
     # (no global pre-rejection here: the phantom has no global noise, so the
     # -3000 would be caught there first)
-    res = _run_paocsl(d, ts, global_sd=np.inf, **SLICEWISE)
+    # (nor the slice screen, which would catch it whatever the skip rule says)
+    greedy_only = {**SLICEWISE, "global_sd": np.inf, "slice_sd": None}
+    res = _run_paocsl(d, ts, **greedy_only)
     assert 7 in res.details["evaluated_slices"]
     assert res.outliers[7, 2] and res.outliers.sum() == 1
-    ref = _run_paocsl(
-        d, ts, global_sd=np.inf, skip_statistic="mean", **SLICEWISE
-    )  # the reference's test
+    ref = _run_paocsl(d, ts, skip_statistic="mean", **greedy_only)  # the reference's test
     assert ref.details["skipped_slices"]["7"] == "low_cbf"
     assert not ref.outliers[7].any()
 
@@ -123,7 +123,8 @@ def test_reference_denominator_cannot_reach_90_percent(phantom):
     d = phantom
     ts = d["cbf_ts"].copy()
     ts[..., 12] += 150 * np.random.default_rng(2).standard_normal(ts.shape[:3]) * d["mask"]
-    res = _run_paocsl(d, ts, fraction_of="all", **SLICEWISE)
+    # (the slice screen, which also looks at the edge slices, is off here)
+    res = _run_paocsl(d, ts, fraction_of="all", **{**SLICEWISE, "slice_sd": None})
     evaluated = res.details["evaluated_slices"]
     assert len(evaluated) / ts.shape[2] < 0.9
     np.testing.assert_array_equal(np.flatnonzero(res.outliers[:, 12]), evaluated)
@@ -493,3 +494,55 @@ def test_robust_global_screen_catches_two_spikes_that_mask_each_other():
     assert {3, 8} <= set(robust.details["prerejected_global"])
     with pytest.raises(ASLInputError, match="global_statistic"):
         ol.paocsl(series, gm, wm, mask, global_statistic="trimmed")
+
+
+# --------------------------------------------------------- slice screen, thresholds
+
+
+def test_family_threshold_known_values():
+    # the robust z that one of n clean Gaussian pairs exceeds with 5 % probability
+    assert ol.family_threshold(40) == pytest.approx(3.2272, abs=1e-4)
+    assert ol.family_threshold(80) == pytest.approx(3.4205, abs=1e-4)
+    assert ol.family_threshold(1) == pytest.approx(1.9600, abs=1e-4)
+
+
+def test_slice_screen_removes_opposite_outliers_that_cancel(phantom):
+    """Two corrupted pairs of opposite sign in one slice: removing either alone
+    raises J, so the greedy search keeps both; the symmetric screen removes both."""
+    d = phantom
+    ts = d["cbf_ts"].copy()
+    ts[:, :, 6, 4] += 800.0 * d["mask"][:, :, 6]
+    ts[:, :, 6, 9] -= 700.0 * d["mask"][:, :, 6]
+    # the whole-volume screen is off, to isolate the slice-wise steps
+    greedy = _run_paocsl(d, ts, **{**SLICEWISE, "slice_sd": None, "global_sd": np.inf})
+    assert not greedy.outliers[6, [4, 9]].any()
+    res = _run_paocsl(d, ts, **{**SLICEWISE, "global_sd": np.inf})
+    expected = np.zeros_like(res.outliers)
+    expected[6, [4, 9]] = True
+    np.testing.assert_array_equal(res.outliers, expected)
+    assert res.details["slice_screen_flags"][6] == [4, 9]
+    np.testing.assert_allclose(
+        res.mean_cbf[:, :, 6], np.delete(ts[:, :, 6], [4, 9], axis=-1).mean(-1)
+    )
+
+
+def test_slice_screen_cleans_the_edge_slices(phantom):
+    """The GM/WM masks leave out two slices at each end, so the greedy search never
+    looks there; the screen does."""
+    d = phantom
+    ts = d["cbf_ts"].copy()
+    ts[:, :, 1, 5] += 500.0 * d["mask"][:, :, 1]
+    greedy = _run_paocsl(d, ts, **{**SLICEWISE, "slice_sd": None, "global_sd": np.inf})
+    assert 1 not in greedy.details["evaluated_slices"]
+    assert not greedy.outliers[1].any()
+    res = _run_paocsl(d, ts, **{**SLICEWISE, "global_sd": np.inf})
+    assert np.flatnonzero(res.outliers[1]).tolist() == [5]
+    assert res.outliers.sum() == 1
+
+
+def test_whole_volume_threshold_follows_the_number_of_pairs(phantom):
+    res = _run_paocsl(phantom, **SLICEWISE)
+    assert res.parameters["global_sd"] == pytest.approx(ol.family_threshold(30), abs=1e-4)
+    assert res.parameters["slice_sd"] == 5.0
+    # on this clean series nothing is removed anywhere
+    assert not res.outliers.any()

@@ -267,6 +267,15 @@ def init_cbf_wf(
             "aoc": "adaptive outlier cleaning (AOC, Wang 2013)",
         }
         desc += f" Outlier label/control pairs were removed with {names[outlier_method]}"
+        if noise_aware:
+            desc += (
+                " (a pair was removed from every slice when its global CBF lay further from "
+                "the median than a clean series of that many pairs reaches with 5% "
+                "probability, in robust SDs; from one slice when its mean over the slice "
+                "lay more than 5 robust SDs from the median; then slice by slice by the "
+                "greedy search, stopped when the best removal no longer stood out of the "
+                "removals of clean pairs by 4 robust SDs)"
+            )
         desc += (
             ", decided on the CBF series of the unregressed, unsmoothed data and applied to "
             "the processed series."
