@@ -825,11 +825,11 @@ def apply_realignment(
         m0_corr = reslice(
             m0, affine, m0_params, centre=centre, order=order, field_hz=field, pe=m0_pe
         )
-    pairs = zig != 0
-    ref = corrected[..., pairs].mean(axis=-1) if pairs.any() else corrected.mean(-1)
+    # the reference averages the control and label volumes (all volumes if none)
+    volumes = np.flatnonzero(zig != 0) if (zig != 0).any() else np.arange(data.shape[-1])
+    ref = corrected[..., volumes].mean(axis=-1)
     ref_distorted = None
     if field is not None:
-        volumes = np.flatnonzero(pairs) if pairs.any() else np.arange(data.shape[-1])
         ref_distorted = (
             data[..., volumes].astype(np.float32)
             if reslice_mode == "none"

@@ -632,8 +632,7 @@ class _SliceGreedy:
                 # Null distribution: the drops of removing each kept pair, most
                 # of which are clean; the best drop must stand out of it.
                 every = j_now - self.cost(sums, n_kept, np.flatnonzero(kept))
-                med = np.median(every)
-                rsd = 1.4826 * np.median(np.abs(every - med))
+                med, rsd = _median_robust_sd(every)
                 if not drop[best] > med + min_drop_z * rsd:
                     break
             v = int(cand[best])
@@ -795,8 +794,7 @@ def paocsl(
     glob_vox = inner if inner.any() else brain
     gcbf = data[glob_vox].mean(axis=0)
     if global_statistic == "robust":
-        centre = np.median(gcbf)
-        sd = 1.4826 * np.median(np.abs(gcbf - centre))
+        centre, sd = _median_robust_sd(gcbf)
     elif global_statistic == "mean":
         centre, sd = gcbf.mean(), gcbf.std(ddof=1)
     else:
@@ -943,6 +941,12 @@ def family_threshold(n: int, alpha: float = 0.05) -> float:
     return float(ndtri(1.0 - alpha / (2.0 * max(int(n), 1))))
 
 
+def _median_robust_sd(values) -> tuple[float, float]:
+    """Median and robust SD (1.4826 x the median absolute deviation) of ``values``."""
+    centre = np.median(values)
+    return centre, 1.4826 * np.median(np.abs(values - centre))
+
+
 def _slice_screen(data, brain, kept, slice_sd: float, min_voxels: int) -> np.ndarray:
     """Slice x pair flags: a pair's mean over a slice's brain voxels more than
     ``slice_sd`` robust SDs from the median over the ``kept`` pairs."""
@@ -956,8 +960,7 @@ def _slice_screen(data, brain, kept, slice_sd: float, min_voxels: int) -> np.nda
         if inside.sum() < min_voxels:
             continue
         values = data[:, :, s, :][inside][:, idx].mean(axis=0)
-        centre = np.median(values)
-        spread = 1.4826 * np.median(np.abs(values - centre))
+        centre, spread = _median_robust_sd(values)
         if spread > 0:
             flags[s, idx[np.abs(values - centre) > slice_sd * spread]] = True
     return flags
