@@ -264,10 +264,9 @@ def oracle(series: np.ndarray, matrix: np.ndarray, truth: dict) -> tuple[np.ndar
     error (%) of its GM and WM means: the SD over pairs of each pair's tissue mean
     (uncorrupted slices only) over the square root of the number of pairs.
     """
-    out = np.empty(series.shape[:3])
-    for z in range(series.shape[2]):
-        keep = ~matrix[z]
-        out[:, :, z] = series[:, :, z, keep if keep.any() else slice(None)].mean(axis=-1)
+    from asl_pipeline import outliers
+
+    out = outliers.apply_outliers(series, matrix)
     se = {}
     for tissue, threshold in (("gm", GM_THRESHOLD), ("wm", WM_THRESHOLD)):
         inside = truth[tissue] > threshold
