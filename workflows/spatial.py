@@ -450,8 +450,11 @@ def init_asl_reg_wf(
         workflow.__desc__ = (
             "The ASL reference (mean of the realigned control and label volumes) was "
             "registered to the skull-stripped T1w with a rigid-body (6 dof) ANTs "
-            "registration (Mattes mutual information); the GM, WM and CSF maps and the "
-            "brain mask were brought into ASL space through its inverse."
+            "registration (Mattes mutual information) run from four starts (the "
+            "reference as given and after N4 bias correction, each initialised at the "
+            "centres of mass and at the scanner coordinates), keeping the result with the "
+            "highest mutual information with the bias-corrected reference; the GM, WM and "
+            "CSF maps and the brain mask were brought into ASL space through its inverse."
         )
         coreg = pe.Node(
             ASLToT1w(n_procs=omp_nthreads, seed=seed),
