@@ -14,6 +14,9 @@ Baselines measured in the same runs: ``desc-mean`` of the plain configuration
 (white-paper mean of every pair, nothing else), and a Gaussian blur of it
 (FWHM one in-plane voxel). Configurations share one work directory per
 subject, so the anatomical and registration steps run once per subject.
+A subject's cache and finished runs count only for the code that made them
+(``asl_pipeline.cli.workcache``): after a change to the package the cache is
+removed and every configuration asked for runs again.
 
 The panel has two generators that differ in anatomy source and signal model:
 ``sim`` (``asl_pipeline.simulate``: deformed MNI152 anatomy, white-paper
@@ -153,20 +156,26 @@ def simulate(name: str, generator: str, seed: int, kwargs: dict, root: Path) -> 
 
 
 def run_pipeline(bids: Path, root: Path, name: str, config: str) -> tuple[int, float]:
+    from asl_pipeline.cli.workcache import cache_problems, code_stamp, prepare_work_dir
+
     out = root / "out" / config / name
     done = out / "logs" / "validate_chain.done"
-    if done.exists():
-        return 0, 0.0
+    source = code_stamp()["source_sha256"]
+    if done.exists() and source in done.read_text():
+        return 0, 0.0  # run by this code
+    work = root / "work" / name
+    if cache_problems(work):  # a cache of other code: its steps would be reused
+        prepare_work_dir(work, clean=True)
     cmd = [
         "asl-pipeline", str(bids), str(out), "participant",
-        "--work-dir", str(root / "work" / name),
+        "--work-dir", str(work),
         "--output-spaces", "asl", "--nprocs", "1",
         *CONFIGS[config],
     ]  # fmt: skip
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode == 0:
-        done.write_text(" ".join(cmd) + "\n")
+        done.write_text(" ".join(cmd) + f"\nsource_sha256 {source}\n")
     else:
         (root / "logs").mkdir(parents=True, exist_ok=True)
         (root / "logs" / f"{name}_{config}.log").write_text(proc.stdout + proc.stderr)

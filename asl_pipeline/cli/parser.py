@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--clean-workdir",
         dest="clean_workdir",
         action="store_true",
-        help="empty the work directory before running",
+        help="remove the pipeline's cache (asl_pipeline_wf, pydra, pydra_nodes) from the "
+        "work directory before running; needed when the cache was made by other code",
     )
     parser.set_defaults(clean_workdir=False)
     g.add_argument(

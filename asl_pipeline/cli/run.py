@@ -172,6 +172,7 @@ def validate(config) -> tuple[list, list]:
     verified. Nothing is written anywhere.
     """
     from asl_pipeline.cli.guard import folder_problems
+    from asl_pipeline.cli.workcache import cache_problems
     from asl_pipeline.preflight import check_runs
     from asl_pipeline.templates import check_spaces
 
@@ -181,6 +182,7 @@ def validate(config) -> tuple[list, list]:
     problems += check_spaces(config.output_spaces)
     if not config.validate_only:
         problems += folder_problems(output_dir=config.output_dir, work_dir=config.work_dir)
+        problems += cache_problems(config.work_dir, clean=config.clean_workdir)
     return runs, problems
 
 

@@ -149,6 +149,7 @@ def run_workflow(config, runs, *, command: str = "asl-pipeline") -> int:
 
 def _run(config, runs, command: str) -> int:
     from asl_pipeline.cli.console import Progress
+    from asl_pipeline.cli.workcache import prepare_work_dir
     from asl_pipeline.derivatives import write_dataset_files
     from asl_pipeline.workflows.base import init_asl_pipeline_wf
 
@@ -157,6 +158,9 @@ def _run(config, runs, command: str) -> int:
     log_dir = output_dir / "logs"
     for folder in (output_dir, work_dir, log_dir):
         folder.mkdir(parents=True, exist_ok=True)
+    removed = prepare_work_dir(work_dir, clean=config.clean_workdir)
+    if removed and config.verbosity >= 0:
+        print(f"Removed the old cache from {work_dir}: {', '.join(removed)}", flush=True)
     write_dataset_files(output_dir, source_dataset=config.bids_dir)
     config.to_toml(log_dir / config_file_name(sorted({r.subject for r in runs})))
     _configure_nipype(config, log_dir)
