@@ -429,9 +429,8 @@ def register_asl_to_t1w(
     """
     ants = _ants(seed)
     check_3d(ref, "ASL reference", ref_file)
-    unknown = {s for s in starts if s[0] not in ("reference", "flattened")} | {
-        s for s in starts if s[1] not in ("com", "identity")
-    }
+    unknown = [s for s in starts if s[0] not in ("reference", "flattened")]
+    unknown += [s for s in starts if s[1] not in ("com", "identity")]
     if not starts or unknown:
         raise ValueError(f"starts must be (reference|flattened, com|identity) pairs: {starts}")
     fixed = {
