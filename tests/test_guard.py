@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -206,7 +207,11 @@ def test_forked_worker_dies_quietly_of_sigterm():
         pid = os.fork()
         if pid == 0:  # the worker, once running Python code, waits for the signal
             os.write(tell, b"1")
-            signal.pause()
+            # not signal.pause(): a SIGTERM that lands between the write and pause()
+            # is caught at C level before pause() starts, and pause() then waits forever
+            # (it hung a CI-like run for an hour); short sleeps let the handler run
+            for _ in range(3000):
+                time.sleep(0.01)
             os._exit(0)
         os.read(ready, 1)
         os.kill(pid, signal.SIGTERM)
