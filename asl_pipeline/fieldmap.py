@@ -10,19 +10,20 @@ reverse phase-encoded pairs of :mod:`asl_pipeline.sdc`:
   stored as the integers 0..4095 of Siemens scanners (dcm2niix, no scaling)
   is read as ``-pi + 2 pi v / 4096``; with the scanner's scaling applied by
   the reader (-4096..4094) as ``pi v / 4096``; which one is detected from the
-  data range and logged. The phase is wrapped to ``(-pi, pi]`` and **not
-  unwrapped**: a field beyond ``+-1 / (2 dTE)`` (+-203 Hz at the common
-  dTE 2.46 ms) aliases to the other sign. Case 2 (``phase1``/``phase2``) is
-  refused with a message naming the file.
+  data range and logged. A field beyond ``+-1 / (2 dTE)`` (+-203 Hz at the
+  common dTE 2.46 ms) wraps to the other sign; :func:`prepare_field` unwraps
+  the phase inside the magnitude's head mask (:func:`unwrap_field`). Case 2
+  (``phase1``/``phase2``) is refused with a message naming the file.
 * ``fmap/*_fieldmap.nii.gz`` with ``*_magnitude`` and the sidecar ``Units``
   (``Hz``, ``rad/s`` or ``T``/``Tesla``), converted to Hz.
 
 The map lives on its own grid and head position. :func:`prepare_field` turns
 it into a field (Hz) on the ASL grid: a head mask of the magnitude
-(:func:`head_mask`), a smooth tensor-product cubic B-spline fitted to the
-field, continued smoothly outside the mask (the model of
-:mod:`asl_pipeline.sdc`, :func:`fit_smooth_field`), which denoises the
-phase and extrapolates it outside the head, and a resampling
+(:func:`head_mask`), the phase unwrapped in it (phase differences only), a
+smooth tensor-product cubic B-spline fitted to the field, continued
+smoothly outside the mask (the model of :mod:`asl_pipeline.sdc`,
+:func:`fit_smooth_field`), which denoises the phase and extrapolates it
+outside the head, and a resampling
 through the rigid transform found by registering the magnitude to the ASL
 image (:func:`asl_pipeline.registration.register_asl_to_t1w`, Mattes MI).
 
@@ -338,6 +339,46 @@ def head_mask(magnitude, zooms, *, erode_mm: float = 0.0) -> np.ndarray:
     return mask
 
 
+def unwrap_field(field_hz, mask, period_hz: float) -> tuple[np.ndarray, int]:
+    """Field (Hz) of a wrapped phase difference, unwrapped inside ``mask``.
+
+    ``period_hz`` is ``1 / dTE``: the phase difference wraps every
+    ``period_hz`` of field. The phase (``2 pi field / period_hz``) is unwrapped
+    in 3D by the reliability-guided algorithm of Herraez et al. (2002) and
+    Abdul-Rahman et al. (2007) (``skimage.restoration.unwrap_phase``), which
+    needs the field to change by less than half a period between neighbouring
+    voxels, as a B0 field does away from noise. The unwrapped phase is
+    defined up to a whole number of periods; the one that puts the median of
+    the head nearest 0 Hz is kept (the scanner's shim centres the field on
+    the head). Each part of the mask not connected to the largest is shifted
+    by whole periods to the largest part's median. Outside ``mask`` the values
+    are returned as given.
+
+    Returns the field and the number of voxels moved by a period or more.
+    """
+    from skimage.restoration import unwrap_phase
+
+    hz = np.asarray(field_hz, dtype=float)
+    m = np.asarray(mask, dtype=bool)
+    if not m.any():
+        return hz.copy(), 0
+    phase = np.angle(np.exp(2j * np.pi * hz / period_hz))
+    unwrapped = np.asarray(np.ma.filled(unwrap_phase(np.ma.array(phase, mask=~m)), 0.0))
+    labels, n = ndimage.label(m)
+    sizes = ndimage.sum(m, labels, range(1, n + 1))
+    main = unwrapped[labels == 1 + int(np.argmax(sizes))]
+    # the main part's median nearest 0; every part's median nearest the main part's
+    target = np.median(main) - 2 * np.pi * np.round(np.median(main) / (2 * np.pi))
+    for part in range(1, n + 1):
+        inside = labels == part
+        unwrapped[inside] -= (
+            2 * np.pi * np.round((np.median(unwrapped[inside]) - target) / (2 * np.pi))
+        )
+    out = np.where(m, unwrapped * period_hz / (2 * np.pi), hz)
+    moved = int((np.abs(out - hz) > 0.5 * period_hz)[m].sum())
+    return out, moved
+
+
 def fit_smooth_field(
     field_hz,
     mask,
@@ -445,6 +486,7 @@ def prepare_field(
     register=None,
     zooms=None,
     spacing_mm: float = DEFAULT_SPACING_MM,
+    unwrap: bool = True,
 ) -> PreparedField:
     """A phasediff or direct field map -> smooth field (Hz) on the target's grid.
 
@@ -452,14 +494,32 @@ def prepare_field(
     ``field_affine``); ``target`` the fixed image (the M0 or the first ASL
     volume). ``register(magnitude, mask, target)`` returns the 4x4 point map
     from target world to field map world; default: rigid Mattes MI with
-    :func:`register_magnitude`.
+    :func:`register_magnitude`. A phase difference is unwrapped in the head
+    mask (:func:`unwrap_field`) unless ``unwrap`` is false; voxels whose
+    unwrapped field still lies half a period or more from the smooth fit
+    (noisy phase at the rim) are moved by whole periods toward it, and the
+    fit is repeated once.
     """
     hz, note = field_to_hz(np.squeeze(np.asarray(data)), kind, metadata, file)
     mag = np.asarray(magnitude, dtype=float)
     mag = mag.mean(-1) if mag.ndim == 4 else mag
     zooms = np.sqrt((np.asarray(field_affine)[:3, :3] ** 2).sum(0)) if zooms is None else zooms
     mask = head_mask(mag, zooms, erode_mm=float(np.min(zooms)))
+    unwrapping = kind == "phasediff" and unwrap
+    if unwrapping:
+        period = 1.0 / echo_time_difference(metadata, file)
+        hz, moved = unwrap_field(hz, mask, period)
     smooth = fit_smooth_field(hz, mask, zooms, spacing_mm=spacing_mm)
+    if unwrapping:
+        periods = np.where(mask, np.round((smooth - hz) / period), 0.0)
+        if periods.any():
+            hz = hz + period * periods
+            smooth = fit_smooth_field(hz, mask, zooms, spacing_mm=spacing_mm)
+        note += (
+            f"; phase unwrapped in the head mask ({moved} of {int(mask.sum())} voxels "
+            f"moved by whole periods of {period:.0f} Hz, {int((periods != 0).sum())} more "
+            "toward the smooth fit)"
+        )
     register = register or register_magnitude
     point_map = register(mag, mask, field_affine, np.asarray(target, float), target_affine)
     field_t = resample_field(smooth, field_affine, np.shape(target), target_affine, point_map)

@@ -14,8 +14,12 @@ With ``--fieldmap phasediff`` or ``fieldmap`` the subject has a gradient-echo
 field map on its own grid and head position instead of the reverse-PE M0, and
 the field comes from :func:`asl_pipeline.fieldmap.prepare_field` (magnitude
 registered to the M0, smooth field resampled onto the ASL grid).
+``--field-scale`` multiplies the simulated field (2: up to about 350 Hz, which
+wraps in a 2.46 ms phase difference); ``--no-unwrap`` reads the phase
+difference as it is stored, without :func:`asl_pipeline.fieldmap.unwrap_field`.
 
-Run: ``python benchmarks/sdc.py [--seeds 3 11 19] [--n-pairs 8] [--fieldmap phasediff]``
+Run: ``python benchmarks/sdc.py [--seeds 3 11 19] [--n-pairs 8] [--fieldmap phasediff]
+[--field-scale 2] [--no-unwrap]``
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from asl_pipeline.qc import dice
 from asl_pipeline.simulate import simulate_subject
 
 
-def estimate(sub, kind: str) -> np.ndarray:
+def estimate(sub, kind: str, unwrap: bool = True) -> np.ndarray:
     """The field (Hz, ASL grid, M0 space) from the subject's field map of ``kind``."""
     if kind == "pepolar":
         pe1 = sdc.phase_encoding(sub.m0_metadata)
@@ -40,18 +44,21 @@ def estimate(sub, kind: str) -> np.ndarray:
         ).field_hz
     f = sub.fieldmap
     return fieldmap.prepare_field(
-        f.data, f.magnitudes[0], f.affine, sub.m0, sub.asl_affine, kind=kind, metadata=f.metadata
-    ).field_hz
+        f.data, f.magnitudes[0], f.affine, sub.m0, sub.asl_affine, kind=kind, metadata=f.metadata,
+        unwrap=unwrap,
+    ).field_hz  # fmt: skip
 
 
-def evaluate(seed: int, n_pairs: int, kind: str = "pepolar") -> dict:
+def evaluate(
+    seed: int, n_pairs: int, kind: str = "pepolar", scale: float = 1.0, unwrap: bool = True
+) -> dict:
     sub = simulate_subject(
         seed, n_pairs=n_pairs, t1w=False, outliers=False, noise_scale=0.3, distortion=True,
-        fieldmap=kind,
+        fieldmap=kind, distortion_scale=scale,
     )  # fmt: skip
     pe_asl = sdc.phase_encoding(sub.metadata)
     start = time.perf_counter()
-    field_hz = estimate(sub, kind)
+    field_hz = estimate(sub, kind, unwrap)
     seconds = time.perf_counter() - start
     brain = sub.brain_mask
     true_vox = np.abs(sdc.hz_to_voxels(sub.field_hz, pe_asl))
@@ -85,6 +92,8 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--fieldmap", choices=["pepolar", "phasediff", "fieldmap"], default="pepolar"
     )
+    parser.add_argument("--field-scale", type=float, default=1.0)
+    parser.add_argument("--no-unwrap", action="store_true")
     args = parser.parse_args(argv)
     head = (
         "seed  maxdisp  err_mean  err_p99  Dice raw/SDC   r(CBF) raw/SDC  "
@@ -92,7 +101,7 @@ def main(argv=None) -> None:
     )
     print(head)
     for seed in args.seeds:
-        r = evaluate(seed, args.n_pairs, args.fieldmap)
+        r = evaluate(seed, args.n_pairs, args.fieldmap, args.field_scale, not args.no_unwrap)
         print(
             f"{r['seed']:4d}  {r['max_disp']:7.2f}  {r['err_mean']:8.3f}  {r['err_p99']:7.3f}  "
             f"{r['dice_raw']:.3f}/{r['dice_sdc']:.3f}   {r['r_cbf_raw']:.3f}/{r['r_cbf_sdc']:.3f}"

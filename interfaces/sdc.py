@@ -125,6 +125,12 @@ class _PrepareFieldmapInputSpec(BaseInterfaceInputSpec):
         "series (its first volume)",
     )
     seed = traits.Int(1, usedefault=True, desc="seed of the registration's metric sampling")
+    unwrap = traits.Bool(
+        True,
+        usedefault=True,
+        desc="unwrap a phase difference inside the magnitude's head mask "
+        "(asl_pipeline.fieldmap.unwrap_field); ignored for a direct field map",
+    )
 
 
 class _PrepareFieldmapOutputSpec(TraitedSpec):
@@ -157,6 +163,7 @@ class PrepareFieldmap(SimpleInterface):
             metadata=inp.metadata,
             file=inp.fieldmap_file,
             register=lambda *a: fieldmap.register_magnitude(*a, seed=inp.seed),
+            unwrap=inp.unwrap,
         )
         LOGGER.info(
             "%s: %s; field on the ASL grid %.1f to %.1f Hz",

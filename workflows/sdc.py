@@ -175,7 +175,9 @@ def init_fieldmap_prepare_wf(
     workflow = pe.Workflow(name=name)
     what = {
         "phasediff": "the phase-difference map of two gradient echoes (field = phase "
-        "difference / (2 pi (EchoTime2 - EchoTime1)); no phase unwrapping)",
+        "difference / (2 pi (EchoTime2 - EchoTime1)), the phase unwrapped in 3D inside the "
+        "head mask of the magnitude image with the reliability-guided algorithm of "
+        "Abdul-Rahman et al. 2007, scikit-image)",
         "fieldmap": "the B0 field map (converted to Hz from its Units)",
     }[kind]
     workflow.__desc__ = (

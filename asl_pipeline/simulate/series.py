@@ -505,6 +505,7 @@ def _asl_anatomy(
     deformation_sd=4.0,
     susceptibility=True,
     b0_rng=None,
+    b0_scale=1.0,
 ) -> _ASLAnatomy:
     """Tissue fractions, CBF and ATT on the ASL grid (see the module docstring).
 
@@ -567,7 +568,8 @@ def _asl_anatomy(
         gain = np.clip(gain, 0.15, 1.0)
     fractions["gain"] = gain.reshape(shape).astype(np.float32)
     if b0_rng is not None:  # its own generator: the other draws are unchanged
-        fractions["b0"] = b0_field(b0_rng, centres_mni).reshape(shape).astype(np.float32)
+        b0 = float(b0_scale) * b0_field(b0_rng, centres_mni)
+        fractions["b0"] = b0.reshape(shape).astype(np.float32)
     lesion_map = None
     crop = tuple(slice(p, p + n) for p, n in zip(pad, out_shape, strict=True))
     if lesion:
@@ -892,6 +894,7 @@ def simulate_subject(
     t1_after_arrival: str | None = None,
     t1_tissue: float | None = None,
     distortion: bool = False,
+    distortion_scale: float = 1.0,
     fieldmap: str = "pepolar",
     bold: bool = False,
     bold_volumes: int = 120,
@@ -977,6 +980,8 @@ def simulate_subject(
     default, as described; "phasediff" or "fieldmap"): instead of the reverse
     M0, a gradient-echo field map of the same field on its own grid and head
     position (``fieldmap`` attribute, :mod:`asl_pipeline.simulate.fieldmap`).
+    ``distortion_scale`` multiplies the field (e.g. 2 for fields up to about
+    350 Hz, beyond the +-203 Hz a 2.46 ms phase difference holds unwrapped).
 
     ``bold``: also a resting-state BOLD run (``bold`` attribute, a
     :class:`~asl_pipeline.simulate.bold.SimulatedBOLD`) of ``bold_volumes``
@@ -1023,6 +1028,7 @@ def simulate_subject(
         deformation_sd=deformation_sd,
         susceptibility=susceptibility,
         b0_rng=np.random.default_rng([int(seed), 0xB0]) if distortion else None,
+        b0_scale=distortion_scale,
     )
     fr = anat.fractions
     pe = sdc.phase_encoding(proto.metadata(voxel_size)) if distortion else None
