@@ -139,8 +139,12 @@ def test_simulated_displacement_error_below_half_a_voxel(distorted):
     assert true_vox[brain].max() > 2.0  # strong distortion to correct
     # the field was estimated in the M0's space; the M0 head sits within ~0.5 mm
     err = np.abs(sdc.hz_to_voxels(fit.field_hz - sub.field_hz, J))[brain]
-    assert err.mean() < 0.1
-    assert np.percentile(err, 99) < 0.5
+    # 2026-12-04 (four levels to 10 mm, penalty 0.001): seeds 3 / 11 mean 0.007 /
+    # 0.006, p99 0.07 / 0.06, largest 0.19 / 0.13 voxel (three levels to 16 mm
+    # and 0.005 before: largest 1.2 / 0.78, under the frontal sinus)
+    assert err.mean() < 0.05
+    assert np.percentile(err, 99) < 0.25
+    assert err.max() < 0.5
 
 
 def _realigned(sub, fit):

@@ -65,7 +65,7 @@ def init_pepolar_estimate_wf(
     workflow.__desc__ = (
         "Susceptibility distortion was estimated from the M0 images acquired with opposite "
         f"phase-encoding directions ({dirs[0]} and {dirs[1]}; PEPOLAR) by asl_pipeline.sdc: "
-        "a smooth B0 field (tensor-product cubic B-spline, coarse to fine over three levels "
+        "a smooth B0 field (tensor-product cubic B-spline, coarse to fine over four levels "
         "of image smoothing and control-point spacing, P-spline smoothness penalty) that "
         "makes the two images identical once each is unwarped along the phase-encoding axis "
         "with its own displacement (field x TotalReadoutTime, opposite signs) and Jacobian "
