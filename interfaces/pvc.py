@@ -64,7 +64,6 @@ class TissueFractions(SimpleInterface):
     def _run_interface(self, runtime):
         inp = self.inputs
         ref, _ = _image(inp.ref_image, ndim=(3,), what="ASL reference")
-        shape = ref.shape[:3]
         pairs = [("gm", inp.gm_t1w), ("wm", inp.wm_t1w)]
         if isdefined(inp.csf_t1w):
             pairs.append(("csf", inp.csf_t1w))
@@ -73,14 +72,11 @@ class TissueFractions(SimpleInterface):
             img = nb.load(path)
             if points is None:
                 points = pvc.supersampling(ref.header.get_zooms(), img.header.get_zooms())
-            fine_affine, fine_shape = pvc.fine_grid(ref.affine, shape, points)
-            fine_ref = nb.Nifti1Image(np.zeros(fine_shape, np.float32), fine_affine)
-            fine = reg.to_asl_space(img, fine_ref, inp.asl_to_t1w).get_fdata()
-            frac = np.clip(pvc.block_mean(fine, points), 0.0, 1.0).astype(np.float32)
+            frac = reg.fractions_to_asl_space(img, ref, inp.asl_to_t1w, points=points)
             out = fname_presuffix(
                 inp.ref_image, suffix=f"_label-{name.upper()}_frac", newpath=runtime.cwd
             )
-            nb.Nifti1Image(frac, ref.affine).to_filename(out)
+            frac.to_filename(out)
             self._results[name] = out
         LOGGER.info("tissue fractions averaged over %s points per ASL voxel", points)
         return runtime

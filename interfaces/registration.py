@@ -172,14 +172,17 @@ class ASLToT1w(SimpleInterface):
 
 
 def maps_to_asl(inp, ref, xfm, cwd) -> dict:
-    """Bring tissue maps and the T1w mask into ASL space (shared with the SPM backend)."""
+    """Bring tissue maps and the T1w mask into ASL space (shared with the SPM backend).
+
+    The tissue maps become the fraction of each ASL voxel (the T1w
+    probabilities averaged over the voxel, :func:`asl_pipeline.registration.
+    fractions_to_asl_space`), the brain mask is read at the voxel centres.
+    """
     out = {}
     for field, src in (("gm", inp.gm_t1w), ("wm", inp.wm_t1w), ("csf", inp.csf_t1w)):
-        img = reg.to_asl_space(nb.load(src), ref, xfm)
+        img = reg.fractions_to_asl_space(nb.load(src), ref, xfm)
         path = fname_presuffix(inp.ref_image, suffix=f"_label-{field.upper()}", newpath=cwd)
-        nb.Nifti1Image(np.clip(img.get_fdata(), 0, 1).astype(np.float32), ref.affine).to_filename(
-            path
-        )
+        img.to_filename(path)
         out[field] = path
     mask = reg.to_asl_space(nb.load(inp.t1w_mask), ref, xfm).get_fdata() > 0.5
     path = fname_presuffix(inp.ref_image, suffix="_desc-t1w_mask", newpath=cwd)

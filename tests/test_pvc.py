@@ -262,6 +262,40 @@ def test_tissue_fractions_interface_averages_over_the_voxel(tmp_path):
     np.testing.assert_allclose(frac + wm_frac, 1.0, atol=1e-5)
 
 
+def test_pipeline_tissue_maps_on_the_asl_grid_are_voxel_fractions(tmp_path):
+    """The registration's ASL-space maps (QC masks, cleaning, M0, DWAN) are the
+    same voxel fractions as the PVC's, and the brain mask is read at the centres."""
+    pytest.importorskip("ants")
+    from asl_pipeline.interfaces.registration import TissuesToASL
+    from asl_pipeline.registration import write_itk_affine
+
+    t1_shape = (60, 40, 40)
+    t1_affine = np.eye(4)
+    t1_affine[:3, 3] = [-30.0, -20.0, -20.0]
+    x = np.arange(t1_shape[0])[:, None, None] - 30.0 + np.zeros(t1_shape)
+    gm = (x < 0.0).astype(np.float32)
+    files = {}
+    for name, arr in (("gm", gm), ("wm", 1 - gm), ("csf", np.zeros(t1_shape, np.float32)),
+                      ("mask", np.ones(t1_shape, np.float32))):  # fmt: skip
+        files[name] = str(tmp_path / f"{name}_t1w.nii.gz")
+        nib.save(nib.Nifti1Image(arr, t1_affine), files[name])
+    ref_affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    ref_affine[:3, 3] = [-12.0, -8.0, -8.0]
+    ref = str(tmp_path / "ref.nii.gz")
+    nib.save(nib.Nifti1Image(np.full((8, 5, 5), 100.0, np.float32), ref_affine), ref)
+    xfm = write_itk_affine(np.eye(4), tmp_path / "identity.mat")
+    out = TissuesToASL(
+        ref_image=ref, asl_to_t1w=xfm, t1w_mask=files["mask"], gm_t1w=files["gm"],
+        wm_t1w=files["wm"], csf_t1w=files["csf"],
+    ).run(cwd=tmp_path).outputs  # fmt: skip
+    frac = nib.load(out.gm).get_fdata()[:, 2, 2]
+    # as TissueFractions above: the voxel straddling the edge holds 0.375 GM,
+    # where the map read at its centre held 0
+    np.testing.assert_allclose(frac, [1, 1, 1, 0.375, 0, 0, 0, 0], atol=1e-5)
+    np.testing.assert_allclose(frac + nib.load(out.wm).get_fdata()[:, 2, 2], 1.0, atol=1e-5)
+    assert nib.load(out.t1w_mask_asl).get_fdata().all()
+
+
 def test_qc_table_gains_pvc_columns(phantom_files, tmp_path):
     pvc_out = PartialVolumeCorrection(
         cbf_file=phantom_files["cbf"],

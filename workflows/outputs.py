@@ -186,7 +186,10 @@ def init_asl_derivatives_wf(
         outputs[label.lower()] = (
             "probseg",
             {"label": label},
-            {},
+            {
+                "Description": f"{label} fraction of each ASL voxel: the T1w probability "
+                "map averaged over the voxel's volume"
+            },
             [anat("probseg", label=label), "asl_to_t1w"],
             ".nii.gz",
         )

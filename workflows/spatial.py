@@ -454,7 +454,9 @@ def init_asl_reg_wf(
             "reference as given and after N4 bias correction, each initialised at the "
             "centres of mass and at the scanner coordinates), keeping the result with the "
             "highest mutual information with the bias-corrected reference; the GM, WM and "
-            "CSF maps and the brain mask were brought into ASL space through its inverse."
+            "CSF maps were brought into ASL space through its inverse as the fraction of "
+            "each ASL voxel (the T1w probabilities averaged over the voxel's volume), and "
+            "the brain mask at the voxel centres."
         )
         coreg = pe.Node(
             ASLToT1w(n_procs=omp_nthreads, seed=seed),
@@ -472,7 +474,9 @@ def init_asl_reg_wf(
         workflow.__desc__ = (
             "The ASL reference was registered to the skull-stripped T1w with SPM12 "
             "Coregister (normalised mutual information, rigid body); the GM, WM and CSF "
-            "maps and the brain mask were brought into ASL space through its inverse."
+            "maps were brought into ASL space through its inverse as the fraction of each "
+            "ASL voxel (the T1w probabilities averaged over the voxel's volume), and the "
+            "brain mask at the voxel centres."
         )
         gz_ref = pe.Node(UncompressNifti(), name="gunzip_ref", mem_gb=mem_gb)
         gz_t1w = pe.Node(UncompressNifti(), name="gunzip_t1w_brain", mem_gb=mem_gb)
