@@ -46,9 +46,11 @@ DESCRIPTIONS = {
     "correction (Asllani et al. 2008; opt-in); 0 = not estimated.",
     "asl_to_t1w": "Rigid transform from the ASL reference to the T1w (ITK).",
     "asl_mask": "Brain mask in ASL space (T1w brain mask where the ASL image has signal).",
-    "gm": "Grey-matter probability in ASL space.",
-    "wm": "White-matter probability in ASL space.",
-    "csf": "CSF probability in ASL space.",
+    "gm": "Grey-matter fraction of each ASL voxel: the T1w probability averaged over the "
+    "voxel's volume.",
+    "wm": "White-matter fraction of each ASL voxel: the T1w probability averaged over the "
+    "voxel's volume.",
+    "csf": "CSF fraction of each ASL voxel: the T1w probability averaged over the voxel's volume.",
     "confounds": "Per volume: motion parameters, framewise displacement, RMSD, DVARS and "
     "the outlier cleaning's decisions.",
     "qc": "Quality-control figures of the run (one row; cbf_ columns describe the measured map).",
@@ -186,10 +188,7 @@ def init_asl_derivatives_wf(
         outputs[label.lower()] = (
             "probseg",
             {"label": label},
-            {
-                "Description": f"{label} fraction of each ASL voxel: the T1w probability "
-                "map averaged over the voxel's volume"
-            },
+            {},
             [anat("probseg", label=label), "asl_to_t1w"],
             ".nii.gz",
         )
