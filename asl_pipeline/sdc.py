@@ -77,10 +77,11 @@ MAX_READOUT_TIME = 0.5
 #: Coarse-to-fine schedule of :func:`estimate_pepolar_field`:
 #: (Gaussian FWHM of the images in mm, B-spline control-point spacing in mm).
 #: The last level (unsmoothed images, 10 mm) and the weaker penalty below
-#: took the largest displacement error in the brain from 0.67-1.2 to
-#: 0.11-0.45 voxel on six simulated subjects (seeds 3, 11, 19, 5, 23, 31;
-#: 16 mm and 0.005 before), and from 0.67-0.77 to 0.30-0.39 with the
-#: reverse M0 moved by 0.3 voxel (``benchmarks/RESULTS.md``).
+#: took the largest displacement error in the brain from 0.77-1.20 to
+#: 0.11-0.21 voxel on six simulated subjects (seeds 3, 11, 19, 5, 23, 31;
+#: 16 mm and 0.005 before), and from 0.67-0.78 to 0.32-0.39 with the
+#: reverse M0 moved by 0.3 voxel across the phase encoding
+#: (``benchmarks/pepolar_levels.py``, ``benchmarks/RESULTS.md``).
 DEFAULT_LEVELS = ((12.0, 40.0), (6.0, 24.0), (3.0, 16.0), (0.0, 10.0))
 
 #: Weight of the P-spline penalty (per coefficient, relative to the mean
