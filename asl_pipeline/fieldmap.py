@@ -156,8 +156,9 @@ def fieldmap_source(run) -> FieldmapSource | None:
     With several, the one whose ``B0FieldIdentifier`` the run names in its
     ``B0FieldSource``, else the first. Refuses (file, field, fix): case 2
     maps, a missing magnitude, missing or wrong ``EchoTime1``/``EchoTime2``
-    or ``Units``, a magnitude on another grid, and an ASL series (or M0)
-    without a valid ``PhaseEncodingDirection``/``TotalReadoutTime``.
+    or ``Units``, a magnitude on another grid, phase values that are neither
+    radians nor the scanner's integers, and an ASL series (or M0) without a
+    valid ``PhaseEncodingDirection``/``TotalReadoutTime``.
     """
     files = fieldmap_files(run)
     if not files:
@@ -169,6 +170,10 @@ def fieldmap_source(run) -> FieldmapSource | None:
 
     fmap = sorted(files, key=lambda f: not named(f))[0]
     check_fieldmap(fmap, {p: _grid(p) for p in (fmap.file, fmap.magnitude_file)})
+    if fmap.kind == "phasediff":  # the value range decides how the phase is read
+        import nibabel as nib
+
+        phase_to_radians(np.asanyarray(nib.load(fmap.file).dataobj), fmap.file)
     asl_pe = phase_encoding(run.metadata, run.sidecar_file)
     separate = run.m0_type == "Separate" and run.m0_file is not None
     m0_pe = None

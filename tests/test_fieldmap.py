@@ -351,6 +351,21 @@ def test_written_phasediff_is_found_and_checked(tmp_path):
         sdc.field_source(run)
     assert err.value.field == "TotalReadoutTime" and err.value.file.endswith("sub-01_asl.json")
     _edit(tmp_path / "sub-01/perf/sub-01_asl.json", TotalReadoutTime=TRT)
+    # phase values that are neither radians nor the scanner's integers: refused
+    # in the pre-flight, not in the node
+    phase = fmap / "sub-01_phasediff.nii.gz"
+    loaded = nib.load(phase)
+    good = nib.Nifti1Image(np.asarray(loaded.dataobj), loaded.affine, loaded.header)  # in memory
+    bad = np.asarray(good.dataobj, np.float32) * 10 + 9000.0
+    nib.Nifti1Image(bad, good.affine).to_filename(phase)
+    (run,) = collect_runs(tmp_path, require_t1w=False)
+    with pytest.raises(ASLInputError, match="neither radians") as err:
+        sdc.field_source(run)
+    assert err.value.field == "data (phase difference)"
+    assert err.value.file.endswith("sub-01_phasediff.nii.gz")
+    good.to_filename(phase)
+    (run,) = collect_runs(tmp_path, require_t1w=False)
+    assert sdc.field_source(run).fmap.kind == "phasediff"  # restored: accepted again
     mag = fmap / "sub-01_magnitude1.nii.gz"
     img = nib.load(mag)
     nib.Nifti1Image(np.asarray(img.dataobj)[:-2], img.affine).to_filename(mag)
