@@ -4,12 +4,13 @@ Separates what the correction adds from what its inputs bring: the pipeline's
 measured map (noise, quantification) and its tissue fractions (segmentation
 and registration of the T1w). The correction is rerun on every combination of
 {measured map, noise-free true CBF} x {true fractions, the pipeline's
-voxel-averaged fractions (``pvc_fractions`` node), the plain centre-sampled
-maps of the registration}, at voxels with true GM fraction 0.3-0.7.
+ASL-space tissue maps (the registration's voxel fractions, stored as
+``label-GM_probseg``), the T1w maps read at the ASL voxel centres}, at voxels
+with true GM fraction 0.3-0.7.
 
     asl-simulate DS --n-subjects 1 --seed 1 --n-pairs 20 --no-motion --no-outliers
     asl-pipeline DS OUT participant -w WORK --pvc lr --output-spaces asl
-    python benchmarks/pvc_pipeline.py DS OUT WORK
+    python benchmarks/pvc_pipeline.py DS OUT
 """
 
 from __future__ import annotations
@@ -34,11 +35,23 @@ def _one(root: Path, pattern: str) -> Path:
     return found[0]
 
 
+def _centre_sampled(out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The T1w GM/WM maps read at the ASL voxel centres (the maps before 870f98a)."""
+    from asl_pipeline.registration import to_asl_space
+
+    anat = out.parent / "anat"
+    ref = nib.load(_one(out, "*_aslref.nii.gz"))
+    xfm = _one(out, "*_from-asl_to-T1w_mode-image_xfm.mat")
+    return tuple(
+        to_asl_space(nib.load(_one(anat, f"*_label-{t}_probseg.nii.gz")), ref, str(xfm)).get_fdata()
+        for t in ("GM", "WM")
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", type=Path, help="simulated BIDS dataset (with its truth)")
     parser.add_argument("output", type=Path, help="asl-pipeline output directory")
-    parser.add_argument("work", type=Path, help="asl-pipeline work directory")
     parser.add_argument("--subject", default="01")
     args = parser.parse_args(argv)
     s = f"sub-{args.subject}"
@@ -55,9 +68,10 @@ def main(argv=None):
     measured = np.where(measured != 0, measured, np.nan)
     stored = _load(_one(out, "*_desc-pvcGM_cbf.nii.gz"))
     fractions = {"true": (gm, wm)}
-    for name, pattern in (("pipeline voxel-avg", "**/pvc_fractions/*_label-{}_frac.nii.gz"),
-                          ("centre-sampled", "**/asl_reg_wf/*/*_label-{}.nii.gz")):  # fmt: skip
-        fractions[name] = tuple(_load(_one(args.work, pattern.format(t))) for t in ("GM", "WM"))
+    fractions["pipeline voxel-avg"] = tuple(
+        _load(_one(out, f"*_label-{t}_probseg.nii.gz")) for t in ("GM", "WM")
+    )
+    fractions["centre-sampled"] = _centre_sampled(out)
     band = (true_cbf > 0) & (gm >= 0.3) & (gm <= 0.7) & np.isfinite(measured)
     print(f"{'CBF':10s} {'fractions':20s} {'GM bias':>8s} {'net':>7s} {'coverage':>8s}")
     for cbf_name, cbf in (("measured", measured), ("true", true_cbf)):

@@ -367,7 +367,7 @@ def test_pvc_is_off_by_default(dataset, tmp_path):
     config, wf = _build(dataset, tmp_path)
     assert config.pvc == "none"
     nodes = _nodes(wf)
-    for name in ("pvc_lr", "pvc_fractions", "ds_pvc_gm_cbf", "ds_pvc_wm_cbf"):
+    for name in ("pvc_lr", "ds_pvc_gm_cbf", "ds_pvc_wm_cbf"):
         assert name not in nodes, name
     assert "Asllani" not in _methods(wf)
 
@@ -376,7 +376,7 @@ def test_pvc_lr_graph(dataset, tmp_path):
     config, wf = _build(dataset, tmp_path, "--pvc", "lr")
     assert config.pvc == "lr"
     nodes = _nodes(wf)
-    for name in ("pvc_lr", "pvc_fractions", "ds_pvc_gm_cbf", "ds_pvc_wm_cbf"):
+    for name in ("pvc_lr", "ds_pvc_gm_cbf", "ds_pvc_wm_cbf"):
         assert name in nodes, name
     assert nodes["pvc_lr"].inputs.kernel == pvc.DEFAULT_KERNEL
     assert nodes["ds_pvc_gm_cbf"].inputs.desc == "pvcGM"
@@ -396,6 +396,11 @@ def test_pvc_lr_graph(dataset, tmp_path):
         assert by_name["pvc_lr"] in set(flat.predecessors(by_name[sink])), sink
     edges = flat.get_edge_data(by_name["pvc_lr"], by_name["compute_qc"])["connect"]
     assert ("gm_cbf", "pvc_gm_cbf") in edges and ("wm_cbf", "pvc_wm_cbf") in edges
+    # the fractions are the registration's ASL-space tissue maps (the same maps the
+    # QC, the cleaning and the derivatives use), not a second resampling
+    fractions = flat.get_edge_data(by_name["asl_to_t1w"], by_name["pvc_lr"])["connect"]
+    assert ("gm", "gm") in fractions and ("wm", "wm") in fractions
+    assert "pvc_fractions" not in by_name
 
 
 def test_pvc_option_is_checked(dataset, tmp_path):

@@ -386,9 +386,8 @@ def init_asl_preproc_wf(
         workflow.connect([
             (cbf_wf, pvc_wf, [("outputnode.measured_cbf", "inputnode.cbf")]),
             (reg_wf, pvc_wf, [("outputnode.asl_mask", "inputnode.mask"),
-                              ("outputnode.asl_to_t1w", "inputnode.asl_to_t1w")]),
-            (hmc_wf, pvc_wf, [("outputnode.ref_image", "inputnode.ref_image")]),
-            (inputnode, pvc_wf, [("gm_t1w", "inputnode.gm_t1w"), ("wm_t1w", "inputnode.wm_t1w")]),
+                              ("outputnode.gm", "inputnode.gm"),
+                              ("outputnode.wm", "inputnode.wm")]),
             (pvc_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in PVC_OUTPUTS]),
             (pvc_wf, qc, [("outputnode.pvc_gm_cbf", "pvc_gm_cbf"),
                           ("outputnode.pvc_wm_cbf", "pvc_wm_cbf")]),

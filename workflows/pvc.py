@@ -5,7 +5,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
-from asl_pipeline.interfaces.pvc import PartialVolumeCorrection, TissueFractions
+from asl_pipeline.interfaces.pvc import PartialVolumeCorrection
 from asl_pipeline.pvc import DEFAULT_KERNEL
 
 #: Outputs of :func:`init_pvc_wf` (and inputnode fields of the derivatives workflow).
@@ -38,33 +38,26 @@ def init_pvc_wf(
         The measured CBF map (ASL space).
     mask
         ASL brain mask.
-    ref_image, asl_to_t1w
-        ASL reference and the ASL -> T1w transform.
-    gm_t1w, wm_t1w
-        Tissue probability maps in T1w space; averaged over each ASL voxel.
+    gm, wm
+        GM and WM fractions of each ASL voxel: the registration workflow's
+        ASL-space tissue maps (the T1w probabilities averaged over each voxel,
+        :func:`asl_pipeline.registration.fractions_to_asl_space`; the
+        :class:`~asl_pipeline.interfaces.pvc.TissueFractions` interface
+        computes the same maps for pipelines that have only the transform).
 
     Outputs
     -------
-    pvc_gm_cbf, pvc_wm_cbf and their JSON sidecars; gm, wm (the voxel fractions used).
+    pvc_gm_cbf, pvc_wm_cbf and their JSON sidecars.
     """
     workflow = pe.Workflow(name=name)
     inputnode = pe.Node(
-        niu.IdentityInterface(
-            fields=["cbf", "mask", "ref_image", "asl_to_t1w", "gm_t1w", "wm_t1w"]
-        ),
-        name="inputnode",
+        niu.IdentityInterface(fields=["cbf", "mask", "gm", "wm"]), name="inputnode"
     )
-    outputnode = pe.Node(
-        niu.IdentityInterface(fields=list(PVC_OUTPUTS) + ["gm", "wm"]), name="outputnode"
-    )
-    fractions = pe.Node(TissueFractions(), name="pvc_fractions", mem_gb=mem_gb)
+    outputnode = pe.Node(niu.IdentityInterface(fields=list(PVC_OUTPUTS)), name="outputnode")
     correct = pe.Node(PartialVolumeCorrection(kernel=tuple(kernel)), name="pvc_lr", mem_gb=mem_gb)
     workflow.connect([
-        (inputnode, fractions, [("ref_image", "ref_image"), ("asl_to_t1w", "asl_to_t1w"),
-                                ("gm_t1w", "gm_t1w"), ("wm_t1w", "wm_t1w")]),
-        (inputnode, correct, [("cbf", "cbf_file"), ("mask", "mask")]),
-        (fractions, correct, [("gm", "gm"), ("wm", "wm")]),
-        (fractions, outputnode, [("gm", "gm"), ("wm", "wm")]),
+        (inputnode, correct, [("cbf", "cbf_file"), ("mask", "mask"), ("gm", "gm"),
+                              ("wm", "wm")]),
         (correct, outputnode, [("gm_cbf", "pvc_gm_cbf"), ("gm_cbf_json", "pvc_gm_cbf_json"),
                                ("wm_cbf", "pvc_wm_cbf"), ("wm_cbf_json", "pvc_wm_cbf_json")]),
     ])  # fmt: skip
