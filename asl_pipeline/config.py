@@ -152,7 +152,7 @@ class Config:
     bold_to_cbf: Path | None = None
     smoothing_fwhm: float = 0.0
     nuisance_regression: bool = False
-    zigzag_method: str = "interpolate"
+    zigzag_method: str = "detect"
     reslice_mode: str = "volume"
     output_spaces: list[str] = field(default_factory=lambda: ["asl", "MNI152NLin2009aSym"])
     m0_scale: float = 1.0

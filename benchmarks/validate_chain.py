@@ -115,12 +115,13 @@ CONFIGS = {
     "regress": ["--nuisance-regression"],
     "study": ["--nuisance-regression", "--smoothing-fwhm", "3", "--hmc-zigzag", "regress"],
     "hmc-regress": ["--hmc-zigzag", "regress"],
+    "hmc-interp": ["--hmc-zigzag", "interpolate"],
     "hmc-none": ["--hmc-reslice", "none"],
 }
 
 #: Configurations that re-run the realignment and registration (the costly
 #: ones) run on the subjects where motion matters; the others on every subject.
-MOTION_CONFIGS = ("study", "hmc-regress", "hmc-none")
+MOTION_CONFIGS = ("study", "hmc-regress", "hmc-interp", "hmc-none")
 MOTION_SUBJECTS = ("demo", "sim-3d", "sim-motion", "ph-drift", "ph-jumps", "ph-global")
 
 GM_THRESHOLD, WM_THRESHOLD = 0.7, 0.9

@@ -58,11 +58,15 @@ class ResliceOptionsInputSpec(BaseInterfaceInputSpec):
     """How the motion estimates are cleaned and applied (both backends)."""
 
     zigzag_method = traits.Enum(
+        "detect",
         "interpolate",
         "regress",
+        "none",
         usedefault=True,
-        desc="interpolate: pair-mean parameters interpolated to each volume (keeps drift "
-        "within a pair); regress: subtract the fitted zig-zag (methods spec, Wang 2012)",
+        desc="detect: subtract the control - label offset (measured on the detrended pair "
+        "differences) only where it exceeds 4 robust standard errors; interpolate: pair-mean "
+        "parameters interpolated to each volume (loses motion within a pair); regress: "
+        "subtract the fitted zig-zag (methods spec, Wang 2012); none: raw estimates",
     )
     reslice_mode = traits.Enum(
         "volume",

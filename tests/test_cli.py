@@ -36,7 +36,7 @@ def test_defaults(dataset, tmp_path, monkeypatch):
     assert args.outlier_threshold is None
     # evidence-based defaults (benchmarks/RESULTS.md, "Validation panel")
     assert not args.denoise and not args.nuisance_regression and args.smoothing_fwhm == 0.0
-    assert args.zigzag_method == "interpolate" and args.reslice_mode == "volume"
+    assert args.zigzag_method == "detect" and args.reslice_mode == "volume"
     assert args.m0_recovery == "tissue"
     assert args.output_spaces == ["asl", "MNI152NLin2009aSym"]
     assert args.m0_scale == 1.0 and args.quantification == "white-paper"

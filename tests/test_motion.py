@@ -254,6 +254,63 @@ def test_interpolated_pair_trajectory_keeps_drift_and_cancels_bias():
     assert np.abs(regressed[inner] - drift[inner]).max() > 0.02
 
 
+def _trajectory(types, seed, jitter):
+    """Drift, two sudden moves (one inside a pair, one between pairs) and jitter."""
+    rng = np.random.default_rng(seed)
+    n = len(types)
+    params = np.outer(np.arange(n), [0.02, -0.01, 0.015, 0.0004, 0.0, -0.0003])
+    params[17:] += [1.5, -0.8, 0.6, 0.01, -0.02, 0.005]  # inside pair 8 (volumes 16, 17)
+    params[30:] += [-1.0, 0.5, 1.2, -0.015, 0.01, 0.02]  # between pairs 14 and 15
+    return params + rng.normal(0, jitter, (n, 6)) * [1, 1, 1, 0.01, 0.01, 0.01]
+
+
+def test_detect_zigzag_removes_a_real_offset_and_keeps_all_motion():
+    types = ["control", "label"] * 20
+    z = mo.zigzag_regressor(types)
+    offset = np.array([0.05, -0.03, 0.04, 0.0008, -0.0005, 0.0006])
+    for seed in range(4):
+        motion = _trajectory(types, seed, jitter=0.01)
+        cleaned, found = mo.detect_zigzag(motion + np.outer(z, offset), types)
+        assert found.removed.all(), found.t
+        assert np.all(np.abs(found.amplitude - offset) <= [0.01] * 3 + [2e-4] * 3)
+        # drift and both moves stay; what is left is of the order of the jitter (the
+        # still pairs are put on the trend through their mean)
+        err = np.abs(cleaned - motion)
+        assert err[:, :3].max() < 0.05 and err[:, 3:].max() < 1e-3, err.max(0)
+        assert found.still_pairs == 15, found.still_pairs  # all but the 5 around the moves
+        # the pair-mean interpolation spreads each sudden move over the volumes around it
+        interp = mo.clean_params(motion + np.outer(z, offset), types, "interpolate")
+        assert np.abs(interp - motion)[:, :3].max() > 0.3
+
+
+def test_detect_zigzag_leaves_estimates_without_an_offset_alone():
+    types = ["label", "control"] * 20  # label first: the trend's sign follows the order
+    for seed in range(4):
+        exact, found = mo.detect_zigzag(_trajectory(types, seed, 0.0), types)
+        assert not found.removed.any(), found.t
+        np.testing.assert_allclose(exact, _trajectory(types, seed, 0.0), atol=1e-12)
+        # strong motion within pairs: every volume keeps its own estimate
+        moving = _trajectory(types, seed, 0.5)
+        cleaned, found = mo.detect_zigzag(moving, types)
+        assert not found.removed.any() and found.still_pairs == 0, found
+        np.testing.assert_array_equal(cleaned, moving)
+        # estimation noise only: the control and label of a still pair share the trend
+        noisy = _trajectory(types, seed, 0.01)
+        cleaned, found = mo.detect_zigzag(noisy, types)
+        assert not found.removed.any() and found.still_pairs >= 14, found
+        pairs = mo.pair_volumes(types)
+        gap = cleaned[pairs[:, 0]] - cleaned[pairs[:, 1]]  # control after label: +drift
+        noise = noisy[pairs[:, 0]] - noisy[pairs[:, 1]]
+        assert np.median(np.abs(gap[:, 0] - 0.02)) < 0.5 * np.median(np.abs(noise[:, 0] - 0.02))
+    # the spec's regression shifts every label against its control by a chance amplitude
+    motion = _trajectory(types, 0, 0.5)
+    regressed = mo.clean_params(motion, types, "regress")
+    assert np.abs(regressed - motion)[:, :3].max() > 0.02
+    # too few pairs to measure anything: unchanged
+    few = ["control", "label"] * 3
+    np.testing.assert_array_equal(mo.clean_params(np.ones((6, 6)), few, "detect"), np.ones((6, 6)))
+
+
 def test_pair_consistent_params_share_one_transform_per_pair():
     types = ["m0scan", "label", "control", "label", "control"]
     params = np.arange(30, dtype=float).reshape(5, 6)

@@ -145,7 +145,7 @@ def test_spm_realign_glue_known_answer(tmp_path):
     ).run(cwd=tmp_path)
     np.testing.assert_allclose(read_motion(res.outputs.motion_params_raw), params, atol=1e-6)
     clean = read_motion(res.outputs.motion_params)
-    expected = mo.clean_params(params, s["types"], "interpolate")
+    expected = mo.clean_params(params, s["types"], "detect")
     np.testing.assert_allclose(clean, expected, atol=1e-5)
 
 

@@ -70,7 +70,7 @@ def test_default_graph(dataset, tmp_path):
     assert nodes["ds_mni_cleaned_cbf"].inputs.desc == nodes["ds_cleaned_cbf"].inputs.desc
     assert nodes["ds_mean_cbf"].inputs.desc == "mean"
     realign = nodes["asl_realign"]
-    assert realign.inputs.zigzag_method == "interpolate"
+    assert realign.inputs.zigzag_method == "detect"
     assert realign.inputs.reslice_mode == "volume"
     assert nodes["compute_qc"].inputs.extra_names == ["mean"]
 

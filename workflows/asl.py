@@ -41,7 +41,7 @@ def init_asl_preproc_wf(
     bold_to_cbf: str | None = None,
     smoothing_fwhm: float = 0.0,
     nuisance_regression: bool = False,
-    zigzag_method: str = "interpolate",
+    zigzag_method: str = "detect",
     reslice_mode: str = "volume",
     output_spaces: tuple[str, ...] = ("asl", MNI_SPACE),
     m0_scale: float = 1.0,

@@ -93,7 +93,7 @@ def init_asl_hmc_wf(
     has_m0_file: bool = False,
     remove_zigzag: bool = True,
     interp_order: int = 3,
-    zigzag_method: str = "interpolate",
+    zigzag_method: str = "detect",
     reslice_mode: str = "volume",
     sdc: dict | None = None,
     mem_gb: float = 1.0,
@@ -122,9 +122,13 @@ def init_asl_hmc_wf(
     interp_order
         Spline order of the single final reslice.
     zigzag_method
-        ``"interpolate"`` (default): each pair's mean parameters interpolated
-        to every volume (the label/control bias cancels, drift within a pair
-        is kept); ``"regress"``: the spec's zig-zag regression (Wang 2012).
+        ``"detect"`` (default): the control - label offset of the estimates,
+        measured on the pair differences after their local trend, is subtracted
+        only where it exceeds 4 robust standard errors (each volume otherwise
+        keeps its own estimate); ``"interpolate"``: each pair's mean parameters
+        interpolated to every volume (the bias cancels, motion within a pair is
+        lost); ``"regress"``: the spec's zig-zag regression (Wang 2012);
+        ``"none"``: the raw estimates. See :data:`asl_pipeline.motion.ZIGZAG_METHODS`.
     reslice_mode
         ``"volume"`` (default), ``"pair"`` (both volumes of a pair with the
         pair's mean parameters) or ``"none"`` (estimate and report only).
@@ -149,6 +153,11 @@ def init_asl_hmc_wf(
     workflow = pe.Workflow(name=name)
     tool = "SPM12 Realign (estimation)" if backend == "spm" else "a Gauss-Newton rigid-body fit"
     zigzag = {
+        "detect": "the label/control offset of the estimates (Wang 2012) was measured on "
+        "each control/label pair's difference after the local trend of the pair means was "
+        "taken out (median, robust standard error) and subtracted from the parameters where "
+        "it exceeded four standard errors; every volume otherwise kept its own estimate",
+        "none": "the estimates were used as they are (no label/control correction)",
         "interpolate": "the label/control bias of the estimates (Wang 2012) was removed by "
         "averaging the parameters of each control/label pair and interpolating these pair "
         "means linearly to every volume (which keeps drift within a pair)",

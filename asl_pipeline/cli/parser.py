@@ -349,10 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--hmc-zigzag",
         dest="zigzag_method",
-        choices=("interpolate", "regress"),
-        default="interpolate",
-        help="how the label/control bias is removed from the motion estimates: interpolate "
-        "pair means (default, keeps drift within a pair) or regress the zig-zag (Wang 2012)",
+        choices=("detect", "interpolate", "regress", "none"),
+        default="detect",
+        help="how the label/control bias is removed from the motion estimates: detect "
+        "(default: the control - label offset, measured on each pair after the trend, is "
+        "subtracted only where it exceeds 4 robust standard errors, so motion within a pair "
+        "is corrected), interpolate pair means (loses motion within a pair), regress the "
+        "zig-zag (the source study, Wang 2012) or none (raw estimates)",
     )
     g.add_argument(
         "--hmc-reslice",
