@@ -43,7 +43,9 @@ def _centre_sampled(out: Path) -> tuple[np.ndarray, np.ndarray]:
     ref = nib.load(_one(out, "*_aslref.nii.gz"))
     xfm = _one(out, "*_from-asl_to-T1w_mode-image_xfm.mat")
     return tuple(
-        to_asl_space(nib.load(_one(anat, f"*_label-{t}_probseg.nii.gz")), ref, str(xfm)).get_fdata()
+        to_asl_space(
+            nib.load(_one(anat, f"*_label-{t}_probseg.nii.gz")), ref, str(xfm)
+        ).get_fdata()
         for t in ("GM", "WM")
     )
 

@@ -389,5 +389,7 @@ def test_default_motion_correction_beats_no_correction(static_subject, kind):
     r_default = r(mo.realign_asl(series, sub.asl_affine, sub.aslcontext).corrected)
     assert r_default > r_none + 0.02, (r_default, r_none)
     if kind == "jumps":  # pair-mean interpolation spreads each jump over its neighbours
-        interp = mo.realign_asl(series, sub.asl_affine, sub.aslcontext, zigzag_method="interpolate")
+        interp = mo.realign_asl(
+            series, sub.asl_affine, sub.aslcontext, zigzag_method="interpolate"
+        )
         assert r_default > r(interp.corrected) + 0.005, (r_default, r(interp.corrected))
