@@ -583,13 +583,14 @@ def _check_image(data, name, file, ndim):
 #: it), ``"regress"`` (the methods spec's step 2, Wang 2012: the fitted
 #: zig-zag component is subtracted from every parameter; with large motion
 #: the fitted amplitude is mostly chance and shifts every label against its
-#: control) or ``"none"`` (the raw estimates). On 18 simulated subjects of
-#: both generators the estimates' true control - label offset was below
-#: 0.03 mm and 0.01 deg, while true motion within a pair was 0.3-1.7 mm
-#: (rms) on the simulator's moving subjects: the cleaned map's r with the
-#: truth rose from 0.540 to 0.760 on the strong-motion subject and from
-#: 0.835 to 0.889 on the jump phantom, and moved by at most 0.007 elsewhere
-#: but on the slab-motion phantom (0.872 -> 0.839; ``benchmarks/RESULTS.md``).
+#: control) or ``"none"`` (the raw estimates). On 19 of 20 simulated panel
+#: subjects of both generators the estimates' true control - label offset
+#: was below 0.03 mm and 0.01 deg, while true motion within a pair was
+#: 0.3-1.7 mm (rms) on the simulator's moving subjects. Against the pair
+#: means, the cleaned map's r with the truth rose from 0.540 to 0.761 on the
+#: strong-motion subject and from 0.835 to 0.894 on the jump phantom, and
+#: fell from 0.871 to 0.830 on the slab-motion phantom, the 20th subject
+#: (``benchmarks/RESULTS.md``, "Motion: each volume keeps its own estimate").
 ZIGZAG_METHODS = ("detect", "interpolate", "regress", "none")
 
 #: Robust t above which ``"detect"`` removes a parameter's control - label offset
