@@ -697,7 +697,8 @@ def detect_zigzag(
     control, label = pairs[:, 0], pairs[:, 1]
     centres = pairs.mean(axis=1)
     gap = (control - label)[:, None]
-    slope = np.gradient(_pair_means(p, pairs), centres, axis=0)
+    means = _pair_means(p, pairs)  # the offset removed below cancels in them
+    slope = np.gradient(means, centres, axis=0)
     resid = (p[control] - p[label]) - slope * gap
     amplitude = np.median(resid, axis=0) / 2
     mad = np.median(np.abs(resid - np.median(resid, axis=0)), axis=0)
@@ -712,7 +713,6 @@ def detect_zigzag(
     moved = resid - 2 * np.where(removed, amplitude, 0.0)
     fd = np.abs(moved[:, :3]).sum(axis=1) + FD_RADIUS * np.abs(moved[:, 3:]).sum(axis=1)
     still = fd < still_fd
-    means = _pair_means(out, pairs)
     for idx in (control, label):
         out[idx[still]] = means[still] + slope[still] * (idx - centres)[still, None]
     return out, ZigzagOffset(amplitude, t, removed, int(still.sum()))

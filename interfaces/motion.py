@@ -58,20 +58,16 @@ class ResliceOptionsInputSpec(BaseInterfaceInputSpec):
     """How the motion estimates are cleaned and applied (both backends)."""
 
     zigzag_method = traits.Enum(
-        "detect",
-        "interpolate",
-        "regress",
-        "none",
+        *core.ZIGZAG_METHODS,
         usedefault=True,
         desc="detect: subtract the control - label offset (measured on the detrended pair "
-        "differences) only where it exceeds 4 robust standard errors; interpolate: pair-mean "
+        "differences) only where it exceeds 4 robust standard errors, and put pairs that did "
+        "not move beyond the trend on it; interpolate: pair-mean "
         "parameters interpolated to each volume (loses motion within a pair); regress: "
         "subtract the fitted zig-zag (methods spec, Wang 2012); none: raw estimates",
     )
     reslice_mode = traits.Enum(
-        "volume",
-        "pair",
-        "none",
+        *core.RESLICE_MODES,
         usedefault=True,
         desc="volume: each volume with its own cleaned parameters; pair: both volumes of a "
         "control/label pair with the pair's mean parameters; none: parameters estimated and "

@@ -39,6 +39,7 @@ from asl_pipeline.interfaces.spm import (
     StackForSPM,
     UncompressNifti,
 )
+from asl_pipeline.motion import STILL_PAIR_FD, ZIGZAG_THRESHOLD
 
 BACKENDS = ("embedded", "spm")
 
@@ -124,11 +125,12 @@ def init_asl_hmc_wf(
     zigzag_method
         ``"detect"`` (default): the control - label offset of the estimates,
         measured on the pair differences after their local trend, is subtracted
-        only where it exceeds 4 robust standard errors (each volume otherwise
-        keeps its own estimate); ``"interpolate"``: each pair's mean parameters
-        interpolated to every volume (the bias cancels, motion within a pair is
-        lost); ``"regress"``: the spec's zig-zag regression (Wang 2012);
-        ``"none"``: the raw estimates. See :data:`asl_pipeline.motion.ZIGZAG_METHODS`.
+        only where it exceeds 4 robust standard errors, pairs that did not move
+        beyond the trend share it, and every other volume keeps its own
+        estimate; ``"interpolate"``: each pair's mean parameters interpolated to
+        every volume (the bias cancels, motion within a pair is lost);
+        ``"regress"``: the spec's zig-zag regression (Wang 2012); ``"none"``: the
+        raw estimates. See :data:`asl_pipeline.motion.ZIGZAG_METHODS`.
     reslice_mode
         ``"volume"`` (default), ``"pair"`` (both volumes of a pair with the
         pair's mean parameters) or ``"none"`` (estimate and report only).
@@ -156,7 +158,9 @@ def init_asl_hmc_wf(
         "detect": "the label/control offset of the estimates (Wang 2012) was measured on "
         "each control/label pair's difference after the local trend of the pair means was "
         "taken out (median, robust standard error) and subtracted from the parameters where "
-        "it exceeded four standard errors; every volume otherwise kept its own estimate",
+        f"it exceeded {ZIGZAG_THRESHOLD:g} standard errors; the two volumes of a pair that did "
+        f"not move beyond that trend (less than {STILL_PAIR_FD:g} mm on a 50 mm sphere) were "
+        "put on it, and every other volume kept its own estimate",
         "none": "the estimates were used as they are (no label/control correction)",
         "interpolate": "the label/control bias of the estimates (Wang 2012) was removed by "
         "averaging the parameters of each control/label pair and interpolating these pair "

@@ -353,9 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="detect",
         help="how the label/control bias is removed from the motion estimates: detect "
         "(default: the control - label offset, measured on each pair after the trend, is "
-        "subtracted only where it exceeds 4 robust standard errors, so motion within a pair "
-        "is corrected), interpolate pair means (loses motion within a pair), regress the "
-        "zig-zag (the source study, Wang 2012) or none (raw estimates)",
+        "subtracted only where it exceeds 4 robust standard errors and pairs that did not move "
+        "beyond the trend share it, so motion within a pair is corrected), interpolate pair "
+        "means (loses motion within a pair), regress the zig-zag (the source study, Wang "
+        "2012) or none (raw estimates)",
     )
     g.add_argument(
         "--hmc-reslice",
