@@ -4,9 +4,11 @@ Separates what the correction adds from what its inputs bring: the pipeline's
 measured map (noise, quantification) and its tissue fractions (segmentation
 and registration of the T1w). The correction is rerun on every combination of
 {measured map, noise-free true CBF} x {true fractions, the pipeline's
-ASL-space tissue maps (the registration's voxel fractions, stored as
-``label-GM_probseg``), the T1w maps read at the ASL voxel centres}, at voxels
-with true GM fraction 0.3-0.7.
+partial-volume fractions (``anat/*_label-GM_desc-pv_probseg`` averaged over
+each ASL voxel: what ``--pvc lr`` reads), its ASL-space posteriors (the
+registration's voxel fractions, stored as ``perf/*_label-GM_probseg``; what it
+read before), the T1w posteriors read at the ASL voxel centres}, at voxels with
+true GM fraction 0.3-0.7.
 
     asl-simulate DS --n-subjects 1 --seed 1 --n-pairs 20 --no-motion --no-outliers
     asl-pipeline DS OUT participant -w WORK --pvc lr --output-spaces asl
@@ -33,6 +35,21 @@ def _one(root: Path, pattern: str) -> Path:
     if len(found) != 1:
         raise SystemExit(f"expected one {pattern} under {root}, found {len(found)}")
     return found[0]
+
+
+def _partial_volumes(out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The T1w partial-volume fractions averaged over each ASL voxel (``--pvc lr``'s)."""
+    from asl_pipeline.registration import fractions_to_asl_space
+
+    anat = out.parent / "anat"
+    ref = nib.load(_one(out, "*_aslref.nii.gz"))
+    xfm = _one(out, "*_from-asl_to-T1w_mode-image_xfm.mat")
+    return tuple(
+        fractions_to_asl_space(
+            nib.load(_one(anat, f"*_label-{t}_desc-pv_probseg.nii.gz")), ref, str(xfm)
+        ).get_fdata()
+        for t in ("GM", "WM")
+    )
 
 
 def _centre_sampled(out: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +87,8 @@ def main(argv=None):
     measured = np.where(measured != 0, measured, np.nan)
     stored = _load(_one(out, "*_desc-pvcGM_cbf.nii.gz"))
     fractions = {"true": (gm, wm)}
-    fractions["pipeline voxel-avg"] = tuple(
+    fractions["pipeline partial vol"] = _partial_volumes(out)
+    fractions["posteriors voxel-avg"] = tuple(
         _load(_one(out, f"*_label-{t}_probseg.nii.gz")) for t in ("GM", "WM")
     )
     fractions["centre-sampled"] = _centre_sampled(out)
@@ -85,9 +103,9 @@ def main(argv=None):
             print(f"{cbf_name:10s} {fr_name:20s} {bias:+8.3f} {(1 + bias) / own - 1:+7.3f} "
                   f"{est.sum() / band.sum():8.2f}")  # fmt: skip
     est = band & (stored != 0)
-    print(
-        f"stored desc-pvcGM_cbf: GM bias {np.mean(stored[est]) / np.mean(true_gm[est]) - 1:+.3f}"
-    )
+    own = np.mean(measured[est]) / np.mean(true_cbf[est])
+    bias = np.mean(stored[est]) / np.mean(true_gm[est]) - 1
+    print(f"stored desc-pvcGM_cbf: GM bias {bias:+.3f}, net {(1 + bias) / own - 1:+.3f}")
     print(f"uncorrected: {np.mean(measured[band]) / np.mean(true_gm[band]) - 1:+.3f}")
 
 

@@ -67,13 +67,16 @@ class _T1wPreprocOutputSpec(TraitedSpec):
     gm_t1w = File(exists=True, desc="GM probability map, T1w space")
     wm_t1w = File(exists=True, desc="WM probability map, T1w space")
     csf_t1w = File(exists=True, desc="CSF probability map, T1w space")
+    gm_pv_t1w = File(exists=True, desc="GM partial-volume fraction, T1w space")
+    wm_pv_t1w = File(exists=True, desc="WM partial-volume fraction, T1w space")
+    csf_pv_t1w = File(exists=True, desc="CSF partial-volume fraction, T1w space")
     t1w_to_mni = File(exists=True, desc="ITK transform resampling T1w images into MNI")
     mni_to_t1w = File(exists=True, desc="ITK transform resampling MNI images into T1w")
     t1w_mni = File(exists=True, desc="the T1w resampled into MNI space")
 
 
 class T1wPreprocess(SimpleInterface):
-    """N4, MNI registration, brain extraction and Atropos tissue maps (antspyx)."""
+    """N4, MNI registration, brain extraction, Atropos tissue maps and partial volumes."""
 
     input_spec = _T1wPreprocInputSpec
     output_spec = _T1wPreprocOutputSpec
@@ -112,6 +115,9 @@ def preprocess_t1w_to_files(t1w_file, out_dir, **options) -> dict:
         ("gm_t1w", res.gm, "_label-GM_probseg"),
         ("wm_t1w", res.wm, "_label-WM_probseg"),
         ("csf_t1w", res.csf, "_label-CSF_probseg"),
+        ("gm_pv_t1w", res.gm_pv, "_label-GM_desc-pv_probseg"),
+        ("wm_pv_t1w", res.wm_pv, "_label-WM_desc-pv_probseg"),
+        ("csf_pv_t1w", res.csf_pv, "_label-CSF_desc-pv_probseg"),
         ("t1w_mni", res.mni.warped, "_space-MNI"),
     ):
         paths[field] = fname_presuffix(t1w_file, suffix=suffix, newpath=out_dir)

@@ -396,11 +396,18 @@ def test_pvc_lr_graph(dataset, tmp_path):
         assert by_name["pvc_lr"] in set(flat.predecessors(by_name[sink])), sink
     edges = flat.get_edge_data(by_name["pvc_lr"], by_name["compute_qc"])["connect"]
     assert ("gm_cbf", "pvc_gm_cbf") in edges and ("wm_cbf", "pvc_wm_cbf") in edges
-    # the fractions are the registration's ASL-space tissue maps (the same maps the
-    # QC, the cleaning and the derivatives use), not a second resampling
-    fractions = flat.get_edge_data(by_name["asl_to_t1w"], by_name["pvc_lr"])["connect"]
+    # the fractions are the anatomical workflow's partial volumes (not the posteriors
+    # the rest of the pipeline reads) averaged over each ASL voxel, through the
+    # registration's transform, onto the ASL reference
+    pv = flat.get_edge_data(by_name["t1w_preproc"], by_name["pv_fractions"])["connect"]
+    assert ("gm_pv_t1w", "gm_t1w") in pv and ("wm_pv_t1w", "wm_t1w") in pv
+    xfm = flat.get_edge_data(by_name["asl_to_t1w"], by_name["pv_fractions"])["connect"]
+    assert ("asl_to_t1w", "asl_to_t1w") in xfm
+    fractions = flat.get_edge_data(by_name["pv_fractions"], by_name["pvc_lr"])["connect"]
     assert ("gm", "gm") in fractions and ("wm", "wm") in fractions
-    assert "pvc_fractions" not in by_name
+    assert not flat.has_edge(by_name["asl_to_t1w"], by_name["pvc_lr"]) or (
+        ("gm", "gm") not in flat.get_edge_data(by_name["asl_to_t1w"], by_name["pvc_lr"])["connect"]
+    )
 
 
 def test_pvc_option_is_checked(dataset, tmp_path):

@@ -140,3 +140,65 @@ def test_segment_tissues_repeats_exactly(tmp_path, monkeypatch):
     assert (first["wm"][label == 2] > 0.5).mean() > 0.9
     assert list(tmp_path.iterdir()) == []
     assert tempfile.tempdir == str(tmp_path)
+
+
+def _mixed_shells(seed: int, n: int = 48, voxel: float = 2.0, noise: float = 0.02):
+    """A brain of WM, GM and CSF shells with true partial volumes at their borders.
+
+    Each voxel's fractions are the share of 4 x 4 x 4 sub-points in each shell,
+    its intensity their weighted sum of the shells' intensities plus Gaussian
+    noise; the "posteriors" are what a sharp classifier returns: the
+    majority tissue gets 0.98.
+    """
+    rng = np.random.default_rng(seed)
+    sub = (np.arange(4) + 0.5) / 4 - 0.5
+    centre = (n - 1) * voxel / 2 + rng.uniform(-1, 1, 3)
+    radii = {"wm": 30.0, "gm": 36.0, "csf": 40.0}  # outer radii (mm), GM 6 mm thick
+    fractions = {t: np.zeros((n,) * 3) for t in radii}
+    grid = np.indices((n,) * 3).astype(float) * voxel
+    for dx in sub:
+        for dy in sub:
+            for dz in sub:
+                p = grid + np.array([dx, dy, dz])[:, None, None, None] * voxel
+                r = np.sqrt(((p - centre[:, None, None, None]) ** 2).sum(0))
+                inner = 0.0
+                for t in ("wm", "gm", "csf"):
+                    fractions[t] += ((r >= inner) & (r < radii[t])) / 64
+                    inner = radii[t]
+    intensity = {"csf": 180.0, "gm": 620.0, "wm": 1000.0}
+    image = sum(fractions[t] * intensity[t] for t in radii) + rng.normal(0, noise * 1000, (n,) * 3)
+    brain = sum(fractions.values()) > 0.5
+    major = np.argmax(np.stack([fractions[t] for t in ("csf", "gm", "wm")]), 0)
+    posteriors = {
+        t: np.where(major == k, 0.98, 0.01) * brain for k, t in enumerate(("csf", "gm", "wm"))
+    }
+    return image, brain, posteriors, fractions, intensity
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_partial_volumes_recover_the_true_fractions(seed):
+    from asl_pipeline.segmentation import partial_volumes
+
+    image, brain, posteriors, truth, intensity = _mixed_shells(seed)
+    pv = partial_volumes(image, brain, posteriors)
+    for t, value in intensity.items():
+        assert pv.means[t] == pytest.approx(value, rel=0.03)
+    total = pv.gm + pv.wm + pv.csf
+    np.testing.assert_allclose(total[brain], 1.0, atol=1e-6)
+    assert np.all(total[~brain] == 0)
+    # border voxels: the posteriors' GM is off by about 0.3, the mixel model's by < 0.06
+    border = brain & (truth["gm"] > 0.2) & (truth["gm"] < 0.8)
+    assert border.sum() > 500
+    err_pv = np.mean(np.abs(pv.gm[border] - truth["gm"][border]))
+    err_post = np.mean(np.abs(posteriors["gm"][border] - truth["gm"][border]))
+    assert err_pv < 0.06 and err_post > 0.2, (err_pv, err_post)
+    # no bias in the GM volume of the border voxels
+    assert pv.gm[border].sum() == pytest.approx(truth["gm"][border].sum(), rel=0.03)
+
+
+def test_partial_volumes_refuse_a_contrast_that_is_not_t1_weighted():
+    from asl_pipeline.segmentation import partial_volumes
+
+    image, brain, posteriors, _, _ = _mixed_shells(0)
+    with pytest.raises(ValueError, match="CSF < GM < WM"):
+        partial_volumes(2000.0 - image, brain, posteriors)  # T2-like: bright CSF

@@ -91,6 +91,8 @@ def init_asl_preproc_wf(
     ------
     t1w_preproc, t1w_brain, t1w_mask, gm_t1w, wm_t1w, csf_t1w, t1w_to_mni
         Outputs of the subject's anatomical workflow.
+    gm_pv_t1w, wm_pv_t1w
+        Its partial-volume fractions (read with ``pvc`` only).
     t1w_to_<name>, <name>_reference
         For each of ``templates``.
 
@@ -119,6 +121,8 @@ def init_asl_preproc_wf(
                 "wm_t1w",
                 "csf_t1w",
                 "t1w_to_mni",
+                "gm_pv_t1w",
+                "wm_pv_t1w",
             ]
             + [f for t in templates for f in (f"t1w_to_{t}", f"{t}_reference")]
         ),
@@ -386,8 +390,10 @@ def init_asl_preproc_wf(
         workflow.connect([
             (cbf_wf, pvc_wf, [("outputnode.measured_cbf", "inputnode.cbf")]),
             (reg_wf, pvc_wf, [("outputnode.asl_mask", "inputnode.mask"),
-                              ("outputnode.gm", "inputnode.gm"),
-                              ("outputnode.wm", "inputnode.wm")]),
+                              ("outputnode.asl_to_t1w", "inputnode.asl_to_t1w")]),
+            (hmc_wf, pvc_wf, [("outputnode.ref_image", "inputnode.ref_image")]),
+            (inputnode, pvc_wf, [("gm_pv_t1w", "inputnode.gm_pv_t1w"),
+                                 ("wm_pv_t1w", "inputnode.wm_pv_t1w")]),
             (pvc_wf, ds_wf, [(f"outputnode.{f}", f"inputnode.{f}") for f in PVC_OUTPUTS]),
             (pvc_wf, qc, [("outputnode.pvc_gm_cbf", "pvc_gm_cbf"),
                           ("outputnode.pvc_wm_cbf", "pvc_wm_cbf")]),

@@ -114,7 +114,10 @@ def init_single_subject_wf(
         seed=seed,
     )
     workflow.connect(anat_source, "t1w", anat_wf, "inputnode.t1w")
-    fields = ["t1w_preproc", "t1w_brain", "t1w_mask", "gm_t1w", "wm_t1w", "csf_t1w", "t1w_to_mni"]
+    fields = [
+        "t1w_preproc", "t1w_brain", "t1w_mask", "gm_t1w", "wm_t1w", "csf_t1w", "t1w_to_mni",
+        "gm_pv_t1w", "wm_pv_t1w",
+    ]  # fmt: skip
     templates = [
         s for s in output_spaces if s not in NATIVE_SPACES and template_name(s) != BUNDLED
     ]

@@ -22,6 +22,7 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from asl_pipeline import segmentation as seg
 from asl_pipeline.interfaces.motion import ASLRealign
 from asl_pipeline.interfaces.nuisance import NuisanceRegression
 from asl_pipeline.interfaces.registration import (
@@ -66,6 +67,9 @@ ANAT_OUTPUTS = [
     "csf_t1w",
     "t1w_to_mni",
     "mni_to_t1w",
+    "gm_pv_t1w",
+    "wm_pv_t1w",
+    "csf_pv_t1w",
 ]
 REG_OUTPUTS = ["asl_to_t1w", "gm", "wm", "csf", "asl_mask", "t1w_mask_asl"]
 
@@ -309,6 +313,10 @@ def init_anat_wf(
     -------
     t1w_preproc, t1w_brain, t1w_mask, gm_t1w, wm_t1w, csf_t1w,
     t1w_to_mni, mni_to_t1w
+    gm_pv_t1w, wm_pv_t1w, csf_pv_t1w
+        Partial-volume fractions (embedded: the mixel model of
+        :func:`asl_pipeline.segmentation.partial_volumes`; SPM: its tissue
+        maps), read by the partial-volume correction.
     """
     _check_backend(backend)
     workflow = pe.Workflow(name=name)
@@ -322,7 +330,10 @@ def init_anat_wf(
             f"then {transform} on the brain region, ANTs via antspyx), skull-stripped with "
             "the template brain mask brought back through the inverse transform, and "
             "segmented into GM, WM and CSF with Atropos guided by the template tissue "
-            "priors (prior weight 0.25)."
+            "priors (prior weight 0.25). Partial-volume fractions were computed from the "
+            "bias-corrected intensities with a two-tissue mixel model (pure-tissue "
+            "intensities: the median of the voxels with a posterior of at least "
+            f"{seg.PURE_POSTERIOR:g})."
         )
         anat = pe.Node(
             T1wPreprocess(
@@ -365,6 +376,8 @@ def init_anat_wf(
             (segment, tissues, [("native_class_images", "native_class_images"),
                                 (("bias_corrected_images", _first), "bias_corrected")]),
             (tissues, outputnode, [(f, f) for f in ANAT_OUTPUTS[:6]]),
+            # SPM's tissue maps are its partial-volume estimates (as ExploreASL reads them)
+            (tissues, outputnode, [(f"{t}_t1w", f"{t}_pv_t1w") for t in ("gm", "wm", "csf")]),
             (segment, outputnode, [("forward_deformation_field", "t1w_to_mni"),
                                    ("inverse_deformation_field", "mni_to_t1w")]),
         ])  # fmt: skip
@@ -379,6 +392,9 @@ def init_anat_wf(
             ("gm_t1w", dict(suffix="probseg", label="GM")),
             ("wm_t1w", dict(suffix="probseg", label="WM")),
             ("csf_t1w", dict(suffix="probseg", label="CSF")),
+            ("gm_pv_t1w", dict(suffix="probseg", label="GM", desc="pv")),
+            ("wm_pv_t1w", dict(suffix="probseg", label="WM", desc="pv")),
+            ("csf_pv_t1w", dict(suffix="probseg", label="CSF", desc="pv")),
             (
                 "t1w_to_mni",
                 dict(suffix="xfm", from_space="T1w", to_space="MNI152NLin2009aSym", mode="image"),
@@ -399,6 +415,9 @@ def init_anat_wf(
             "gm_t1w": {"Description": "Grey-matter probability (T1w space).", **on_t1w},
             "wm_t1w": {"Description": "White-matter probability (T1w space).", **on_t1w},
             "csf_t1w": {"Description": "CSF probability (T1w space).", **on_t1w},
+            **{f"{t.lower()}_pv_t1w": {"Description": f"{t} partial-volume fraction (T1w "
+                                       "space), read by the partial-volume correction.",
+                                       **on_t1w} for t in ("GM", "WM", "CSF")},
             "t1w_to_mni": {"Description": "Transform from the T1w to the template."},
             "mni_to_t1w": {"Description": "Transform from the template to the T1w."},
         }  # fmt: skip
