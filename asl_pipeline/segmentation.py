@@ -23,6 +23,7 @@ Embedded backend on antspyx, template-driven so it works on real T1w images
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from dataclasses import dataclass
 
@@ -41,6 +42,8 @@ from asl_pipeline.registration import (
     template_to_t1w,
     to_ants,
 )
+
+LOGGER = logging.getLogger("nipype.interface")
 
 
 def bias_correct(t1w: nib.Nifti1Image, *, shrink_factor: int = 4) -> nib.Nifti1Image:
@@ -159,8 +162,8 @@ def partial_volumes(t1w, mask, posteriors, *, pure: float = PURE_POSTERIOR) -> P
     fraction, and is sharper than the partial volumes. On two subjects of
     each simulator, the GM fraction of the posteriors, averaged over 3-4 mm
     blocks where the true fraction is 0.3-0.7, was 0.10-0.14 from the truth
-    (0.03-0.09 with this model), and the partial-volume corrected GM CBF of
-    the noise-free truth read 9-10% low (+1% with this model;
+    (0.03-0.09 with this model); on the simulator the corrected GM CBF of
+    the noise-free truth read 9-10% low (+0.5 to +1.0% with this model;
     ``benchmarks/RESULTS.md``, "Partial volumes of the T1w").
 
     ``t1w``: the bias-corrected image; ``mask``: brain mask; ``posteriors``:
@@ -267,7 +270,11 @@ def preprocess_t1w(
     }
     probs = segment_tissues(pre, mask, priors, prior_weight=prior_weight)
     data = pre.get_fdata(dtype=np.float32)
-    pv = partial_volumes(data, mask, probs)
+    try:
+        pv = partial_volumes(data, mask, probs)
+    except ValueError as err:  # not T1-weighted: no mixel model, so no partial volumes
+        LOGGER.warning("%s; the partial-volume maps are the posteriors", err)
+        pv = PartialVolumes(gm=probs["gm"], wm=probs["wm"], csf=probs["csf"], means={})
 
     def img(a, dtype=np.float32):
         return nib.Nifti1Image(np.asarray(a, dtype=dtype), pre.affine)

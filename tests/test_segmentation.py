@@ -202,3 +202,33 @@ def test_partial_volumes_refuse_a_contrast_that_is_not_t1_weighted():
     image, brain, posteriors, _, _ = _mixed_shells(0)
     with pytest.raises(ValueError, match="CSF < GM < WM"):
         partial_volumes(2000.0 - image, brain, posteriors)  # T2-like: bright CSF
+
+
+def test_preprocess_t1w_falls_back_to_the_posteriors_without_t1_contrast(monkeypatch, caplog):
+    """A contrast the mixel model cannot read must not stop a run that needs no PVC."""
+    from asl_pipeline import segmentation as seg
+
+    image, brain, posteriors, _, _ = _mixed_shells(0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    img = nib.Nifti1Image((2000.0 - image).astype(np.float32), affine)  # bright CSF
+
+    class _Reg:
+        mni_to_t1w = "identity"
+
+    monkeypatch.setattr(seg, "bias_correct", lambda t1w, shrink_factor: t1w)
+    monkeypatch.setattr(seg, "register_t1w_to_mni", lambda *a, **k: _Reg())
+    monkeypatch.setattr(
+        seg,
+        "load_template",
+        lambda resolution: type("T", (), dict.fromkeys(("brain_mask", "gm", "wm", "csf")))(),
+    )
+    monkeypatch.setattr(
+        seg,
+        "template_to_t1w",
+        lambda image, ref, xfm: nib.Nifti1Image(brain.astype(np.float32), affine),
+    )
+    monkeypatch.setattr(seg, "segment_tissues", lambda *a, **k: posteriors)
+    with caplog.at_level("WARNING", logger="nipype.interface"):
+        res = seg.preprocess_t1w(img, ".")
+    assert "CSF < GM < WM" in caplog.text
+    np.testing.assert_array_equal(res.gm_pv.get_fdata(), res.gm.get_fdata())
