@@ -190,6 +190,7 @@ class ASLRealign(SimpleInterface):
             res.fd.max(),
             np.round(np.abs(res.params_raw - res.params).mean(0), 5),
         )
+        log_zigzag_offset(res, types, inp)
         self._results.update(write_realign_outputs(res, inp.asl_file, img, runtime.cwd))
         if res.m0_corrected is not None:
             m0_img = nb.load(inp.m0_file)
@@ -200,6 +201,21 @@ class ASLRealign(SimpleInterface):
             nb.Nifti1Image(arr, m0_img.affine, hdr).to_filename(out)
             self._results["m0_corrected"] = out
         return runtime
+
+
+def log_zigzag_offset(res: core.RealignResult, volume_types, inp) -> None:
+    """Log what ``--hmc-zigzag detect`` found in the raw estimates and removed."""
+    if not (inp.remove_zigzag and inp.zigzag_method == "detect"):
+        return
+    _, offset = core.detect_zigzag(res.params_raw, volume_types)
+    LOGGER.info(
+        "control - label offset of the motion estimates (tx ty tz mm, rx ry rz rad): "
+        "%s, t %s; removed on %d of 6 parameters; %d pairs put on the trend",
+        np.round(offset.amplitude, 5),
+        np.round(offset.t, 1),
+        int(offset.removed.sum()),
+        offset.still_pairs,
+    )
 
 
 def write_realign_outputs(res: core.RealignResult, asl_file, img, cwd) -> dict:

@@ -40,6 +40,7 @@ from asl_pipeline.interfaces.motion import (
     ResliceOptionsInputSpec,
     field_correction,
     load_4d,
+    log_zigzag_offset,
     write_realign_outputs,
 )
 from asl_pipeline.registration import read_itk_affine, write_itk_affine
@@ -138,6 +139,7 @@ class SPMASLRealign(SimpleInterface):
             reslice_mode=inp.reslice_mode,
             sdc=field_correction(inp),
         )
+        log_zigzag_offset(res, types, inp)
         self._results.update(write_realign_outputs(res, inp.asl_file, img, runtime.cwd))
         if res.m0_corrected is not None:
             m0_img = nb.load(inp.m0_file)

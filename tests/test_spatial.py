@@ -47,11 +47,15 @@ def _tsv(path):
     return head, data
 
 
-def test_asl_realign_interface(tmp_path):
+def test_asl_realign_interface(tmp_path, caplog):
     s = _write_series(tmp_path, m0=True)
-    res = ASLRealign(asl_file=str(s["asl"]), aslcontext=str(s["ctx"]), m0_file=str(s["m0"])).run(
-        cwd=tmp_path
-    )
+    with caplog.at_level("INFO", logger="nipype.interface"):
+        res = ASLRealign(
+            asl_file=str(s["asl"]), aslcontext=str(s["ctx"]), m0_file=str(s["m0"])
+        ).run(cwd=tmp_path)
+    # the log says what the default zig-zag detection found and removed
+    assert "control - label offset of the motion estimates" in caplog.text
+    assert "pairs put on the trend" in caplog.text
     out = res.outputs
     assert nb.load(out.asl_corrected).shape == s["vols"].shape
     assert nb.load(out.m0_corrected).shape == s["vols"].shape[:3]
