@@ -259,6 +259,15 @@ def test_anat_reg_resample_graph_contract(backend):
         _node(anat, "outputnode").inputs.copyable_trait_names()
     )
     assert _node(anat, "ds_t1w_to_mni").inputs.to_space == spatial.TEMPLATE
+    # every output is connected (the PVC reads the partial volumes with both backends)
+    connected = {
+        dst for u, v, d in anat._graph.edges(data=True) if v.name == "outputnode"
+        for _, dst in d["connect"]
+    }  # fmt: skip
+    assert set(spatial.ANAT_OUTPUTS) <= connected
+    for t in ("GM", "WM", "CSF"):
+        ds = _node(anat, f"ds_{t.lower()}_pv_t1w")
+        assert (ds.inputs.label, ds.inputs.desc, ds.inputs.suffix) == (t, "pv", "probseg")
     asl_reg = spatial.init_asl_reg_wf(backend=backend, spm_cmd="matlab")
     assert set(spatial.REG_OUTPUTS) <= set(
         _node(asl_reg, "outputnode").inputs.copyable_trait_names()
