@@ -917,19 +917,32 @@ def _model(params: QuantParams, cbf, att, delays, t1_after_arrival: str):
 _GRID_CBF = 50.0
 
 
-def average_repeats(deltam, plds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def average_repeats(deltam, plds, keep=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean ΔM at each distinct PLD: ``(mean (x, y, z, k), unique plds, counts)``.
 
     Least squares on the means weighted by the counts equals least squares on
-    all the repeats, so the fit uses these.
+    all the repeats, so the fit uses these. ``keep``: optional ``(n_slices,
+    n)`` bool matrix; a slice's mean at a delay is then over its kept repeats
+    (:func:`asl_pipeline.outliers.screen_repeats`), all of them where none is
+    kept. The counts stay the numbers of repeats.
     """
     dm = np.asarray(deltam, dtype=float)
     plds = np.asarray(plds, dtype=float)
     uniq, inverse, counts = np.unique(np.round(plds, 9), return_inverse=True, return_counts=True)
-    sums = np.zeros(dm.shape[:3] + (uniq.size,))
+    means = np.zeros(dm.shape[:3] + (uniq.size,))
+    if keep is not None:
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (dm.shape[2], dm.shape[3]):
+            raise ValueError(f"keep {keep.shape} must be (slices, volumes) {dm.shape[2:]}")
     for k in range(uniq.size):
-        sums[..., k] = dm[..., inverse == k].sum(axis=3)
-    return sums / counts, uniq, counts
+        idx = np.flatnonzero(inverse == k)
+        if keep is None:
+            means[..., k] = dm[..., idx].sum(axis=3) / idx.size
+            continue
+        w = keep[:, idx].astype(float)  # (z, repeats)
+        w[w.sum(axis=1) == 0] = 1.0
+        means[..., k] = np.einsum("xyzr,zr->xyz", dm[..., idx], w) / w.sum(axis=1)
+    return means, uniq, counts
 
 
 def fit_multi_pld(
@@ -947,6 +960,7 @@ def fit_multi_pld(
     m0_fraction: float = M0_FRACTION_DEFAULT,
     chunk: int = 16384,
     t1_after_arrival: str = "tissue",
+    keep=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fit CBF and ATT to multi-PLD (pCASL) or multi-TI (PASL) data.
 
@@ -988,6 +1002,10 @@ def fit_multi_pld(
         Bounds on ATT (s) and CBF (mL/100 g/min).
     t1_after_arrival
         ``"tissue"`` or ``"blood"``, see above.
+    keep
+        Optional ``(n_slices, n)`` bool matrix of the repeats' slices to
+        average (:func:`average_repeats`; the pipeline's comes from
+        :func:`asl_pipeline.outliers.screen_repeats`).
 
     Returns
     -------
@@ -1040,7 +1058,7 @@ def fit_multi_pld(
     lo_a, hi_a = map(float, att_bounds)
     lo_f, hi_f = map(float, cbf_bounds)
 
-    mean_dm, uniq, counts = average_repeats(dm, plds)
+    mean_dm, uniq, counts = average_repeats(dm, plds, keep)
     if uniq.size < 2:
         raise ASLInputError(
             "a single PLD: ATT cannot be fitted.",

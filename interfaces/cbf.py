@@ -26,6 +26,7 @@ from nipype.utils.filemanip import fname_presuffix
 
 from asl_pipeline import cbf as core
 from asl_pipeline import kinetics
+from asl_pipeline import outliers as cleaning
 from asl_pipeline.bids import read_json_sidecar
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.rundesc import RunDescription, describe_metadata, read_aslcontext
@@ -485,6 +486,13 @@ class _ComputeMultiPLDCBFInputSpec(_RunInputSpec):
         "CBF depends on it (GM data made with 1.6 s read about 17% high with 1.4 s)",
     )
 
+    screen_repeats = traits.Bool(
+        True,
+        usedefault=True,
+        desc="drop the slices of repeats that disagree with the other repeats of their delay "
+        "before averaging (asl_pipeline.outliers.screen_repeats); False averages all repeats",
+    )
+
 
 class _ComputeMultiPLDCBFOutputSpec(TraitedSpec):
     cbf = File(exists=True, desc="CBF, mL/100 g/min")
@@ -513,6 +521,29 @@ class ComputeMultiPLDCBF(SimpleInterface):
         params = inp.params
         if isdefined(self.inputs.t1_tissue):
             params = replace(params, t1_tissue=self.inputs.t1_tissue)
+        keep, screen_meta = None, {}
+        if self.inputs.screen_repeats:
+            mask = inp.mask if inp.mask is not None else np.ones(dm.deltam.shape[:3], bool)
+            screen = cleaning.screen_repeats(dm.deltam, dm.plds, mask)
+            keep = screen.keep
+            dropped = int((~keep).sum())
+            screen_meta = {
+                "RepeatScreen": {
+                    "Description": "slices of repeats that disagreed with the other repeats "
+                    "of their delay (RMS deviation from their voxel-wise median) were left "
+                    "out of that delay's mean",
+                    "Threshold": screen.threshold,
+                    "ScreenedDelays": screen.groups,
+                    "DroppedSlices": dropped,
+                    "SlicesPerVolume": int(keep.shape[0]),
+                }
+            }
+            LOGGER.info(
+                "multi-PLD repeat screen: %d of %d volume slices dropped (%d delays screened)",
+                dropped,
+                keep.size,
+                screen.groups,
+            )
         cbf, att, failed = core.fit_multi_pld(
             dm.deltam,
             dm.plds,
@@ -523,6 +554,7 @@ class ComputeMultiPLDCBF(SimpleInterface):
             cbf_bounds=tuple(self.inputs.cbf_bounds),
             m0_fraction=self.inputs.m0_fraction,
             t1_after_arrival=self.inputs.t1_after_arrival,
+            keep=keep,
         )
         meta = {
             "Sources": [str(self.inputs.asl_file)],
@@ -536,6 +568,7 @@ class ComputeMultiPLDCBF(SimpleInterface):
             "CBFBounds": list(self.inputs.cbf_bounds),
             "M0Fraction": self.inputs.m0_fraction,
             "FailedVoxels": int(failed.sum()),
+            **screen_meta,
             **extra,
         }
         cwd, src, r = runtime.cwd, self.inputs.asl_file, self._results

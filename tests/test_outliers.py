@@ -546,3 +546,58 @@ def test_whole_volume_threshold_follows_the_number_of_pairs(phantom):
     assert res.parameters["slice_sd"] == 5.0
     # on this clean series nothing is removed anywhere
     assert not res.outliers.any()
+
+
+def _multi_pld_series(seed: int, corrupt: bool):
+    """5 delays x 8 repeats of a GM/WM slab phantom with Gaussian noise (SNR ~1 per
+    repeat in GM); with ``corrupt``, 6 (repeat, slice) pairs get a spike (+4 noise SD
+    offset plus doubled noise), as a motion spike or a bad slice would."""
+    from asl_pipeline import cbf as C
+    from asl_pipeline import kinetics as K
+
+    rng = np.random.default_rng(seed)
+    shape = (16, 16, 8)
+    x = np.arange(shape[0])[:, None, None] * np.ones(shape)
+    cbf = np.where(x < 8, 60.0, 20.0)
+    att = np.where(x < 8, 1.0, 1.4)
+    plds = np.repeat([0.5, 1.0, 1.5, 2.0, 2.5], 8)
+    m0 = np.full(shape, 1000.0)
+    clean = K.pcasl_deltam(cbf[..., None], att[..., None], plds, 1.8, m0[..., None], alpha=0.85)
+    sd = 0.6 * np.abs(clean[x < 8]).mean()
+    dm = clean + rng.normal(0, sd, clean.shape)
+    bad = []
+    if corrupt:
+        volumes, slices = rng.choice(plds.size, 6, replace=False), rng.integers(0, 8, 6)
+        for j, s in zip(volumes, slices, strict=True):
+            dm[:, :, s, j] += 4 * sd + rng.normal(0, sd, shape[:2])
+            bad.append((s, j))
+    params = C.QuantParams(
+        labeling_type="PCASL", pld=tuple(plds), tau=1.8, alpha=0.85, t1b=K.T1_BLOOD[3.0]
+    )
+    return dm, plds, m0, params, cbf, att, bad
+
+
+def test_screen_repeats_drops_the_corrupted_slices_and_restores_the_fit():
+    from asl_pipeline import cbf as C
+
+    dm, plds, m0, params, cbf, att, bad = _multi_pld_series(3, corrupt=True)
+    brain = np.ones(cbf.shape, bool)
+    screen = ol.screen_repeats(dm, plds, brain)
+    assert screen.groups == 5 and screen.keep.shape == (8, 40)
+    dropped = set(zip(*np.nonzero(~screen.keep), strict=True))
+    assert set(bad) <= dropped and len(dropped - set(bad)) <= 2, (bad, dropped)
+    err = {}
+    for label, keep in (("all", None), ("screened", screen.keep)):
+        f, a, _ = C.fit_multi_pld(dm, plds, m0, params, keep=keep)
+        err[label] = (np.mean(np.abs(f - cbf)), np.mean(np.abs(a - att)))
+    assert err["screened"][0] < 0.8 * err["all"][0] and err["screened"][1] < err["all"][1], err
+
+
+def test_screen_repeats_leaves_a_clean_series_nearly_whole():
+    dm, plds, _, _, cbf, _, _ = _multi_pld_series(4, corrupt=False)
+    screen = ol.screen_repeats(dm, plds, np.ones(cbf.shape, bool))
+    assert (~screen.keep).sum() <= 3  # of 320 repeat-slices (1-3 on ten seeds)
+    # delays with fewer than 4 repeats are not screened
+    assert ol.screen_repeats(dm[..., :6], plds[:6], np.ones(cbf.shape, bool)).groups == 1
+    two_each = ol.screen_repeats(dm[..., ::4], plds[::4], np.ones(cbf.shape, bool))
+    assert two_each.groups == 0 and two_each.keep.all()

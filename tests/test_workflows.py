@@ -184,6 +184,10 @@ def test_real_sidecars_build(bids_examples_dir, tmp_path, example):
     if example in ("asl003", "asl004"):  # multi-TI / multi-PLD: kinetic-model fit
         assert "fit_multi_pld" in nodes
         assert "clean_cbf" not in nodes and "dwan_denoise" not in nodes
+        # the repeats are screened unless outlier cleaning is switched off
+        assert nodes["fit_multi_pld"].inputs.screen_repeats is True
+        off = _nodes(_build(bids, tmp_path / "off", "--outlier-method", "none"))
+        assert off["fit_multi_pld"].inputs.screen_repeats is False
     else:
         assert "compute_cbf" in nodes and "fit_multi_pld" not in nodes
     if example == "asl001":  # GE deltam only: no pairs to clean

@@ -184,6 +184,7 @@ def init_asl_preproc_wf(
         m0_recovery=m0_recovery,
         outlier_method=outlier,
         outlier_threshold=outlier_threshold,
+        screen_repeats=outlier_method != "none",
         paocsl_spec_rules=paocsl_spec_rules,
         denoise=denoise and not multi_pld,
         dwan_weights=dwan_weights,

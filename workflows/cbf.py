@@ -43,6 +43,7 @@ def init_cbf_wf(
     m0_recovery: str = "tissue",
     outlier_method: str = "paocsl",
     outlier_threshold: float | None = None,
+    screen_repeats: bool = True,
     paocsl_spec_rules: bool = False,
     denoise: bool = True,
     dwan_weights: str | None = None,
@@ -98,6 +99,11 @@ def init_cbf_wf(
     outlier_method, outlier_threshold
         ``paocsl``, ``score``, ``aoc`` or ``none``; threshold None = the
         method's default.
+    screen_repeats
+        Multi-PLD: drop the slices of repeats that disagree with the other
+        repeats of their delay before the fit
+        (:func:`asl_pipeline.outliers.screen_repeats`; the pipeline sets it
+        unless ``--outlier-method none``).
     paocsl_spec_rules
         Run PAOCSL with the methods spec's literal rules (greedy removal while
         the cost drops at all, consolidation of single-slice flags, motion
@@ -182,7 +188,11 @@ def init_cbf_wf(
 
     if multi_pld:
         fit = pe.Node(
-            ComputeMultiPLDCBF(run_description=run, t1_after_arrival=t1_after_arrival),
+            ComputeMultiPLDCBF(
+                run_description=run,
+                t1_after_arrival=t1_after_arrival,
+                screen_repeats=screen_repeats,
+            ),
             name="fit_multi_pld",
             mem_gb=2 * mem_gb,
         )
@@ -195,6 +205,14 @@ def init_cbf_wf(
                 "with the apparent tissue T1 (1/T1app = 1/T1tissue + f/lambda) after arrival."
                 if t1_after_arrival == "tissue"
                 else "after arrival (the white-paper simplification)."
+            )
+            + (
+                " Before the fit, the slices of repeats that disagreed with the other "
+                "repeats of their delay (root-mean-square deviation from their voxel-wise "
+                "median, robust z-score over the delay's repeats and slices above the "
+                "family-wise threshold) were left out of that delay's mean."
+                if screen_repeats
+                else ""
             )
             + " "
             + constants
