@@ -136,7 +136,7 @@ def m0_text(
         return text + ", taken as an equilibrium value (no recovery correction)"
     if tr is None or not tr > 0:
         return text + ", not corrected for incomplete recovery (its repetition time is unknown)"
-    if tr >= M0_TR_FULL_RECOVERY:
+    if tr >= M0_TR_FULL_RECOVERY and not tissue:
         return text + (
             f"; with a repetition time of {_s(tr)} s (≥ {M0_TR_FULL_RECOVERY:g} s) it was taken "
             "as fully recovered (no recovery correction)"

@@ -63,8 +63,11 @@ def test_pcasl_3d_given_efficiency_single_t1_and_full_recovery(tmp_path):
     assert "labeling efficiency 0.72 (LabelingEfficiency of the sidecar)" in text
     assert "background-suppression" not in text
     assert "blood T1 1.35 s (at 1.5 T)" in text
-    # the factory's M0 scan has TR 6 s: taken as fully recovered
-    assert "repetition time of 6 s" in text and "fully recovered" in text
+    # the factory's M0 scan has TR 6 s: the tissue-weighted correction applies at any
+    # known TR; the spec's single-T1 rule takes it as fully recovered
+    assert "with TR 6 s and a tissue-weighted T1" in text and "fully recovered" not in text
+    single = _methods(bids, tmp_path, "--m0-recovery", "single")
+    assert "repetition time of 6 s" in single and "fully recovered" in single
 
     m0_json = bids / "sub-01" / "perf" / "sub-01_m0scan.json"
     m0_json.write_text(json.dumps({**M0_SIDECAR, "RepetitionTimePreparation": 3.2}))

@@ -641,10 +641,13 @@ def test_tissue_recovery_factor_known_answers():
         pd["gm"] * (1 - np.exp(-tr / t1["gm"])) + pd["csf"] * (1 - np.exp(-tr / t1["csf"]))
     ) / (pd["gm"] + pd["csf"])
     np.testing.assert_allclose(mixed, expected)
-    # no tissue: the single-T1 factor; long or unknown TR: no correction
+    # no tissue: the single-T1 factor; unknown TR: no correction
     empty = C.tissue_recovery_factor(tr, {"gm": zero, "wm": zero, "csf": zero}, 3.0)
     np.testing.assert_allclose(empty, C.m0_recovery_factor(tr, K.t1_tissue(3.0)))
-    assert C.tissue_recovery_factor(6.0, {"gm": one, "wm": zero, "csf": zero}, 3.0) == 1.0
+    # at any known TR, unlike the spec's single-T1 rule (1.0 from 5 s on)
+    at_6s = C.tissue_recovery_factor(6.0, {"gm": one, "wm": zero, "csf": zero}, 3.0)
+    np.testing.assert_allclose(at_6s, 1 - np.exp(-6.0 / 1.6))
+    assert C.m0_recovery_factor(6.0, 1.4) == 1.0
     assert C.tissue_recovery_factor(None, {"gm": one, "wm": zero, "csf": zero}, 3.0) == 1.0
 
 
