@@ -249,8 +249,9 @@ class _ComputeM0InputSpec(_RunInputSpec):
         "tissue",
         "single",
         usedefault=True,
-        desc="incomplete-recovery correction: tissue (each voxel's T1 mix from gm/wm/csf; "
-        "needs the three maps, else single) or single (one tissue T1, the methods spec's)",
+        desc="incomplete-recovery correction: tissue (each voxel's T1 mix from gm/wm/csf, at "
+        "any known TR; needs the three maps, else single) or single (one tissue T1, none "
+        "from 5 s on: the methods spec's)",
     )
 
 

@@ -93,9 +93,9 @@ def init_cbf_wf(
     quantification
         ``"white-paper"`` or ``"asltbx"`` (each pair's control image as M0).
     m0_recovery
-        Correction of the M0 for incomplete recovery (when its TR is known and
-        under 5 s): ``"tissue"`` (each voxel's T1 from its GM/WM/CSF fractions)
-        or ``"single"`` (one tissue T1, the methods spec's).
+        Correction of the M0 for incomplete recovery (when its TR is known):
+        ``"tissue"`` (each voxel's T1 from its GM/WM/CSF fractions, at any TR)
+        or ``"single"`` (one tissue T1, none from 5 s on: the methods spec's).
     outlier_method, outlier_threshold
         ``paocsl``, ``score``, ``aoc`` or ``none``; threshold None = the
         method's default.

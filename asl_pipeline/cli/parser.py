@@ -389,9 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--m0-recovery",
         choices=("tissue", "single"),
         default="tissue",
-        help="M0 incomplete-recovery correction (M0 TR known and < 5 s): tissue (default: "
-        "each voxel's T1 from its GM/WM/CSF fractions) or single (one tissue T1, as in the "
-        "methods spec)",
+        help="M0 incomplete-recovery correction (M0 TR known): tissue (default: each voxel's "
+        "T1 from its GM/WM/CSF fractions, at any TR) or single (one tissue T1 and no "
+        "correction from 5 s on, as in the methods spec)",
     )
     g.add_argument(
         "--quantification",
