@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from asl_pipeline.pvc import lr_pvc
+from asl_pipeline.registration import fractions_to_asl_space, to_asl_space
 
 
 def _load(path) -> np.ndarray:
@@ -37,32 +38,14 @@ def _one(root: Path, pattern: str) -> Path:
     return found[0]
 
 
-def _partial_volumes(out: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The T1w partial-volume fractions averaged over each ASL voxel (``--pvc lr``'s)."""
-    from asl_pipeline.registration import fractions_to_asl_space
-
+def _t1w_maps_in_asl(out: Path, pattern: str, resample) -> tuple[np.ndarray, np.ndarray]:
+    """The anatomical GM and WM maps ``pattern`` (with ``{t}``) brought to the ASL
+    grid by ``resample(image, ref, xfm)`` through the run's stored transform."""
     anat = out.parent / "anat"
     ref = nib.load(_one(out, "*_aslref.nii.gz"))
-    xfm = _one(out, "*_from-asl_to-T1w_mode-image_xfm.mat")
+    xfm = str(_one(out, "*_from-asl_to-T1w_mode-image_xfm.mat"))
     return tuple(
-        fractions_to_asl_space(
-            nib.load(_one(anat, f"*_label-{t}_desc-pv_probseg.nii.gz")), ref, str(xfm)
-        ).get_fdata()
-        for t in ("GM", "WM")
-    )
-
-
-def _centre_sampled(out: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The T1w GM/WM maps read at the ASL voxel centres (the maps before 870f98a)."""
-    from asl_pipeline.registration import to_asl_space
-
-    anat = out.parent / "anat"
-    ref = nib.load(_one(out, "*_aslref.nii.gz"))
-    xfm = _one(out, "*_from-asl_to-T1w_mode-image_xfm.mat")
-    return tuple(
-        to_asl_space(
-            nib.load(_one(anat, f"*_label-{t}_probseg.nii.gz")), ref, str(xfm)
-        ).get_fdata()
+        resample(nib.load(_one(anat, pattern.format(t=t))), ref, xfm).get_fdata()
         for t in ("GM", "WM")
     )
 
@@ -87,11 +70,15 @@ def main(argv=None):
     measured = np.where(measured != 0, measured, np.nan)
     stored = _load(_one(out, "*_desc-pvcGM_cbf.nii.gz"))
     fractions = {"true": (gm, wm)}
-    fractions["pipeline partial vol"] = _partial_volumes(out)
+    # the partial volumes averaged over each ASL voxel (what --pvc lr reads), and the
+    # posteriors read at the voxel centres (the maps before 870f98a)
+    fractions["pipeline partial vol"] = _t1w_maps_in_asl(
+        out, "*_label-{t}_desc-pv_probseg.nii.gz", fractions_to_asl_space
+    )
     fractions["posteriors voxel-avg"] = tuple(
         _load(_one(out, f"*_label-{t}_probseg.nii.gz")) for t in ("GM", "WM")
     )
-    fractions["centre-sampled"] = _centre_sampled(out)
+    fractions["centre-sampled"] = _t1w_maps_in_asl(out, "*_label-{t}_probseg.nii.gz", to_asl_space)
     band = (true_cbf > 0) & (gm >= 0.3) & (gm <= 0.7) & np.isfinite(measured)
     print(f"{'CBF':10s} {'fractions':20s} {'GM bias':>8s} {'net':>7s} {'coverage':>8s}")
     for cbf_name, cbf in (("measured", measured), ("true", true_cbf)):
