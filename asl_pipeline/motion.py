@@ -552,6 +552,8 @@ class RealignResult:
     #: with a field correction: the reference of the series resliced for motion only,
     #: still distorted (the "before" of the correction); None without one
     reference_distorted: np.ndarray | None = None
+    #: what ``zigzag_method="detect"`` measured and removed; None with another method
+    zigzag_offset: ZigzagOffset | None = None
 
 
 def _check_image(data, name, file, ndim):
@@ -891,9 +893,13 @@ def apply_realignment(
         centre = grid_centre(data.shape, affine)
     zig = zigzag_regressor(volume_types)
     raw = np.asarray(params_raw, dtype=float)
-    clean = (
-        clean_params(raw, volume_types, zigzag_method) if remove_zigzag_from_params else raw.copy()
-    )
+    offset = None
+    if not remove_zigzag_from_params:
+        clean = raw.copy()
+    elif zigzag_method == "detect":  # keep what the detection found, for the log
+        clean, offset = detect_zigzag(raw, volume_types)
+    else:
+        clean = clean_params(raw, volume_types, zigzag_method)
     if reslice_mode not in RESLICE_MODES:
         raise ValueError(f"reslice_mode must be one of {RESLICE_MODES}, not {reslice_mode!r}")
     field, asl_pe, m0_pe = None, None, None
@@ -941,6 +947,7 @@ def apply_realignment(
         rmsd=rms_displacement(clean, centre, fd_radius),
         centre=centre,
         reference_distorted=ref_distorted,
+        zigzag_offset=offset,
     )
 
 

@@ -190,7 +190,7 @@ class ASLRealign(SimpleInterface):
             res.fd.max(),
             np.round(np.abs(res.params_raw - res.params).mean(0), 5),
         )
-        log_zigzag_offset(res, types, inp)
+        log_zigzag_offset(res)
         self._results.update(write_realign_outputs(res, inp.asl_file, img, runtime.cwd))
         if res.m0_corrected is not None:
             m0_img = nb.load(inp.m0_file)
@@ -203,11 +203,11 @@ class ASLRealign(SimpleInterface):
         return runtime
 
 
-def log_zigzag_offset(res: core.RealignResult, volume_types, inp) -> None:
+def log_zigzag_offset(res: core.RealignResult) -> None:
     """Log what ``--hmc-zigzag detect`` found in the raw estimates and removed."""
-    if not (inp.remove_zigzag and inp.zigzag_method == "detect"):
+    offset = res.zigzag_offset
+    if offset is None:
         return
-    _, offset = core.detect_zigzag(res.params_raw, volume_types)
     LOGGER.info(
         "control - label offset of the motion estimates (tx ty tz mm, rx ry rz rad): "
         "%s, t %s; removed on %d of 6 parameters; %d pairs put on the trend",

@@ -139,7 +139,7 @@ class SPMASLRealign(SimpleInterface):
             reslice_mode=inp.reslice_mode,
             sdc=field_correction(inp),
         )
-        log_zigzag_offset(res, types, inp)
+        log_zigzag_offset(res)
         self._results.update(write_realign_outputs(res, inp.asl_file, img, runtime.cwd))
         if res.m0_corrected is not None:
             m0_img = nb.load(inp.m0_file)

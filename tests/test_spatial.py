@@ -70,6 +70,15 @@ def test_asl_realign_interface(tmp_path, caplog):
     # the same function of the core gives the same series
     core = mo.realign_asl(s["vols"], s["aff"], s["types"], m0=s["vols"][..., 0] * 1.2)
     np.testing.assert_allclose(nb.load(out.asl_corrected).get_fdata(), core.corrected, atol=1e-3)
+    # the default detection's findings travel with the result (what the log reports)
+    clean, offset = mo.detect_zigzag(core.params_raw, s["types"])
+    np.testing.assert_array_equal(core.params, clean)
+    np.testing.assert_array_equal(core.zigzag_offset.amplitude, offset.amplitude)
+    assert core.zigzag_offset.still_pairs == offset.still_pairs
+    other = mo.apply_realignment(
+        s["vols"], s["aff"], s["types"], core.params_raw, zigzag_method="interpolate"
+    )
+    assert other.zigzag_offset is None
 
 
 def test_hmc_workflow_embedded_runs(tmp_path):
