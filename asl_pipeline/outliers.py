@@ -1018,8 +1018,13 @@ class RepeatScreen:
     """Outputs of :func:`screen_repeats`."""
 
     keep: np.ndarray  #: (n_slices, n) bool: the volume's slice enters its PLD's mean
-    threshold: float  #: robust z above which a slice of a repeat was dropped
-    groups: int  #: delays with enough repeats to be screened
+    #: per screened delay, the robust z above which a slice of a repeat was dropped
+    thresholds: tuple
+
+    @property
+    def groups(self) -> int:
+        """Delays with enough repeats to be screened."""
+        return len(self.thresholds)
 
 
 def screen_repeats(
@@ -1047,7 +1052,8 @@ def screen_repeats(
 
     ``deltam``: ``(x, y, z, n)``; ``plds``: ``(n,)`` delay of each volume
     (rounded to 1e-9 s to group); ``mask``: brain mask. Non-finite voxels are
-    left out of the statistics. Returns the slice x volume ``keep`` matrix.
+    left out of the statistics. Returns the slice x volume ``keep`` matrix
+    and the threshold of each screened delay.
     """
     dm = np.asarray(deltam, dtype=float)
     plds = np.asarray(plds, dtype=float)
@@ -1057,8 +1063,7 @@ def screen_repeats(
     nz, n = dm.shape[2], dm.shape[3]
     keep = np.ones((nz, n), dtype=bool)
     _, inverse = np.unique(np.round(plds, 9), return_inverse=True)
-    used = None
-    groups = 0
+    thresholds = []
     for k in range(inverse.max() + 1):
         idx = np.flatnonzero(inverse == k)
         if idx.size < min_repeats:
@@ -1074,18 +1079,14 @@ def screen_repeats(
                 ratios[s] = np.log(rms / np.median(rms))
         if not ratios:
             continue
-        groups += 1
         values = np.concatenate(list(ratios.values()))
         centre, spread = _median_robust_sd(values)
         used = family_threshold(values.size) if threshold is None else float(threshold)
+        thresholds.append(used)
         if spread <= 0:
             continue
         for s, r in ratios.items():
             bad = (r - centre) / spread > used
             if bad.sum() <= idx.size // 2:
                 keep[s, idx[bad]] = False
-    return RepeatScreen(
-        keep=keep,
-        threshold=float(used if used is not None else (threshold or 0.0)),
-        groups=groups,
-    )
+    return RepeatScreen(keep=keep, thresholds=tuple(thresholds))

@@ -533,7 +533,7 @@ class ComputeMultiPLDCBF(SimpleInterface):
                     "Description": "slices of repeats that disagreed with the other repeats "
                     "of their delay (RMS deviation from their voxel-wise median) were left "
                     "out of that delay's mean",
-                    "Threshold": screen.threshold,
+                    "Thresholds": [round(t, 4) for t in screen.thresholds],
                     "ScreenedDelays": screen.groups,
                     "DroppedSlices": dropped,
                     "SlicesPerVolume": int(keep.shape[0]),

@@ -584,6 +584,8 @@ def test_screen_repeats_drops_the_corrupted_slices_and_restores_the_fit():
     brain = np.ones(cbf.shape, bool)
     screen = ol.screen_repeats(dm, plds, brain)
     assert screen.groups == 5 and screen.keep.shape == (8, 40)
+    # each delay's threshold: the family-wise one of its 8 slices x 8 repeats
+    assert screen.thresholds == (ol.family_threshold(64),) * 5
     dropped = set(zip(*np.nonzero(~screen.keep), strict=True))
     assert set(bad) <= dropped and len(dropped - set(bad)) <= 2, (bad, dropped)
     err = {}
