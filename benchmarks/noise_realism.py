@@ -10,23 +10,40 @@ series of
   :class:`~asl_pipeline.simulate.noise.PairNoise` drawn around a clean
   subject of each generator (what ``asl-train --synthetic`` learns from);
 * ``rician-mni``: the image-domain thermal + physiological noise of
-  ``simulate_cbf_series`` (what the earlier shipped weights learned from).
+  ``simulate_cbf_series`` (what the earlier shipped weights learned from);
+* ``measured``, with ``--series``: a per-pair CBF series written by the
+  pipeline (``desc-timeseries_cbf``, motion-corrected and resliced) and its
+  ``desc-brain_mask``, e.g. of that same scan.
 
 Usage::
 
-    python benchmarks/noise_realism.py
+    python benchmarks/noise_realism.py [--series TIMESERIES_CBF --mask BRAIN_MASK]
 """
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
+
+import nibabel as nib
 import numpy as np
 
 from asl_pipeline import lfn
 from asl_pipeline.simulate import noise, simulate_cbf_series
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--series", type=Path, help="a desc-timeseries_cbf image")
+    parser.add_argument("--mask", type=Path, help="its desc-brain_mask image")
+    args = parser.parse_args(argv)
+    if (args.series is None) != (args.mask is None):
+        parser.error("--series and --mask go together")
     cols = {"real": noise.REAL_SCAN_STATISTICS}
+    if args.series is not None:
+        series = np.asanyarray(nib.load(args.series).dataobj).astype(float)
+        mask = np.asanyarray(nib.load(args.mask).dataobj) > 0
+        cols["measured"] = noise.noise_statistics(np.nan_to_num(series), mask)
     rng = np.random.default_rng(0)
     for name, subj in (
         ("pairs-mni", lfn.mni_subject(9, 0)),

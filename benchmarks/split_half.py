@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 PAIR_TYPES = ("control", "label")
+SIGMAS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # voxels
 
 
 def read_context(path: Path) -> list[str]:
@@ -102,22 +103,57 @@ def gm_wm(cbf: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> float:
     return float(np.nanmean(cbf[g]) / np.nanmean(cbf[w]))
 
 
-def judge(first_out: Path, rest_out: Path) -> list[dict]:
+def gaussian_baselines(plain: np.ndarray, rest: np.ndarray, mask: np.ndarray) -> dict:
+    """Gaussian blurs of the plain N-pair mean: the baselines a denoiser must beat.
+
+    ``blur sigma 0.5`` is a fixed in-plane and through-plane sigma of half a
+    voxel; ``blur best`` is the sigma of :data:`SIGMAS` closest to the rest,
+    chosen on the very reference it is judged against (so an upper bound on
+    what a blur can do, not a usable setting).
+    """
+    filled = np.where(mask, np.nan_to_num(plain), 0.0)
+    weight = mask.astype(float)
+
+    def blur(sigma):  # normalised inside the mask, so the edge does not fade
+        num = ndimage.gaussian_filter(filled, sigma)
+        den = ndimage.gaussian_filter(weight, sigma)
+        return np.where(den > 1e-3, num / np.maximum(den, 1e-3), np.nan)
+
+    blurred = {s: blur(s) for s in SIGMAS}
+    best = min(SIGMAS, key=lambda s: rms(blurred[s], rest, mask))
+    return {"blur sigma 0.5": blurred[0.5], f"blur best (sigma {best})": blurred[best]}
+
+
+def judge(first_out: Path, rest_out: Path, plain_out: Path | None = None) -> list[dict]:
+    """One row per run and CBF map of ``first_out``, scored against ``rest_out``.
+
+    The plain N-pair mean (``desc-mean``) is read from ``first_out``, or, for a
+    configuration that writes none (smoothing renames it), from ``plain_out``.
+    """
     rows = []
     for mask_file in sorted(first_out.rglob("*_desc-brain_mask.nii.gz")):
         stem = mask_file.name.removesuffix("_desc-brain_mask.nii.gz")
+        if not any(mask_file.parent.glob(f"{stem}_desc-*_cbf.nii.gz")):
+            continue  # the T1w's mask in anat/
         rel = mask_file.parent.relative_to(first_out)
         rest = _load(rest_out / rel / f"{stem}_desc-mean_cbf.nii.gz")
         mask = _load(mask_file) > 0
         gm = _load(mask_file.with_name(f"{stem}_label-GM_probseg.nii.gz"))
         wm = _load(mask_file.with_name(f"{stem}_label-WM_probseg.nii.gz"))
-        plain = _load(mask_file.with_name(f"{stem}_desc-mean_cbf.nii.gz"))
+        plain_file = mask_file.with_name(f"{stem}_desc-mean_cbf.nii.gz")
+        if not plain_file.exists() and plain_out is not None:
+            plain_file = plain_out / rel / plain_file.name
+        if not plain_file.exists():
+            raise FileNotFoundError(
+                f"{plain_file}: no plain {stem} mean to compare with; run the "
+                "configuration with --label plain -- --outlier-method none first"
+            )
+        plain = _load(plain_file)
         base = rms(plain, rest, mask)
-        maps = {"blur (FWHM 1 voxel)": ndimage.gaussian_filter(
-            np.nan_to_num(plain), (1 / 2.3548, 1 / 2.3548, 0))}  # fmt: skip
+        maps = gaussian_baselines(plain, rest, mask)
         for path in sorted(mask_file.parent.glob(f"{stem}_desc-*_cbf.nii.gz")):
             desc = path.name.split("_desc-")[1].removesuffix("_cbf.nii.gz")
-            if desc not in ("timeseries", "qualitycontrol"):
+            if nib.load(path).ndim == 3:  # not the per-pair series
                 maps[desc] = _load(path)
         for desc, cbf in maps.items():
             value = rms(cbf, rest, mask)
@@ -137,13 +173,22 @@ def main(argv=None) -> int:
     parser.add_argument("bids_dir", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--n-pairs", type=int, default=10)
+    parser.add_argument(
+        "--label",
+        default="",
+        help="name of this configuration: several labels under one --out share the cut "
+        "datasets, the rest's run and the first part's work directory (the anatomical "
+        "and registration steps run once)",
+    )
     args = parser.parse_args(argv)
     out = args.out.resolve()
+    suffix = f"-{args.label}" if args.label else ""
     first = split_dataset(args.bids_dir, out / "bids_first", args.n_pairs, first=True)
     rest = split_dataset(args.bids_dir, out / "bids_rest", args.n_pairs, first=False)
-    run(first, out / "out_first", out / "work_first", extra)
+    run(first, out / f"out_first{suffix}", out / "work_first", extra)
     run(rest, out / "out_rest", out / "work_rest", ["--outlier-method", "none"])
-    rows = judge(out / "out_first", out / "out_rest")
+    plain_out = out / "out_first-plain"
+    rows = judge(out / f"out_first{suffix}", out / "out_rest", plain_out)
     print("| run | map | RMS to rest | RMS plain | ratio | GM/WM | GM/WM rest |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -151,7 +196,7 @@ def main(argv=None) -> int:
             f"| {r['run']} | {r['map']} | {r['rms']:.2f} | {r['rms_plain']:.2f} | "
             f"{r['ratio']:.3f} | {r['gmwm']:.2f} | {r['gmwm_rest']:.2f} |"
         )
-    (out / "split_half.json").write_text(json.dumps(rows, indent=1))
+    (out / f"split_half{suffix}.json").write_text(json.dumps(rows, indent=1))
     return 0
 
 

@@ -56,3 +56,56 @@ def test_split_dataset_writes_consistent_parts(tmp_path):
         side = json.loads(c.with_name(c.name.replace("_aslcontext.tsv", "_asl.json")).read_text())
         assert side.get("TotalAcquiredPairs", len(vols) // 2) == len(vols) // 2
     assert np.asanyarray(nib.load(asl.get_filename()).dataobj).shape[-1] == 12  # input untouched
+
+
+def _save(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.Nifti1Image(np.asarray(data, np.float32), np.eye(4)).to_filename(path)
+
+
+def test_judge_scores_maps_against_the_rest_and_skips_the_t1w_mask(tmp_path):
+    rng = np.random.default_rng(0)
+    shape = (16, 16, 6)
+    truth = np.full(shape, 40.0)
+    truth[:8] = 80.0  # "GM" half at twice the "WM" half
+    gm = np.zeros(shape)
+    gm[:8] = 1.0
+    first, rest = tmp_path / "first" / "sub-01" / "perf", tmp_path / "rest" / "sub-01" / "perf"
+    stem = "sub-01"
+    noisy = truth + rng.normal(0, 10, shape)
+    for folder, cbf in ((first, noisy), (rest, truth + rng.normal(0, 1, shape))):
+        _save(folder / f"{stem}_desc-mean_cbf.nii.gz", cbf)
+    _save(first / f"{stem}_desc-brain_mask.nii.gz", np.ones(shape))
+    _save(first / f"{stem}_label-GM_probseg.nii.gz", gm)
+    _save(first / f"{stem}_label-WM_probseg.nii.gz", 1 - gm)
+    _save(first / f"{stem}_desc-oracle_cbf.nii.gz", truth)
+    # the anatomical mask has no CBF beside it: not a run to judge
+    _save(first.parent / "anat" / f"{stem}_desc-brain_mask.nii.gz", np.ones((4, 4, 4)))
+    rows = {r["map"]: r for r in split_half.judge(tmp_path / "first", tmp_path / "rest")}
+    assert rows["mean"]["ratio"] == pytest.approx(1.0)
+    assert rows["oracle"]["ratio"] < 0.2  # the truth is closest to the rest
+    assert rows["oracle"]["gmwm"] == pytest.approx(2.0)
+    best = next(k for k in rows if k.startswith("blur best"))
+    assert rows[best]["rms"] <= rows["blur sigma 0.5"]["rms"] + 1e-9
+    assert rows[best]["rms"] < rows["mean"]["rms"]  # blurring white noise helps
+
+
+def test_judge_reads_the_plain_mean_of_another_run_when_smoothed(tmp_path):
+    shape = (8, 8, 4)
+    perf = "sub-01/perf/sub-01"
+    ones = np.ones(shape)
+    for name in ("smooth", "plain"):
+        _save(tmp_path / name / f"{perf}_desc-brain_mask.nii.gz", ones)
+        _save(tmp_path / name / f"{perf}_label-GM_probseg.nii.gz", ones)
+        _save(tmp_path / name / f"{perf}_label-WM_probseg.nii.gz", ones)
+    _save(tmp_path / "smooth" / f"{perf}_desc-meanSmooth3mm_cbf.nii.gz", 52 * ones)
+    _save(tmp_path / "plain" / f"{perf}_desc-mean_cbf.nii.gz", 60 * ones)
+    _save(tmp_path / "rest" / f"{perf}_desc-mean_cbf.nii.gz", 50 * ones)
+    with pytest.raises(FileNotFoundError, match="--label plain"):
+        split_half.judge(tmp_path / "smooth", tmp_path / "rest")
+    rows = {
+        r["map"]: r
+        for r in split_half.judge(tmp_path / "smooth", tmp_path / "rest", tmp_path / "plain")
+    }
+    assert rows["meanSmooth3mm"]["rms"] == pytest.approx(2.0)
+    assert rows["meanSmooth3mm"]["rms_plain"] == pytest.approx(10.0)
