@@ -26,6 +26,7 @@ against it are reported, as for any simulated subject.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -403,8 +404,12 @@ class SeriesSampler:
         pairs = np.stack([[pad(self, series[:, :, z, p]) for p in range(n_pairs)] for z in zs])
         self.pairs = torch.from_numpy(pairs.astype(np.float32)).to(self.device)
 
-    def batch(self, batch_size: int, gen, n: int | None = None):
-        """As :meth:`PairSampler.batch`, from the run's own pairs."""
+    def batch(self, batch_size: int, gen, n: int | None = None, slices=None):
+        """As :meth:`PairSampler.batch`, from the run's own pairs.
+
+        ``slices``: indices (into the sampler's brain slices) to draw from;
+        default all.
+        """
         import torch
 
         if n is None:
@@ -413,11 +418,25 @@ class SeriesSampler:
                     2, max(3, self.n_max // 2 + 1), (), generator=gen, device=self.device
                 )
             )
-        k = torch.randint(len(self.pairs), (batch_size,), generator=gen, device=self.device)
+        pool = torch.as_tensor(
+            list(range(len(self.pairs))) if slices is None else list(slices), device=self.device
+        )
+        k = pool[torch.randint(len(pool), (batch_size,), generator=gen, device=self.device)]
         top, left = _crop_corners(self.size, self.patch, batch_size, gen, self.device)
+        return self._examples(k.tolist(), top, left, self.patch, n, gen)
+
+    def whole_slices(self, slices, gen, n: int):
+        """One example per slice of ``slices``: the whole (padded) slice, ``n`` random
+        pairs in, the mean of the others as the target. For validation."""
+        zeros = [0] * len(slices)
+        return self._examples(list(slices), zeros, zeros, self.size, n, gen)
+
+    def _examples(self, k, top, left, patch, n, gen):
+        import torch
+
         xs, ys, ms, anats = [], [], [], []
-        for b in range(batch_size):
-            sl = (slice(top[b], top[b] + self.patch), slice(left[b], left[b] + self.patch))
+        for b in range(len(k)):
+            sl = (slice(top[b], top[b] + patch), slice(left[b], left[b] + patch))
             order = torch.randperm(self.n_max, generator=gen, device=self.device)
             pairs = self.pairs[k[b]][:, sl[0], sl[1]]
             inp, rest = pairs[order[:n]], pairs[order[n:]]
@@ -468,6 +487,12 @@ def _input_channels(channels, cbf, noise, anat, mask):
     return torch.cat([named[c] for c in channels], dim=1) * mask
 
 
+#: Every how many fine-tuning steps the held-out slices are scored.
+FINETUNE_CHECK_EVERY = 10
+#: Every how many brain slices one is held out to score the fine-tuning.
+FINETUNE_HOLDOUT_EVERY = 4
+
+
 def finetune(
     model,
     series,
@@ -480,13 +505,24 @@ def finetune(
     seed: int = 0,
     device="cpu",
     max_steps: int = 10_000,
+    early_stopping: bool = True,
 ):
     """Fine-tune ``model`` in place on one run's own pairs for at most ``seconds``.
 
     Subject-level learning from noise: :class:`SeriesSampler` examples, L1
-    loss over the mask, Adam at ``lr``. Returns ``{"steps", "seconds",
-    "loss_first", "loss_last"}``. Seeded: the same run, seed and number of
-    steps give the same weights.
+    loss over the mask, Adam at ``lr``. With ``early_stopping`` (and at least
+    4 brain slices) every :data:`FINETUNE_HOLDOUT_EVERY`-th slice is held out
+    of the training: every :data:`FINETUNE_CHECK_EVERY` steps the model is
+    scored there (squared error of its output for half the pairs against the
+    mean of the other half: both noisy and independent, so the score is the
+    error against the truth plus a constant) and the best weights, the
+    starting ones included, are kept. On a few pairs the fine-tuning starts
+    to fit their noise after a few hundred steps (a real 10-pair run:
+    ``benchmarks/RESULTS.md``, "A real scan"); the held-out score stops it.
+
+    Returns ``{"steps", "seconds", "loss_first", "loss_last"}`` and, with
+    early stopping, ``"best_step"``, ``"holdout_first"`` and ``"holdout_best"``.
+    Seeded: the same run, seed and number of steps give the same weights.
     """
     import torch
 
@@ -496,23 +532,54 @@ def finetune(
     sampler = SeriesSampler(series, mask, maps or {}, channels, device=device)
     gen = torch.Generator(device=torch.device(device))
     gen.manual_seed(seed)
+    n_slices = len(sampler.pairs)
+    held = list(range(1, n_slices, FINETUNE_HOLDOUT_EVERY)) if early_stopping else []
+    if n_slices < 4:
+        held = []
+    train = [k for k in range(n_slices) if k not in held] or None
+    holdout = None
+    if held:
+        val_gen = torch.Generator(device=torch.device(device))
+        val_gen.manual_seed(seed + 1)
+        holdout = [sampler.whole_slices(held, val_gen, sampler.n_max // 2) for _ in range(2)]
+
+    def score():
+        model.eval()
+        with torch.no_grad():
+            total = sum(masked_loss(model(x), y, m, "l2") for x, y, m, _ in holdout)
+        model.train()
+        return float(total) / len(holdout)
+
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.to(device).train()
+    record = {}
+    if holdout:
+        best = score()
+        record = {"best_step": 0, "holdout_first": best, "holdout_best": best}
+        best_state = copy.deepcopy(model.state_dict())
     start, losses, step = time.monotonic(), [], 0
     while step < max_steps and time.monotonic() - start < seconds:
-        x, y, m, _ = sampler.batch(batch_size, gen)
+        x, y, m, _ = sampler.batch(batch_size, gen, slices=train)
         loss = masked_loss(model(x), y, m, "l1")
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
         step += 1
+        if holdout and step % FINETUNE_CHECK_EVERY == 0:
+            value = score()
+            if value < record["holdout_best"]:
+                record.update(best_step=step, holdout_best=value)
+                best_state = copy.deepcopy(model.state_dict())
+    if holdout:
+        model.load_state_dict(best_state)
     model.eval()
     return {
         "steps": step,
         "seconds": round(time.monotonic() - start, 1),
         "loss_first": losses[0] if losses else None,
         "loss_last": float(np.mean(losses[-10:])) if losses else None,
+        **record,
     }
 
 

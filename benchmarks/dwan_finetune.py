@@ -4,7 +4,8 @@ For each held-out subject (``--test``, from :func:`asl_pipeline.lfn.save_subject
 draws ``--pairs`` realistic pairs, denoises their mean with the shipped
 weights as they are and after ``--seconds`` of fine-tuning on those same
 pairs (:func:`asl_pipeline.lfn.finetune`; random subsets of the run's pairs
-predict the mean of the others), and prints PSNR against the clean map and
+predict the mean of the others), without and with its early stopping on
+held-out slices, and prints PSNR against the clean map and
 GM/WM as % of the clean map's, next to the plain mean. The fine-tuning runs
 on the CPU with the threads given (the issue's budget: 60 s on 2 cores).
 
@@ -47,23 +48,30 @@ def main(argv=None):
         mean = pairs.mean(-1)
         extra = {**s.maps(), "noise": noise_sd_map(pairs, s.mask)}
         model, _ = load_model()
-        before = denoise_volume(model, mean, s.mask, extra=extra)
-        fit = lfn.finetune(model, pairs, s.mask, s.maps(), seconds=args.seconds)
-        after = denoise_volume(model, mean, s.mask, extra=extra)
+        maps = [mean, denoise_volume(model, mean, s.mask, extra=extra)]
+        notes = []
+        for early in (False, True):  # side by side, from the same shipped weights
+            model, _ = load_model()
+            fit = lfn.finetune(
+                model, pairs, s.mask, s.maps(), seconds=args.seconds, early_stopping=early
+            )
+            maps.append(denoise_volume(model, mean, s.mask, extra=extra))
+            kept = f", kept step {fit['best_step']}" if early else ""
+            notes.append(f"{fit['steps']} steps{kept}")
         c0 = contrast(s.cbf, s)
-        row = [psnr(x, s.cbf, s.mask) for x in (mean, before, after)]
-        row += [100 * contrast(x, s) / c0 for x in (mean, before, after)]
+        row = [psnr(x, s.cbf, s.mask) for x in maps]
+        row += [100 * contrast(x, s) / c0 for x in maps]
         rows.append(row)
         print(
-            f"{s.name}: PSNR mean {row[0]:.2f}, shipped {row[1]:.2f}, fine-tuned {row[2]:.2f} dB "
-            f"({fit['steps']} steps in {fit['seconds']} s); GM/WM % {row[3]:.1f} / "
-            f"{row[4]:.1f} / {row[5]:.1f}",
+            f"{s.name}: PSNR {' / '.join(f'{v:.2f}' for v in row[:4])} dB; GM/WM % "
+            f"{' / '.join(f'{v:.1f}' for v in row[4:])} ({'; '.join(notes)})",
             flush=True,
         )
     a = np.array(rows).mean(0)
     print(
-        f"mean of {len(rows)}: PSNR {a[0]:.2f} / {a[1]:.2f} / {a[2]:.2f} dB, "
-        f"GM/WM % {a[3]:.1f} / {a[4]:.1f} / {a[5]:.1f} (plain mean / shipped / fine-tuned)"
+        f"mean of {len(rows)}: PSNR {' / '.join(f'{v:.2f}' for v in a[:4])} dB, GM/WM % "
+        f"{' / '.join(f'{v:.1f}' for v in a[4:])} (plain mean / shipped / fine-tuned / "
+        "fine-tuned with early stopping)"
     )
 
 

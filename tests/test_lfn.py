@@ -8,6 +8,7 @@ from asl_pipeline import lfn
 from asl_pipeline.models import DWAN
 from asl_pipeline.models.channels import noise_sd_map
 from asl_pipeline.simulate import noise
+from asl_pipeline.training import masked_loss
 
 
 def _clean(seed=0, shape=(40, 44, 8)):
@@ -107,6 +108,57 @@ def test_finetune_on_own_pairs_is_seeded_and_learns():
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert fit["steps"] == 15 and fit["loss_last"] < fit["loss_first"]
     assert torch.equal(weights[0], weights[1])
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return DWAN(
+        width=8,
+        expansion=2,
+        depth=1,
+        global_dilations=(2,),
+        channels=("cbf", "noise", "gm", "wm"),
+        scale_by_noise=True,
+    )
+
+
+def test_finetune_early_stopping_keeps_the_best_held_out_weights():
+    subj = _clean(shape=(40, 40, 8))
+    series = subj.draw_pairs(np.random.default_rng(3), 8)
+    model = _tiny_model()
+    fit = lfn.finetune(
+        model, series, subj.mask, subj.maps(), seconds=60, max_steps=40, batch_size=4, lr=3e-2
+    )
+    assert fit["steps"] == 40
+    assert fit["holdout_best"] <= fit["holdout_first"]
+    assert fit["best_step"] % lfn.FINETUNE_CHECK_EVERY == 0
+    # re-score the returned weights on the same held-out slices (slices 1 and 5 of 8)
+    sampler = lfn.SeriesSampler(series, subj.mask, subj.maps(), model.config["channels"])
+    gen = torch.Generator()
+    gen.manual_seed(1)
+    held = list(range(1, 8, lfn.FINETUNE_HOLDOUT_EVERY))
+    examples = [sampler.whole_slices(held, gen, 4) for _ in range(2)]
+    with torch.no_grad():
+        score = sum(float(masked_loss(model(x), y, m, "l2")) for x, y, m, _ in examples) / len(
+            examples
+        )
+    assert score == pytest.approx(fit["holdout_best"], rel=1e-5)
+
+
+def test_finetune_without_early_stopping_keeps_the_last_weights():
+    subj = _clean(shape=(40, 40, 8))
+    series = subj.draw_pairs(np.random.default_rng(3), 8)
+    model = _tiny_model()
+    fit = lfn.finetune(
+        model,
+        series,
+        subj.mask,
+        subj.maps(),
+        max_steps=5,
+        batch_size=4,
+        early_stopping=False,
+    )
+    assert fit["steps"] == 5 and "best_step" not in fit
 
 
 def test_finetune_refuses_too_few_pairs():

@@ -327,8 +327,9 @@ def init_cbf_wf(
             "given the map's noise level (estimated from the per-pair series) and the GM/WM "
             "probability maps as extra input channels"
             + (
-                f", after {float(dwan_finetune):g} s of fine-tuning on the run's own pairs "
-                "(subject-level learning from noise)."
+                f", after up to {float(dwan_finetune):g} s of fine-tuning on the run's own "
+                "pairs (subject-level learning from noise), keeping the weights that scored "
+                "best on held-out slices."
                 if dwan_finetune
                 else "."
             )

@@ -191,8 +191,9 @@ def get_parser() -> argparse.ArgumentParser:
         "--subject-finetune",
         type=float,
         metavar="SECONDS",
-        help="fine-tune --init-weights on each run's own pairs for this long, one model "
-        "per run (<out>/<run>_model.pt)",
+        help="fine-tune --init-weights on each run's own pairs for at most this long, "
+        "keeping the weights that score best on held-out slices; one model per run "
+        "(<out>/<run>_model.pt)",
     )
     sim = parser.add_argument_group("simulation (--simulate)")
     sim.add_argument(
