@@ -533,10 +533,10 @@ def finetune(
     gen = torch.Generator(device=torch.device(device))
     gen.manual_seed(seed)
     n_slices = len(sampler.pairs)
-    held = list(range(1, n_slices, FINETUNE_HOLDOUT_EVERY)) if early_stopping else []
-    if n_slices < 4:
-        held = []
-    train = [k for k in range(n_slices) if k not in held] or None
+    held = []
+    if early_stopping and n_slices >= 4:
+        held = list(range(1, n_slices, FINETUNE_HOLDOUT_EVERY))
+    train = [k for k in range(n_slices) if k not in held]
     holdout = None
     if held:
         val_gen = torch.Generator(device=torch.device(device))

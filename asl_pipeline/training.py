@@ -43,7 +43,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.metrics import psnr, ssim
@@ -124,6 +123,7 @@ def pseudo_ground_truth(
         picks PAOCSL when tissue maps are given and AOC otherwise.
     """
     from asl_pipeline import outliers
+    from asl_pipeline.nuisance import smooth_in_mask
 
     series = np.asarray(series, dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)
@@ -132,9 +132,7 @@ def pseudo_ground_truth(
     mean = outliers.clean(cleaning or "mean", series, gm=gm, wm=wm, mask=mask).mean_cbf
     if fwhm and fwhm > 0:
         sigma = fwhm_to_sigma(fwhm, voxel_size)
-        num = ndimage.gaussian_filter(np.where(mask, mean, 0.0), sigma)
-        den = ndimage.gaussian_filter(mask.astype(float), sigma)
-        mean = np.where(mask, num / np.maximum(den, 1e-6), 0.0)
+        mean = np.where(mask, smooth_in_mask(mean, mask, sigma), 0.0)
     return mean.astype(np.float32)
 
 

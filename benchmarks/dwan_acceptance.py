@@ -40,13 +40,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from asl_pipeline import lfn
 from asl_pipeline.metrics import psnr
 from asl_pipeline.models import load_model
 from asl_pipeline.models.channels import noise_sd_map
 from asl_pipeline.models.inference import denoise_volume
+from asl_pipeline.nuisance import smooth_in_mask
 
 #: In-plane misregistrations (voxels) of the tissue maps tried on guided models.
 SHIFTS = ((1, 0), (1, 1), (2, 0))
@@ -58,10 +58,7 @@ def blur(volume, mask, sigma):
     """In-plane Gaussian blur normalised within the mask (no darkening at the edge)."""
     if sigma <= 0:
         return np.where(mask, volume, 0.0)
-    s = (sigma, sigma, 0.0)
-    num = ndimage.gaussian_filter(np.where(mask, volume, 0.0), s)
-    den = ndimage.gaussian_filter(mask.astype(float), s)
-    return np.where(mask, num / np.maximum(den, 1e-6), 0.0)
+    return np.where(mask, smooth_in_mask(volume, mask, (sigma, sigma, 0.0)), 0.0)
 
 
 def draw(subject, index, n_pairs=50):

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage
+
+from asl_pipeline.nuisance import smooth_in_mask
 
 PAIR_TYPES = ("control", "label")
 SIGMAS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # voxels
@@ -111,15 +112,8 @@ def gaussian_baselines(plain: np.ndarray, rest: np.ndarray, mask: np.ndarray) ->
     chosen on the very reference it is judged against (so an upper bound on
     what a blur can do, not a usable setting).
     """
-    filled = np.where(mask, np.nan_to_num(plain), 0.0)
-    weight = mask.astype(float)
-
-    def blur(sigma):  # normalised inside the mask, so the edge does not fade
-        num = ndimage.gaussian_filter(filled, sigma)
-        den = ndimage.gaussian_filter(weight, sigma)
-        return np.where(den > 1e-3, num / np.maximum(den, 1e-3), np.nan)
-
-    blurred = {s: blur(s) for s in SIGMAS}
+    filled = np.nan_to_num(plain)
+    blurred = {s: smooth_in_mask(filled, mask, s, floor=1e-3) for s in SIGMAS}
     best = min(SIGMAS, key=lambda s: rms(blurred[s], rest, mask))
     return {"blur sigma 0.5": blurred[0.5], f"blur best (sigma {best})": blurred[best]}
 
