@@ -199,6 +199,13 @@ class PairSampler:
         level, separate GM and WM levels and a smooth regional field), so the
         network cannot learn typical CBF values or a fixed GM/WM ratio and
         must read the perfusion from the data.
+    texture
+        Largest SD of the fine-scale log-normal texture that multiplies each
+        example's clean map (:func:`_texture_gain`; 0: none). On the
+        simulators the GM and WM fractions explain about 90% of the true
+        CBF's spatial variance; on a real scan, 13% (RESULTS.md, "How much
+        of the CBF do the tissue maps explain"). The texture makes the tissue
+        channels a hint, not the answer.
     """
 
     def __init__(
@@ -212,6 +219,7 @@ class PairSampler:
         device="cpu",
         jitter: bool = True,
         vary_perfusion: bool = True,
+        texture: float = 0.0,
     ):
         import torch
 
@@ -220,6 +228,7 @@ class PairSampler:
         self.channels = check_channels(channels)
         self.jitter = bool(jitter)
         self.vary_perfusion = bool(vary_perfusion)
+        self.texture = float(texture)
         self.patch = int(patch)
         self.n_pairs = tuple(int(v) for v in n_pairs)
         self.target_pairs = int(target_pairs)
@@ -289,14 +298,16 @@ class PairSampler:
         )
         return w * sd + offset
 
-    def batch(self, batch_size: int, gen, n: int | None = None):
-        """One batch: ``x (b, c, p, p)``, ``y (b, 1, p, p)``, ``mask (b, 1, p, p)``, and ``n``."""
+    def clean_examples(self, batch_size: int, gen):
+        """Random crops and their clean maps, before any noise.
+
+        Returns the slab indices ``k``, the crops ``(b, 5, p, p)`` (clean
+        CBF as simulated, mask, GM, WM, M0) and the clean map ``(b, 1, p, p)``
+        the example's pairs are drawn around (perfusion gain and texture
+        applied).
+        """
         import torch
 
-        if n is None:
-            lo, hi = self.n_pairs
-            u = float(torch.rand((), generator=gen, device=self.device))
-            n = int(round(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))))
         k = torch.randint(len(self.slabs), (batch_size,), generator=gen, device=self.device)
         slab = self.slabs[k]
         top, left = _crop_corners(self.size, self.patch, batch_size, gen, self.device)
@@ -306,9 +317,23 @@ class PairSampler:
                 for b in range(batch_size)
             ]
         )
-        clean, mask = crops[:, 0:1], crops[:, 1:2]
+        clean = crops[:, 0:1]
         if self.vary_perfusion:
             clean = clean * _perfusion_gain(crops[:, 2:3], crops[:, 3:4], gen)
+        if self.texture > 0:
+            clean = clean * _texture_gain(len(clean), self.patch, self.texture, gen, self.device)
+        return k, crops, clean
+
+    def batch(self, batch_size: int, gen, n: int | None = None):
+        """One batch: ``x (b, c, p, p)``, ``y (b, 1, p, p)``, ``mask (b, 1, p, p)``, and ``n``."""
+        import torch
+
+        if n is None:
+            lo, hi = self.n_pairs
+            u = float(torch.rand((), generator=gen, device=self.device))
+            n = int(round(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))))
+        k, crops, clean = self.clean_examples(batch_size, gen)
+        mask = crops[:, 1:2]
         drift = self.params[k, 6].view(-1, 1, 1, 1)
         # input and target pairs come from different, random parts of the run
         g_in = 1 + drift * (
@@ -350,6 +375,36 @@ def _perfusion_gain(gm, wm, gen):
     coarse = 0.2 * torch.randn((b, 1, 4, 4), generator=gen, device=dev)
     field = F.interpolate(coarse, size=gm.shape[-2:], mode="bicubic", align_corners=True)
     return logu(0.5, 2.0) * tissue * torch.exp(field)
+
+
+#: In-plane correlation lengths (Gaussian SD, voxels) of the fine-scale texture.
+TEXTURE_SIGMAS = (0.7, 1.0, 1.5)
+
+
+def _texture_gain(b: int, size: int, max_sd: float, gen, device):
+    """Fine-scale multiplicative texture ``(b, 1, size, size)``, mean 1.
+
+    White noise blurred in-plane with a Gaussian of one of
+    :data:`TEXTURE_SIGMAS` (one per batch), scaled to unit SD per example,
+    then ``exp(t h - t^2 / 2)`` with ``t`` uniform in ``[0, max_sd]`` per
+    example: perfusion structure that the tissue maps do not predict
+    (vessels, within-tissue heterogeneity, the readout's blur of both).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    pick = int(torch.randint(len(TEXTURE_SIGMAS), (1,), generator=gen, device=device))
+    sigma = TEXTURE_SIGMAS[pick]
+    r = int(math.ceil(3 * sigma))
+    offsets = torch.arange(-r, r + 1, device=device, dtype=torch.float32)
+    taps = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    taps = taps / taps.sum()
+    h = torch.randn((b, 1, size + 2 * r, size + 2 * r), generator=gen, device=device)
+    h = F.conv2d(h, taps.view(1, 1, -1, 1))
+    h = F.conv2d(h, taps.view(1, 1, 1, -1))
+    h = (h - h.mean(dim=(2, 3), keepdim=True)) / h.std(dim=(2, 3), keepdim=True).clamp(min=1e-6)
+    t = max_sd * torch.rand((b, 1, 1, 1), generator=gen, device=device)
+    return torch.exp(t * h - 0.5 * t * t)
 
 
 def _misregister(anat, gen):
@@ -603,6 +658,7 @@ class SynthConfig:
     checkpoint_every: int = 250
     progress: bool = True
     time_limit: float | None = None
+    texture: float = 0.0
 
 
 def evaluate(model, subjects, *, n_pairs: int = 10, seed: int = 12345, device="cpu") -> dict:
@@ -652,6 +708,7 @@ def train_synthetic(model, train, val, cfg: SynthConfig, out_dir, *, resume=Fals
         n_pairs=cfg.n_pairs,
         target_pairs=cfg.target_pairs,
         device=device,
+        texture=cfg.texture,
     )
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)

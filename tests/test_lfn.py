@@ -88,6 +88,63 @@ def test_perfusion_gain_varies_levels_and_ratios():
     assert float(ratio.min()) < 0.8 and float(ratio.max()) > 1.25
 
 
+def test_texture_gain_is_fine_scale_mean_one_and_bounded():
+    gen = torch.Generator().manual_seed(0)
+    gain = lfn._texture_gain(256, 48, 1.0, gen, torch.device("cpu"))
+    assert gain.shape == (256, 1, 48, 48) and bool((gain > 0).all())
+    log_sd = torch.log(gain).std(dim=(1, 2, 3))
+    # the SD of each example's log texture is uniform in [0, 1]
+    assert float(log_sd.max()) <= 1.0 + 1e-4 and float(log_sd.min()) < 0.1
+    assert 0.4 < float(log_sd.mean()) < 0.6
+    assert abs(float(gain.mean()) - 1.0) < 0.05  # exp(t h - t^2 / 2): mean 1
+    # fine scale: neighbours correlate, voxels ten apart do not
+    h = torch.log(gain[log_sd > 0.5])
+    h = h - h.mean(dim=(2, 3), keepdim=True)
+    near = float((h[..., 1:] * h[..., :-1]).mean() / h.var())
+    far = float((h[..., 10:] * h[..., :-10]).mean() / h.var())
+    assert near > 0.5 and abs(far) < 0.1
+
+
+def test_texture_zero_leaves_the_batches_unchanged_and_texture_loosens_the_tissue_link():
+    subj = _clean(shape=(48, 48, 6))
+    plain = lfn.PairSampler([subj], ("cbf", "noise", "gm", "wm"), patch=32)
+    zero = lfn.PairSampler([subj], ("cbf", "noise", "gm", "wm"), patch=32, texture=0.0)
+    a = plain.batch(8, torch.Generator().manual_seed(4), n=6)
+    b = zero.batch(8, torch.Generator().manual_seed(4), n=6)
+    assert all(torch.equal(u, v) for u, v in zip(a[:3], b[:3], strict=True))
+
+    def share(texture):
+        sampler = lfn.PairSampler(
+            [subj], ("cbf", "noise", "gm", "wm"), patch=32, jitter=False, texture=texture
+        )
+        _, crops, clean = sampler.clean_examples(64, torch.Generator().manual_seed(5))
+        vol = [np.moveaxis(v.numpy(), 0, -1) for v in (clean[:, 0], crops[:, 1], crops[:, 2])]
+        cbf, mask, gm = vol
+        return noise.tissue_unexplained(cbf, cbf, gm, 1 - gm, mask > 0, min_voxels=100)
+
+    assert share(0.0) < 0.2 < 0.5 < share(1.0)
+
+
+def test_tissue_unexplained_removes_independent_noise():
+    rng = np.random.default_rng(6)
+    shape = (40, 40, 6)
+    mask = np.ones(shape, bool)
+    gm = rng.uniform(0, 1, shape)
+    wm = 1 - gm
+    texture = rng.standard_normal(shape)
+    tissue = 60 * gm + 20 * wm
+    assert noise.tissue_unexplained(tissue, tissue, gm, wm, mask) < 1e-6
+    # signal: tissue part 20 + 40 gm, variance 1600 / 12; texture of the same variance
+    cbf = tissue + np.sqrt(1600 / 12) * texture
+    clean = noise.tissue_unexplained(cbf, cbf, gm, wm, mask)
+    assert abs(clean - 0.5) < 0.05
+    a = cbf + 20 * rng.standard_normal(shape)  # noise variance 1.5 times the signal
+    b = cbf + 20 * rng.standard_normal(shape)
+    assert abs(noise.tissue_unexplained(a, b, gm, wm, mask) - clean) < 0.1
+    with pytest.raises(ValueError, match="mask voxels"):
+        noise.tissue_unexplained(cbf, cbf, gm, wm, np.zeros(shape, bool))
+
+
 def _tiny_model():
     torch.manual_seed(0)
     return DWAN(

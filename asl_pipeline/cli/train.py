@@ -184,6 +184,15 @@ def get_parser() -> argparse.ArgumentParser:
         "--target-pairs", type=int, default=32, help="pairs averaged in a target (32)"
     )
     syn.add_argument(
+        "--texture",
+        type=float,
+        default=0.0,
+        metavar="SD",
+        help="multiply each example's clean map by a fine-scale log-normal texture of SD "
+        "up to this (0: none), so that the GM/WM channels do not determine the perfusion "
+        "(asl_pipeline.lfn.PairSampler)",
+    )
+    syn.add_argument(
         "--save-synthetic", type=Path, metavar="NPZ", help="also write the simulated subjects"
     )
     fine = parser.add_argument_group("subject-level learning from noise (--bids, --derivatives)")
@@ -525,6 +534,7 @@ def _main_synthetic(args, argv, model, init) -> int:
         device=args.device,
         progress=not args.no_progress,
         time_limit=args.time_limit,
+        texture=args.texture,
     )
     prep = time.time() - t0
     history = lfn.train_synthetic(model, train_subj, val_subj, cfg, args.out, resume=args.resume)
@@ -537,6 +547,7 @@ def _main_synthetic(args, argv, model, init) -> int:
         "loss": args.loss,
         "steps": history[-1]["step"] if history else 0,
         "seed": args.seed,
+        "texture": args.texture,
         "source": {
             "synthetic": [s.name for s in subjects],
             "file": None if args.synthetic_file is None else str(args.synthetic_file),
