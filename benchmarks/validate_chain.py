@@ -197,7 +197,28 @@ def truth_of(bids: Path) -> dict:
     }
     att = sim / "sub-01_desc-true_att.nii.gz"
     truth["att"] = _load(att) if att.exists() else None
+    if truth["att"] is not None:
+        truth["att_measurable"] = att_measurable(bids, truth["att"])
     return truth
+
+
+def att_measurable(bids: Path, att: np.ndarray) -> np.ndarray:
+    """Voxels whose true ATT the protocol can measure.
+
+    A pCASL signal does not depend on an ATT shorter than the slice's
+    shortest effective delay (PASL: shortest TI - TI1), so no fit can recover
+    it there (``fit_multi_pld`` flags such fits as failed). Chosen from the
+    truth and the protocol, not the fit, so noise does not select voxels.
+    """
+    from asl_pipeline.cbf import effective_delays, quant_params_from_metadata
+
+    meta = json.loads((bids / "sub-01" / "perf" / "sub-01_asl.json").read_text())
+    params = quant_params_from_metadata(meta)
+    plds = np.unique(np.round(np.atleast_1d(meta["PostLabelingDelay"]).astype(float), 9))
+    shortest = effective_delays(params, plds, att.shape[2]).min(axis=1)
+    if params.labeling_type == "PASL":
+        shortest = shortest - params.ti1
+    return att > shortest[None, None, :]
 
 
 def score_map(cbf: np.ndarray, truth: dict) -> dict:
@@ -327,13 +348,17 @@ def score_subject(root: Path, name: str, bids: Path) -> list[dict]:
             a = _load(att[0])
             gm = truth["gm"] > GM_THRESHOLD
             wm = truth["wm"] > WM_THRESHOLD
-            rows.append({
-                "subject": name, "config": config, "map": "att",
-                "gm": np.nanmean(a[gm]), "wm": np.nanmean(a[wm]),
-                "gm_err_pct": np.nanmean(a[gm]) - truth["att"][gm].mean(),
-                "wm_err_pct": np.nanmean(a[wm]) - truth["att"][wm].mean(),
-                "r": np.nan, "gmwm": np.nan,
-            })  # fmt: skip
+            ok = truth["att_measurable"]
+            for desc, g, w in (("att", gm, wm), ("att-measurable", gm & ok, wm & ok)):
+                rows.append({
+                    "subject": name, "config": config, "map": desc,
+                    "gm": np.nanmean(a[g]), "wm": np.nanmean(a[w]),
+                    "gm_err_pct": np.nanmean(a[g]) - truth["att"][g].mean(),
+                    "wm_err_pct": np.nanmean(a[w]) - truth["att"][w].mean(),
+                    "r": np.nan, "gmwm": np.nan,
+                    "gm_share": g.sum() / max(gm.sum(), 1),
+                    "wm_share": w.sum() / max(wm.sum(), 1),
+                })  # fmt: skip
     return rows
 
 
@@ -365,7 +390,7 @@ def summarise(rows: list[dict]) -> str:
     """Median |error| and r per configuration and map, over the panel's subjects."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
-        if row["map"] != "att":
+        if not row["map"].startswith("att"):
             groups.setdefault((row["config"], row["map"]), []).append(row)
     lines = [
         "| configuration | map | n | median abs GM err % | median abs WM err % | "
@@ -390,7 +415,9 @@ def against_oracle(rows: list[dict]) -> str:
     groups: dict[tuple[str, str], list[tuple]] = {}
     for row in rows:
         best = by.get((row["subject"], "oracle", "cleaned"))
-        if best is None or row["map"] in ("att", "blur") or row["config"] == "oracle":
+        if best is None or row["map"].startswith("att") or row["map"] == "blur":
+            continue
+        if row["config"] == "oracle":
             continue
         groups.setdefault((row["config"], row["map"]), []).append(
             (
@@ -416,13 +443,15 @@ def against_oracle(rows: list[dict]) -> str:
 def per_subject(rows: list[dict]) -> str:
     """GM/WM error (%) and r of the plain mean, the oracle (with the standard error of
     its GM/WM means), the default cleaned map and the denoised map per subject; ATT
-    error (s) of multi-PLD subjects."""
+    error (s) of multi-PLD subjects, over the tissue masks and over their voxels whose
+    true ATT the protocol can measure (:func:`att_measurable`)."""
     by = {(r["subject"], r["config"], r["map"]): r for r in rows}
     subjects = list(dict.fromkeys(r["subject"] for r in rows))
     lines = [
         "| subject | plain mean GM / WM % (r) | oracle GM / WM % (r) | oracle SE GM / WM % | "
-        "defaults cleaned GM / WM % (r) | denoised GM / WM % (r) | ATT GM / WM error s |",
-        "|---|---|---|---|---|---|---|",
+        "defaults cleaned GM / WM % (r) | denoised GM / WM % (r) | ATT GM / WM error s | "
+        "ATT error where measurable s (share of GM / WM) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(key):
@@ -434,12 +463,19 @@ def per_subject(rows: list[dict]) -> str:
     for name in subjects:
         att = by.get((name, "defaults", "att"))
         att_text = f"{att['gm_err_pct']:+.2f} / {att['wm_err_pct']:+.2f}" if att else "-"
+        att = by.get((name, "defaults", "att-measurable"))
+        measurable = (
+            f"{att['gm_err_pct']:+.2f} / {att['wm_err_pct']:+.2f} "
+            f"({att['gm_share']:.0%} / {att['wm_share']:.0%})"
+            if att
+            else "-"
+        )
         best = by.get((name, "oracle", "cleaned"))
         se = f"{best['gm_se_pct']:.1f} / {best['wm_se_pct']:.1f}" if best else "-"
         lines.append(
             f"| {name} | {cell((name, 'plain', 'mean'))} | {cell((name, 'oracle', 'cleaned'))} "
             f"| {se} | {cell((name, 'defaults', 'paocsl'))} "
-            f"| {cell((name, 'defaults', 'denoised'))} | {att_text} |"
+            f"| {cell((name, 'defaults', 'denoised'))} | {att_text} | {measurable} |"
         )
     return "\n".join(lines)
 
