@@ -1,0 +1,55 @@
+"""The validation panel's scoring helpers (benchmarks/validate_chain.py)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+_SPEC = importlib.util.spec_from_file_location(
+    "validate_chain", Path(__file__).parents[1] / "benchmarks" / "validate_chain.py"
+)
+validate_chain = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(validate_chain)
+
+
+def _sidecar(root: Path, meta: dict) -> Path:
+    perf = root / "sub-01" / "perf"
+    perf.mkdir(parents=True)
+    (perf / "sub-01_asl.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_att_measurable_follows_each_slice_shortest_delay(tmp_path):
+    meta = {
+        "ArterialSpinLabelingType": "PCASL",
+        "MRAcquisitionType": "2D",
+        "PostLabelingDelay": [1.0, 1.0, 1.5, 1.5, 2.0, 2.0],
+        "LabelingDuration": 1.8,
+        "BackgroundSuppression": False,
+        "M0Type": "Separate",
+        "MagneticFieldStrength": 3,
+        "SliceTiming": [0.0, 0.2, 0.4],
+        "RepetitionTimePreparation": 4.0,
+    }
+    bids = _sidecar(tmp_path / "pcasl", meta)
+    att = np.full((2, 2, 3), 1.3)
+    ok = validate_chain.att_measurable(bids, att)
+    # shortest effective delays 1.0, 1.2, 1.4 s: 1.3 s is measurable in the first two
+    assert ok[..., 0].all() and ok[..., 1].all() and not ok[..., 2].any()
+
+    meta.update(
+        ArterialSpinLabelingType="PASL",
+        BolusCutOffFlag=True,
+        BolusCutOffTechnique="QUIPSSII",
+        BolusCutOffDelayTime=0.8,
+        MRAcquisitionType="3D",
+    )
+    meta.pop("SliceTiming")
+    meta.pop("LabelingDuration")
+    bids = _sidecar(tmp_path / "pasl", meta)
+    ok = validate_chain.att_measurable(
+        bids, np.stack([np.full((2, 3), 0.1), np.full((2, 3), 0.3)])
+    )
+    # PASL: the shortest TI (1.0 s) minus TI1 (0.8 s)
+    assert not ok[0].any() and ok[1].all()
