@@ -658,7 +658,8 @@ class SynthConfig:
     checkpoint_every: int = 250
     progress: bool = True
     time_limit: float | None = None
-    texture: float = 0.0
+    #: Largest SD of the training maps' fine-scale texture (:class:`PairSampler`).
+    texture: float = 1.0
 
 
 def evaluate(model, subjects, *, n_pairs: int = 10, seed: int = 12345, device="cpu") -> dict:

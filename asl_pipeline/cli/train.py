@@ -67,6 +67,13 @@ LOGGER = logging.getLogger("asl_pipeline.training")
 TIMESERIES_PATTERNS = ("*_cbf.nii*", "*desc-timeseries*.nii*")
 
 
+def lfn_texture_default() -> float:
+    """:attr:`asl_pipeline.lfn.SynthConfig.texture`, without importing torch at parse time."""
+    from asl_pipeline.lfn import SynthConfig
+
+    return SynthConfig.texture
+
+
 def get_parser() -> argparse.ArgumentParser:
     """The ``asl-train`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -186,11 +193,11 @@ def get_parser() -> argparse.ArgumentParser:
     syn.add_argument(
         "--texture",
         type=float,
-        default=0.0,
+        default=lfn_texture_default(),
         metavar="SD",
         help="multiply each example's clean map by a fine-scale log-normal texture of SD "
-        "up to this (0: none), so that the GM/WM channels do not determine the perfusion "
-        "(asl_pipeline.lfn.PairSampler)",
+        "up to this (default %(default)s, the shipped weights' second stage; 0: none), so "
+        "that the GM/WM channels do not determine the perfusion (asl_pipeline.lfn.PairSampler)",
     )
     syn.add_argument(
         "--save-synthetic", type=Path, metavar="NPZ", help="also write the simulated subjects"
