@@ -203,9 +203,10 @@ class PairSampler:
         Largest SD of the fine-scale log-normal texture that multiplies each
         example's clean map (:func:`_texture_gain`; 0: none). On the
         simulators the GM and WM fractions explain about 90% of the true
-        CBF's spatial variance; on a real scan, 13% (RESULTS.md, "How much
-        of the CBF do the tissue maps explain"). The texture makes the tissue
-        channels a hint, not the answer.
+        CBF's spatial variance; on a real scan, 22%
+        (:func:`asl_pipeline.simulate.noise.tissue_unexplained`; RESULTS.md,
+        "How much of the CBF do the tissue maps explain"). The texture makes
+        the tissue channels a hint, not the answer.
     """
 
     def __init__(

@@ -415,9 +415,8 @@ def against_oracle(rows: list[dict]) -> str:
     groups: dict[tuple[str, str], list[tuple]] = {}
     for row in rows:
         best = by.get((row["subject"], "oracle", "cleaned"))
-        if best is None or row["map"].startswith("att") or row["map"] == "blur":
-            continue
-        if row["config"] == "oracle":
+        skip = row["map"].startswith("att") or row["map"] == "blur" or row["config"] == "oracle"
+        if best is None or skip:
             continue
         groups.setdefault((row["config"], row["map"]), []).append(
             (
@@ -463,11 +462,11 @@ def per_subject(rows: list[dict]) -> str:
     for name in subjects:
         att = by.get((name, "defaults", "att"))
         att_text = f"{att['gm_err_pct']:+.2f} / {att['wm_err_pct']:+.2f}" if att else "-"
-        att = by.get((name, "defaults", "att-measurable"))
+        part = by.get((name, "defaults", "att-measurable"))
         measurable = (
-            f"{att['gm_err_pct']:+.2f} / {att['wm_err_pct']:+.2f} "
-            f"({att['gm_share']:.0%} / {att['wm_share']:.0%})"
-            if att
+            f"{part['gm_err_pct']:+.2f} / {part['wm_err_pct']:+.2f} "
+            f"({part['gm_share']:.0%} / {part['wm_share']:.0%})"
+            if part
             else "-"
         )
         best = by.get((name, "oracle", "cleaned"))
