@@ -109,3 +109,28 @@ def test_judge_reads_the_plain_mean_of_another_run_when_smoothed(tmp_path):
     }
     assert rows["meanSmooth3mm"]["rms"] == pytest.approx(2.0)
     assert rows["meanSmooth3mm"]["rms_plain"] == pytest.approx(10.0)
+
+
+def test_noise_floor_is_the_distance_of_the_noise_free_map(tmp_path):
+    """The floor is what the first part's truth reads against the rest: the
+    rest's own noise and the drift between the parts, not the N-pair noise."""
+    rng = np.random.default_rng(3)
+    shape, n_pairs = (48, 48, 16), 10
+    truth = 40 + 10 * rng.standard_normal(shape)
+    drift = 3 * rng.standard_normal(shape)  # the perfusion moves between the parts
+    series = truth[..., None] + rng.normal(0, 30, shape + (n_pairs,))
+    rest = truth + drift + rng.normal(0, 5, shape)
+    perf = tmp_path / "first" / "sub-01" / "perf"
+    _save(perf / "sub-01_desc-mean_cbf.nii.gz", series.mean(axis=3))
+    _save(perf / "sub-01_desc-timeseries_cbf.nii.gz", series)
+    _save(perf / "sub-01_desc-truth_cbf.nii.gz", truth)
+    _save(perf / "sub-01_desc-brain_mask.nii.gz", np.ones(shape))
+    _save(perf / "sub-01_label-GM_probseg.nii.gz", np.ones(shape))
+    _save(perf / "sub-01_label-WM_probseg.nii.gz", np.ones(shape))
+    _save(tmp_path / "rest" / "sub-01" / "perf" / "sub-01_desc-mean_cbf.nii.gz", rest)
+    rows = {r["map"]: r for r in split_half.judge(tmp_path / "first", tmp_path / "rest")}
+    expected = np.hypot(3, 5)  # what the truth itself reads
+    assert rows["truth"]["rms"] == pytest.approx(expected, rel=0.05)
+    assert rows["mean"]["rms_floor"] == pytest.approx(expected, rel=0.1)
+    assert rows["truth"]["closed"] == pytest.approx(1.0, abs=0.05)
+    assert rows["mean"]["closed"] == 0.0
