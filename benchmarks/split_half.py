@@ -13,7 +13,7 @@ are scored alongside as the baselines to beat.
 The rest differs from the first part's truth by more than its own noise
 (physiology drifts over a scan; the two parts are resliced separately), so
 no map of the first part can reach an RMS of 0. The judge estimates how
-low it can go: a map that removed all of the first part's noise would read
+low it can go: a map that removed all of the first part's pair-to-pair noise (what the pairs share, such as the M0, stays) would read
 ``floor = sqrt(RMS_plain^2 - mean(var_N))``, with ``var_N`` the voxel-wise
 variance of the plain N-pair mean from its per-pair series
 (``desc-timeseries_cbf``, sample variance / N). ``floor ratio`` puts it on
