@@ -13,18 +13,19 @@ are scored alongside as the baselines to beat.
 The rest differs from the first part's truth by more than its own noise
 (physiology drifts over a scan; the two parts are resliced separately), so
 no map of the first part can reach an RMS of 0. The judge estimates how
-low it can go: a map that removed all of the first part's pair-to-pair noise (what the pairs share, such as the M0, stays) would read
-``floor = sqrt(RMS_plain^2 - mean(var_N))``, with ``var_N`` the voxel-wise
-variance of the plain N-pair mean from its per-pair series
-(``desc-timeseries_cbf``, sample variance / N). ``floor ratio`` puts it on
-the scale of ``ratio``; ``closed`` is the share of the distance from the
-plain mean to the floor that a map covers.
+low it can go: a map without the first part's pair-to-pair noise (what the
+pairs share, such as the M0, stays) would read ``floor = sqrt(RMS_plain^2
+- mean(var_N))``, with ``var_N`` the voxel-wise variance of the plain N-pair
+mean from its per-pair series (``desc-timeseries_cbf``, sample variance /
+N). ``floor ratio`` puts it on the scale of ``ratio``; ``closed`` is the
+share of the distance from the plain mean to the floor that a map covers.
 
     python benchmarks/split_half.py BIDS_DIR --out /tmp/sh --n-pairs 10 -- --denoise
 
 Everything after ``--`` is passed to ``asl-pipeline`` for the first part.
 Prints one row per run and map: RMS to the rest, RMS of the plain N-pair
-mean, their ratio, and the GM/WM ratio of the map next to the rest's.
+mean, their ratio, the floor's ratio, the share of the way to the floor, and
+the GM/WM ratio of the map next to the rest's.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def gaussian_baselines(plain: np.ndarray, rest: np.ndarray, mask: np.ndarray) ->
 
 
 def noise_floor(plain_file: Path, rest: np.ndarray, mask: np.ndarray) -> float | None:
-    """The RMS to the rest of a first-part map with none of its noise (module docstring).
+    """The RMS to the rest of a first-part map without its pair-to-pair noise (module doc).
 
     ``None`` where the plain mean's per-pair series is not beside it.
     """
