@@ -129,16 +129,20 @@ def gaussian_baselines(plain: np.ndarray, rest: np.ndarray, mask: np.ndarray) ->
     return {"blur sigma 0.5": blurred[0.5], f"blur best (sigma {best})": blurred[best]}
 
 
-def noise_floor(plain_file: Path, rest: np.ndarray, mask: np.ndarray) -> float | None:
+def noise_floor(
+    plain: np.ndarray, plain_file: Path, rest: np.ndarray, mask: np.ndarray
+) -> float | None:
     """The RMS to the rest of a first-part map without its pair-to-pair noise (module doc).
 
-    ``None`` where the plain mean's per-pair series is not beside it.
+    ``plain`` is the plain mean read from ``plain_file``; ``None`` where its
+    per-pair series is not beside that file. The mean variance, not the
+    per-slice median of :func:`asl_pipeline.models.channels.noise_sd_map`:
+    the floor needs the noise power itself, heavy tails included.
     """
     series_file = plain_file.with_name(plain_file.name.replace("_desc-mean_", "_desc-timeseries_"))
     if not series_file.exists():
         return None
     series = _load(series_file)
-    plain = _load(plain_file)
     n = np.sum(np.isfinite(series), axis=3)
     var_mean = np.nanvar(series, axis=3, ddof=1) / np.maximum(n, 1)
     sel = mask & np.isfinite(plain) & np.isfinite(rest) & (n >= 2)
@@ -174,7 +178,7 @@ def judge(first_out: Path, rest_out: Path, plain_out: Path | None = None) -> lis
             )
         plain = _load(plain_file)
         base = rms(plain, rest, mask)
-        floor = noise_floor(plain_file, rest, mask)
+        floor = noise_floor(plain, plain_file, rest, mask)
         maps = gaussian_baselines(plain, rest, mask)
         for path in sorted(mask_file.parent.glob(f"{stem}_desc-*_cbf.nii.gz")):
             desc = path.name.split("_desc-")[1].removesuffix("_cbf.nii.gz")
