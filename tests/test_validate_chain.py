@@ -53,3 +53,14 @@ def test_att_measurable_follows_each_slice_shortest_delay(tmp_path):
     )
     # PASL: the shortest TI (1.0 s) minus TI1 (0.8 s)
     assert not ok[0].any() and ok[1].all()
+
+
+def test_costly_configurations_run_only_where_asked():
+    default = validate_chain.configs_for("sim-clean")
+    assert "defaults" in default and "plain" in default
+    assert "finetune" not in default  # 60 s of fine-tuning per subject: on request
+    assert "study" not in default  # re-runs the realignment: motion subjects only
+    assert "study" in validate_chain.configs_for("ph-drift")
+    assert validate_chain.configs_for("sim-clean", only=["finetune"]) == ["finetune"]
+    assert validate_chain.configs_for("sim-clean", only=["study"]) == []
+    assert validate_chain.configs_for("sim-clean", everything=True, only=["study"]) == ["study"]
