@@ -428,9 +428,12 @@ class SeriesSampler:
     ``n`` random pairs of the run as the input (and their noise level) and
     the mean of the other pairs as the target, both noisy, independent draws
     of the same perfusion. Tissue/M0 channels are the run's own maps.
+    ``keep``, a ``(z, n)`` boolean matrix (False: removed from that slice by
+    the outlier cleaning), limits each slice's draws to its kept pairs; a
+    slice needs 4 of them to be drawn.
     """
 
-    def __init__(self, series, mask, maps, channels, *, patch: int = 48, device="cpu"):
+    def __init__(self, series, mask, maps, channels, *, patch: int = 48, device="cpu", keep=None):
         import torch
 
         from asl_pipeline.models.channels import check_channels
@@ -445,9 +448,17 @@ class SeriesSampler:
         self.device = torch.device(device)
         self.size = max(max(mask.shape[:2]), patch)
         self.patch = int(patch)
-        zs = [z for z in range(mask.shape[2]) if mask[:, :, z].sum() >= MIN_MASK_VOXELS]
+        keep = np.ones((mask.shape[2], n_pairs), bool) if keep is None else np.asarray(keep, bool)
+        if keep.shape != (mask.shape[2], n_pairs):
+            raise ValueError(f"keep is {keep.shape}, the series has {(mask.shape[2], n_pairs)}")
+        zs = [
+            z
+            for z in range(mask.shape[2])
+            if mask[:, :, z].sum() >= MIN_MASK_VOXELS and keep[z].sum() >= 4
+        ]
         if not zs:
-            raise ValueError("no slice with enough brain voxels to train on")
+            raise ValueError("no slice with enough brain voxels and kept pairs to train on")
+        self.kept = [torch.as_tensor(np.flatnonzero(keep[z]), device=self.device) for z in zs]
         pad = PairSampler._pad
         planes = []
         for z in zs:
@@ -493,13 +504,15 @@ class SeriesSampler:
         xs, ys, ms, anats = [], [], [], []
         for b in range(len(k)):
             sl = (slice(top[b], top[b] + patch), slice(left[b], left[b] + patch))
-            order = torch.randperm(self.n_max, generator=gen, device=self.device)
+            kept = self.kept[k[b]]
+            order = kept[torch.randperm(len(kept), generator=gen, device=self.device)]
+            n_in = min(n, len(kept) // 2)
             pairs = self.pairs[k[b]][:, sl[0], sl[1]]
-            inp, rest = pairs[order[:n]], pairs[order[n:]]
+            inp, rest = pairs[order[:n_in]], pairs[order[n_in:]]
             mask = self.anat[k[b], 0][sl]
             var = inp.var(0, unbiased=True)
             sd = _mean_noise_sd(
-                var[mask > 0].median() if bool((mask > 0).any()) else var.new_zeros(()), n
+                var[mask > 0].median() if bool((mask > 0).any()) else var.new_zeros(()), n_in
             )
             xs.append(torch.stack([inp.mean(0), sd.expand_as(mask)]))
             ys.append(rest.mean(0, keepdim=True))
@@ -562,6 +575,7 @@ def finetune(
     device="cpu",
     max_steps: int = 10_000,
     early_stopping: bool = True,
+    keep=None,
 ):
     """Fine-tune ``model`` in place on one run's own pairs for at most ``seconds``.
 
@@ -575,6 +589,8 @@ def finetune(
     starting ones included, are kept. On a few pairs the fine-tuning starts
     to fit their noise after a few hundred steps (a real 10-pair run:
     ``benchmarks/RESULTS.md``, "A real scan"); the held-out score stops it.
+    ``keep``: the pairs of each slice the outlier cleaning kept
+    (:class:`SeriesSampler`); the removed ones are neither inputs nor targets.
 
     Returns ``{"steps", "seconds", "loss_first", "loss_last"}`` and, with
     early stopping, ``"best_step"``, ``"holdout_first"`` and ``"holdout_best"``.
@@ -585,7 +601,7 @@ def finetune(
     from asl_pipeline.training import masked_loss
 
     channels = model.config.get("channels") or ("cbf",)
-    sampler = SeriesSampler(series, mask, maps or {}, channels, device=device)
+    sampler = SeriesSampler(series, mask, maps or {}, channels, device=device, keep=keep)
     gen = torch.Generator(device=torch.device(device))
     gen.manual_seed(seed)
     n_slices = len(sampler.pairs)

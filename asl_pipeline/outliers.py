@@ -995,6 +995,34 @@ def apply_outliers(cbf_ts, outliers) -> np.ndarray:
     return _slice_means(data, outliers, np.ones(data.shape[3], dtype=bool))
 
 
+def read_outlier_matrix(path, shape=None) -> np.ndarray:
+    """The slice x pair outlier TSV (header row, ``slice`` column, 1 = removed) that
+    the cleaning interfaces write, as booleans (True = removed).
+
+    ``shape``: the ``(slices, pairs)`` of the CBF series it must describe; a
+    matrix of another series, or a file that is not such a table, raises
+    :class:`ASLInputError` naming the file.
+    """
+    try:
+        mat = np.loadtxt(path, delimiter="\t", skiprows=1, ndmin=2)[:, 1:]
+    except ValueError as exc:
+        raise ASLInputError(
+            f"the outlier matrix cannot be read ({exc}).",
+            file=path,
+            field="outlier_matrix",
+            fix="pass the *_desc-paocsl_outliers.tsv (or CleanCBF's outlier_matrix) as written",
+        ) from exc
+    if shape is not None and mat.shape != tuple(shape):
+        raise ASLInputError(
+            f"the outlier matrix is {mat.shape[0]} slices x {mat.shape[1]} pairs; the CBF "
+            f"series is {shape[0]} slices x {shape[1]} pairs.",
+            file=path,
+            field="outlier_matrix",
+            fix="pass the outlier matrix that the cleaning wrote for this same series",
+        )
+    return mat > 0
+
+
 def clean(method: str, cbf_ts, *, gm=None, wm=None, csf=None, mask=None, motion=None, **kwargs):
     """Run one of :data:`METHODS` with the inputs it uses (dispatcher for interfaces)."""
     method = str(method).lower()

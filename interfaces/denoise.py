@@ -73,6 +73,11 @@ class _DWANDenoiseInputSpec(_NetworkRunInputSpec):
         desc="fine-tune the weights on the run's own pairs for this long first (0: off)",
     )
     seed = traits.Int(0, usedefault=True, desc="random seed of the fine-tuning")
+    outlier_matrix = File(
+        exists=True,
+        desc="slice x pair TSV of the cleaning that made in_file (1 = removed; CleanCBF's "
+        "outlier_matrix): the noise level and the fine-tuning then use only the kept pairs",
+    )
 
 
 class _DWANDenoiseOutputSpec(TraitedSpec):
@@ -90,6 +95,7 @@ class DWANDenoise(SimpleInterface):
         import torch
 
         from asl_pipeline.models.inference import denoise_run
+        from asl_pipeline.outliers import read_outlier_matrix
 
         torch.set_num_threads(max(1, self.inputs.num_threads))
         img, data, mask = _load_volume_and_mask(
@@ -107,10 +113,14 @@ class DWANDenoise(SimpleInterface):
             return np.asanyarray(nb.load(value).dataobj).astype(np.float32)
 
         weights = self.inputs.weights if isdefined(self.inputs.weights) else None
+        series = optional("cbf_ts")
+        keep = None
+        if isdefined(self.inputs.outlier_matrix) and series is not None:
+            keep = ~read_outlier_matrix(self.inputs.outlier_matrix, series.shape[2:])
         out, info, fit = denoise_run(
             data,
             mask,
-            series=optional("cbf_ts"),
+            series=series,
             gm=optional("gm_file"),
             wm=optional("wm_file"),
             m0=optional("m0_file"),
@@ -120,6 +130,7 @@ class DWANDenoise(SimpleInterface):
             seed=self.inputs.seed,
             device=self.inputs.device,
             batch_size=self.inputs.batch_size,
+            keep=keep,
         )
         LOGGER.info("denoised %s with %s", self.inputs.in_file, info["path"])
         out_file = fname_presuffix(
@@ -134,6 +145,12 @@ class DWANDenoise(SimpleInterface):
             "Sources": [str(self.inputs.in_file), str(self.inputs.mask_file)],
             "DenoisingModel": _model_record(info),
         }
+        if keep is not None:
+            sidecar["Description"] += (
+                " The noise level and any fine-tuning used only the pairs the outlier "
+                "cleaning kept in each slice."
+            )
+            sidecar["Sources"].append(str(self.inputs.outlier_matrix))
         if fit is not None:
             sidecar["SubjectFineTuning"] = fit
         self._results["out_file"] = out_file

@@ -145,6 +145,68 @@ def test_interface_guided_weights_need_the_series(tmp_path):
     assert "channels" in str(err.value) and "Fix:" in str(err.value)
 
 
+def _write_matrix(path, removed):
+    rows = ["slice\t" + "\t".join(f"pair_{i}" for i in range(removed.shape[1]))]
+    rows += [f"{z}\t" + "\t".join(map(str, r.astype(int))) for z, r in enumerate(removed)]
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_interface_reads_the_noise_of_the_cleaned_pairs(tmp_path):
+    """A cleaned map is denoised at the noise of the pairs the cleaning kept: given the
+    outlier matrix, the shipped DWAN is closer to the truth, voxel-wise and in its tissue
+    levels, than when it reads the noise of every pair, outliers included."""
+    truth, mask, gm, wm, series = _tissue_run(n_pairs=12, sd=20.0)
+    rng = np.random.default_rng(8)
+    removed = np.zeros((series.shape[2], series.shape[3]), bool)
+    removed[1:5, [3, 8]] = True  # two slab dropouts, removed by the cleaning
+    series[:, :, 1:5, [3, 8]] -= rng.normal(250, 150, series[:, :, 1:5, [3, 8]].shape)
+    cleaned = np.where(~removed[None, None], series, np.nan)
+    cleaned = np.nanmean(cleaned, axis=-1).astype(np.float32)
+    aff = np.diag([3.0, 3.0, 5.0, 1.0])
+    in_file, mask_file = _write(tmp_path, cleaned, mask, aff)
+    paths = {}
+    for name, arr in {"ts": series, "gm": gm, "wm": wm}.items():
+        paths[name] = str(tmp_path / f"sub-01_{name}.nii.gz")
+        nb.Nifti1Image(arr, aff).to_filename(paths[name])
+    matrix = _write_matrix(tmp_path / "outliers.tsv", removed)
+    inner = mask.copy()
+    inner[:8], inner[-8:], inner[:, :8], inner[:, -8:] = False, False, False, False
+    g, w = inner & (gm > 0.5), inner & (wm > 0.5)
+    results = {}
+    for label, extra in (("all", {}), ("kept", {"outlier_matrix": matrix})):
+        (tmp_path / label).mkdir()
+        res = DWANDenoise(
+            in_file=in_file,
+            mask_file=mask_file,
+            cbf_ts=paths["ts"],
+            gm_file=paths["gm"],
+            wm_file=paths["wm"],
+            **extra,
+        ).run(cwd=tmp_path / label)
+        out = nb.load(res.outputs.out_file).get_fdata()
+        side = json.loads(open(res.outputs.out_sidecar).read())
+        results[label] = (np.sqrt(np.mean((out[inner] - truth[inner]) ** 2)), out, side)
+    (err_all, out_all, side_all), (err_kept, out_kept, side_kept) = results.values()
+    assert err_kept < 0.8 * err_all
+    levels = [abs(o[g].mean() - 60.0) + abs(o[w].mean() - 25.0) for o in (out_kept, out_all)]
+    assert levels[0] < levels[1] and abs(out_kept[g].mean() - 60.0) < 3.0
+    assert matrix in side_kept["Sources"] and matrix not in side_all["Sources"]
+    assert "kept" in side_kept["Description"]
+    # a matrix of another series is refused, naming the file and the field
+    other = _write_matrix(tmp_path / "other.tsv", removed[:, :10])
+    with pytest.raises(ASLInputError, match="outlier_matrix") as err:
+        DWANDenoise(
+            in_file=in_file,
+            mask_file=mask_file,
+            cbf_ts=paths["ts"],
+            gm_file=paths["gm"],
+            wm_file=paths["wm"],
+            outlier_matrix=other,
+        ).run(cwd=tmp_path)
+    assert "other.tsv" in str(err.value) and "10 pairs" in str(err.value)
+
+
 def test_shipped_denoiser_follows_the_perfusion_level():
     """Twice the perfusion under the same noise reads twice the CBF (no learned prior)."""
     from asl_pipeline.models.inference import denoise_run

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from asl_pipeline import lfn
+from asl_pipeline.errors import ASLInputError
 from asl_pipeline.models import DWAN
 from asl_pipeline.models.channels import noise_sd_map
 from asl_pipeline.simulate import noise
@@ -53,6 +54,63 @@ def test_noise_map_estimates_the_sd_of_the_mean():
     pairs = subj.draw_pairs(np.random.default_rng(2), 10)
     est = noise_sd_map(pairs, subj.mask)[subj.mask]
     assert np.allclose(est, params.sd / np.sqrt(10), rtol=0.1)
+
+
+def _with_slab_outliers(pairs, rng):
+    """``pairs`` with pairs 2 and 5 ruined in slices 1-3 (a slab each); the keep matrix."""
+    bad = pairs.copy()
+    keep = np.ones((pairs.shape[2], pairs.shape[3]), bool)
+    for p in (2, 5):
+        bad[:, :, 1:4, p] += rng.normal(-300, 250, bad[:, :, 1:4, p].shape)
+        keep[1:4, p] = False
+    return bad, keep
+
+
+def test_noise_map_of_a_cleaned_mean_uses_only_the_kept_pairs():
+    subj = _clean(shape=(64, 64, 6))
+    params = noise.PairNoise(tail_fraction=0.0, global_sd=0.0, slice_centre=1.0, slice_edge=1.0)
+    subj.noise = params
+    rng = np.random.default_rng(4)
+    pairs = subj.draw_pairs(rng, 12)
+    bad, keep = _with_slab_outliers(pairs, rng)
+    est = noise_sd_map(bad, subj.mask, keep=keep)
+    kept_n = keep.sum(axis=1)  # 10 in the slab, 12 elsewhere
+    for z in range(6):
+        assert np.allclose(est[:, :, z][subj.mask[:, :, z]], params.sd / np.sqrt(kept_n[z]), 0.1)
+    # without the matrix the ruined pairs inflate the slab's noise several times over
+    assert (
+        noise_sd_map(bad, subj.mask)[:, :, 2][subj.mask[:, :, 2]].mean()
+        > 2.5 * est[:, :, 2][subj.mask[:, :, 2]].mean()
+    )
+    # keeping every pair is the default estimate
+    assert np.array_equal(noise_sd_map(pairs, subj.mask, keep=np.ones_like(keep)),
+                          noise_sd_map(pairs, subj.mask))  # fmt: skip
+    with pytest.raises(ValueError, match="keep is"):
+        noise_sd_map(pairs, subj.mask, keep=keep[:, :5])
+
+
+def test_series_sampler_never_draws_a_removed_pair():
+    subj = _clean(shape=(40, 40, 6))
+    pairs = subj.draw_pairs(np.random.default_rng(5), 12)
+    bad = pairs.copy()
+    keep = np.ones((6, 12), bool)
+    bad[:, :, 1:4, [2, 5]] = 1e5  # removed by the cleaning: never an input or a target
+    keep[1:4, [2, 5]] = False
+    sampler = lfn.SeriesSampler(bad, subj.mask, subj.maps(), ("cbf", "noise"), keep=keep)
+    gen = torch.Generator()
+    gen.manual_seed(0)
+    for _ in range(20):
+        x, y, _, _ = sampler.batch(8, gen)
+        assert float(x[:, 0].abs().max()) < 1e4 and float(y.abs().max()) < 1e4
+    held = sampler.whole_slices(range(len(sampler.pairs)), gen, 6)
+    assert float(held[0][:, 0].abs().max()) < 1e4 and float(held[1].abs().max()) < 1e4
+    # without the matrix they are drawn
+    plain = lfn.SeriesSampler(bad, subj.mask, subj.maps(), ("cbf", "noise"))
+    assert any(float(plain.batch(8, gen)[1].abs().max()) > 1e4 for _ in range(20))
+    # a slice with fewer than 4 kept pairs is not trained on
+    few = keep.copy()
+    few[0, 3:] = False
+    assert len(lfn.SeriesSampler(bad, subj.mask, subj.maps(), ("cbf",), keep=few).pairs) == 5
 
 
 def test_sampler_gives_independent_noisy_input_and_target():
@@ -261,6 +319,25 @@ def test_asl_train_subject_finetune_on_derivatives(tmp_path, capsys):
     _, info = load_model(models[0])
     assert info["metadata"]["scheme"] == "lfn-subject"
     assert info["metadata"]["finetune"]["steps"] >= 1
+    assert info["metadata"]["source"]["pairs"] == "all"
+
+
+def test_derivatives_carry_the_pairs_their_cleaning_kept(tmp_path):
+    from asl_pipeline.cli.train import load_derivatives
+    from asl_pipeline.interfaces.outliers import _write_matrix
+
+    _derivatives(tmp_path)
+    removed = np.zeros((4, 8), bool)
+    removed[1:3, 5] = True
+    perf = tmp_path / "sub-01" / "perf"
+    _write_matrix(str(perf / "sub-01_desc-paocsl_outliers.tsv"), removed)
+    (perf / "sub-01_desc-paocslpairs_outliers.tsv").write_text("pair\tstatus\n")  # ignored
+    subjects = {s.name: s for s in load_derivatives(tmp_path)}
+    assert "keep" not in subjects["sub-00_desc-timeseries_cbf.nii.gz"].info
+    assert np.array_equal(subjects["sub-01_desc-timeseries_cbf.nii.gz"].info["keep"], ~removed)
+    _write_matrix(str(perf / "sub-01_desc-paocsl_outliers.tsv"), removed[:, :6])
+    with pytest.raises(ASLInputError, match="outlier_matrix"):
+        load_derivatives(tmp_path)
 
 
 def test_asl_train_subject_finetune_needs_tissue_maps(tmp_path, capsys):

@@ -603,3 +603,19 @@ def test_screen_repeats_leaves_a_clean_series_nearly_whole():
     assert ol.screen_repeats(dm[..., :6], plds[:6], np.ones(cbf.shape, bool)).groups == 1
     two_each = ol.screen_repeats(dm[..., ::4], plds[::4], np.ones(cbf.shape, bool))
     assert two_each.groups == 0 and two_each.keep.all()
+
+
+def test_outlier_matrix_round_trips_and_refuses_other_files(tmp_path):
+    from asl_pipeline.interfaces.outliers import _write_matrix
+
+    removed = np.zeros((5, 7), bool)
+    removed[1:3, 4] = removed[:, 6] = True
+    path = _write_matrix(str(tmp_path / "sub-01_desc-paocsl_outliers.tsv"), removed)
+    assert np.array_equal(ol.read_outlier_matrix(path, (5, 7)), removed)
+    with pytest.raises(ASLInputError, match="5 slices x 7 pairs") as err:
+        ol.read_outlier_matrix(path, (5, 8))
+    assert "outliers.tsv" in str(err.value) and "outlier_matrix" in str(err.value)
+    bad = tmp_path / "notes.tsv"
+    bad.write_text("slice\tpair_0\n0\tyes\n")
+    with pytest.raises(ASLInputError, match="cannot be read"):
+        ol.read_outlier_matrix(bad)

@@ -140,6 +140,24 @@ def test_paocsl_spec_rules_use_motion(dataset, tmp_path):
 
 
 @pytest.mark.parametrize(
+    "options, from_cleaning",
+    [(["--denoise"], True), (["--denoise", "--outlier-method", "none"], False)],
+)
+def test_denoiser_reads_the_pairs_the_cleaning_kept(dataset, tmp_path, options, from_cleaning):
+    """The cleaned map's noise is that of its kept pairs: the denoiser gets the outlier
+    matrix of the cleaning whose map it denoises, and none when nothing was cleaned."""
+    cbf_wf = _build(dataset, tmp_path, *options).get_node("sub_01_wf.asl_sub_01_asl.cbf_wf")
+    dwan = cbf_wf.get_node("dwan_denoise")
+    edges = {
+        (src.name, c)
+        for src, _, d in cbf_wf._graph.in_edges(dwan, data=True)
+        for c in d["connect"]
+    }
+    assert (("clean_cbf", ("outlier_matrix", "outlier_matrix")) in edges) is from_cleaning
+    assert (("clean_cbf", ("mean_cbf", "in_file")) in edges) is from_cleaning
+
+
+@pytest.mark.parametrize(
     "options, present, absent",
     [
         (["--no-denoise"], ["clean_cbf"], ["dwan_denoise", "ds_denoised_cbf"]),

@@ -321,14 +321,19 @@ def init_cbf_wf(
             (dwan, outputnode, [("out_file", "denoised_cbf"),
                                 ("out_sidecar", "denoised_cbf_json")]),
         ])  # fmt: skip
+        cleaned = best[0] is not compute_cbf
+        if cleaned:  # the cleaned map: its noise is that of the kept pairs
+            workflow.connect(best[0], "outlier_matrix", dwan, "outlier_matrix")
         desc += (
             " The unsmoothed mean CBF map was denoised slice by slice with DWAN, a dilated "
             "wide-activation network trained from noisy data alone (learning from noise), "
-            "given the map's noise level (estimated from the per-pair series) and the GM/WM "
-            "probability maps as extra input channels"
+            "given the map's noise level (estimated from the per-pair series"
+            + (", over the pairs the outlier cleaning kept in each slice" if cleaned else "")
+            + ") and the GM/WM probability maps as extra input channels"
             + (
                 f", after up to {float(dwan_finetune):g} s of fine-tuning on the run's own "
-                "pairs (subject-level learning from noise), keeping the weights that scored "
+                + ("kept " if cleaned else "")
+                + "pairs (subject-level learning from noise), keeping the weights that scored "
                 "best on held-out slices."
                 if dwan_finetune
                 else "."

@@ -290,6 +290,28 @@ def _axial_layout(img):
     return axis, tuple(zooms)
 
 
+def _kept_pairs(path: Path, prefix: str, shape, axis: int):
+    """The ``(slices, pairs)`` pairs that the run's outlier cleaning kept, with the
+    slices along the axial axis (``axis`` moved third), or None when no cleaning's
+    matrix lies next to the native-space series ``path``. The matrix's slices are
+    the array's third axis; along another axial axis only whole pairs are kept."""
+    from asl_pipeline.outliers import read_outlier_matrix
+
+    if "_space-" in path.name:
+        return None
+    found = [
+        p
+        for p in sorted(path.parent.glob(f"{prefix}_desc-*_outliers.tsv"))
+        if not p.name.endswith("pairs_outliers.tsv")  # the per-pair status table
+    ]
+    if len(found) != 1:
+        return None
+    keep = ~read_outlier_matrix(found[0], (shape[2], shape[3]))
+    if axis != 2:
+        keep = np.broadcast_to(keep.all(axis=0), (shape[axis], shape[3])).copy()
+    return keep
+
+
 def load_derivatives(root) -> list:
     """Subjects (:class:`~asl_pipeline.training.Subject`) from a derivatives folder."""
     import nibabel as nb
@@ -323,19 +345,23 @@ def load_derivatives(root) -> list:
         series = np.moveaxis(np.asarray(img.dataobj, dtype=np.float32), axis, 2)
         mask = np.moveaxis(np.asarray(mimg.dataobj) > 0, axis, 2)
         tissue = {}
+        prefix = re.split(r"_(?:desc|space|res|cbf)[-_.]", path.name, maxsplit=1)[0]
         for label in ("GM", "WM"):  # the run's tissue maps on its grid, when written
-            prefix = re.split(r"_(?:desc|space|res|cbf)[-_.]", path.name, maxsplit=1)[0]
             found = sorted(path.parent.glob(f"{prefix}_label-{label}_probseg.nii*"))
             if found and nb.load(found[0]).shape[:3] == img.shape[:3]:
                 data = np.asarray(nb.load(found[0]).dataobj, dtype=np.float32)
                 tissue[label.lower()] = np.moveaxis(data, axis, 2)
+        info = {"file": str(path), "mask": str(mask_path)}
+        keep = _kept_pairs(path, prefix, img.shape, axis)
+        if keep is not None:
+            info["keep"] = keep
         subjects.append(
             Subject(
                 name=path.name,
                 series=np.nan_to_num(series),
                 mask=mask,
                 voxel_size=voxel_size,
-                info={"file": str(path), "mask": str(mask_path)},
+                info=info,
                 **tissue,
             )
         )
@@ -606,12 +632,17 @@ def _main_subject_finetune(args, argv, subjects, init) -> int:
             lr=args.lr,
             seed=args.seed,
             device=args.device,
+            keep=subj.info.get("keep"),
         )
         metadata = {
             "command": _command(argv),
             "scheme": "lfn-subject",
             "subject": subj.name,
-            "source": {"run": subj.info.get("file"), "init_weights": init},
+            "source": {
+                "run": subj.info.get("file"),
+                "init_weights": init,
+                "pairs": "kept by the outlier cleaning" if "keep" in subj.info else "all",
+            },
             "finetune": fit,
         }
         model.to("cpu")

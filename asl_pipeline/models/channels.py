@@ -56,30 +56,47 @@ def median_variance_factor(n: int) -> float:
     return float(stats.chi2.median(n - 1) / (n - 1))
 
 
-def noise_sd_map(pairs, mask, *, n_averaged: int | None = None) -> np.ndarray:
+def noise_sd_map(pairs, mask, *, n_averaged: int | None = None, keep=None) -> np.ndarray:
     """Noise SD of the mean of ``pairs`` (mL/100 g/min), one value per slice.
 
     ``pairs`` is ``(x, y, z, n)``: per-pair CBF maps. In each axial slice the
     single-pair SD is the square root of the median (over mask voxels) of the
     per-voxel sample variance, corrected by :func:`median_variance_factor`;
     the map's SD is that over ``sqrt(n_averaged)`` (default ``n``, the mean of
-    all the pairs; pass the number of pairs kept after outlier cleaning).
-    Slices with fewer than 10 mask voxels take the median of the others.
-    Zero outside ``mask``.
+    all the pairs; ignored with ``keep``). ``keep``, a ``(z, n)`` boolean
+    matrix (False: the pair was removed from that slice, as in an outlier
+    matrix), gives each slice the noise of the mean of its kept pairs: their
+    variance over the square root of their number. Without it, the removed
+    outliers inflate the variance several times over (``benchmarks/RESULTS.md``,
+    "The noise channel of a cleaned map").
+    Slices with fewer than 10 mask voxels (or 2 kept pairs) take the median of
+    the others. Zero outside ``mask``.
     """
     pairs = np.asarray(pairs, dtype=np.float64)
     mask = np.asarray(mask, bool)
     n = pairs.shape[-1]
-    factor = median_variance_factor(n)
-    var = pairs.var(axis=-1, ddof=1)
+    if keep is None:
+        keep = np.ones((mask.shape[2], n), bool)
+        n_mean = np.full(mask.shape[2], n if n_averaged is None else n_averaged)
+    else:
+        keep = np.asarray(keep, bool)
+        if keep.shape != (mask.shape[2], n):
+            raise ValueError(f"keep is {keep.shape}, the series has {(mask.shape[2], n)}")
+        n_mean = keep.sum(axis=1)
     sd = np.full(mask.shape[2], np.nan)
     for z in range(mask.shape[2]):
-        if mask[:, :, z].sum() >= 10:
-            sd[z] = np.sqrt(np.median(var[:, :, z][mask[:, :, z]]) / factor)
-    if np.all(np.isnan(sd)):
-        sd[:] = np.sqrt(np.median(var[mask]) / factor) if mask.any() else 0.0
+        kept = keep[z]
+        if mask[:, :, z].sum() >= 10 and kept.sum() >= 2:
+            var = pairs[:, :, z][mask[:, :, z]][:, kept].var(axis=-1, ddof=1)
+            sd[z] = np.sqrt(np.median(var) / median_variance_factor(int(kept.sum())))
+    if np.all(np.isnan(sd)):  # no slice qualifies: pool the mask over the pairs kept everywhere
+        cols = keep.all(axis=0) if keep.all(axis=0).sum() >= 2 else np.ones(n, bool)
+        sd[:] = 0.0
+        if mask.any():
+            var = pairs[mask][:, cols].var(axis=-1, ddof=1)
+            sd[:] = np.sqrt(np.median(var) / median_variance_factor(int(cols.sum())))
     sd = np.where(np.isnan(sd), np.nanmedian(sd), sd)
-    sd = sd / np.sqrt(n if n_averaged is None else n_averaged)
+    sd = sd / np.sqrt(np.maximum(n_mean, 1))
     return np.where(mask, sd[None, None, :], 0.0).astype(np.float32)
 
 

@@ -89,6 +89,7 @@ def denoise_run(
     seed: int = 0,
     device="cpu",
     batch_size: int = 16,
+    keep=None,
 ):
     """Denoise a run's mean CBF map with everything its model takes.
 
@@ -98,8 +99,12 @@ def denoise_run(
     mean of its ``n`` pairs. ``gm``/``wm``/``m0`` fill the channels of the same
     names. ``finetune_seconds > 0`` first fine-tunes the model on the run's
     own pairs (:func:`asl_pipeline.lfn.finetune`, subject-level learning from
-    noise). Returns the denoised map, the model's info and the fine-tuning
-    record (None without fine-tuning).
+    noise). ``keep``, the ``(z, n)`` complement of the cleaning's outlier
+    matrix (slices along the array's third axis, as the cleaning reads them),
+    makes both use only the pairs that ``mean`` averages: the noise channel is
+    that of the mean of each slice's kept pairs, and the removed pairs are
+    left out of the fine-tuning. Returns the denoised map, the model's info
+    and the fine-tuning record (None without fine-tuning).
     """
     from asl_pipeline.errors import ASLInputError
     from asl_pipeline.models.channels import noise_sd_map
@@ -122,9 +127,19 @@ def denoise_run(
             "noise channel",
         )
     extra = {"gm": gm, "wm": wm, "m0": m0}
+    if keep is not None and np.ndim(series) == 4:
+        keep = np.asarray(keep, bool)
+        expected = (np.shape(mask)[2], np.shape(series)[3])
+        if keep.shape != expected:
+            raise ASLInputError(
+                f"the outlier matrix is {keep.shape[0]} slices x {keep.shape[1]} pairs; the "
+                f"run's series is {expected[0]} slices x {expected[1]} pairs.",
+                field="outlier_matrix",
+                fix="pass the outlier matrix that the cleaning wrote for this same series",
+            )
     if series is not None and np.ndim(series) == 4:
         series = np.nan_to_num(np.asarray(series, np.float32))
-        extra["noise"] = noise_sd_map(series, mask)
+        extra["noise"] = noise_sd_map(series, mask, keep=keep)
     axis = 2 if affine is None else axial_axis(affine)
     fit = None
     if finetune_seconds > 0:
@@ -135,6 +150,9 @@ def denoise_run(
             for k, v in extra.items()
             if k != "noise"
         }
+        keep_ft = keep
+        if keep is not None and axis != 2:  # other slices than the cleaning's: whole pairs
+            keep_ft = np.broadcast_to(keep.all(axis=0), (np.shape(mask)[axis], keep.shape[1]))
         fit = lfn.finetune(
             model,
             np.moveaxis(series, axis, 2),
@@ -143,6 +161,7 @@ def denoise_run(
             seconds=finetune_seconds,
             seed=seed,
             device=device,
+            keep=keep_ft,
         )
     out = denoise_volume(
         model, mean, mask, axis=axis, batch_size=batch_size, device=device, extra=extra
