@@ -431,9 +431,29 @@ class SeriesSampler:
     ``keep``, a ``(z, n)`` boolean matrix (False: removed from that slice by
     the outlier cleaning), limits each slice's draws to its kept pairs; a
     slice needs 4 of them to be drawn.
+
+    With ``level`` (the default) each pair's slice is first shifted so that
+    its brain mean is that of the kept pairs' mean. Pairs fluctuate as a
+    whole (global and slice-wise offsets, on the simulators up to half the
+    GM CBF); a bias-free network trained to predict one noisy offset from
+    another learns to shrink the map towards zero, and read GM CBF 20-34%
+    low on a clean simulated run (``benchmarks/RESULTS.md``, "The noise
+    channel of a cleaned map"). Levelled, the examples teach local denoising
+    and the output keeps its input's level.
     """
 
-    def __init__(self, series, mask, maps, channels, *, patch: int = 48, device="cpu", keep=None):
+    def __init__(
+        self,
+        series,
+        mask,
+        maps,
+        channels,
+        *,
+        patch: int = 48,
+        device="cpu",
+        keep=None,
+        level: bool = True,
+    ):
         import torch
 
         from asl_pipeline.models.channels import check_channels
@@ -459,6 +479,8 @@ class SeriesSampler:
         if not zs:
             raise ValueError("no slice with enough brain voxels and kept pairs to train on")
         self.kept = [torch.as_tensor(np.flatnonzero(keep[z]), device=self.device) for z in zs]
+        if level:
+            series = _levelled(series, mask, keep, zs)
         pad = PairSampler._pad
         planes = []
         for z in zs:
@@ -520,6 +542,19 @@ class SeriesSampler:
             anats.append(self.anat[k[b], 1:][:, sl[0], sl[1]])
         x, y, m, anat = (torch.stack(a) for a in (xs, ys, ms, anats))
         return _input_channels(self.channels, x[:, 0:1], x[:, 1:2], anat, m), y * m, m, n
+
+
+def _levelled(series, mask, keep, zs):
+    """``series`` with each pair's slice ``z`` in ``zs`` shifted, inside the mask, so that
+    its mean over the slice's mask is the mean of the slice's kept pairs."""
+    out = series.copy()
+    for z in zs:
+        inside = mask[:, :, z]
+        values = series[:, :, z][inside]  # (voxels, pairs)
+        means = values.mean(axis=0)
+        shift = means - means[keep[z]].mean()
+        out[:, :, z][inside] = values - shift[None, :]
+    return out
 
 
 def _crop_corners(size: int, patch: int, batch_size: int, gen, device):

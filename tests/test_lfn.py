@@ -113,6 +113,30 @@ def test_series_sampler_never_draws_a_removed_pair():
     assert len(lfn.SeriesSampler(bad, subj.mask, subj.maps(), ("cbf",), keep=few).pairs) == 5
 
 
+def test_series_sampler_levels_each_pair_to_the_kept_mean():
+    """Whole-pair offsets are not noise a spatial denoiser can learn to remove: levelled,
+    pairs that differ only by an offset per pair and slice give input == target."""
+    subj = _clean(shape=(40, 40, 4))
+    rng = np.random.default_rng(6)
+    offsets = rng.normal(0, 30, (1, 1, 4, 10))
+    series = (subj.cbf[..., None] + offsets).astype(np.float32)
+    keep = np.ones((4, 10), bool)
+    keep[2, 7] = False
+    series[:, :, 2, 7] += 500  # removed: not part of the level either
+    gen = torch.Generator()
+    gen.manual_seed(0)
+    levelled = lfn.SeriesSampler(series, subj.mask, subj.maps(), ("cbf", "noise"), keep=keep)
+    x, y, m, _ = levelled.batch(6, gen)
+    assert torch.allclose(x[:, 0:1] * m, y, atol=1e-3)
+    _, y, m, _ = levelled.whole_slices(range(4), gen, 5)
+    for z in range(4):  # each slice keeps the level of its kept pairs' mean
+        level = series[:, :, z][subj.mask[:, :, z]][:, keep[z]].mean()
+        assert float(y[z][m[z] > 0].mean()) == pytest.approx(level, rel=1e-4)
+    raw = lfn.SeriesSampler(series, subj.mask, subj.maps(), ("cbf",), keep=keep, level=False)
+    x, y, m, _ = raw.batch(6, gen)
+    assert not torch.allclose(x[:, 0:1] * m, y, atol=1.0)
+
+
 def test_sampler_gives_independent_noisy_input_and_target():
     subj = _clean()
     subj.noise = noise.PairNoise(tail_fraction=0.0, slice_centre=1.0, slice_edge=1.0)
