@@ -107,21 +107,26 @@ def _tissue_run(seed=3, shape=(40, 40, 6), n_pairs=10, sd=40.0):
     return truth, mask, gm.astype(np.float32), wm.astype(np.float32), series.astype(np.float32)
 
 
+def _run_files(tmp_path, cbf, mask, series, gm, wm):
+    """The map, mask, per-pair series and tissue maps of a run as NIfTI files: the
+    DWANDenoise inputs (in_file, mask_file, cbf_ts, gm_file, wm_file)."""
+    aff = np.diag([3.0, 3.0, 5.0, 1.0])
+    in_file, mask_file = _write(tmp_path, cbf, mask, aff)
+    inputs = {"in_file": in_file, "mask_file": mask_file}
+    for field, name, arr in (
+        ("cbf_ts", "ts", series),
+        ("gm_file", "gm", gm),
+        ("wm_file", "wm", wm),
+    ):
+        inputs[field] = str(tmp_path / f"sub-01_{name}.nii.gz")
+        nb.Nifti1Image(arr, aff).to_filename(inputs[field])
+    return inputs
+
+
 def test_interface_default_weights_are_the_shipped_dwan(tmp_path):
     truth, mask, gm, wm, series = _tissue_run()
-    aff = np.diag([3.0, 3.0, 5.0, 1.0])
-    in_file, mask_file = _write(tmp_path, series.mean(-1), mask, aff)
-    paths = {}
-    for name, arr in {"ts": series, "gm": gm, "wm": wm}.items():
-        paths[name] = str(tmp_path / f"sub-01_{name}.nii.gz")
-        nb.Nifti1Image(arr, aff).to_filename(paths[name])
-    res = DWANDenoise(
-        in_file=in_file,
-        mask_file=mask_file,
-        cbf_ts=paths["ts"],
-        gm_file=paths["gm"],
-        wm_file=paths["wm"],
-    ).run(cwd=tmp_path)
+    inputs = _run_files(tmp_path, series.mean(-1), mask, series, gm, wm)
+    res = DWANDenoise(**inputs).run(cwd=tmp_path)
     side = json.loads(open(res.outputs.out_sidecar).read())
     assert side["DenoisingModel"]["File"] == "dwan_lfn_l1.pt"
     assert side["DenoisingModel"]["Sha256"] == file_sha256(default_weights_path())
@@ -163,12 +168,7 @@ def test_interface_reads_the_noise_of_the_cleaned_pairs(tmp_path):
     series[:, :, 1:5, [3, 8]] -= rng.normal(250, 150, series[:, :, 1:5, [3, 8]].shape)
     cleaned = np.where(~removed[None, None], series, np.nan)
     cleaned = np.nanmean(cleaned, axis=-1).astype(np.float32)
-    aff = np.diag([3.0, 3.0, 5.0, 1.0])
-    in_file, mask_file = _write(tmp_path, cleaned, mask, aff)
-    paths = {}
-    for name, arr in {"ts": series, "gm": gm, "wm": wm}.items():
-        paths[name] = str(tmp_path / f"sub-01_{name}.nii.gz")
-        nb.Nifti1Image(arr, aff).to_filename(paths[name])
+    inputs = _run_files(tmp_path, cleaned, mask, series, gm, wm)
     matrix = _write_matrix(tmp_path / "outliers.tsv", removed)
     inner = mask.copy()
     inner[:8], inner[-8:], inner[:, :8], inner[:, -8:] = False, False, False, False
@@ -176,14 +176,7 @@ def test_interface_reads_the_noise_of_the_cleaned_pairs(tmp_path):
     results = {}
     for label, extra in (("all", {}), ("kept", {"outlier_matrix": matrix})):
         (tmp_path / label).mkdir()
-        res = DWANDenoise(
-            in_file=in_file,
-            mask_file=mask_file,
-            cbf_ts=paths["ts"],
-            gm_file=paths["gm"],
-            wm_file=paths["wm"],
-            **extra,
-        ).run(cwd=tmp_path / label)
+        res = DWANDenoise(**inputs, **extra).run(cwd=tmp_path / label)
         out = nb.load(res.outputs.out_file).get_fdata()
         side = json.loads(open(res.outputs.out_sidecar).read())
         results[label] = (np.sqrt(np.mean((out[inner] - truth[inner]) ** 2)), out, side)
@@ -196,14 +189,7 @@ def test_interface_reads_the_noise_of_the_cleaned_pairs(tmp_path):
     # a matrix of another series is refused, naming the file and the field
     other = _write_matrix(tmp_path / "other.tsv", removed[:, :10])
     with pytest.raises(ASLInputError, match="outlier_matrix") as err:
-        DWANDenoise(
-            in_file=in_file,
-            mask_file=mask_file,
-            cbf_ts=paths["ts"],
-            gm_file=paths["gm"],
-            wm_file=paths["wm"],
-            outlier_matrix=other,
-        ).run(cwd=tmp_path)
+        DWANDenoise(**inputs, outlier_matrix=other).run(cwd=tmp_path)
     assert "other.tsv" in str(err.value) and "10 pairs" in str(err.value)
 
 
