@@ -544,6 +544,16 @@ class SeriesSampler:
         return _input_channels(self.channels, x[:, 0:1], x[:, 1:2], anat, m), y * m, m, n
 
 
+def axial_keep(keep, axis: int, n_axial: int):
+    """A cleaning's ``(slices, pairs)`` keep matrix (its slices: the array's third axis)
+    for the ``n_axial`` slices along voxel axis ``axis``: itself when that is the third
+    axis (or None), else the pairs kept in every slice, for each axial slice."""
+    if keep is None or axis == 2:
+        return keep
+    keep = np.asarray(keep, bool)
+    return np.broadcast_to(keep.all(axis=0), (n_axial, keep.shape[1])).copy()
+
+
 def _levelled(series, mask, keep, zs):
     """``series`` with each pair's slice ``z`` in ``zs`` shifted, inside the mask, so that
     its mean over the slice's mask is the mean of the slice's kept pairs."""

@@ -999,8 +999,8 @@ def read_outlier_matrix(path, shape=None) -> np.ndarray:
     """The slice x pair outlier TSV (header row, ``slice`` column, 1 = removed) that
     the cleaning interfaces write, as booleans (True = removed).
 
-    ``shape``: the ``(slices, pairs)`` of the CBF series it must describe; a
-    matrix of another series, or a file that is not such a table, raises
+    ``shape``: the ``(slices, pairs)`` of the CBF series it must describe
+    (:func:`check_outlier_matrix`); a file that is not such a table raises
     :class:`ASLInputError` naming the file.
     """
     try:
@@ -1012,15 +1012,23 @@ def read_outlier_matrix(path, shape=None) -> np.ndarray:
             field="outlier_matrix",
             fix="pass the *_desc-paocsl_outliers.tsv (or CleanCBF's outlier_matrix) as written",
         ) from exc
-    if shape is not None and mat.shape != tuple(shape):
+    if shape is not None:
+        check_outlier_matrix(mat, shape, file=path)
+    return mat > 0
+
+
+def check_outlier_matrix(matrix, shape, *, file=None) -> None:
+    """Raise :class:`ASLInputError` unless ``matrix`` is ``shape``, the ``(slices, pairs)``
+    of the CBF series it must describe."""
+    if np.shape(matrix) != tuple(shape):
+        rows, cols = np.shape(matrix)
         raise ASLInputError(
-            f"the outlier matrix is {mat.shape[0]} slices x {mat.shape[1]} pairs; the CBF "
-            f"series is {shape[0]} slices x {shape[1]} pairs.",
-            file=path,
+            f"the outlier matrix is {rows} slices x {cols} pairs; the CBF series is "
+            f"{shape[0]} slices x {shape[1]} pairs.",
+            file=file,
             field="outlier_matrix",
             fix="pass the outlier matrix that the cleaning wrote for this same series",
         )
-    return mat > 0
 
 
 def clean(method: str, cbf_ts, *, gm=None, wm=None, csf=None, mask=None, motion=None, **kwargs):

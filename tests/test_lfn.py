@@ -372,3 +372,12 @@ def test_asl_train_subject_finetune_needs_tissue_maps(tmp_path, capsys):
     assert main([*argv, "--subject-finetune", "1", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "channels" in err and "probseg" in err
+
+
+def test_axial_keep_uses_whole_pairs_across_other_slices():
+    keep = np.ones((4, 6), bool)
+    keep[1, 2] = keep[3, 5] = False
+    assert lfn.axial_keep(keep, 2, 4) is keep and lfn.axial_keep(None, 0, 9) is None
+    across = lfn.axial_keep(keep, 0, 9)  # the cleaning's slices are not the axial ones
+    assert across.shape == (9, 6) and across.flags.writeable
+    assert np.array_equal(across, np.tile([True, True, False, True, True, False], (9, 1)))

@@ -295,6 +295,7 @@ def _kept_pairs(path: Path, prefix: str, shape, axis: int):
     slices along the axial axis (``axis`` moved third), or None when no cleaning's
     matrix lies next to the native-space series ``path``. The matrix's slices are
     the array's third axis; along another axial axis only whole pairs are kept."""
+    from asl_pipeline.lfn import axial_keep
     from asl_pipeline.outliers import read_outlier_matrix
 
     if "_space-" in path.name:
@@ -306,10 +307,7 @@ def _kept_pairs(path: Path, prefix: str, shape, axis: int):
     ]
     if len(found) != 1:
         return None
-    keep = ~read_outlier_matrix(found[0], (shape[2], shape[3]))
-    if axis != 2:
-        keep = np.broadcast_to(keep.all(axis=0), (shape[axis], shape[3])).copy()
-    return keep
+    return axial_keep(~read_outlier_matrix(found[0], (shape[2], shape[3])), axis, shape[axis])
 
 
 def load_derivatives(root) -> list:

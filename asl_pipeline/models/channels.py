@@ -90,7 +90,8 @@ def noise_sd_map(pairs, mask, *, n_averaged: int | None = None, keep=None) -> np
             var = pairs[:, :, z][mask[:, :, z]][:, kept].var(axis=-1, ddof=1)
             sd[z] = np.sqrt(np.median(var) / median_variance_factor(int(kept.sum())))
     if np.all(np.isnan(sd)):  # no slice qualifies: pool the mask over the pairs kept everywhere
-        cols = keep.all(axis=0) if keep.all(axis=0).sum() >= 2 else np.ones(n, bool)
+        cols = keep.all(axis=0)
+        cols = cols if cols.sum() >= 2 else np.ones(n, bool)
         sd[:] = 0.0
         if mask.any():
             var = pairs[mask][:, cols].var(axis=-1, ddof=1)

@@ -128,15 +128,10 @@ def denoise_run(
         )
     extra = {"gm": gm, "wm": wm, "m0": m0}
     if keep is not None and np.ndim(series) == 4:
+        from asl_pipeline.outliers import check_outlier_matrix
+
         keep = np.asarray(keep, bool)
-        expected = (np.shape(mask)[2], np.shape(series)[3])
-        if keep.shape != expected:
-            raise ASLInputError(
-                f"the outlier matrix is {keep.shape[0]} slices x {keep.shape[1]} pairs; the "
-                f"run's series is {expected[0]} slices x {expected[1]} pairs.",
-                field="outlier_matrix",
-                fix="pass the outlier matrix that the cleaning wrote for this same series",
-            )
+        check_outlier_matrix(keep, (np.shape(mask)[2], np.shape(series)[3]))
     if series is not None and np.ndim(series) == 4:
         series = np.nan_to_num(np.asarray(series, np.float32))
         extra["noise"] = noise_sd_map(series, mask, keep=keep)
@@ -150,9 +145,6 @@ def denoise_run(
             for k, v in extra.items()
             if k != "noise"
         }
-        keep_ft = keep
-        if keep is not None and axis != 2:  # other slices than the cleaning's: whole pairs
-            keep_ft = np.broadcast_to(keep.all(axis=0), (np.shape(mask)[axis], keep.shape[1]))
         fit = lfn.finetune(
             model,
             np.moveaxis(series, axis, 2),
@@ -161,7 +153,7 @@ def denoise_run(
             seconds=finetune_seconds,
             seed=seed,
             device=device,
-            keep=keep_ft,
+            keep=lfn.axial_keep(keep, axis, np.shape(mask)[axis]),
         )
     out = denoise_volume(
         model, mean, mask, axis=axis, batch_size=batch_size, device=device, extra=extra
