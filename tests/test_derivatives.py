@@ -214,3 +214,25 @@ def test_every_sink_names_its_sources(tmp_path):
 def test_m0_from_the_series_names_the_series(tmp_path):
     sinks = _sinks(tmp_path, {"m0"})
     assert sinks["ds_m0"].inputs.sources == ["bids:raw:sub-01/perf/sub-01_asl.nii.gz"]
+
+
+def test_denoised_map_names_every_input_of_the_denoiser(tmp_path):
+    stored = {"m0", "cbf_ts", "cleaned_cbf", "outlier_matrix", "denoised_cbf", "gm", "wm",
+              "asl_mask"}  # fmt: skip
+    sources = _sinks(tmp_path, stored)["ds_denoised_cbf"].inputs.sources
+    perf = "bids::sub-01/perf/sub-01_"
+    assert sources == [
+        perf + "desc-paocsl_cbf.nii.gz",
+        perf + "desc-timeseries_cbf.nii.gz",
+        perf + "desc-paocsl_outliers.tsv",  # the denoiser sees only the kept pairs
+        perf + "label-GM_probseg.nii.gz",
+        perf + "label-WM_probseg.nii.gz",
+        perf + "desc-preproc_m0scan.nii.gz",
+        perf + "desc-brain_mask.nii.gz",
+    ]
+    # without a cleaning the mean of every pair is denoised; no outlier matrix exists
+    sources = _sinks(tmp_path / "plain", {"cbf_ts", "mean_cbf", "denoised_cbf"})
+    assert sources["ds_denoised_cbf"].inputs.sources == [
+        perf + "desc-mean_cbf.nii.gz",
+        perf + "desc-timeseries_cbf.nii.gz",
+    ]

@@ -209,11 +209,13 @@ def init_asl_derivatives_wf(
         ".tsv",
     )
     best = "cleaned_cbf" if "cleaned_cbf" in stored else "mean_cbf"
+    # everything DWANDenoise reads: the map, its pairs (only the kept ones), tissue and M0
+    pairs = ["cbf_ts", "outlier_matrix"] if best == "cleaned_cbf" else ["cbf_ts"]
     outputs["denoised_cbf"] = (
         "cbf",
         {"desc": "denoised" + smooth},
         cbf_meta,
-        [best, "asl_mask"],
+        [best, *pairs, "gm", "wm", "m0", "asl_mask"],
         ".nii.gz",
     )
     for tissue in ("GM", "WM"):  # partial-volume correction of the measured map
