@@ -79,6 +79,7 @@ def test_judge_scores_maps_against_the_rest_and_skips_the_t1w_mask(tmp_path):
     _save(first / f"{stem}_label-GM_probseg.nii.gz", gm)
     _save(first / f"{stem}_label-WM_probseg.nii.gz", 1 - gm)
     _save(first / f"{stem}_desc-oracle_cbf.nii.gz", truth)
+    _save(first / f"{stem}_desc-shrunk_cbf.nii.gz", 0.9 * noisy)
     # the anatomical mask has no CBF beside it: not a run to judge
     _save(first.parent / "anat" / f"{stem}_desc-brain_mask.nii.gz", np.ones((4, 4, 4)))
     rows = {r["map"]: r for r in split_half.judge(tmp_path / "first", tmp_path / "rest")}
@@ -88,6 +89,10 @@ def test_judge_scores_maps_against_the_rest_and_skips_the_t1w_mask(tmp_path):
     best = next(k for k in rows if k.startswith("blur best"))
     assert rows[best]["rms"] <= rows["blur sigma 0.5"]["rms"] + 1e-9
     assert rows[best]["rms"] < rows["mean"]["rms"]  # blurring white noise helps
+    # a lower level is no less noise: scaled back, the shrunk mean is the mean
+    assert rows["shrunk"]["level"] == pytest.approx(0.9)
+    assert rows["shrunk"]["ratio_at_plain_level"] == pytest.approx(1.0)
+    assert rows["oracle"]["ratio_at_plain_level"] < 0.2
 
 
 def test_judge_reads_the_plain_mean_of_another_run_when_smoothed(tmp_path):
@@ -134,3 +139,31 @@ def test_noise_floor_is_the_distance_of_the_noise_free_map(tmp_path):
     assert rows["mean"]["rms_floor"] == pytest.approx(expected, rel=0.1)
     assert rows["truth"]["closed"] == pytest.approx(1.0, abs=0.05)
     assert rows["mean"]["closed"] == 0.0
+
+
+def test_linear_bounds_keep_the_level_and_find_a_smoothing_kernel():
+    """The bound's kernel sums to 1 (it cannot copy the rest's level) and,
+    where the truth is smooth and the noise white, it smooths."""
+    rng = np.random.default_rng(5)
+    shape = (40, 40, 12)
+    mask = np.zeros(shape, bool)
+    mask[4:36, 4:36, 1:11] = True
+    # a constant map: nothing to learn but the rest's 10% lower level, which it must not
+    flat = np.full(shape, 50.0)
+    bounds = split_half.linear_bounds(flat, 45 + rng.normal(0, 5, shape), mask)
+    for cbf in bounds.values():
+        np.testing.assert_allclose(cbf[mask], 50.0)
+        assert np.isnan(cbf[~mask]).all()
+    # a smooth truth under white noise: the kernel averages neighbours
+    x, y = np.meshgrid(np.arange(40), np.arange(40), indexing="ij")
+    truth = np.repeat((40 + 20 * np.sin(x / 6.0) * np.cos(y / 7.0))[..., None], 12, axis=2)
+    plain = truth + rng.normal(0, 10, shape)
+    rest = truth + rng.normal(0, 3, shape)
+    bounds = split_half.linear_bounds(plain, rest, mask)
+    base = split_half.rms(plain, rest, mask)
+    oracle = split_half.rms(bounds["linear oracle"], rest, mask) / base
+    cross = split_half.rms(bounds["linear cross-slice"], rest, mask) / base
+    assert oracle < 0.5  # 75 neighbours' average of white noise
+    # fitted to the voxels it is judged on, the oracle reads optimistic; from the
+    # other slices, pessimistic (74 weights estimated from half the voxels)
+    assert oracle <= cross < oracle * 1.2
