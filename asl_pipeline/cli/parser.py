@@ -320,9 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_float(0, False),
         default=0.0,
         metavar="SECONDS",
-        help="with --denoise: first fine-tune the weights on the run's own pairs for at most "
-        "this long, keeping the weights that score best on held-out slices (subject-level "
-        "learning from noise; default 0: off)",
+        help="with --denoise: first fine-tune the weights on the run's own pairs (those the "
+        "outlier cleaning kept, each slice levelled to their mean) for at most this long, "
+        "keeping the weights that score best on held-out slices (subject-level learning "
+        "from noise; default 0: off)",
     )
     g.add_argument(
         "--smoothing-fwhm",

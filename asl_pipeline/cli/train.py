@@ -207,9 +207,10 @@ def get_parser() -> argparse.ArgumentParser:
         "--subject-finetune",
         type=float,
         metavar="SECONDS",
-        help="fine-tune --init-weights on each run's own pairs for at most this long, "
-        "keeping the weights that score best on held-out slices; one model per run "
-        "(<out>/<run>_model.pt)",
+        help="fine-tune --init-weights on each run's own pairs (those its outlier matrix, "
+        "*_desc-<method>_outliers.tsv beside the series, marks as kept, if any; each slice "
+        "levelled to their mean) for at most this long, keeping the weights that score "
+        "best on held-out slices; one model per run (<out>/<run>_model.pt)",
     )
     sim = parser.add_argument_group("simulation (--simulate)")
     sim.add_argument(
