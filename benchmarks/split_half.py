@@ -144,10 +144,7 @@ def _neighbour(img: np.ndarray, mask: np.ndarray, shift: tuple) -> np.ndarray:
     out = img.copy()
     src = tuple(slice(max(-d, 0), n - max(d, 0)) for d, n in zip(shift, img.shape, strict=True))
     dst = tuple(slice(max(d, 0), n - max(-d, 0)) for d, n in zip(shift, img.shape, strict=True))
-    inside = np.zeros(img.shape, bool)
-    inside[dst] = mask[src]
     out[dst] = np.where(mask[src], img[src], img[dst])
-    out[~inside] = img[~inside]
     return out
 
 
@@ -172,19 +169,23 @@ def linear_bounds(plain: np.ndarray, rest: np.ndarray, mask: np.ndarray, radius=
         for dz in range(-radius[2], radius[2] + 1)
         if (dx, dy, dz) != (0, 0, 0)
     ]
+    xs = x[sel]
     # weights summing to 1: rest - x regressed on (neighbour - x), no intercept
-    design = np.stack([_neighbour(x, sel, d)[sel] - x[sel] for d in shifts], axis=1)
-    target = rest[sel] - x[sel]
+    design = np.stack([_neighbour(x, sel, d)[sel] - xs for d in shifts], axis=1)
+    target = rest[sel] - xs
     odd = np.nonzero(sel)[2] % 2 == 1
+    every = np.ones_like(odd)
+    splits = {  # (voxels the kernel is fitted on, voxels it is applied to)
+        "linear oracle": [(every, every)],
+        "linear cross-slice": [(odd, ~odd), (~odd, odd)],
+    }
     out = {}
-    splits = {"linear oracle": [np.ones_like(odd)], "linear cross-slice": [odd, ~odd]}
     for name, parts in splits.items():
-        fitted = np.array(x[sel])
-        for fit_on in parts:
-            apply_to = fit_on if len(parts) == 1 else ~fit_on
-            w = np.linalg.lstsq(design[fit_on], target[fit_on], rcond=None)[0]
-            fitted[apply_to] = x[sel][apply_to] + design[apply_to] @ w
         cbf = np.full(plain.shape, np.nan)
+        fitted = xs.copy()
+        for fit_on, apply_to in parts:
+            w = np.linalg.lstsq(design[fit_on], target[fit_on], rcond=None)[0]
+            fitted[apply_to] += design[apply_to] @ w
         cbf[sel] = fitted
         out[name] = cbf
     return out
