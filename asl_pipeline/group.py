@@ -50,6 +50,8 @@ METRICS = {
     "pairs_partial": ("outlier_pairs_partial", "Pairs removed in some slices only", ""),
     "n_pairs": ("n_pairs", "Label/control pairs", ""),
     "coreg_dice": ("coreg_dice", "ASL-T1w mask Dice", ""),
+    "att_gm": ("att_gm_mean", "GM arterial transit time (multi-PLD)", "s"),
+    "att_wm": ("att_wm_mean", "WM arterial transit time (multi-PLD)", "s"),
 }
 
 

@@ -119,6 +119,32 @@ def tissue_cbf_stats(cbf, gm, wm, *, gm_threshold=0.7, wm_threshold=0.9):
     }
 
 
+def tissue_att_stats(att, gm, wm, failed=None, *, gm_threshold=0.7, wm_threshold=0.9):
+    """Mean GM and WM arterial transit time (s) and the share of failed fits.
+
+    The masks are those of :func:`tissue_cbf_stats`. The means take every
+    voxel of the mask, failed fits included (their ATT is the best value the
+    fit found), like the CBF means of the same map. With ``failed`` (the
+    fit's failure mask) the failed percentages say how much of each mean
+    rests on fits that did not converge, ended at a bound or put the ATT
+    below the shortest delay, where the data do not determine it
+    (:func:`asl_pipeline.cbf.fit_multi_pld`). At 5 delays x 8 repeats a tenth
+    to a half of WM voxels fail on the two generators (benchmarks/RESULTS.md,
+    "Multi-PLD: what the voxel-wise fit gives a region"); their ATTs sit
+    mostly at the lower bound and the converged ones run high, so neither
+    part alone is the regional figure.
+    """
+    att = np.asarray(att, dtype=float)
+    out = {}
+    for name, prob, threshold in (("gm", gm, gm_threshold), ("wm", wm, wm_threshold)):
+        sel = np.asarray(prob) > threshold
+        out[f"{name}_mean"] = float(np.nanmean(att[sel])) if sel.any() else float("nan")
+        if failed is not None:
+            share = 100.0 * float((np.asarray(failed)[sel] > 0).mean()) if sel.any() else np.nan
+            out[f"{name}_failed_percent"] = float(share)
+    return out
+
+
 def qei(cbf, gm, wm, csf, *, zooms=(1.0, 1.0, 1.0), gm_wm_ratio=2.5, threshold=0.9):
     """Quality evaluation index of a CBF map (Dolui et al. 2024), in [0, 1].
 

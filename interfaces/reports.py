@@ -68,6 +68,17 @@ class _ComputeQCInputSpec(BaseInterfaceInputSpec):
     outlier_matrix = File(exists=True, desc="slice x pair outlier TSV (1 = removed)")
     extra_maps = InputMultiObject(File(exists=True), desc="further CBF maps to assess")
     extra_names = traits.List(traits.Str, desc="names of extra_maps, used as column prefixes")
+    att = File(
+        exists=True,
+        desc="arterial transit time map (s) of a multi-PLD fit: the columns att_gm_mean and "
+        "att_wm_mean",
+    )
+    att_failed = File(
+        exists=True,
+        requires=["att"],
+        desc="mask of the voxels whose kinetic fit failed: the columns att_gm_failed_percent "
+        "and att_wm_failed_percent",
+    )
     pvc_gm_cbf = File(
         exists=True,
         desc="partial-volume corrected GM CBF (0 = not estimated): its mean where GM > 0.5 "
@@ -107,6 +118,10 @@ class ComputeQC(SimpleInterface):
             for key, value in qc.tissue_cbf_stats(cbf, gm, wm).items():
                 row[f"{name}_{key}"] = value
             row[f"{name}_qei"] = qc.qei(cbf, gm, wm, csf, zooms=zooms)
+        if isdefined(inp.att):
+            failed = _load(inp.att_failed) if isdefined(inp.att_failed) else None
+            for key, value in qc.tissue_att_stats(_load(inp.att), gm, wm, failed).items():
+                row[f"att_{key}"] = value
         if isdefined(inp.pvc_gm_cbf) and isdefined(inp.pvc_wm_cbf):
             gm_pvc, wm_pvc = (_load(f) for f in (inp.pvc_gm_cbf, inp.pvc_wm_cbf))
             row.update(

@@ -84,3 +84,26 @@ def test_qc_and_report(images, tmp_path):
     assert qc["framewise_displacement_mean"] == pytest.approx(0.2)
     assert qc["outlier_slice_volumes"] == 7
     assert qc["outlier_volumes_all_slices"] == 1
+    assert not any(k.startswith("att_") for k in qc)  # single-PLD: no ATT columns
+
+
+def test_qc_of_a_multi_pld_fit(images, tmp_path):
+    """The ATT map and the fit's failure mask give the att_ columns."""
+    gm = nib.load(images["gm"])
+    att = np.where(gm.get_fdata() > 0.5, 0.9, 1.4)
+    failed = np.zeros(att.shape, np.uint8)
+    failed[:, :6] = gm.get_fdata()[:, :6] < 0.5  # half of the WM voxels
+    for name, arr in (("att", att), ("failed", failed)):
+        nib.save(nib.Nifti1Image(arr, gm.affine), tmp_path / f"{name}.nii.gz")
+    common = dict(cbf=images["cbf"], gm=images["gm"], wm=images["wm"], csf=images["csf"])
+    res = ComputeQC(
+        **common,
+        asl_mask=images["mask"],
+        att=str(tmp_path / "att.nii.gz"),
+        att_failed=str(tmp_path / "failed.nii.gz"),
+    ).run(cwd=tmp_path)
+    qc = json.loads(open(res.outputs.qc_json).read())
+    assert qc["att_gm_mean"] == pytest.approx(0.9)
+    assert qc["att_wm_mean"] == pytest.approx(1.4)
+    assert qc["att_gm_failed_percent"] == 0.0
+    assert qc["att_wm_failed_percent"] == pytest.approx(50.0)

@@ -37,6 +37,21 @@ def test_tissue_stats():
     assert s["gm_negative_percent"] == 50.0
 
 
+def test_tissue_att_stats():
+    gm = np.array([0.8, 0.8, 0.0, 0.0, 0.5])
+    wm = np.array([0.0, 0.0, 0.95, 0.95, 0.5])  # the last voxel is in neither mask
+    att = np.array([0.8, 1.2, 0.1, 1.5, 9.0])
+    failed = np.array([0, 0, 1, 0, 1])
+    s = qc.tissue_att_stats(att, gm, wm, failed)
+    assert s["gm_mean"] == pytest.approx(1.0)
+    assert s["wm_mean"] == pytest.approx(0.8)  # failed fits count, at their best value
+    assert s["gm_failed_percent"] == 0.0
+    assert s["wm_failed_percent"] == 50.0
+    assert set(qc.tissue_att_stats(att, gm, wm)) == {"gm_mean", "wm_mean"}
+    empty = qc.tissue_att_stats(att, np.zeros(5), wm, failed)
+    assert np.isnan(empty["gm_mean"]) and np.isnan(empty["gm_failed_percent"])
+
+
 def _tissue_phantom():
     rng = np.random.default_rng(0)
     shape = (24, 24, 12)

@@ -256,7 +256,7 @@ def init_asl_preproc_wf(
         "aslcontext",
     }
     if multi_pld:
-        stored |= {"att", "att_json"}
+        stored |= {"att", "att_json", "att_failed"}
     else:
         stored |= {"cbf_ts", "cbf_ts_json"}
     if outlier != "none" and n_pairs >= 4:
@@ -381,6 +381,10 @@ def init_asl_preproc_wf(
         workflow.connect([
             (cbf_wf, qc, [("outputnode.outlier_matrix", "outlier_matrix")]),
             (cbf_wf, confounds, [("outputnode.volume_status", "volume_status")]),
+        ])  # fmt: skip
+    if multi_pld:
+        workflow.connect([
+            (cbf_wf, qc, [("outputnode.att", "att"), ("outputnode.att_failed", "att_failed")]),
         ])  # fmt: skip
     if "denoised_cbf" in stored:
         workflow.connect([

@@ -16,8 +16,8 @@ from asl_pipeline.rundesc import RunDescription
 #: the last map of the chain, they make its outputnode).
 CBF_OUTPUTS = (
     "m0", "m0_json", "cbf_ts", "cbf_ts_json", "mean_cbf", "mean_cbf_json", "att", "att_json",
-    "cleaned_cbf", "cleaned_cbf_json", "outlier_matrix", "volume_status", "denoised_cbf",
-    "denoised_cbf_json",
+    "att_failed", "cleaned_cbf", "cleaned_cbf_json", "outlier_matrix", "volume_status",
+    "denoised_cbf", "denoised_cbf_json",
 )  # fmt: skip
 
 #: Fewest label/control pairs for which outlier cleaning is meaningful.
@@ -222,6 +222,7 @@ def init_cbf_wf(
             (compute_m0, fit, [("m0_file", "m0_file")]),
             (fit, outputnode, [("cbf", "mean_cbf"), ("cbf_json", "mean_cbf_json"),
                                ("att", "att"), ("att_json", "att_json"),
+                               ("failed_mask", "att_failed"),
                                ("cbf", "measured_cbf"), ("cbf", "final_cbf")]),
         ])  # fmt: skip
         return workflow

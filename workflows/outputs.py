@@ -38,6 +38,9 @@ DESCRIPTIONS = {
     "mean_cbf": "Mean CBF over all pairs, before outlier cleaning (multi-PLD: CBF fitted "
     "with the general kinetic model).",
     "att": "Arterial transit time fitted with the general kinetic model.",
+    "att_failed": "Voxels whose kinetic-model fit failed (1): it did not converge, a "
+    "parameter ended at a bound, or the ATT came out below the shortest delay, where the "
+    "data do not determine it. CBF and ATT hold the best values found there.",
     "cleaned_cbf": "Mean CBF after outlier cleaning: the measured map.",
     "denoised_cbf": "Outlier-cleaned mean CBF denoised with DWAN (opt-in).",
     "pvc_gm_cbf": "Grey-matter CBF of the measured map after linear-regression partial-volume "
@@ -108,7 +111,8 @@ def init_asl_derivatives_wf(
 
     Inputs
     ------
-    asl_preproc, asl_ref, asl_ref_distorted, aslcontext, cbf_ts, mean_cbf, att, cleaned_cbf,
+    asl_preproc, asl_ref, asl_ref_distorted, aslcontext, cbf_ts, mean_cbf, att, att_failed,
+    cleaned_cbf,
     denoised_cbf, pvc_gm_cbf, pvc_wm_cbf, m0 (each map with its ``<field>_json``
     sidecar from the interface), asl_mask, gm, wm, csf, confounds, qc, outlier_matrix,
     volume_status, asl_to_t1w, ``mni_<map>`` and ``t1w_<map>`` for each map of
@@ -162,6 +166,7 @@ def init_asl_derivatives_wf(
             ".nii.gz",
         ),
         "att": ("att", {}, {"Units": "s"}, ["asl_preproc", "m0"], ".nii.gz"),
+        "att_failed": ("mask", {"desc": "fitfailed"}, {}, ["asl_preproc", "m0"], ".nii.gz"),
         "asl_to_t1w": (
             "xfm",
             {"from_": "asl", "to": "T1w", "mode": "image"},
@@ -231,8 +236,8 @@ def init_asl_derivatives_wf(
         "cbf",
         {"desc": "qualitycontrol"},
         {},
-        [best, "mean_cbf", "denoised_cbf", "pvc_gm_cbf", "pvc_wm_cbf", "gm", "wm", "csf",
-         "asl_mask", "confounds"],
+        [best, "mean_cbf", "denoised_cbf", "pvc_gm_cbf", "pvc_wm_cbf", "att", "att_failed",
+         "gm", "wm", "csf", "asl_mask", "confounds"],
         ".tsv",
     )  # fmt: skip
     to_template = {

@@ -3,7 +3,8 @@
 Read back from the QC tables the run wrote, so the line shows exactly what
 the derivatives hold: mean GM and WM CBF of the measured map (the
 outlier-cleaned map when cleaning ran, else the plain mean; never the
-denoised one), their ratio, and how many pairs the cleaning removed.
+denoised one), their ratio, and how many pairs the cleaning removed; for a
+multi-PLD fit, the mean GM and WM ATT and the share of failed fits instead.
 """
 
 from __future__ import annotations
@@ -32,13 +33,27 @@ def _pairs_text(row: dict) -> str:
     return text
 
 
+def _att_text(row: dict) -> str:
+    """A multi-PLD fit's ATT and its failed fits (the pairs are not cleaned there)."""
+    gm, wm = _number(row, "att_gm_mean"), _number(row, "att_wm_mean")
+    text = f"ATT GM {gm:.2f}, WM {wm:.2f} s"
+    failed_gm, failed_wm = (
+        _number(row, "att_gm_failed_percent"),
+        _number(row, "att_wm_failed_percent"),
+    )
+    if failed_gm == failed_gm and failed_wm == failed_wm:  # not NaN
+        text += f", fit failed in {failed_gm:.0f}% of GM and {failed_wm:.0f}% of WM voxels"
+    return text
+
+
 def summary_line(qc_file: Path) -> str:
     with qc_file.open(newline="") as fh:
         row = next(csv.DictReader(fh, delimiter="\t"), {})
     run = qc_file.name.removesuffix("_desc-qualitycontrol_cbf.tsv")
     gm, wm = _number(row, "cbf_gm_cbf_mean"), _number(row, "cbf_wm_cbf_mean")
     ratio = _number(row, "cbf_gm_wm_ratio")
-    return f"{run}: GM {gm:.1f}, WM {wm:.1f} mL/100 g/min, GM/WM {ratio:.2f}; {_pairs_text(row)}"
+    tail = _att_text(row) if "att_gm_mean" in row else _pairs_text(row)
+    return f"{run}: GM {gm:.1f}, WM {wm:.1f} mL/100 g/min, GM/WM {ratio:.2f}; {tail}"
 
 
 def summary_lines(output_dir: str | Path) -> list[str]:
