@@ -111,12 +111,11 @@ def init_asl_derivatives_wf(
 
     Inputs
     ------
-    asl_preproc, asl_ref, asl_ref_distorted, aslcontext, cbf_ts, mean_cbf, att, att_failed,
-    cleaned_cbf,
+    asl_preproc, asl_ref, asl_ref_distorted, aslcontext, cbf_ts, mean_cbf, att, cleaned_cbf,
     denoised_cbf, pvc_gm_cbf, pvc_wm_cbf, m0 (each map with its ``<field>_json``
-    sidecar from the interface), asl_mask, gm, wm, csf, confounds, qc, outlier_matrix,
-    volume_status, asl_to_t1w, ``mni_<map>`` and ``t1w_<map>`` for each map of
-    :data:`SPACE_MAPS`, report.
+    sidecar from the interface), att_failed, asl_mask, gm, wm, csf, confounds, qc,
+    outlier_matrix, volume_status, asl_to_t1w, ``mni_<map>`` and ``t1w_<map>`` for each
+    map of :data:`SPACE_MAPS`, report.
     """
     workflow = pe.Workflow(name=name)
     source_file = str(source_file)

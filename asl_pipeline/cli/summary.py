@@ -10,6 +10,7 @@ multi-PLD fit, the mean GM and WM ATT and the share of failed fits instead.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 from asl_pipeline.group import QC_GLOB as _QC_GLOB
@@ -37,12 +38,9 @@ def _att_text(row: dict) -> str:
     """A multi-PLD fit's ATT and its failed fits (the pairs are not cleaned there)."""
     gm, wm = _number(row, "att_gm_mean"), _number(row, "att_wm_mean")
     text = f"ATT GM {gm:.2f}, WM {wm:.2f} s"
-    failed_gm, failed_wm = (
-        _number(row, "att_gm_failed_percent"),
-        _number(row, "att_wm_failed_percent"),
-    )
-    if failed_gm == failed_gm and failed_wm == failed_wm:  # not NaN
-        text += f", fit failed in {failed_gm:.0f}% of GM and {failed_wm:.0f}% of WM voxels"
+    failed = [_number(row, f"att_{t}_failed_percent") for t in ("gm", "wm")]
+    if all(math.isfinite(v) for v in failed):
+        text += f", fit failed in {failed[0]:.0f}% of GM and {failed[1]:.0f}% of WM voxels"
     return text
 
 
