@@ -371,7 +371,7 @@ def render_report(table: pd.DataFrame, regional: dict[str, pd.DataFrame]) -> str
     )
     parts.append("<h2>Distributions</h2>")
     for metric in ("gm_cbf", "wm_cbf", "gm_wm_ratio", "qei", "fd_mean", "fd_max",
-                   "pairs_removed"):  # fmt: skip
+                   "pairs_removed", "att_gm", "att_wm"):  # fmt: skip
         if table[metric].notna().any():
             png = base64.b64encode(_figure_png(table, metric)).decode()
             parts.append(

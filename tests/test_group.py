@@ -101,6 +101,7 @@ def test_group_table_reads_every_run_with_entities(tree):
     assert table["gm_wm_ratio"].tolist() == pytest.approx([2.4, 20 / 15])
     assert table["fd_max"].tolist() == [0.3, 1.7]
     assert table["pairs_removed"].tolist() == [2, 2]
+    assert table["att_gm"].isna().all()  # single-PLD runs: no ATT (multi-PLD: att_gm_mean)
 
 
 def test_flags_follow_the_documented_limits(tree):
