@@ -96,6 +96,12 @@ def dvars(series, mask, *, percent=True):
     return out
 
 
+def tissue_masks(gm, wm, gm_threshold=0.7, wm_threshold=0.9) -> tuple[np.ndarray, np.ndarray]:
+    """The GM and WM masks of the QC figures: probabilities above the thresholds
+    (see :func:`tissue_cbf_stats` for why 0.7 and 0.9)."""
+    return np.asarray(gm) > gm_threshold, np.asarray(wm) > wm_threshold
+
+
 def tissue_cbf_stats(cbf, gm, wm, *, gm_threshold=0.7, wm_threshold=0.9):
     """Mean GM and WM CBF, their ratio, and the percentage of negative GM CBF.
 
@@ -105,8 +111,7 @@ def tissue_cbf_stats(cbf, gm, wm, *, gm_threshold=0.7, wm_threshold=0.9):
     read WM CBF about 40% high on the validation panel's demo subject).
     """
     cbf = np.asarray(cbf, dtype=float)
-    gm_mask = np.asarray(gm) > gm_threshold
-    wm_mask = np.asarray(wm) > wm_threshold
+    gm_mask, wm_mask = tissue_masks(gm, wm, gm_threshold, wm_threshold)
     gm_mean = float(cbf[gm_mask].mean()) if gm_mask.any() else float("nan")
     wm_mean = float(cbf[wm_mask].mean()) if wm_mask.any() else float("nan")
     ratio = gm_mean / wm_mean if wm_mask.any() and wm_mean != 0 else float("nan")
@@ -122,7 +127,7 @@ def tissue_cbf_stats(cbf, gm, wm, *, gm_threshold=0.7, wm_threshold=0.9):
 def tissue_att_stats(att, gm, wm, failed=None, *, gm_threshold=0.7, wm_threshold=0.9):
     """Mean GM and WM arterial transit time (s) and the share of failed fits.
 
-    The masks are those of :func:`tissue_cbf_stats`. The means take every
+    The masks are :func:`tissue_masks`, as for the CBF figures. The means take every
     voxel of the mask, failed fits included (their ATT is the best value the
     fit found), like the CBF means of the same map. With ``failed`` (the
     fit's failure mask) the failed percentages say how much of each mean
@@ -136,8 +141,8 @@ def tissue_att_stats(att, gm, wm, failed=None, *, gm_threshold=0.7, wm_threshold
     """
     att = np.asarray(att, dtype=float)
     out = {}
-    for name, prob, threshold in (("gm", gm, gm_threshold), ("wm", wm, wm_threshold)):
-        sel = np.asarray(prob) > threshold
+    masks = tissue_masks(gm, wm, gm_threshold, wm_threshold)
+    for name, sel in zip(("gm", "wm"), masks, strict=True):
         out[f"{name}_mean"] = float(np.nanmean(att[sel])) if sel.any() else float("nan")
         if failed is not None:
             share = 100.0 * float((np.asarray(failed)[sel] > 0).mean()) if sel.any() else np.nan
