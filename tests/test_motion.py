@@ -207,12 +207,9 @@ def test_bad_input_raises(case):
 @pytest.mark.slow
 def test_realign_simulated_subject_against_true_motion():
     """Simulator series (2D readout, slice drops/ghosts, a spike): every volume's raw
-    estimate within 0.15 mm and 0.15 deg of the true pose, the median within 0.05;
-    the cleaned parameters equal the truth with its own zig-zag component removed
-    (Wang's correction removes whatever part of the true motion follows the zig-zag
-    too). The simulator's cardiac and respiratory fluctuations change sign within
-    the brain, a non-rigid change no rigid fit absorbs: on this seed they move the
-    worst volume from 0.05 to 0.12 deg (0.10 deg with them switched off)."""
+    estimate within 0.1 mm and 0.1 deg of the true pose; the cleaned parameters
+    equal the truth with its own zig-zag component removed (Wang's correction
+    removes whatever part of the true motion follows the zig-zag too)."""
     from asl_pipeline.simulate import simulate_subject
     from asl_pipeline.simulate.motion import motion_matrix
 
@@ -222,13 +219,13 @@ def test_realign_simulated_subject_against_true_motion():
     )
     true = np.array([motion_matrix(p, s.asl_affine, s.asl.shape[:3]) for p in s.motion])
     err = _errors(res.params_raw, true, res.centre)
-    assert np.all(err.max(0) <= 0.15), err.max(0)
-    assert np.all(np.median(err, 0) <= 0.05), np.median(err, 0)
+    assert err[:, 0].max() <= 0.1, err[:, 0].max()
+    assert err[:, 1].max() <= 0.1, err[:, 1].max()
     z = res.zigzag
     np.testing.assert_allclose(z @ (res.params - res.params.mean(0)), 0, atol=1e-8)
     true_clean = mo.remove_zigzag(mo.matrix_to_params(true, res.centre), z)
     err = _direct_errors(res.params, true_clean, res.centre)
-    assert np.all(err.max(0) <= 0.15) and np.all(np.median(err, 0) <= 0.05), err.max(0)
+    assert err[:, 0].max() <= 0.1 and err[:, 1].max() <= 0.1
     assert res.m0_corrected.shape[:3] == s.asl.shape[:3]
 
 

@@ -28,9 +28,7 @@ pulled back through the subject's true mappings (see
   paper's model) for single-PLD runs unless ``t1_after_arrival`` says
   otherwise; multi-PLD runs give each pair its own PLD.
 
-Each volume is then multiplied by ``1 + physiological fluctuation`` (a drift
-of the whole image's gain, and cardiac and respiratory terms whose maps change
-sign over about 2 cm, :func:`_physio_maps`) and
+Each volume is then multiplied by ``1 + physiological fluctuation`` and
 corrupted by outliers if any, and complex Gaussian noise is added before the
 magnitude is taken (Rician). ``noise_scale`` scales the thermal and the
 physiological noise together (0 gives noise-free images).
@@ -687,34 +685,15 @@ def _static(fr, proto: ASLProtocol) -> np.ndarray:
     return _combine(_static_terms(fr, proto))
 
 
-#: Length scale (mm) over which the cardiac and respiratory fluctuations change
-#: sign (:func:`_physio_maps`).
-PHYSIO_SCALE_MM = 20.0
-
-
 def _physio_maps(rng, fr, affine, shape):
-    """Spatial weights of the physiological components (stronger near CSF).
-
-    The drift is a gain of the whole image (positive everywhere). The cardiac
-    and respiratory maps change sign over a few centimetres (unit RMS):
-    pulsatility and breathing move and modulate the signal locally, so a
-    region's mean cancels most of them. With a positive map instead, every
-    pair carried one brain-wide offset of SD 27-34 mL/100 g/min without
-    background suppression, where the real scan of
-    :data:`~asl_pipeline.simulate.noise.REAL_SCAN_STATISTICS` has 4.7.
-    """
+    """Spatial weights of the physiological components (stronger near CSF)."""
     lo = apply_affine(affine, np.zeros((1, 3)))[0] - 10
     hi = apply_affine(affine, np.asarray(shape, float)[None] - 1)[0] + 10
     weight = 1.0 + 2.0 * fr["csf"]
     maps = {}
     for name in ("cardiac", "respiratory", "drift"):
-        if name == "drift":
-            f = SmoothField(rng, lo, hi, 40.0, 3.0).on_grid(affine, shape)
-            f = np.clip(1 + 0.3 * f, 0.2, None)
-        else:
-            f = SmoothField(rng, lo, hi, PHYSIO_SCALE_MM, 1.0).on_grid(affine, shape)
-            f = f / max(float(np.sqrt(np.mean(f**2))), 1e-9)
-        maps[name] = (weight * f).astype(np.float32)
+        f = SmoothField(rng, lo, hi, 40.0, 3.0).on_grid(affine, shape)
+        maps[name] = (weight * np.clip(1 + 0.3 * f, 0.2, None)).astype(np.float32)
     return maps
 
 
