@@ -72,7 +72,7 @@ def real_run(asl: Path, context: Path) -> dict:
 
 def simulated_runs():
     sys.path.insert(0, str(Path(__file__).parent))
-    from validate_chain import PANEL
+    from validate_chain import GM_THRESHOLD, PANEL, WM_THRESHOLD
 
     from asl_pipeline.simulate.calibration import _pair_cbf
     from asl_pipeline.simulate.series import simulate_subject
@@ -83,7 +83,7 @@ def simulated_runs():
         sub = simulate_subject(seed, t1w=False, **{**kwargs, "motion": False, "outliers": False})
         row = figures(sub.asl, sub.aslcontext, sub.m0_true, sub.brain_mask)
         mean = _pair_cbf(sub).mean(-1)
-        for tissue, threshold in (("gm", 0.7), ("wm", 0.9)):
+        for tissue, threshold in (("gm", GM_THRESHOLD), ("wm", WM_THRESHOLD)):
             inside = (getattr(sub, tissue) > threshold) & sub.brain_mask & np.isfinite(mean)
             true = sub.cbf[inside].mean()
             row[f"{tissue}_err40_pct"] = float(100 * (mean[inside].mean() - true) / true)
