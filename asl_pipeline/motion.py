@@ -306,7 +306,10 @@ def _gauss_newton(
     outer = np.einsum("ni,nj->nij", jac, jac).reshape(len(jac), 36)
 
     if order > 1:  # spline coefficients once per volume, not per iteration
-        vols = [ndimage.spline_filter(v, order=order, mode="mirror") for v in vols]
+        # with the boundary mode of the sampling below: coefficients filtered
+        # as "mirror" but read as "nearest" misread the edge slices by up to 5%
+        # of the signal even at the identity, which biased every pose
+        vols = [ndimage.spline_filter(v, order=order, mode="nearest") for v in vols]
     inv_aff = np.linalg.inv(affine)
     upper = (np.asarray(ref.shape, dtype=float) - 1)[:, None]
     mats = init.copy()
