@@ -2,11 +2,13 @@
 
 * Thermal noise: complex Gaussian added to the (real) signal, then the
   magnitude is taken, so the images are Rician (:func:`rician`).
-* Physiological fluctuation: multiplicative on the whole signal of each
-  volume, spatially smooth and stronger near CSF (pulsatility), made of a slow
-  drift plus cardiac- and respiratory-like components sampled at the
-  repetition time, which alias to volume-to-volume fluctuations
-  (:func:`physio_timecourses`).
+* Physiological fluctuation: multiplicative on the signal of each volume,
+  stronger near CSF (pulsatility), made of a slow drift plus cardiac- and
+  respiratory-like components sampled at the repetition time, which alias to
+  volume-to-volume fluctuations (:func:`physio_timecourses`). Their spatial
+  maps change sign over about 2 cm (the drift adds a small gain of the whole
+  image), so a region's mean keeps little of them, as in the real scan of
+  :data:`REAL_SCAN_STATISTICS`.
 * Outliers: whole-volume spikes (global gain change, with a motion jerk) and
   single-slice corruptions (intensity drop or a N/2 ghost along the phase
   encoding axis, y), see :func:`corrupt_slice`.
@@ -22,10 +24,12 @@ from asl_pipeline.simulate.anatomy import rician  # noqa: F401  (re-exported)
 
 #: Thermal noise SD per channel, as a fraction of the M0 of pure CSF, at
 #: ``noise_scale=1``. With :data:`PHYSIO_SD` it is calibrated so that the
-#: per-pair GM CBF temporal SD (GM > 0.7, 3.4 x 3.4 x 6 mm) is about 52
+#: per-pair GM CBF temporal SD (GM > 0.7, 3.4 x 3.4 x 6 mm) is about 50
 #: mL/100 g/min for 2D PCASL without background suppression (control-image
-#: tSNR about 100) and about 38 with it (``python -m
-#: asl_pipeline.simulate.calibration`` prints the figures).
+#: tSNR about 100) and about 40 with it (``python -m
+#: asl_pipeline.simulate.calibration`` prints the figures). Without background
+#: suppression the brain-wide offset of one pair's CBF has an SD of about
+#: 5 (3D) to 6 (2D) mL/100 g/min; the real scan's is 4.7.
 THERMAL_SD = 0.0020
 
 #: RMS of the cardiac, respiratory and drift components of the
