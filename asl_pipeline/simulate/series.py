@@ -706,12 +706,15 @@ def _physio_maps(rng, fr, affine, shape):
     :data:`DRIFT_GLOBAL_SHARE` of its RMS. Calibrated on the real scan of
     :data:`~asl_pipeline.simulate.noise.REAL_SCAN_STATISTICS`: its control
     images' brain-wide gain drifts by 0.13% (RMS after a 5-volume smoothing)
-    while each voxel's control signal varies by about 3% over the run, and
-    the brain-wide offset of one pair's CBF has an SD of 4.7-5.0 mL/100
-    g/min with no persistence from pair to pair (lag-1 -0.19). With positive
-    maps every pair of a scan without background suppression carried a
-    brain-wide offset of SD 27-34, persistent over ten pairs, and a 40-pair
-    GM mean missed the truth by up to 10%.
+    while each voxel's control signal varies by about 4% over the run
+    (control tSNR 24), and the brain-wide offset of one pair's CBF has an SD
+    of 4.7-5.0 mL/100 g/min with no persistence from pair to pair (lag-1
+    -0.19). With positive maps every pair of a scan without background
+    suppression carried a brain-wide offset of SD 14-35, and a 40-pair GM
+    mean with the true M0 missed the truth by up to 30% (WM 74%); with these
+    maps the offset's SD is 2.2-6.2 and the GM miss at most 3.4% on ten
+    panel seeds (-8.4% on the PASL label-first 3D one: its bolus and readout
+    blur), ``benchmarks/physio_realism.py``.
     """
     lo = apply_affine(affine, np.zeros((1, 3)))[0] - 10
     hi = apply_affine(affine, np.asarray(shape, float)[None] - 1)[0] + 10
