@@ -64,3 +64,47 @@ def test_costly_configurations_run_only_where_asked():
     assert validate_chain.configs_for("sim-clean", only=["finetune"]) == ["finetune"]
     assert validate_chain.configs_for("sim-clean", only=["study"]) == []
     assert validate_chain.configs_for("sim-clean", everything=True, only=["study"]) == ["study"]
+
+
+def _truth(cbf, att):
+    cbf = np.asarray(cbf, float)
+    return {"cbf": cbf, "att": np.broadcast_to(np.asarray(att, float), cbf.shape)}
+
+
+def test_whitepaper_floor_is_the_bolus_that_arrived_by_each_slice_readout(tmp_path):
+    meta = {
+        "ArterialSpinLabelingType": "PASL",
+        "MRAcquisitionType": "2D",
+        "PostLabelingDelay": 1.8,
+        "BolusCutOffFlag": True,
+        "BolusCutOffTechnique": "QUIPSSII",
+        "BolusCutOffDelayTime": 0.8,
+        "BackgroundSuppression": False,
+        "M0Type": "Separate",
+        "MagneticFieldStrength": 3,
+        "SliceTiming": [0.0, 0.1, 0.4],
+        "RepetitionTimePreparation": 4.0,
+    }
+    bids = _sidecar(tmp_path / "pasl", meta)
+    floor = validate_chain.whitepaper_floor(bids, _truth(np.full((2, 2, 3), 60.0), 1.2))
+    # TI - ATT per slice: 0.6, 0.7 and 1.0 s of a 0.8 s bolus have arrived
+    np.testing.assert_allclose(floor[0, 0], [45.0, 52.5, 60.0])
+
+    meta.update(ArterialSpinLabelingType="PCASL", LabelingDuration=1.8, MRAcquisitionType="3D")
+    for key in ("BolusCutOffFlag", "BolusCutOffTechnique", "BolusCutOffDelayTime", "SliceTiming"):
+        meta.pop(key)
+    bids = _sidecar(tmp_path / "pcasl", meta)
+    truth = _truth([[[50.0, 0.0, 50.0]]], [[[1.0, 1.0, 2.7]]])
+    floor = validate_chain.whitepaper_floor(bids, truth)
+    # arrived before the readout: exact; CSF stays 0. ATT 2.7 s: the last 0.9 s of
+    # the 1.8 s bolus is still in transit at the readout (3.6 s), and what has
+    # arrived decayed for 0.9 s longer in transit than the equation assumes
+    assert floor[0, 0, 0] == 50.0 and floor[0, 0, 1] == 0.0
+    t1b = 1.65
+    arrived = np.exp(-2.7 / t1b) * -np.expm1(-0.9 / t1b)
+    assumed = np.exp(-1.8 / t1b) * -np.expm1(-1.8 / t1b)
+    np.testing.assert_allclose(floor[0, 0, 2], 50.0 * arrived / assumed)
+
+    meta["PostLabelingDelay"] = [1.0, 1.0, 2.0, 2.0]
+    bids = _sidecar(tmp_path / "multi", meta)
+    assert validate_chain.whitepaper_floor(bids, truth) is None
