@@ -163,13 +163,16 @@ def quantification_text(
     m0_recovery: str = "tissue",
     tissue_maps: bool = True,
     t1_after_arrival: str = "tissue",
+    t1_tissue_source: str = "gm-curve",
 ) -> str:
     """The sentences stating the run's acquisition and quantification constants.
 
     ``quantification``: ``"white-paper"`` or ``"pairwise-control"``/``"asltbx"``
     (each pair's control image as M0); ``m0_recovery``: ``"tissue"`` or
     ``"single"``; ``tissue_maps``: whether GM/WM/CSF maps reach the M0 node
-    (the tissue-weighted correction needs them).
+    (the tissue-weighted correction needs them); ``t1_tissue_source``: the
+    multi-PLD fit's tissue T1, ``"gm-curve"`` (fitted to the GM voxels' mean
+    curve) or ``"fixed"``.
     """
     params = quant_params(desc)
     if desc.series.kind == "cbf":
@@ -181,7 +184,14 @@ def quantification_text(
         f"blood T1 {_s(params.t1b)} s (at {params.field_strength:g} T)"
         f", blood-brain partition coefficient λ {params.lam:g} mL/g"
     )
-    if multi_pld and t1_after_arrival == "tissue":
+    apparent = multi_pld and t1_after_arrival == "tissue"
+    if apparent and t1_tissue_source == "gm-curve" and tissue_maps:
+        t1b += (
+            ", and for the apparent T1 after arrival a tissue T1 fitted, with CBF and ATT, to "
+            "the mean curve of the GM voxels (GM probability above 0.8; "
+            f"{_s(params.t1_tissue)} s where that fit failed)"
+        )
+    elif apparent:
         t1b += f", tissue T1 {_s(params.t1_tissue)} s (for the apparent T1 after arrival)"
     refs = "Alsop et al. 2015" + ("; Buxton et al. 1998" if multi_pld else "")
     return (

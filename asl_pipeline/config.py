@@ -157,6 +157,7 @@ class Config:
     output_spaces: list[str] = field(default_factory=lambda: ["asl", "MNI152NLin2009aSym"])
     m0_scale: float = 1.0
     m0_recovery: str = "tissue"
+    multipld_t1: str = "gm-curve"
     quantification: str = "white-paper"
     pvc: str = "none"
     ignore: list[str] = field(default_factory=list)
@@ -182,6 +183,8 @@ class Config:
             raise ValueError(f"unknown engine {self.engine!r}")
         if self.m0_recovery not in ("tissue", "single"):
             raise ValueError(f"unknown M0 recovery correction {self.m0_recovery!r}")
+        if self.multipld_t1 not in ("gm-curve", "fixed"):
+            raise ValueError(f"unknown multi-PLD tissue T1 source {self.multipld_t1!r}")
         if self.quantification not in QUANTIFICATIONS:
             raise ValueError(f"unknown quantification {self.quantification!r}")
         if self.pvc not in PVC_METHODS:

@@ -14,6 +14,21 @@ subject and tissue (truth GM > 0.7, WM > 0.9):
   curve, slice by slice (a region-level estimate the map does not give);
 - the CBF error (%) of the voxel-wise map's mean.
 
+With ``--tissue-prior`` it prints instead, per subject, the errors of the
+map from five fits, all after the pipeline's repeat screen, with the true
+GM/WM fractions as tissue maps (:mod:`asl_pipeline.multipld`):
+
+- ``fixed T1``: ``fit_multi_pld`` with the one tissue T1 of 1.4 s;
+- ``GM-curve T1``: the same with the T1 of the GM mean curve
+  (``multipld.gm_curve_t1``, the pipeline's default since 2026-12-06);
+- ``prior, T1 GM+WM``, ``prior, T1 GM``, ``prior, fixed T1``: each voxel
+  with its tissue mix's T1 (fitted on both tissues' curves, on GM's only,
+  or none) and a Gaussian ATT prior (SD 0.3 s) around its tissue mix's
+  curve ATT, a MAP grid fit weighted by each voxel's noise variance from its
+  repeats (:func:`tissue_prior_fit`, not in the pipeline).
+
+``--sim-t1 T1`` makes the simulator's tissue T1 (1.4 s by default) another.
+
 With ``--prior MEAN SD`` (s) it prints instead the map's ATT and CBF errors
 of a voxel-wise fit with a Gaussian prior on the ATT, as BASIL's default
 (1.3 s for pCASL, SD 1.0 s for multi-PLD): a grid search over ATT of the
@@ -23,28 +38,30 @@ the prior's penalty, the CBF in closed form at each ATT.
 Usage::
 
     python benchmarks/multipld_regions.py [--seeds-2d 112 301 302] [--seeds-3d 111 303] \
-        [--seeds-phantom 207 401] [--prior 1.3 1.0]
+        [--seeds-phantom 207 401] [--prior 1.3 1.0 | --tissue-prior [--sim-t1 1.6]]
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import numpy as np
 
 from asl_pipeline import cbf as quant
+from asl_pipeline import multipld, outliers
 from asl_pipeline.simulate.phantom import simulate_phantom
 from asl_pipeline.simulate.series import simulate_subject
 
 PLDS = [0.5, 1.0, 1.5, 2.0, 2.5]
 
 
-def subject(kind: str, seed: int):
+def subject(kind: str, seed: int, sim_t1: float | None = None):
     if kind == "phantom":
         return simulate_phantom(seed, plds=PLDS, t1w=False)
     return simulate_subject(
         seed, plds=PLDS, pld_repeats=8, readout=kind, background_suppression=True,
-        motion=False, outliers=False, t1w=False,
+        motion=False, outliers=False, t1w=False, t1_tissue=sim_t1,
     )  # fmt: skip
 
 
@@ -109,11 +126,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds-3d", type=int, nargs="*", default=[111, 303])
     ap.add_argument("--seeds-phantom", type=int, nargs="*", default=[207, 401])
     ap.add_argument("--prior", type=float, nargs=2, metavar=("MEAN", "SD"))
+    ap.add_argument("--sim-t1", type=float, help="the simulator's tissue T1 (s)")
+    ap.add_argument("--tissue-prior", action="store_true", help="the two fits of the map")
     args = ap.parse_args(argv)
     runs = [("2D", s) for s in args.seeds_2d] + [("3D", s) for s in args.seeds_3d]
     runs += [("phantom", s) for s in args.seeds_phantom]
     if args.prior:
         return _with_prior(runs, *args.prior)
+    if args.tissue_prior:
+        return _tissue_fits(runs, args.sim_t1)
     print(
         "| generator | seed | tissue | failed % | at lower bound % | ATT err: mean | median "
         "| converged mean | region fit | CBF err %: map mean | region fit |"
@@ -140,10 +161,195 @@ def main(argv=None) -> int:
     return 0
 
 
-def _prepare(kind: str, seed: int):
-    s = subject(kind, seed)
+def _prepare(kind: str, seed: int, sim_t1: float | None = None):
+    s = subject(kind, seed, sim_t1)
     params = quant.quant_params_from_metadata(s.metadata, m0_metadata=s.m0_metadata)
     return s, params, quant.deltam_series(s.asl.astype(float), s.aslcontext, plds=params.pld)
+
+
+def tissue_maps(kin: multipld.TissueKinetics, gm, wm, default_t1: float):
+    """Each voxel's tissue T1 and ATT prior mean from its GM and WM shares.
+
+    The GM share is ``gm / (gm + wm)`` (0.5 where both are 0). Returns
+    ``(t1 map, prior mean map or None)``; a tissue without an ATT takes the
+    other's, and without any there is no prior.
+    """
+    gm = np.asarray(gm, dtype=float)
+    wm = np.asarray(wm, dtype=float)
+    total = gm + wm
+    share = np.where(total > 1e-3, gm / np.where(total > 1e-3, total, 1.0), 0.5)
+    t1 = {t: kin.t1_tissue[t] if kin.t1_tissue[t] is not None else default_t1 for t in kin.att}
+    t1_map = share * t1["gm"] + (1.0 - share) * t1["wm"]
+    att = dict(kin.att)
+    if att["gm"] is None and att["wm"] is None:
+        return t1_map, None
+    att["gm"] = att["gm"] if att["gm"] is not None else att["wm"]
+    att["wm"] = att["wm"] if att["wm"] is not None else att["gm"]
+    return t1_map, share * att["gm"] + (1.0 - share) * att["wm"]
+
+
+def repeat_variance(deltam, plds, keep=None) -> np.ndarray:
+    """Each voxel's variance of one difference, pooled over the delays' repeats.
+
+    Deviations of the kept repeats (``keep``: ``(z, n)`` as
+    :func:`asl_pipeline.cbf.average_repeats`) from their delay's mean, summed
+    over the delays, over the degrees of freedom (repeats - 1 per delay).
+    NaN in slices with no delay repeated.
+    """
+    dm = np.asarray(deltam, dtype=float)
+    plds = np.asarray(plds, dtype=float)
+    nz = dm.shape[2]
+    keep = np.ones((nz, dm.shape[3]), bool) if keep is None else np.asarray(keep, bool)
+    ss = np.zeros(dm.shape[:3])
+    dof = np.zeros(nz)
+    for delay in np.unique(np.round(plds, 9)):
+        idx = np.flatnonzero(np.isclose(plds, delay))
+        w = keep[:, idx].astype(float)  # (z, repeats)
+        w[w.sum(axis=1) == 0] = 1.0
+        n = w.sum(axis=1)
+        x = dm[..., idx]
+        mean = np.einsum("xyzr,zr->xyz", x, w) / n
+        ss += np.einsum("xyzr,zr->xyz", (x - mean[..., None]) ** 2, w)
+        dof += n - 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(dof > 0, ss / dof, np.nan)
+
+
+def tissue_prior_fit(
+    deltam,
+    plds,
+    m0,
+    params: quant.QuantParams,
+    gm,
+    wm,
+    *,
+    mask=None,
+    keep=None,
+    att_bounds: tuple[float, float] = (0.1, 3.0),
+    cbf_bounds: tuple[float, float] = (0.0, 500.0),
+    att_step: float = 0.01,
+    m0_fraction: float = quant.M0_FRACTION_DEFAULT,
+    t1_after_arrival: str = "tissue",
+    att_prior_sd: float = 0.3,
+    fit_t1: tuple[str, ...] = ("gm", "wm"),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, multipld.TissueKinetics]:
+    """CBF and ATT with each tissue's T1 and an ATT prior from its mean curve.
+
+    The method is the module docstring's. Inputs, bounds and outputs are those
+    of :func:`asl_pipeline.cbf.fit_multi_pld`, plus ``gm`` and ``wm``
+    (probability maps on the same grid) and ``att_prior_sd`` (s; ``inf``
+    switches the prior off and keeps the tissue T1s). A voxel's fit fails
+    (its values are kept) when the ATT or CBF ends at a bound, or the ATT is
+    shorter than the slice's shortest delay (PASL: TI - TI1), where the data
+    do not depend on it and the prior alone sets it. Without repeats to
+    measure a voxel's noise, the residual of its best fit without the prior
+    (over the delays less two) stands in for it.
+
+    Returns ``cbf, att, failed, kinetics`` (:class:`multipld.TissueKinetics`).
+    """
+    dm, plds = np.asarray(deltam, float), np.asarray(plds, float)
+    m0, mask = np.asarray(m0, float), np.asarray(mask, bool)
+    mean_dm, uniq, counts = quant.average_repeats(dm, plds, keep)
+    shape = m0.shape
+    delays = quant.effective_delays(params, uniq, shape[2])  # (z, k)
+    kin = multipld.fit_tissue_curves(
+        mean_dm, delays, m0, gm, wm, mask, params,
+        t1_after_arrival=t1_after_arrival, att_bounds=att_bounds, cbf_bounds=cbf_bounds,
+        fit_t1=fit_t1,
+    )  # fmt: skip
+    t1_map, prior = tissue_maps(kin, gm, wm, params.t1_tissue)
+    sd = float(att_prior_sd)
+    if prior is None:
+        prior, sd = np.zeros(shape), np.inf
+
+    w = counts.astype(float)
+    var = repeat_variance(dm, plds, keep) / np.where(m0 > 0, m0, np.inf) ** 2
+    low = quant.low_m0_mask(m0, mask, fraction=m0_fraction)
+    fit = mask & ~low & np.all(np.isfinite(mean_dm), axis=3)
+    cbf, att = np.zeros(shape), np.zeros(shape)
+    failed = mask & ~fit
+    lo_a, hi_a = map(float, att_bounds)
+    lo_f, hi_f = map(float, cbf_bounds)
+    grid = np.arange(lo_a, hi_a + 0.5 * att_step, att_step)
+    ident = delays.min(axis=1) - (params.ti1 if params.labeling_type == "PASL" else 0.0)
+    bins = np.round(t1_map / 0.02) * 0.02
+    for z in range(shape[2]):
+        in_z = fit[..., z]
+        for t1 in np.unique(bins[..., z][in_z]):
+            sel = in_z & (bins[..., z] == t1)
+            model_params = replace(params, t1_tissue=float(t1))
+            y = mean_dm[..., z, :][sel] / m0[..., z][sel][:, None]  # ΔM/M0 (nvox, k)
+            per_unit = quant._model(
+                model_params, np.full((grid.size, 1), quant._GRID_CBF), grid[:, None],
+                delays[z][None, :], t1_after_arrival,
+            ) / quant._GRID_CBF  # fmt: skip
+            num = (y * w) @ per_unit.T
+            den = (per_unit**2) @ w
+            f_grid = np.clip(num / np.where(den > 0, den, np.inf), lo_f, hi_f)
+            rss = (w * y**2).sum(axis=1)[:, None] - 2 * f_grid * num + f_grid**2 * den
+            noise = var[..., z][sel]
+            free = rss.min(axis=1) / max(w.sum() - 2.0, 1.0)
+            noise = np.where(np.isfinite(noise) & (noise > 0), noise, free)
+            noise = np.where(noise > 0, noise, np.inf)
+            cost = rss / noise[:, None] + ((grid[None, :] - prior[..., z][sel][:, None]) / sd) ** 2
+            best = np.argmin(cost, axis=1)
+            rows = np.arange(y.shape[0])
+            a, f = grid[best], f_grid[rows, best]
+            # the apparent T1 depends on the flow: CBF in closed form for the
+            # model's shape at the voxel's own CBF, where that fits better
+            unit = np.where(f > 0, f, 1.0)[:, None]
+            g = quant._model(model_params, unit, a[:, None], delays[z][None, :], t1_after_arrival)
+            g = g / unit
+            gg = (w * g * g).sum(axis=1)
+            f_proj = np.clip((w * g * y).sum(axis=1) / np.where(gg > 0, gg, np.inf), lo_f, hi_f)
+            resid_proj = (w * (y - f_proj[:, None] * g) ** 2).sum(axis=1)
+            f = np.where(resid_proj <= rss[rows, best], f_proj, f)
+            cbf[..., z][sel] = f
+            att[..., z][sel] = a
+            bad = (
+                (a <= lo_a + 0.5 * att_step)
+                | (a >= hi_a - 0.5 * att_step)
+                | (f <= lo_f)
+                | (f >= hi_f)
+                | (a <= ident[z] + 0.5 * att_step)
+                | ~np.isfinite(f)
+            )
+            failed[..., z][sel] = bad
+    cbf = np.where(np.isfinite(cbf), cbf, 0.0)
+    return cbf, att, failed, kin
+
+
+def _tissue_fits(runs, sim_t1: float | None) -> int:
+    print("| generator | seed | fit | GM / WM CBF err % | r | GM / WM ATT err s | T1 GM / WM s |")
+    print("|---|---|---|---|---|---|---|")
+    for kind, seed in runs:
+        s, params, dm = _prepare(kind, seed, sim_t1)
+        keep = outliers.screen_repeats(dm.deltam, dm.plds, s.brain_mask).keep
+        args = (dm.deltam, dm.plds, s.m0_true)
+        fits = {}
+        cbf, att, _ = quant.fit_multi_pld(*args, params, mask=s.brain_mask, keep=keep)
+        fits["fixed T1"] = (cbf, att, f"{params.t1_tissue:.2f}")
+        t1, _ = multipld.gm_curve_t1(*args, params, s.gm, s.wm, s.brain_mask, keep=keep)
+        fitted = replace(params, t1_tissue=t1)
+        cbf, att, _ = quant.fit_multi_pld(*args, fitted, mask=s.brain_mask, keep=keep)
+        fits["GM-curve T1"] = (cbf, att, f"{t1:.2f}")
+        for name, tissues in (("GM+WM", ("gm", "wm")), ("GM", ("gm",)), ("fixed", ())):
+            cbf, att, _, kin = tissue_prior_fit(
+                *args, params, s.gm, s.wm, mask=s.brain_mask, keep=keep, fit_t1=tissues
+            )
+            t1s = " / ".join(f"{kin.t1_tissue[t]:.2f}" for t in ("gm", "wm"))
+            fits[f"prior, T1 {name}"] = (cbf, att, t1s)
+        gm, wm, brain = s.gm > 0.7, s.wm > 0.9, s.brain_mask
+        for name, (cbf, att, t1s) in fits.items():
+            err = [100 * (cbf[m].mean() / s.cbf[m].mean() - 1) for m in (gm, wm)]
+            att_err = [att[m].mean() - s.att[m].mean() for m in (gm, wm)]
+            r = np.corrcoef(cbf[brain], s.cbf[brain])[0, 1]
+            print(
+                f"| {kind} | {seed} | {name} | {err[0]:+.1f} / {err[1]:+.1f} | {r:.3f} "
+                f"| {att_err[0]:+.2f} / {att_err[1]:+.2f} | {t1s} |",
+                flush=True,
+            )
+    return 0
 
 
 def _with_prior(runs, mean: float, sd: float) -> int:

@@ -29,6 +29,7 @@ from asl_pipeline import kinetics
 from asl_pipeline import outliers as cleaning
 from asl_pipeline.bids import read_json_sidecar
 from asl_pipeline.errors import ASLInputError
+from asl_pipeline.multipld import gm_curve_t1
 from asl_pipeline.rundesc import RunDescription, describe_metadata, read_aslcontext
 
 LOGGER = logging.getLogger("nipype.interface")
@@ -482,10 +483,21 @@ class _ComputeMultiPLDCBFInputSpec(_RunInputSpec):
         "simplification, which reads CBF lower on the same data)",
     )
     t1_tissue = traits.Float(
-        desc="tissue T1 (s) of the kinetic model with t1_after_arrival='tissue' (default: by "
-        "field strength, 1.4 s at 3 T, the value of the M0 recovery correction); the fitted "
-        "CBF depends on it (GM data made with 1.6 s read about 17% high with 1.4 s)",
+        desc="tissue T1 (s) of the kinetic model with t1_after_arrival='tissue', used as "
+        "given (overrides t1_tissue_source); the fitted CBF depends on it (GM data made "
+        "with 1.6 s read 11-17% high with 1.4 s)",
     )
+    t1_tissue_source = traits.Enum(
+        "gm-curve",
+        "fixed",
+        usedefault=True,
+        desc="where the tissue T1 comes from when t1_tissue is not given: 'gm-curve', "
+        "fitted with CBF and ATT to the mean curve of the GM voxels (gm > 0.8; needs gm and "
+        "wm, asl_pipeline.multipld.gm_curve_t1; the fixed T1 where that fit fails), or "
+        "'fixed', by field strength (1.4 s at 3 T)",
+    )
+    gm = File(exists=True, desc="GM probability map on the ASL grid (the GM mean curve)")
+    wm = File(exists=True, desc="WM probability map on the ASL grid (the WM mean curve)")
 
     screen_repeats = traits.Bool(
         True,
@@ -520,8 +532,6 @@ class ComputeMultiPLDCBF(SimpleInterface):
             )
         m0, extra = inp.m0(self.inputs, dm=dm)
         params = inp.params
-        if isdefined(self.inputs.t1_tissue):
-            params = replace(params, t1_tissue=self.inputs.t1_tissue)
         keep, screen_meta = None, {}
         if self.inputs.screen_repeats:
             mask = inp.mask if inp.mask is not None else np.ones(dm.deltam.shape[:3], bool)
@@ -545,6 +555,7 @@ class ComputeMultiPLDCBF(SimpleInterface):
                 keep.size,
                 screen.groups,
             )
+        params, t1_meta = self._tissue_t1(params, dm, m0, inp.mask, keep)
         cbf, att, failed = core.fit_multi_pld(
             dm.deltam,
             dm.plds,
@@ -564,6 +575,7 @@ class ComputeMultiPLDCBF(SimpleInterface):
             "T1AfterArrival": self.inputs.t1_after_arrival,
             "T1Blood": params.t1b,
             "T1Tissue": params.t1_tissue,
+            **t1_meta,
             "PostLabelingDelay": dm.plds.tolist(),
             "ATTBounds": list(self.inputs.att_bounds),
             "CBFBounds": list(self.inputs.cbf_bounds),
@@ -581,3 +593,30 @@ class ComputeMultiPLDCBF(SimpleInterface):
             failed.astype(np.uint8), inp.img, src, "_desc-failed_mask", cwd, meta
         )
         return runtime
+
+    def _tissue_t1(self, params, dm, m0, mask, keep):
+        """The run's tissue T1 (:attr:`t1_tissue`, the GM mean curve's, or fixed)."""
+        inputs = self.inputs
+        if isdefined(inputs.t1_tissue):
+            return replace(params, t1_tissue=inputs.t1_tissue), {"T1TissueSource": "given"}
+        if inputs.t1_after_arrival != "tissue":
+            return params, {}
+        if inputs.t1_tissue_source == "fixed":
+            return params, {"T1TissueSource": "fixed (by field strength)"}
+        maps = {}
+        for name in ("gm", "wm"):
+            path = getattr(inputs, name)
+            if not isdefined(path):
+                LOGGER.warning("no %s map: the multi-PLD fit keeps the fixed tissue T1", name)
+                return params, {"T1TissueSource": f"fixed (no {name.upper()} map)"}
+            _, maps[name] = _image(path, ndim=(3,), what=f"{name.upper()} map")
+            _same_grid(dm.deltam.shape[:3], maps[name].shape, path, f"{name.upper()} map")
+        if mask is None:
+            mask = np.ones(dm.deltam.shape[:3], bool)
+        t1, kin = gm_curve_t1(
+            dm.deltam, dm.plds, m0, params, maps["gm"], maps["wm"], mask, keep=keep
+        )
+        source = "GM mean curve" if kin.t1_fitted["gm"] else "fixed (the GM mean curve gave none)"
+        LOGGER.info("multi-PLD tissue T1: %.3f s (%s)", t1, source)
+        meta = {"T1TissueSource": source, "TissueCurves": kin.to_dict()}
+        return replace(params, t1_tissue=t1), meta

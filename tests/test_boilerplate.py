@@ -92,7 +92,11 @@ def test_multi_pld_states_every_delay_and_cites_buxton():
     wf = init_cbf_wf(description=desc, multi_pld=True, n_pairs=3, denoise=False)
     text = wf.__desc__
     assert "post-labeling delays (PLDs) 0.5, 1, 2 s" in text
-    assert "tissue T1 1.4 s (for the apparent T1 after arrival)" in text
+    assert "a tissue T1 fitted, with CBF and ATT, to the mean curve of the GM voxels" in text
+    fixed = init_cbf_wf(
+        description=desc, multi_pld=True, n_pairs=3, denoise=False, t1_tissue_source="fixed"
+    )
+    assert "tissue T1 1.4 s (for the apparent T1 after arrival)" in fixed.__desc__
     assert "the mean of the 1 M0 volume included in the series" in text
     assert "with TR 4.5 s and a tissue-weighted T1" in text
     _, refs = cite([text])

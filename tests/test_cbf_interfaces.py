@@ -196,6 +196,54 @@ def test_compute_cbf_refuses_multi_pld_and_multi_pld_interface(tmp_path):
     assert np.all(nb.load(longer.outputs.cbf).get_fdata() < 0.97 * cbf)
 
 
+def test_multi_pld_tissue_t1_from_the_gm_curve(tmp_path):
+    """Data made with a tissue T1 of 1.6 s: the GM mean curve finds it and the fit
+    reads CBF right, where the fixed 1.4 s reads it high; the sidecar says which."""
+    rng = np.random.default_rng(23)
+    plds = np.repeat([0.5, 1.0, 1.5, 2.0, 2.5], 2)
+    gm_share = (np.arange(SHAPE[0])[:, None, None] < 4) * np.ones(SHAPE)
+    cbf = np.where(gm_share > 0, 60.0, 20.0)
+    att = np.where(gm_share > 0, rng.uniform(0.9, 1.2, SHAPE), 1.5)
+    m0 = np.full(SHAPE, 1000.0)
+    dm = K.pcasl_deltam(
+        cbf[..., None], att[..., None], plds, 1.8, m0[..., None], alpha=0.85, t1_tissue=1.6
+    )
+    meta = dict(
+        META,
+        PostLabelingDelay=np.repeat(plds, 2).tolist(),
+        BackgroundSuppression=False,
+        M0Type="Estimate",
+        M0Estimate=1000.0,
+    )
+    meta.pop("BackgroundSuppressionNumberPulses")
+    files = _write_run(tmp_path / "bids", dm, "control-first", meta, rng=rng)
+    for name, share in (("gm", gm_share), ("wm", 1.0 - gm_share)):
+        nb.Nifti1Image(share.astype(np.float32), AFFINE).to_filename(tmp_path / f"{name}.nii.gz")
+        files[name] = str(tmp_path / f"{name}.nii.gz")
+    runs = {}
+    for label, extra in (("curve", {}), ("fixed", {"t1_tissue_source": "fixed"})):
+        (tmp_path / label).mkdir()
+        res = ComputeMultiPLDCBF(**files, **extra).run(cwd=tmp_path / label)
+        sidecar = json.loads(open(res.outputs.cbf_json).read())
+        runs[label] = (nb.load(res.outputs.cbf).get_fdata(), sidecar)
+    gm = gm_share > 0
+    found, sidecar = runs["curve"]
+    assert sidecar["T1TissueSource"] == "GM mean curve"
+    assert abs(sidecar["T1Tissue"] - 1.6) < 0.02
+    assert sidecar["QuantificationParameters"]["t1_tissue"] == sidecar["T1Tissue"]
+    assert sidecar["TissueCurves"]["GM"]["Voxels"] == int(gm.sum())
+    np.testing.assert_allclose(found[gm].mean(), 60.0, rtol=0.01)
+    fixed, sidecar = runs["fixed"]
+    assert sidecar["T1Tissue"] == 1.4 and sidecar["T1TissueSource"].startswith("fixed")
+    assert fixed[gm].mean() > 1.08 * 60.0
+    # without tissue maps the fit keeps the fixed T1 and says why
+    (tmp_path / "nomaps").mkdir()
+    files.pop("gm")
+    res = ComputeMultiPLDCBF(**files).run(cwd=tmp_path / "nomaps")
+    sidecar = json.loads(open(res.outputs.cbf_json).read())
+    assert sidecar["T1Tissue"] == 1.4 and sidecar["T1TissueSource"] == "fixed (no GM map)"
+
+
 def test_read_aslcontext_errors(tmp_path):
     bad = tmp_path / "sub-01_aslcontext.tsv"
     bad.write_text("type\ncontrol\nlabel\n")

@@ -44,7 +44,7 @@ def test_defaults(dataset, tmp_path, monkeypatch):
     choices = {a.dest: a.choices for a in build_parser()._actions}
     assert tuple(choices["zigzag_method"]) == motion.ZIGZAG_METHODS
     assert tuple(choices["reslice_mode"]) == motion.RESLICE_MODES
-    assert args.m0_recovery == "tissue"
+    assert args.m0_recovery == "tissue" and args.multipld_t1 == "gm-curve"
     assert args.output_spaces == ["asl", "MNI152NLin2009aSym"]
     assert args.m0_scale == 1.0 and args.quantification == "white-paper"
     assert not args.validate_only and args.seed == 0 and not args.clean_workdir

@@ -6,7 +6,9 @@ from asl_pipeline.bids import collect_runs
 from asl_pipeline.cli.parser import parse_args
 from asl_pipeline.cli.workflow import _set_node_resources
 from asl_pipeline.config import Config
+from asl_pipeline.rundesc import describe_metadata
 from asl_pipeline.workflows.base import init_asl_pipeline_wf
+from asl_pipeline.workflows.cbf import init_cbf_wf
 from tests._bidsfactory import copy_example, make_dataset
 
 EXAMPLES = ("asl001", "asl002", "asl003", "asl004", "asl005")
@@ -206,6 +208,10 @@ def test_real_sidecars_build(bids_examples_dir, tmp_path, example):
         assert nodes["fit_multi_pld"].inputs.screen_repeats is True
         off = _nodes(_build(bids, tmp_path / "off", "--outlier-method", "none"))
         assert off["fit_multi_pld"].inputs.screen_repeats is False
+        # the tissue T1 comes from the GM mean curve, so the tissue maps reach the fit
+        assert nodes["fit_multi_pld"].inputs.t1_tissue_source == "gm-curve"
+        fixed = _nodes(_build(bids, tmp_path / "fixed", "--multipld-t1", "fixed"))
+        assert fixed["fit_multi_pld"].inputs.t1_tissue_source == "fixed"
     else:
         assert "compute_cbf" in nodes and "fit_multi_pld" not in nodes
     if example == "asl001":  # GE deltam only: no pairs to clean
@@ -288,3 +294,20 @@ def test_phasediff_fieldmap_turns_sdc_on(tmp_path):
         _build(root, tmp_path)
     assert err.value.field == "EchoTime1" and err.value.file.endswith("sub-01_phasediff.nii.gz")
     assert "phasediff_field" not in _nodes(_build(root, tmp_path, "--no-sdc"))
+
+
+def test_multi_pld_fit_reads_the_tissue_maps():
+    """The GM mean curve's T1 needs the GM and WM maps at the fit node."""
+    meta = {
+        "ArterialSpinLabelingType": "PCASL",
+        "PostLabelingDelay": [0.5, 0.5, 1.0, 1.0, 2.0, 2.0],
+        "LabelingDuration": 1.8,
+        "M0Type": "Estimate",
+        "M0Estimate": 1000.0,
+        "BackgroundSuppression": False,
+    }
+    desc = describe_metadata(meta, ["control", "label"] * 3)
+    wf = init_cbf_wf(description=desc, multi_pld=True, n_pairs=3, denoise=False)
+    inputnode, fit = wf.get_node("inputnode"), wf.get_node("fit_multi_pld")
+    connected = wf._graph.get_edge_data(inputnode, fit)["connect"]
+    assert {("gm", "gm"), ("wm", "wm")} <= set(connected)

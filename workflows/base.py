@@ -54,6 +54,7 @@ def init_asl_pipeline_wf(config, runs) -> pe.Workflow:
                     output_spaces=tuple(config.output_spaces),
                     m0_scale=config.m0_scale,
                     m0_recovery=config.m0_recovery,
+                    multipld_t1=config.multipld_t1,
                     quantification=config.quantification,
                     pvc=config.pvc,
                     sdc=config.sdc,

@@ -37,6 +37,7 @@ def init_cbf_wf(
     multi_pld: bool = False,
     processed_series: bool = False,
     t1_after_arrival: str = "tissue",
+    t1_tissue_source: str = "gm-curve",
     n_pairs: int,
     quantification: str = "white-paper",
     m0_scale: float = 1.0,
@@ -77,6 +78,11 @@ def init_cbf_wf(
         Multi-PLD fit: the T1 governing the label after it reaches tissue,
         ``"tissue"`` (apparent tissue T1, Buxton et al. 1998) or ``"blood"``
         (the white-paper simplification).
+    t1_tissue_source
+        Multi-PLD fit with the apparent tissue T1: ``"gm-curve"``, the tissue
+        T1 fitted to the mean curve of the GM voxels
+        (:func:`asl_pipeline.multipld.gm_curve_t1`), or ``"fixed"``, by field
+        strength (1.4 s at 3 T).
     processed_series
         ``inputnode.asl_file`` was regressed and/or smoothed (the source
         study's options): the outlier cleaning then decides on the CBF series
@@ -172,6 +178,7 @@ def init_cbf_wf(
         m0_scale=m0_scale,
         m0_recovery=m0_recovery,
         t1_after_arrival=t1_after_arrival,
+        t1_tissue_source=t1_tissue_source,
     )
     compute_m0 = pe.Node(
         ComputeM0(run_description=run, m0_scale=m0_scale, recovery=m0_recovery),
@@ -191,6 +198,7 @@ def init_cbf_wf(
             ComputeMultiPLDCBF(
                 run_description=run,
                 t1_after_arrival=t1_after_arrival,
+                t1_tissue_source=t1_tissue_source,
                 screen_repeats=screen_repeats,
             ),
             name="fit_multi_pld",
@@ -218,7 +226,8 @@ def init_cbf_wf(
             + constants
         )
         workflow.connect([
-            (inputnode, fit, [("asl_file", "asl_file"), ("mask", "mask")]),
+            (inputnode, fit, [("asl_file", "asl_file"), ("mask", "mask"),
+                              ("gm", "gm"), ("wm", "wm")]),
             (compute_m0, fit, [("m0_file", "m0_file")]),
             (fit, outputnode, [("cbf", "mean_cbf"), ("cbf_json", "mean_cbf_json"),
                                ("att", "att"), ("att_json", "att_json"),

@@ -396,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
         "correction from 5 s on, as in the methods spec)",
     )
     g.add_argument(
+        "--multipld-t1",
+        choices=("gm-curve", "fixed"),
+        default="gm-curve",
+        help="multi-PLD fit's tissue T1 (the apparent T1 after arrival): gm-curve (default: "
+        "fitted with CBF and ATT to the mean curve of the GM voxels, the fixed value where "
+        "that fit fails) or fixed (1.4 s at 3 T)",
+    )
+    g.add_argument(
         "--quantification",
         choices=QUANTIFICATIONS,
         default="white-paper",
