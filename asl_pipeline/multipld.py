@@ -145,13 +145,15 @@ def fit_tissue_curves(
     with ``t1_after_arrival``) is fitted to all of them. The tissue T1 is
     fitted with ``t1_after_arrival="tissue"`` and 3 delays or more; where
     that fit fails or ends at a bound of :data:`T1_BOUNDS`, CBF and ATT are
-    fitted with ``params.t1_tissue``.
+    fitted with ``params.t1_tissue``. ``wm=None`` leaves WM out.
     """
     mask = np.asarray(mask, dtype=bool)
     usable = mask & ~low_m0_mask(m0, mask, fraction=CLASS_M0_FRACTION)
     can_fit_t1 = t1_after_arrival == "tissue" and mean_dm.shape[3] >= 3
     out = {"cbf": {}, "att": {}, "t1_tissue": {}, "t1_fitted": {}, "voxels": {}}
     for tissue, prob in (("gm", gm), ("wm", wm)):
+        if prob is None:
+            prob = np.zeros(mask.shape)
         region = usable & (np.asarray(prob) > CLASS_THRESHOLDS[tissue])
         out["voxels"][tissue] = int(region.sum())
         cbf = att = t1 = None
@@ -172,20 +174,20 @@ def fit_tissue_curves(
 
 
 def gm_curve_t1(
-    deltam, plds, m0, params: QuantParams, gm, wm, mask, *, keep=None,
+    deltam, plds, m0, params: QuantParams, gm, mask, *, keep=None,
     t1_after_arrival: str = "tissue",
 ) -> tuple[float, TissueKinetics]:  # fmt: skip
     """The tissue T1 (s) of the GM mean curve, ``params.t1_tissue`` where it fails.
 
     ``deltam`` ``(x, y, z, n)`` with one PLD per difference, ``keep`` the
     repeat screen's matrix (:func:`asl_pipeline.cbf.average_repeats`), ``gm``
-    / ``wm`` probability maps on the same grid. Returns the T1 and what the
-    curves gave (:class:`TissueKinetics`; WM's T1 is not fitted).
+    the GM probability map on the same grid. Returns the T1 and what the GM
+    curve gave (:class:`TissueKinetics`, without WM).
     """
     mean_dm, uniq, _ = average_repeats(deltam, plds, keep)
     delays = effective_delays(params, uniq, np.shape(deltam)[2])
     kin = fit_tissue_curves(
-        mean_dm, delays, m0, gm, wm, mask, params, t1_after_arrival=t1_after_arrival,
+        mean_dm, delays, m0, gm, None, mask, params, t1_after_arrival=t1_after_arrival,
         fit_t1=("gm",),
     )  # fmt: skip
     return (kin.t1_tissue["gm"] if kin.t1_fitted["gm"] else params.t1_tissue), kin

@@ -329,7 +329,7 @@ def _tissue_fits(runs, sim_t1: float | None) -> int:
         fits = {}
         cbf, att, _ = quant.fit_multi_pld(*args, params, mask=s.brain_mask, keep=keep)
         fits["fixed T1"] = (cbf, att, f"{params.t1_tissue:.2f}")
-        t1, _ = multipld.gm_curve_t1(*args, params, s.gm, s.wm, s.brain_mask, keep=keep)
+        t1, _ = multipld.gm_curve_t1(*args, params, s.gm, s.brain_mask, keep=keep)
         fitted = replace(params, t1_tissue=t1)
         cbf, att, _ = quant.fit_multi_pld(*args, fitted, mask=s.brain_mask, keep=keep)
         fits["GM-curve T1"] = (cbf, att, f"{t1:.2f}")

@@ -492,12 +492,11 @@ class _ComputeMultiPLDCBFInputSpec(_RunInputSpec):
         "fixed",
         usedefault=True,
         desc="where the tissue T1 comes from when t1_tissue is not given: 'gm-curve', "
-        "fitted with CBF and ATT to the mean curve of the GM voxels (gm > 0.8; needs gm and "
-        "wm, asl_pipeline.multipld.gm_curve_t1; the fixed T1 where that fit fails), or "
+        "fitted with CBF and ATT to the mean curve of the GM voxels (gm > 0.8; needs gm, "
+        "asl_pipeline.multipld.gm_curve_t1; the fixed T1 where that fit fails), or "
         "'fixed', by field strength (1.4 s at 3 T)",
     )
     gm = File(exists=True, desc="GM probability map on the ASL grid (the GM mean curve)")
-    wm = File(exists=True, desc="WM probability map on the ASL grid (the WM mean curve)")
 
     screen_repeats = traits.Bool(
         True,
@@ -603,20 +602,20 @@ class ComputeMultiPLDCBF(SimpleInterface):
             return params, {}
         if inputs.t1_tissue_source == "fixed":
             return params, {"T1TissueSource": "fixed (by field strength)"}
-        maps = {}
-        for name in ("gm", "wm"):
-            path = getattr(inputs, name)
-            if not isdefined(path):
-                LOGGER.warning("no %s map: the multi-PLD fit keeps the fixed tissue T1", name)
-                return params, {"T1TissueSource": f"fixed (no {name.upper()} map)"}
-            _, maps[name] = _image(path, ndim=(3,), what=f"{name.upper()} map")
-            _same_grid(dm.deltam.shape[:3], maps[name].shape, path, f"{name.upper()} map")
+        if not isdefined(inputs.gm):
+            LOGGER.warning("no GM map: the multi-PLD fit keeps the fixed tissue T1")
+            return params, {"T1TissueSource": "fixed (no GM map)"}
+        _, gm = _image(inputs.gm, ndim=(3,), what="GM map")
+        _same_grid(dm.deltam.shape[:3], gm.shape, inputs.gm, "GM map")
         if mask is None:
             mask = np.ones(dm.deltam.shape[:3], bool)
-        t1, kin = gm_curve_t1(
-            dm.deltam, dm.plds, m0, params, maps["gm"], maps["wm"], mask, keep=keep
-        )
+        t1, kin = gm_curve_t1(dm.deltam, dm.plds, m0, params, gm, mask, keep=keep)
         source = "GM mean curve" if kin.t1_fitted["gm"] else "fixed (the GM mean curve gave none)"
         LOGGER.info("multi-PLD tissue T1: %.3f s (%s)", t1, source)
-        meta = {"T1TissueSource": source, "TissueCurves": kin.to_dict()}
-        return replace(params, t1_tissue=t1), meta
+        curve = {
+            "Description": "one CBF, ATT and tissue T1 fitted to the mean ΔM/M0 curve of the "
+            "GM voxels (GM probability above 0.8, M0 above half the brain mean), which set "
+            "the tissue T1 of every voxel's fit; not the CBF map's regional values",
+            **kin.to_dict()["GM"],
+        }
+        return replace(params, t1_tissue=t1), {"T1TissueSource": source, "GMCurve": curve}

@@ -217,9 +217,8 @@ def test_multi_pld_tissue_t1_from_the_gm_curve(tmp_path):
     )
     meta.pop("BackgroundSuppressionNumberPulses")
     files = _write_run(tmp_path / "bids", dm, "control-first", meta, rng=rng)
-    for name, share in (("gm", gm_share), ("wm", 1.0 - gm_share)):
-        nb.Nifti1Image(share.astype(np.float32), AFFINE).to_filename(tmp_path / f"{name}.nii.gz")
-        files[name] = str(tmp_path / f"{name}.nii.gz")
+    nb.Nifti1Image(gm_share.astype(np.float32), AFFINE).to_filename(tmp_path / "gm.nii.gz")
+    files["gm"] = str(tmp_path / "gm.nii.gz")
     runs = {}
     for label, extra in (("curve", {}), ("fixed", {"t1_tissue_source": "fixed"})):
         (tmp_path / label).mkdir()
@@ -231,7 +230,8 @@ def test_multi_pld_tissue_t1_from_the_gm_curve(tmp_path):
     assert sidecar["T1TissueSource"] == "GM mean curve"
     assert abs(sidecar["T1Tissue"] - 1.6) < 0.02
     assert sidecar["QuantificationParameters"]["t1_tissue"] == sidecar["T1Tissue"]
-    assert sidecar["TissueCurves"]["GM"]["Voxels"] == int(gm.sum())
+    assert sidecar["GMCurve"]["Voxels"] == int(gm.sum())
+    assert abs(sidecar["GMCurve"]["ArterialTransitTime"] - att[gm].mean()) < 0.05
     np.testing.assert_allclose(found[gm].mean(), 60.0, rtol=0.01)
     fixed, sidecar = runs["fixed"]
     assert sidecar["T1Tissue"] == 1.4 and sidecar["T1TissueSource"].startswith("fixed")

@@ -50,11 +50,10 @@ def test_gm_curve_finds_the_t1_the_data_decay_with(t1):
     dm, delays, gm, wm, cbf = _subject(t1, noise=2e-4)
     params = _params()
     mask = np.ones(SHAPE, bool)
-    found, kin = multipld.gm_curve_t1(dm, delays, np.ones(SHAPE), params, gm, wm, mask)
+    found, kin = multipld.gm_curve_t1(dm, delays, np.ones(SHAPE), params, gm, mask)
     assert kin.t1_fitted["gm"] and abs(found - t1) < 0.05
-    # the WM curve's T1 is not fitted: it keeps the fixed one
-    assert not kin.t1_fitted["wm"] and kin.t1_tissue["wm"] == params.t1_tissue
-    assert kin.voxels == {"gm": int(gm.sum()), "wm": int(wm.sum())}
+    # no WM curve is fitted
+    assert kin.voxels == {"gm": int(gm.sum()), "wm": 0} and kin.att["wm"] is None
     assert kin.to_dict()["GM"]["T1TissueFitted"] is True
     # with that T1 the voxel fit reads GM CBF right; with the fixed 1.4 s it does not
     right, _, _ = fit_multi_pld(dm, delays, 1.0, replace(params, t1_tissue=found))
@@ -87,11 +86,11 @@ def test_too_few_gm_voxels_or_delays_keep_the_fixed_t1():
     mask = np.ones(SHAPE, bool)
     few = np.zeros(SHAPE)
     few[0, :4, :] = 1.0  # 16 voxels, under CLASS_MIN_VOXELS
-    t1, kin = multipld.gm_curve_t1(dm, delays, np.ones(SHAPE), params, few, wm, mask)
+    t1, kin = multipld.gm_curve_t1(dm, delays, np.ones(SHAPE), params, few, mask)
     assert t1 == params.t1_tissue and not kin.t1_fitted["gm"] and kin.cbf["gm"] is None
     # two delays cannot show a T1 beside CBF and ATT
     dm, delays, gm, wm, _ = _subject(1.6, plds=[1.0, 2.0])
-    t1, kin = multipld.gm_curve_t1(dm, delays, np.ones(SHAPE), _params([1.0, 2.0]), gm, wm, mask)
+    t1, kin = multipld.gm_curve_t1(dm, delays, np.ones(SHAPE), _params([1.0, 2.0]), gm, mask)
     assert t1 == params.t1_tissue and not kin.t1_fitted["gm"]
     assert kin.att["gm"] is not None  # CBF and ATT still come from the curve
 
@@ -100,7 +99,6 @@ def test_blood_t1_after_arrival_fits_no_tissue_t1():
     dm, delays, gm, wm, _ = _subject(1.6)
     params = _params()
     t1, kin = multipld.gm_curve_t1(
-        dm, delays, np.ones(SHAPE), params, gm, wm, np.ones(SHAPE, bool),
-        t1_after_arrival="blood",
+        dm, delays, np.ones(SHAPE), params, gm, np.ones(SHAPE, bool), t1_after_arrival="blood",
     )  # fmt: skip
     assert t1 == params.t1_tissue and not kin.t1_fitted["gm"]

@@ -226,8 +226,7 @@ def init_cbf_wf(
             + constants
         )
         workflow.connect([
-            (inputnode, fit, [("asl_file", "asl_file"), ("mask", "mask"),
-                              ("gm", "gm"), ("wm", "wm")]),
+            (inputnode, fit, [("asl_file", "asl_file"), ("mask", "mask"), ("gm", "gm")]),
             (compute_m0, fit, [("m0_file", "m0_file")]),
             (fit, outputnode, [("cbf", "mean_cbf"), ("cbf_json", "mean_cbf_json"),
                                ("att", "att"), ("att_json", "att_json"),
