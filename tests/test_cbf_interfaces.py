@@ -152,13 +152,9 @@ def test_compute_cbf_absent_m0_pairwise_control(tmp_path):
     assert side["M0Method"] == "pairwise-control" and side["M0RecoveryFactor"] == 1.0
 
 
-def test_compute_cbf_refuses_multi_pld_and_multi_pld_interface(tmp_path):
-    rng = np.random.default_rng(22)
-    plds = np.repeat([0.5, 1.0, 1.5, 2.0, 2.5], 2)
-    cbf = np.where(np.arange(SHAPE[0])[:, None, None] < 3, 60.0, 20.0) * np.ones(SHAPE)
-    att = np.where(cbf > 30, 1.2, 1.6)
-    m0 = np.full(SHAPE, 1000.0)
-    dm = K.pcasl_deltam(cbf[..., None], att[..., None], plds, 1.8, m0[..., None], alpha=0.85)
+def _multi_pld_meta(plds):
+    """META for one difference per entry of ``plds``, without background suppression,
+    M0 1000 everywhere (M0Type Estimate)."""
     meta = dict(
         META,
         PostLabelingDelay=np.repeat(plds, 2).tolist(),
@@ -167,7 +163,17 @@ def test_compute_cbf_refuses_multi_pld_and_multi_pld_interface(tmp_path):
         M0Estimate=1000.0,
     )
     meta.pop("BackgroundSuppressionNumberPulses")
-    files = _write_run(tmp_path / "bids", dm, "control-first", meta, rng=rng)
+    return meta
+
+
+def test_compute_cbf_refuses_multi_pld_and_multi_pld_interface(tmp_path):
+    rng = np.random.default_rng(22)
+    plds = np.repeat([0.5, 1.0, 1.5, 2.0, 2.5], 2)
+    cbf = np.where(np.arange(SHAPE[0])[:, None, None] < 3, 60.0, 20.0) * np.ones(SHAPE)
+    att = np.where(cbf > 30, 1.2, 1.6)
+    m0 = np.full(SHAPE, 1000.0)
+    dm = K.pcasl_deltam(cbf[..., None], att[..., None], plds, 1.8, m0[..., None], alpha=0.85)
+    files = _write_run(tmp_path / "bids", dm, "control-first", _multi_pld_meta(plds), rng=rng)
     with pytest.raises(ASLInputError, match="ComputeMultiPLDCBF"):
         ComputeCBF(**files).run(cwd=tmp_path)
     res = ComputeMultiPLDCBF(**files).run(cwd=tmp_path)
@@ -208,15 +214,7 @@ def test_multi_pld_tissue_t1_from_the_gm_curve(tmp_path):
     dm = K.pcasl_deltam(
         cbf[..., None], att[..., None], plds, 1.8, m0[..., None], alpha=0.85, t1_tissue=1.6
     )
-    meta = dict(
-        META,
-        PostLabelingDelay=np.repeat(plds, 2).tolist(),
-        BackgroundSuppression=False,
-        M0Type="Estimate",
-        M0Estimate=1000.0,
-    )
-    meta.pop("BackgroundSuppressionNumberPulses")
-    files = _write_run(tmp_path / "bids", dm, "control-first", meta, rng=rng)
+    files = _write_run(tmp_path / "bids", dm, "control-first", _multi_pld_meta(plds), rng=rng)
     nb.Nifti1Image(gm_share.astype(np.float32), AFFINE).to_filename(tmp_path / "gm.nii.gz")
     files["gm"] = str(tmp_path / "gm.nii.gz")
     runs = {}
