@@ -20,31 +20,37 @@ def _sidecar(root: Path, meta: dict) -> Path:
     return root
 
 
+#: A 2D pCASL sidecar of three slices; each test sets its delays and timing.
+_PCASL_2D = {
+    "ArterialSpinLabelingType": "PCASL",
+    "MRAcquisitionType": "2D",
+    "LabelingDuration": 1.8,
+    "BackgroundSuppression": False,
+    "M0Type": "Separate",
+    "MagneticFieldStrength": 3,
+    "RepetitionTimePreparation": 4.0,
+}
+
+#: QUIPSS II PASL with a 0.8 s bolus, in place of the pCASL labeling.
+_PASL = {
+    "ArterialSpinLabelingType": "PASL",
+    "BolusCutOffFlag": True,
+    "BolusCutOffTechnique": "QUIPSSII",
+    "BolusCutOffDelayTime": 0.8,
+}
+
+
 def test_att_measurable_follows_each_slice_shortest_delay(tmp_path):
-    meta = {
-        "ArterialSpinLabelingType": "PCASL",
-        "MRAcquisitionType": "2D",
-        "PostLabelingDelay": [1.0, 1.0, 1.5, 1.5, 2.0, 2.0],
-        "LabelingDuration": 1.8,
-        "BackgroundSuppression": False,
-        "M0Type": "Separate",
-        "MagneticFieldStrength": 3,
-        "SliceTiming": [0.0, 0.2, 0.4],
-        "RepetitionTimePreparation": 4.0,
-    }
+    meta = dict(
+        _PCASL_2D, PostLabelingDelay=[1.0, 1.0, 1.5, 1.5, 2.0, 2.0], SliceTiming=[0.0, 0.2, 0.4]
+    )
     bids = _sidecar(tmp_path / "pcasl", meta)
     att = np.full((2, 2, 3), 1.3)
     ok = validate_chain.att_measurable(bids, att)
     # shortest effective delays 1.0, 1.2, 1.4 s: 1.3 s is measurable in the first two
     assert ok[..., 0].all() and ok[..., 1].all() and not ok[..., 2].any()
 
-    meta.update(
-        ArterialSpinLabelingType="PASL",
-        BolusCutOffFlag=True,
-        BolusCutOffTechnique="QUIPSSII",
-        BolusCutOffDelayTime=0.8,
-        MRAcquisitionType="3D",
-    )
+    meta.update(_PASL, MRAcquisitionType="3D")
     meta.pop("SliceTiming")
     meta.pop("LabelingDuration")
     bids = _sidecar(tmp_path / "pasl", meta)
@@ -72,19 +78,8 @@ def _truth(cbf, att):
 
 
 def test_whitepaper_floor_is_the_bolus_that_arrived_by_each_slice_readout(tmp_path):
-    meta = {
-        "ArterialSpinLabelingType": "PASL",
-        "MRAcquisitionType": "2D",
-        "PostLabelingDelay": 1.8,
-        "BolusCutOffFlag": True,
-        "BolusCutOffTechnique": "QUIPSSII",
-        "BolusCutOffDelayTime": 0.8,
-        "BackgroundSuppression": False,
-        "M0Type": "Separate",
-        "MagneticFieldStrength": 3,
-        "SliceTiming": [0.0, 0.1, 0.4],
-        "RepetitionTimePreparation": 4.0,
-    }
+    meta = dict(_PCASL_2D, **_PASL, PostLabelingDelay=1.8, SliceTiming=[0.0, 0.1, 0.4])
+    meta.pop("LabelingDuration")
     bids = _sidecar(tmp_path / "pasl", meta)
     floor = validate_chain.whitepaper_floor(bids, _truth(np.full((2, 2, 3), 60.0), 1.2))
     # TI - ATT per slice: 0.6, 0.7 and 1.0 s of a 0.8 s bolus have arrived
