@@ -53,6 +53,10 @@ OUTLIER_METHODS = tuple(OUTLIER_THRESHOLDS)
 #: when the local TemplateFlow folder holds it (:mod:`asl_pipeline.templates`).
 OUTPUT_SPACES = ("asl", "T1w", "MNI152NLin2009aSym")
 QUANTIFICATIONS = ("white-paper", "asltbx")
+#: ``--multipld-t1``: asl_pipeline.multipld.T1_TISSUE_SOURCES, spelled here so
+#: that reading the configuration imports no numerics (tests/test_cli.py checks
+#: that the two agree).
+MULTIPLD_T1_SOURCES = ("gm-curve", "fixed")
 PVC_METHODS = ("none", "lr")
 #: What ``--ignore`` may switch off (nipreps' spelling).
 IGNORE_CHOICES = ("fieldmaps",)
@@ -183,7 +187,7 @@ class Config:
             raise ValueError(f"unknown engine {self.engine!r}")
         if self.m0_recovery not in ("tissue", "single"):
             raise ValueError(f"unknown M0 recovery correction {self.m0_recovery!r}")
-        if self.multipld_t1 not in ("gm-curve", "fixed"):
+        if self.multipld_t1 not in MULTIPLD_T1_SOURCES:
             raise ValueError(f"unknown multi-PLD tissue T1 source {self.multipld_t1!r}")
         if self.quantification not in QUANTIFICATIONS:
             raise ValueError(f"unknown quantification {self.quantification!r}")

@@ -42,6 +42,10 @@ CLASS_M0_FRACTION = 0.5
 CLASS_MIN_VOXELS = 50
 _SLICE_MIN_VOXELS = 5
 
+#: Where a multi-PLD fit's tissue T1 comes from: the GM mean curve
+#: (:func:`gm_curve_t1`) or the fixed value by field strength.
+T1_TISSUE_SOURCES = ("gm-curve", "fixed")
+
 #: Range (s) of a fitted tissue T1; a fit at either end is not trusted.
 T1_BOUNDS = (0.4, 3.0)
 

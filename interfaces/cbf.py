@@ -29,7 +29,7 @@ from asl_pipeline import kinetics
 from asl_pipeline import outliers as cleaning
 from asl_pipeline.bids import read_json_sidecar
 from asl_pipeline.errors import ASLInputError
-from asl_pipeline.multipld import gm_curve_t1
+from asl_pipeline.multipld import T1_TISSUE_SOURCES, gm_curve_t1
 from asl_pipeline.rundesc import RunDescription, describe_metadata, read_aslcontext
 
 LOGGER = logging.getLogger("nipype.interface")
@@ -115,6 +115,13 @@ def _same_grid(shape, other_shape, path, what):
             file=path,
             fix=f"resample the {what} to the ASL grid.",
         )
+
+
+def _map_on_grid(path, shape, what: str) -> np.ndarray:
+    """A 3D map (tissue probability) read from ``path``, refused off the ``shape`` grid."""
+    _, data = _image(path, ndim=(3,), what=what)
+    _same_grid(shape, data.shape, path, what)
+    return data
 
 
 def _save(data, ref_img, in_file, suffix, newpath, meta: dict) -> tuple[str, str]:
@@ -321,12 +328,10 @@ class ComputeM0(SimpleInterface):
             isdefined(getattr(self.inputs, n)) for n in names
         ):
             return None
-        maps = {}
-        for name in names:
-            path = getattr(self.inputs, name)
-            _, maps[name] = _image(path, ndim=(3,), what=f"{name.upper()} map")
-            _same_grid(shape, maps[name].shape, path, f"{name.upper()} map")
-        return maps
+        return {
+            name: _map_on_grid(getattr(self.inputs, name), shape, f"{name.upper()} map")
+            for name in names
+        }
 
 
 # --------------------------------------------------------------------------------------
@@ -488,8 +493,7 @@ class _ComputeMultiPLDCBFInputSpec(_RunInputSpec):
         "with 1.6 s read 11-17% high with 1.4 s)",
     )
     t1_tissue_source = traits.Enum(
-        "gm-curve",
-        "fixed",
+        *T1_TISSUE_SOURCES,
         usedefault=True,
         desc="where the tissue T1 comes from when t1_tissue is not given: 'gm-curve', "
         "fitted with CBF and ATT to the mean curve of the GM voxels (gm > 0.8; needs gm, "
@@ -532,8 +536,8 @@ class ComputeMultiPLDCBF(SimpleInterface):
         m0, extra = inp.m0(self.inputs, dm=dm)
         params = inp.params
         keep, screen_meta = None, {}
+        mask = inp.mask if inp.mask is not None else np.ones(dm.deltam.shape[:3], bool)
         if self.inputs.screen_repeats:
-            mask = inp.mask if inp.mask is not None else np.ones(dm.deltam.shape[:3], bool)
             screen = cleaning.screen_repeats(dm.deltam, dm.plds, mask)
             keep = screen.keep
             dropped = int((~keep).sum())
@@ -554,7 +558,7 @@ class ComputeMultiPLDCBF(SimpleInterface):
                 keep.size,
                 screen.groups,
             )
-        params, t1_meta = self._tissue_t1(params, dm, m0, inp.mask, keep)
+        params, t1_meta = self._tissue_t1(params, dm, m0, mask, keep)
         cbf, att, failed = core.fit_multi_pld(
             dm.deltam,
             dm.plds,
@@ -605,10 +609,7 @@ class ComputeMultiPLDCBF(SimpleInterface):
         if not isdefined(inputs.gm):
             LOGGER.warning("no GM map: the multi-PLD fit keeps the fixed tissue T1")
             return params, {"T1TissueSource": "fixed (no GM map)"}
-        _, gm = _image(inputs.gm, ndim=(3,), what="GM map")
-        _same_grid(dm.deltam.shape[:3], gm.shape, inputs.gm, "GM map")
-        if mask is None:
-            mask = np.ones(dm.deltam.shape[:3], bool)
+        gm = _map_on_grid(inputs.gm, dm.deltam.shape[:3], "GM map")
         t1, kin = gm_curve_t1(dm.deltam, dm.plds, m0, params, gm, mask, keep=keep)
         source = "GM mean curve" if kin.t1_fitted["gm"] else "fixed (the GM mean curve gave none)"
         LOGGER.info("multi-PLD tissue T1: %.3f s (%s)", t1, source)

@@ -21,6 +21,7 @@ from pathlib import Path
 from asl_pipeline.config import (
     ENGINES,
     IGNORE_CHOICES,
+    MULTIPLD_T1_SOURCES,
     OUTLIER_METHODS,
     OUTPUT_SPACES,
     PLUGINS,
@@ -397,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--multipld-t1",
-        choices=("gm-curve", "fixed"),
+        choices=MULTIPLD_T1_SOURCES,
         default="gm-curve",
         help="multi-PLD fit's tissue T1 (the apparent T1 after arrival): gm-curve (default: "
         "fitted with CBF and ATT to the mean curve of the GM voxels, the fixed value where "
