@@ -235,8 +235,12 @@ def tissue_prior_fit(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, multipld.TissueKinetics]:
     """CBF and ATT with each tissue's T1 and an ATT prior from its mean curve.
 
-    The method is the module docstring's. Inputs, bounds and outputs are those
-    of :func:`asl_pipeline.cbf.fit_multi_pld`, plus ``gm`` and ``wm``
+    Each voxel takes the T1 and, as its ATT prior's mean, the curve ATT of its
+    tissue mix (:func:`tissue_maps`); its ATT is the maximum a posteriori over
+    a grid, its residual over its noise variance (:func:`repeat_variance`)
+    plus the Gaussian penalty, with the CBF in closed form at each ATT.
+    Inputs, bounds and outputs are those of
+    :func:`asl_pipeline.cbf.fit_multi_pld`, plus ``gm`` and ``wm``
     (probability maps on the same grid) and ``att_prior_sd`` (s; ``inf``
     switches the prior off and keeps the tissue T1s). A voxel's fit fails
     (its values are kept) when the ATT or CBF ends at a bound, or the ATT is

@@ -222,15 +222,22 @@ def att_measurable(bids: Path, att: np.ndarray) -> np.ndarray:
     it there (``fit_multi_pld`` flags such fits as failed). Chosen from the
     truth and the protocol, not the fit, so noise does not select voxels.
     """
-    from asl_pipeline.cbf import effective_delays, quant_params_from_metadata
+    from asl_pipeline.cbf import effective_delays
 
-    meta = json.loads((bids / "sub-01" / "perf" / "sub-01_asl.json").read_text())
-    params = quant_params_from_metadata(meta)
-    plds = np.unique(np.round(np.atleast_1d(meta["PostLabelingDelay"]).astype(float), 9))
+    params, plds = _protocol(bids)
     shortest = effective_delays(params, plds, att.shape[2]).min(axis=1)
     if params.labeling_type == "PASL":
         shortest = shortest - params.ti1
     return att > shortest[None, None, :]
+
+
+def _protocol(bids: Path):
+    """The subject's quantification parameters and its distinct delays (s)."""
+    from asl_pipeline.cbf import quant_params_from_metadata
+
+    meta = json.loads((bids / "sub-01" / "perf" / "sub-01_asl.json").read_text())
+    plds = np.unique(np.round(np.atleast_1d(meta["PostLabelingDelay"]).astype(float), 9))
+    return quant_params_from_metadata(meta), plds
 
 
 def whitepaper_floor(bids: Path, truth: dict) -> np.ndarray | None:
@@ -250,11 +257,10 @@ def whitepaper_floor(bids: Path, truth: dict) -> np.ndarray | None:
     subjects or without a true ATT.
     """
     from asl_pipeline import kinetics
-    from asl_pipeline.cbf import effective_delays, quant_params_from_metadata
+    from asl_pipeline.cbf import effective_delays
 
     sim = bids / "derivatives" / "simulation" / "sub-01" / "perf"
-    meta = json.loads((bids / "sub-01" / "perf" / "sub-01_asl.json").read_text())
-    plds = np.unique(np.round(np.atleast_1d(meta["PostLabelingDelay"]).astype(float), 9))
+    params, plds = _protocol(bids)
     if plds.size != 1 or truth["att"] is None:
         return None
     written = sim / "sub-01_desc-whitepaper_cbf.nii.gz"
@@ -262,7 +268,6 @@ def whitepaper_floor(bids: Path, truth: dict) -> np.ndarray | None:
         return _load(written)
     kinetic = sim / "sub-01_desc-true_kinetics.json"
     model = json.loads(kinetic.read_text()) if kinetic.exists() else {}
-    params = quant_params_from_metadata(meta)
     delay = effective_delays(params, plds, truth["att"].shape[2])[:, 0][None, None, :]
     cbf = np.maximum(truth["cbf"], 1.0)  # the ratio only; CSF's zero flow stays zero
     common = {"m0": 1.0, "alpha": 1.0, "t1b": float(model.get("T1Blood", params.t1b))}
