@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import csv
+import functools
 import json
 import subprocess
 import sys
@@ -240,7 +241,20 @@ def _protocol(bids: Path):
     return quant_params_from_metadata(meta), plds
 
 
-def whitepaper_floor(bids: Path, truth: dict) -> np.ndarray | None:
+def readout_blur(generator: str, kwargs: dict):
+    """The generator's through-plane readout blur for a subject (a function of a
+    volume), None for 2D readouts."""
+    if kwargs.get("readout") != "3D":
+        return None
+    if generator == "sim":
+        from asl_pipeline.simulate import series as module
+    else:
+        from asl_pipeline.simulate import phantom as module
+    fwhm = kwargs.get("z_blur_fwhm", module.Z_BLUR_FWHM_3D)
+    return functools.partial(module.through_plane_blur, fwhm=fwhm)
+
+
+def whitepaper_floor(bids: Path, truth: dict, blur=None) -> np.ndarray | None:
     """What a perfect single-PLD white-paper quantification reads on this subject.
 
     The white-paper equation assumes that the whole bolus has arrived by the
@@ -255,17 +269,31 @@ def whitepaper_floor(bids: Path, truth: dict) -> np.ndarray | None:
     generator's T1 after arrival (``desc-true_kinetics.json``; blood T1
     without one, the simulator's single-PLD default). None for multi-PLD
     subjects or without a true ATT.
-    """
-    from asl_pipeline import kinetics
-    from asl_pipeline.cbf import effective_delays
 
+    ``blur`` (:func:`readout_blur`, 3D readouts): the generators blur every
+    image along z, ΔM and the M0 scan alike, so a perfect quantification of
+    the images reads blur(floor x M0) / blur(M0), with the true M0
+    (``desc-true_m0``). GM spills into the WM beside it through-plane.
+    """
     sim = bids / "derivatives" / "simulation" / "sub-01" / "perf"
     params, plds = _protocol(bids)
     if plds.size != 1 or truth["att"] is None:
         return None
     written = sim / "sub-01_desc-whitepaper_cbf.nii.gz"
-    if written.exists():
-        return _load(written)
+    floor = _load(written) if written.exists() else _model_floor(sim, truth, params, plds)
+    if blur is None:
+        return floor
+    m0 = _load(sim / "sub-01_desc-true_m0.nii.gz")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        blurred = blur(floor * m0) / blur(m0)
+    return np.where(m0 > 0, np.nan_to_num(blurred), 0.0)
+
+
+def _model_floor(sim: Path, truth: dict, params, plds) -> np.ndarray:
+    """The simulator's floor: true CBF x the generator's signal / the assumed one."""
+    from asl_pipeline import kinetics
+    from asl_pipeline.cbf import effective_delays
+
     kinetic = sim / "sub-01_desc-true_kinetics.json"
     model = json.loads(kinetic.read_text()) if kinetic.exists() else {}
     delay = effective_delays(params, plds, truth["att"].shape[2])[:, 0][None, None, :]
@@ -374,7 +402,8 @@ def oracle(series: np.ndarray, matrix: np.ndarray, truth: dict) -> tuple[np.ndar
     return out, se
 
 
-def score_subject(root: Path, name: str, bids: Path) -> list[dict]:
+def score_subject(root: Path, entry, bids: Path) -> list[dict]:
+    name, generator, _, kwargs = entry
     truth = truth_of(bids)
     rows = []
     perf = root / "out" / "defaults" / name / "sub-01" / "perf"
@@ -388,7 +417,7 @@ def score_subject(root: Path, name: str, bids: Path) -> list[dict]:
             best, se = oracle(series, matrix, truth)
             rows.append({"subject": name, "config": "oracle", "map": "cleaned",
                          **score_map(best, truth), **se})  # fmt: skip
-    floor = whitepaper_floor(bids, truth)
+    floor = whitepaper_floor(bids, truth, readout_blur(generator, kwargs))
     if floor is not None:
         rows.append({"subject": name, "config": "floor", "map": "whitepaper",
                      **score_map(floor, truth)})  # fmt: skip
@@ -587,10 +616,10 @@ def main(argv=None) -> int:
                 name, lines = done.result()
                 print(f"{name}: " + "; ".join(lines), flush=True)
     rows = []
-    for name, *_ in panel:
-        bids = root / "data" / name
+    for entry in panel:
+        bids = root / "data" / entry[0]
         if (bids / "participants.tsv").exists():
-            rows += score_subject(root, name, bids)
+            rows += score_subject(root, entry, bids)
     write_table(rows, root / "results.tsv")
     (root / "panel.json").write_text(json.dumps({p[0]: p[1:] for p in panel}, indent=1))
     print(summarise(rows))

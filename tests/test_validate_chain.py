@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 _SPEC = importlib.util.spec_from_file_location(
@@ -103,3 +104,42 @@ def test_whitepaper_floor_is_the_bolus_that_arrived_by_each_slice_readout(tmp_pa
     meta["PostLabelingDelay"] = [1.0, 1.0, 2.0, 2.0]
     bids = _sidecar(tmp_path / "multi", meta)
     assert validate_chain.whitepaper_floor(bids, truth) is None
+
+
+def test_3d_floor_spills_through_plane_as_the_readout_blurs_the_images(tmp_path):
+    meta = dict(_PCASL_2D, MRAcquisitionType="3D", PostLabelingDelay=1.8)
+    bids = _sidecar(tmp_path / "pcasl3d", meta)
+    sim = bids / "derivatives" / "simulation" / "sub-01" / "perf"
+    sim.mkdir(parents=True)
+    affine = np.eye(4)
+
+    def with_m0(m0):
+        nib.save(nib.Nifti1Image(np.asarray(m0, np.float32), affine),
+                 sim / "sub-01_desc-true_m0.nii.gz")  # fmt: skip
+
+    blur = validate_chain.readout_blur("sim", {"readout": "3D"})
+    # a uniform flow reads uniform whatever the M0 (ΔM and M0 blur alike)
+    with_m0(np.broadcast_to([1.0, 3.0, 1.0, 2.0, 5.0, 1.0, 1.0], (2, 2, 7)))
+    floor = validate_chain.whitepaper_floor(bids, _truth(np.full((2, 2, 7), 50.0), 1.0), blur)
+    np.testing.assert_allclose(floor, 50.0, rtol=1e-6)
+    # GM in one slice among WM under a uniform M0: the GM reads low, the WM beside
+    # it high by the same amount of flow, and the flow through-plane is kept
+    with_m0(np.ones((2, 2, 7)))
+    cbf = np.broadcast_to([20.0, 20.0, 20.0, 60.0, 20.0, 20.0, 20.0], (2, 2, 7))
+    floor = validate_chain.whitepaper_floor(bids, _truth(cbf, 1.0), blur)
+    assert floor[0, 0, 3] < 60.0 and floor[0, 0, 2] == floor[0, 0, 4] > 20.0
+    np.testing.assert_allclose(floor[0, 0].sum(), cbf[0, 0].sum(), rtol=1e-6)
+    assert validate_chain.whitepaper_floor(bids, _truth(cbf, 1.0))[0, 0, 2] == 20.0
+
+
+def test_readout_blur_is_each_generators_own():
+    from asl_pipeline.simulate import phantom, series
+
+    assert validate_chain.readout_blur("sim", {}) is None
+    assert validate_chain.readout_blur("phantom", {"readout": "2D"}) is None
+    edge = np.zeros((1, 1, 9))
+    edge[0, 0, 0] = 1.0  # at the edge slice, where the two generators differ
+    for generator, module, fwhm in (("sim", series, 1.2), ("phantom", phantom, 1.5)):
+        blurred = validate_chain.readout_blur(generator, {"readout": "3D"})(edge)
+        np.testing.assert_array_equal(blurred, module.through_plane_blur(edge, fwhm))
+        assert 0.4 < blurred[0, 0, 0] < 1.0

@@ -136,6 +136,9 @@ NOISE_LAG1 = 0.4
 #: Probability that a voxel of a volume gets a heavy-tailed noise outlier.
 OUTLIER_VOXEL_RATE = 0.002
 
+#: Through-plane blur of a 3D readout (FWHM in slices): the default for 3D.
+Z_BLUR_FWHM_3D = 1.5
+
 MOTIONS = ("none", "drift", "jumps")
 OUTLIER_TYPES = ("slab_dropout", "spikes", "global", "slab_motion")
 #: Other spellings accepted for the outlier types.
@@ -803,6 +806,13 @@ def _corrupt(rng, vol, slices, kind, static_mean) -> None:
 # subject
 
 
+def through_plane_blur(volume: np.ndarray, fwhm: float) -> np.ndarray:
+    """The readout's Gaussian blur along z (FWHM in slices; mirrored at the edges)."""
+    if fwhm <= 0:
+        return volume
+    return ndimage.gaussian_filter1d(volume, fwhm / np.sqrt(8 * np.log(2)), axis=2)
+
+
 @dataclass(frozen=True)
 class _Readout:
     """Through-plane blur (3D readouts, FWHM in slices) and the magnitude with noise."""
@@ -811,8 +821,7 @@ class _Readout:
     z_fwhm: float
 
     def __call__(self, rng, vol) -> np.ndarray:
-        if self.z_fwhm > 0:
-            vol = ndimage.gaussian_filter1d(vol, self.z_fwhm / np.sqrt(8 * np.log(2)), axis=2)
+        vol = through_plane_blur(vol, self.z_fwhm)
         if np.any(self.sigma > 0):
             return _magnitude(rng, vol, self.sigma)
         return np.abs(vol)
@@ -1012,7 +1021,9 @@ def simulate_phantom(
     offsets -= offsets.mean()  # zero over the run: the mean ΔM keeps its truth
     readout = _Readout(
         sigma=NOISE_SD * M0_SCALE * noise_level * _noise_profile(shape[2]),
-        z_fwhm=(1.5 if proto.readout == "3D" else 0.0) if z_blur_fwhm is None else z_blur_fwhm,
+        z_fwhm=(Z_BLUR_FWHM_3D if proto.readout == "3D" else 0.0)
+        if z_blur_fwhm is None
+        else z_blur_fwhm,
     )
 
     def signals_at(p, delay):

@@ -695,6 +695,18 @@ PHYSIO_SCALE_MM = 20.0
 #: sign over :data:`PHYSIO_SCALE_MM`), see :func:`_physio_maps`.
 DRIFT_GLOBAL_SHARE = 0.2
 
+#: Through-plane blur of a 3D readout (FWHM in slices), the GRASE T2 decay
+#: along the echo train: :func:`simulate_cbf_series`'s default for 3D.
+Z_BLUR_FWHM_3D = 1.2
+
+
+def through_plane_blur(volume: np.ndarray, fwhm: float) -> np.ndarray:
+    """The readout's Gaussian blur along z (FWHM in slices; the edge slices repeat)."""
+    if fwhm <= 0:
+        return volume
+    sigma = float(fwhm) / np.sqrt(8 * np.log(2))
+    return ndimage.gaussian_filter1d(volume, sigma, axis=2, mode="nearest")
+
 
 def _physio_maps(rng, fr, affine, shape):
     """Spatial weights of the physiological components (stronger near CSF).
@@ -1099,8 +1111,7 @@ def simulate_subject(
     sigma = noise.THERMAL_SD * M0_SCALE * noise_scale
 
     if z_blur_fwhm is None:
-        z_blur_fwhm = 1.2 if proto.readout == "3D" else 0.0
-    z_sigma = float(z_blur_fwhm) / np.sqrt(8 * np.log(2))
+        z_blur_fwhm = Z_BLUR_FWHM_3D if proto.readout == "3D" else 0.0
 
     def _field_at(t_params):
         """The head-fixed B0 field seen with the head at ``t_params``."""
@@ -1112,9 +1123,7 @@ def simulate_subject(
         )  # fmt: skip
 
     def _readout(vol):
-        if z_sigma > 0:
-            return ndimage.gaussian_filter1d(vol, z_sigma, axis=2, mode="nearest")
-        return vol
+        return through_plane_blur(vol, z_blur_fwhm)
 
     moving = bool(np.any(params))
     if moving:
