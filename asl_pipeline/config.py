@@ -57,6 +57,8 @@ QUANTIFICATIONS = ("white-paper", "asltbx")
 #: that reading the configuration imports no numerics (tests/test_cli.py checks
 #: that the two agree).
 MULTIPLD_T1_SOURCES = ("gm-curve", "fixed")
+#: ``--drift-correction``: asl_pipeline.drift.METHODS (checked the same way).
+DRIFT_CORRECTIONS = ("none", "trend")
 PVC_METHODS = ("none", "lr")
 #: What ``--ignore`` may switch off (nipreps' spelling).
 IGNORE_CHOICES = ("fieldmaps",)
@@ -162,6 +164,7 @@ class Config:
     m0_scale: float = 1.0
     m0_recovery: str = "tissue"
     multipld_t1: str = "gm-curve"
+    drift_correction: str = "none"
     quantification: str = "white-paper"
     pvc: str = "none"
     ignore: list[str] = field(default_factory=list)
@@ -189,6 +192,8 @@ class Config:
             raise ValueError(f"unknown M0 recovery correction {self.m0_recovery!r}")
         if self.multipld_t1 not in MULTIPLD_T1_SOURCES:
             raise ValueError(f"unknown multi-PLD tissue T1 source {self.multipld_t1!r}")
+        if self.drift_correction not in DRIFT_CORRECTIONS:
+            raise ValueError(f"unknown gain drift correction {self.drift_correction!r}")
         if self.quantification not in QUANTIFICATIONS:
             raise ValueError(f"unknown quantification {self.quantification!r}")
         if self.pvc not in PVC_METHODS:

@@ -126,6 +126,7 @@ CONFIGS = {
     "hmc-regress": ["--hmc-zigzag", "regress"],
     "hmc-interp": ["--hmc-zigzag", "interpolate"],
     "hmc-none": ["--hmc-reslice", "none"],
+    "drift": ["--drift-correction", "trend"],
 }
 
 #: Configurations that re-run the realignment and registration (the costly

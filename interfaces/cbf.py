@@ -25,7 +25,7 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from asl_pipeline import cbf as core
-from asl_pipeline import kinetics
+from asl_pipeline import drift, kinetics
 from asl_pipeline import outliers as cleaning
 from asl_pipeline.bids import read_json_sidecar
 from asl_pipeline.errors import ASLInputError
@@ -172,8 +172,25 @@ class _Loaded:
             self.mask = mask > 0
 
     def deltam(self, inputs, method="pairwise"):
+        """The differences, after the gain drift's removal when ``drift_correction``
+        asks for it (:attr:`drift_meta` then describes it for the sidecars)."""
+        series = self.series
+        self.drift_meta = {}
+        if getattr(inputs, "drift_correction", "none") == "trend":
+            trend = drift.gain_trend(
+                series, self.vtypes, mask=self.mask, plds=self.params.pld,
+                source=self.desc.aslcontext,
+            )  # fmt: skip
+            series = drift.remove_gain_drift(series, trend)
+            self.drift_meta = {"GainDriftCorrection": trend.to_dict()}
+            LOGGER.info(
+                "gain drift: %+.2f%% from the first to the last control/label volume "
+                "(%d pairs fitted)",
+                100 * trend.change,
+                trend.fitted.sum(),
+            )
         return core.deltam_series(
-            self.series,
+            series,
             self.vtypes,
             method=method,
             plds=self.params.pld,
@@ -219,6 +236,16 @@ _DESCRIPTION_DESC = (
     "parsed again"
 )
 _ASLCONTEXT_DESC = "BIDS aslcontext.tsv of the series (with metadata only)"
+
+
+def _drift_trait():
+    return traits.Enum(
+        *drift.METHODS,
+        usedefault=True,
+        desc="'trend': divide each control and label volume by a smooth trend of the "
+        "brain-wide gain, fitted to the pair means (asl_pipeline.drift), before "
+        "subtraction; a gain drift would otherwise add the same offset to every pair",
+    )
 
 
 class _RunInputSpec(BaseInterfaceInputSpec):
@@ -357,6 +384,7 @@ class _ComputeCBFInputSpec(_RunInputSpec):
     subtraction = traits.Enum(
         "pairwise", "surround", usedefault=True, desc="control - label subtraction scheme"
     )
+    drift_correction = _drift_trait()
     m0_scale = traits.Float(
         1.0, usedefault=True, desc="multiplier of the M0 when it is computed here"
     )
@@ -417,6 +445,7 @@ class ComputeCBF(SimpleInterface):
             extra.update(
                 Quantification=self.inputs.quantification,
                 Subtraction=self.inputs.subtraction,
+                **inp.drift_meta,
                 M0Fraction=self.inputs.m0_fraction,
                 ExcludedVoxels=int(res.excluded.sum()),
             )
@@ -501,6 +530,7 @@ class _ComputeMultiPLDCBFInputSpec(_RunInputSpec):
         "'fixed', by field strength (1.4 s at 3 T)",
     )
     gm = File(exists=True, desc="GM probability map on the ASL grid (the GM mean curve)")
+    drift_correction = _drift_trait()
 
     screen_repeats = traits.Bool(
         True,
@@ -585,6 +615,7 @@ class ComputeMultiPLDCBF(SimpleInterface):
             "M0Fraction": self.inputs.m0_fraction,
             "FailedVoxels": int(failed.sum()),
             **screen_meta,
+            **inp.drift_meta,
             **extra,
         }
         cwd, src, r = runtime.cwd, self.inputs.asl_file, self._results

@@ -38,6 +38,7 @@ def init_cbf_wf(
     processed_series: bool = False,
     t1_after_arrival: str = "tissue",
     t1_tissue_source: str = "gm-curve",
+    drift_correction: str = "none",
     n_pairs: int,
     quantification: str = "white-paper",
     m0_scale: float = 1.0,
@@ -83,6 +84,10 @@ def init_cbf_wf(
         T1 fitted to the mean curve of the GM voxels
         (:func:`asl_pipeline.multipld.gm_curve_t1`), or ``"fixed"``, by field
         strength (1.4 s at 3 T).
+    drift_correction
+        ``"trend"``: each control and label volume is divided by a smooth
+        trend of the brain-wide gain before subtraction
+        (:mod:`asl_pipeline.drift`); ``"none"`` leaves the series as is.
     processed_series
         ``inputnode.asl_file`` was regressed and/or smoothed (the source
         study's options): the outlier cleaning then decides on the CBF series
@@ -180,6 +185,12 @@ def init_cbf_wf(
         t1_after_arrival=t1_after_arrival,
         t1_tissue_source=t1_tissue_source,
     )
+    if drift_correction == "trend":
+        constants += (
+            " Before subtraction, each control and label image was divided by a quadratic "
+            "trend of the brain-wide signal gain, fitted to the means of the pairs "
+            "(scanner drift would otherwise add the same offset to every difference)."
+        )
     compute_m0 = pe.Node(
         ComputeM0(run_description=run, m0_scale=m0_scale, recovery=m0_recovery),
         name="compute_m0",
@@ -200,6 +211,7 @@ def init_cbf_wf(
                 t1_after_arrival=t1_after_arrival,
                 t1_tissue_source=t1_tissue_source,
                 screen_repeats=screen_repeats,
+                drift_correction=drift_correction,
             ),
             name="fit_multi_pld",
             mem_gb=2 * mem_gb,
@@ -237,7 +249,12 @@ def init_cbf_wf(
 
     quant = "white-paper" if quantification == "white-paper" else "pairwise-control"
     compute_cbf = pe.Node(
-        ComputeCBF(run_description=run, quantification=quant, m0_scale=m0_scale),
+        ComputeCBF(
+            run_description=run,
+            quantification=quant,
+            m0_scale=m0_scale,
+            drift_correction=drift_correction,
+        ),
         name="compute_cbf",
         mem_gb=mem_gb,
     )
@@ -267,7 +284,12 @@ def init_cbf_wf(
         decide_on = compute_cbf
         if processed_series:  # cleaning decides on the unprocessed series' CBF
             decide_on = pe.Node(
-                ComputeCBF(run_description=run, quantification=quant, m0_scale=m0_scale),
+                ComputeCBF(
+                    run_description=run,
+                    quantification=quant,
+                    m0_scale=m0_scale,
+                    drift_correction=drift_correction,
+                ),
                 name="compute_cbf_unprocessed",
                 mem_gb=mem_gb,
             )

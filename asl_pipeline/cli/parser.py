@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from asl_pipeline.config import (
+    DRIFT_CORRECTIONS,
     ENGINES,
     IGNORE_CHOICES,
     MULTIPLD_T1_SOURCES,
@@ -403,6 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="multi-PLD fit's tissue T1 (the apparent T1 after arrival): gm-curve (default: "
         "fitted with CBF and ATT to the mean curve of the GM voxels, the fixed value where "
         "that fit fails) or fixed (1.4 s at 3 T)",
+    )
+    g.add_argument(
+        "--drift-correction",
+        choices=DRIFT_CORRECTIONS,
+        default="none",
+        help="scanner gain drift: trend (divide each control and label volume by a smooth "
+        "trend of the brain-wide gain fitted to the pair means, before subtraction) or "
+        "none (default)",
     )
     g.add_argument(
         "--quantification",
