@@ -1,0 +1,149 @@
+"""Scanner gain drift (asl_pipeline.drift) and its option on the CBF interfaces."""
+
+import json
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from asl_pipeline import cbf, drift
+from asl_pipeline.interfaces.cbf import ComputeCBF
+
+SHAPE = (8, 8, 4)
+N_PAIRS = 40
+
+
+def _series(rng, gain, *, order="control-first", static=None, deltam=None, noise=0.0):
+    """Control/label series whose static signal carries the per-volume ``gain``.
+
+    The static signal is 250 times ΔM (WM without background suppression)."""
+    n_vol = 2 * N_PAIRS
+    static = rng.uniform(800.0, 1200.0, SHAPE) if static is None else static
+    deltam = static / 250.0 if deltam is None else deltam
+    first, second = ("control", "label") if order == "control-first" else ("label", "control")
+    vtypes = [first, second] * N_PAIRS
+    series = np.empty(SHAPE + (n_vol,))
+    for t, kind in enumerate(vtypes):
+        signal = static if kind == "control" else static - deltam
+        series[..., t] = signal * gain[t] + noise * rng.standard_normal(SHAPE)
+    return series, vtypes, deltam
+
+
+def _mean_deltam(series, vtypes):
+    return cbf.deltam_series(series, vtypes).deltam.mean(axis=3)
+
+
+@pytest.mark.parametrize("order", ["control-first", "label-first"])
+def test_a_linear_drift_biases_every_pair_alike_and_the_trend_removes_it(order):
+    rng = np.random.default_rng(3)
+    gain = 1.0 - 0.01 * np.linspace(0.0, 1.0, 2 * N_PAIRS)  # -1% over the run
+    series, vtypes, true = _series(rng, gain, order=order)
+    level = true * gain.mean()  # the run's mean gain is kept: the reference
+    before = _mean_deltam(series, vtypes) / level - 1
+    # the second volume of a pair reads 1% / 79 of the static signal lower: the
+    # difference is off by 250 times that, 3.2% of ΔM (negative when label first)
+    sign = 1 if order == "control-first" else -1
+    np.testing.assert_allclose(before, sign * 0.01 / 79 * 250, rtol=0.02)
+
+    trend = drift.gain_trend(series, vtypes)
+    assert trend.change == pytest.approx(-0.01, abs=2e-4)
+    after = _mean_deltam(drift.remove_gain_drift(series, trend), vtypes) / level - 1
+    assert np.abs(after).max() < 0.002
+    assert trend.to_dict()["PairsFitted"] == N_PAIRS
+
+
+def test_a_drift_that_slows_down_is_followed():
+    rng = np.random.default_rng(4)
+    x = np.linspace(0.0, 1.0, 2 * N_PAIRS)
+    gain = 1.0 + 0.02 * (1 - (1 - x) ** 2)  # +2%, most of it early
+    series, vtypes, true = _series(rng, gain)
+    trend = drift.gain_trend(series, vtypes)
+    np.testing.assert_allclose(trend.gain / trend.gain[0], gain / gain[0], atol=2e-4)
+    after = _mean_deltam(drift.remove_gain_drift(series, trend), vtypes) / (true * gain.mean())
+    assert np.abs(after - 1).max() < 0.002
+
+
+def test_without_drift_the_series_keeps_its_mean_within_its_noise():
+    rng = np.random.default_rng(5)
+    series, vtypes, true = _series(rng, np.ones(2 * N_PAIRS), noise=8.0)
+    trend = drift.gain_trend(series, vtypes)
+    assert abs(trend.change) < 2e-3
+    plain = _mean_deltam(series, vtypes)
+    corrected = _mean_deltam(drift.remove_gain_drift(series, trend), vtypes)
+    se = 8.0 * np.sqrt(2 / N_PAIRS)  # per voxel, of the 40-pair mean
+    assert np.abs(corrected - plain).max() < 0.1 * se
+
+
+def test_corrupted_volumes_do_not_tilt_the_trend():
+    rng = np.random.default_rng(6)
+    gain = 1.0 - 0.01 * np.linspace(0.0, 1.0, 2 * N_PAIRS)
+    series, vtypes, _ = _series(rng, gain, noise=2.0)
+    series[..., 76] *= 0.85  # a late control: a global dip of the whole volume
+    series[:, :, :2, 70] *= 0.5  # a slab dropout of a label
+    trend = drift.gain_trend(series, vtypes)
+    assert trend.change == pytest.approx(-0.01, abs=1e-3)
+    assert not trend.fitted[38]  # the pair of volume 76
+    assert trend.fitted.sum() >= N_PAIRS - 2
+
+
+def test_multi_pld_levels_are_not_taken_for_drift():
+    # background suppression leaves a different static signal at each delay
+    rng = np.random.default_rng(7)
+    plds = np.repeat(np.tile([0.5, 1.0, 1.5, 2.0], N_PAIRS // 4), 2)
+    level = {0.5: 0.2, 1.0: 0.35, 1.5: 0.5, 2.0: 0.6}
+    gain = 1.0 + 0.015 * np.linspace(0.0, 1.0, 2 * N_PAIRS)
+    series, vtypes, _ = _series(rng, gain)
+    for t, p in enumerate(plds):
+        series[..., t] *= level[p]
+    trend = drift.gain_trend(series, vtypes, plds=plds)
+    assert trend.change == pytest.approx(0.015, abs=3e-4)
+    # read as one level, the delays' cycle would be fitted as a trend
+    assert abs(drift.gain_trend(series, vtypes).change - 0.015) > 3e-4
+
+
+def test_series_without_enough_pairs_are_left_alone():
+    rng = np.random.default_rng(8)
+    series = rng.uniform(1.0, 2.0, SHAPE + (6,))
+    for vtypes in (["deltam"] * 6, ["control", "label"] * 3):
+        trend = drift.gain_trend(series, vtypes)
+        assert np.all(trend.gain == 1.0) and trend.change == 0.0
+        np.testing.assert_array_equal(drift.remove_gain_drift(series, trend), series)
+
+
+def test_compute_cbf_removes_the_drift_on_request_and_says_so(tmp_path):
+    rng = np.random.default_rng(9)
+    gain = 1.0 - 0.01 * np.linspace(0.0, 1.0, 2 * N_PAIRS)
+    series, vtypes, _ = _series(rng, gain)
+    affine = np.diag([3.0, 3.0, 4.0, 1.0])
+    asl = tmp_path / "sub-01_asl.nii.gz"
+    nb.Nifti1Image(series.astype(np.float32), affine).to_filename(asl)
+    m0 = tmp_path / "m0.nii.gz"
+    nb.Nifti1Image(np.full(SHAPE, 1000.0, np.float32), affine).to_filename(m0)
+    (tmp_path / "ctx.tsv").write_text("volume_type\n" + "\n".join(vtypes) + "\n")
+    meta = {
+        "ArterialSpinLabelingType": "PCASL",
+        "PostLabelingDelay": 1.8,
+        "LabelingDuration": 1.8,
+        "M0Type": "Separate",
+        "MagneticFieldStrength": 3,
+        "MRAcquisitionType": "3D",
+        "BackgroundSuppression": False,
+    }
+    means = {}
+    for method in ("none", "trend"):
+        cwd = tmp_path / method
+        cwd.mkdir()
+        node = ComputeCBF(
+            asl_file=str(asl),
+            m0_file=str(m0),
+            metadata=meta,
+            aslcontext=str(tmp_path / "ctx.tsv"),
+            drift_correction=method,
+        )
+        out = node.run(cwd=str(cwd)).outputs
+        means[method] = np.asanyarray(nb.load(out.mean_cbf).dataobj)
+        sidecar = json.loads(open(out.mean_cbf_json).read())
+        assert ("GainDriftCorrection" in sidecar) == (method == "trend")
+    assert sidecar["GainDriftCorrection"]["RelativeChange"] == pytest.approx(-0.01, abs=2e-4)
+    ratio = means["none"] / means["trend"]
+    np.testing.assert_allclose(ratio, 1 + 0.01 / 79 * 250, rtol=2e-3)
