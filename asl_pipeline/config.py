@@ -26,6 +26,9 @@ figures in ``benchmarks/RESULTS.md``):
 * ``output_spaces`` = ``["asl", "MNI152NLin2009aSym"]``: CBF in the native
   ASL space and in the MNI template space (nilearn's bundled MNI152); T1w is
   opt-in.
+* ``drift_correction`` = "auto": single-PLD runs without background
+  suppression get each control/label volume divided by a smooth trend of the
+  brain-wide gain before subtraction (:mod:`asl_pipeline.drift`).
 * ``quantification`` = "white-paper" (M0 from the M0 source of the run);
   "asltbx" uses each pair's control image as M0, voxel by voxel.
 * ``verbosity`` = 0: one console line per stage; each ``-v`` adds one level
@@ -57,8 +60,8 @@ QUANTIFICATIONS = ("white-paper", "asltbx")
 #: that reading the configuration imports no numerics (tests/test_cli.py checks
 #: that the two agree).
 MULTIPLD_T1_SOURCES = ("gm-curve", "fixed")
-#: ``--drift-correction``: asl_pipeline.drift.METHODS (checked the same way).
-DRIFT_CORRECTIONS = ("none", "trend")
+#: ``--drift-correction``: asl_pipeline.drift.CHOICES (checked the same way).
+DRIFT_CORRECTIONS = ("auto", "none", "trend")
 PVC_METHODS = ("none", "lr")
 #: What ``--ignore`` may switch off (nipreps' spelling).
 IGNORE_CHOICES = ("fieldmaps",)
@@ -164,7 +167,7 @@ class Config:
     m0_scale: float = 1.0
     m0_recovery: str = "tissue"
     multipld_t1: str = "gm-curve"
-    drift_correction: str = "none"
+    drift_correction: str = "auto"
     quantification: str = "white-paper"
     pvc: str = "none"
     ignore: list[str] = field(default_factory=list)

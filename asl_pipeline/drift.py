@@ -44,8 +44,10 @@ DEGREE = 2
 REJECT_MADS = 4.0
 #: Fewer pairs than this: no trend is fitted (the gains are all 1).
 MIN_PAIRS = 6
-#: Choices of the workflow and the CLI: ``none`` or the polynomial ``trend``.
+#: What the interfaces do: ``none`` or divide by the polynomial ``trend``.
 METHODS = ("none", "trend")
+#: The pipeline's choices: the interfaces' and ``auto`` (:func:`resolve`).
+CHOICES = ("auto", *METHODS)
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,24 @@ def gain_trend(
     gain = np.ones(n_vol)
     gain[volumes] = trend / trend.mean()
     return GainTrend(gain, pair_gain, keep, degree)
+
+
+def resolve(choice: str, *, multi_pld: bool, background_suppression: bool) -> str:
+    """The method a run gets: ``auto`` is ``trend`` for single-PLD runs without
+    background suppression and ``none`` otherwise.
+
+    Without suppression the static signal is 100-250 times ΔM, so the pair
+    means measure the gain and a drift biases every pair most; with it both
+    shrink, and ΔM's own changes over the run reach the pair means. On the
+    validation panel (``benchmarks/RESULTS.md``, "Scanner drift") the trend
+    lowered the single-PLD WM error on both generators, was neutral with
+    background suppression and raised the WM error of the multi-PLD fits.
+    """
+    if choice not in CHOICES:
+        raise ValueError(f"drift correction must be one of {CHOICES}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    return "none" if multi_pld or background_suppression else "trend"
 
 
 def remove_gain_drift(series, trend: GainTrend) -> np.ndarray:

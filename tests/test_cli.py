@@ -38,13 +38,15 @@ def test_defaults(dataset, tmp_path, monkeypatch):
     assert not args.denoise and not args.nuisance_regression and args.smoothing_fwhm == 0.0
     assert args.zigzag_method == "detect" and args.reslice_mode == "volume"
     # the parser keeps its own (import-free) copy of the core's method names
-    from asl_pipeline import motion, multipld
+    from asl_pipeline import drift, motion, multipld
     from asl_pipeline.cli.parser import build_parser
 
     choices = {a.dest: a.choices for a in build_parser()._actions}
     assert tuple(choices["zigzag_method"]) == motion.ZIGZAG_METHODS
     assert tuple(choices["reslice_mode"]) == motion.RESLICE_MODES
     assert tuple(choices["multipld_t1"]) == multipld.T1_TISSUE_SOURCES
+    assert tuple(choices["drift_correction"]) == drift.CHOICES
+    assert args.drift_correction == "auto"
     assert args.m0_recovery == "tissue" and args.multipld_t1 == "gm-curve"
     assert args.output_spaces == ["asl", "MNI152NLin2009aSym"]
     assert args.m0_scale == 1.0 and args.quantification == "white-paper"

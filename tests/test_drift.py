@@ -110,6 +110,15 @@ def test_series_without_enough_pairs_are_left_alone():
         np.testing.assert_array_equal(drift.remove_gain_drift(series, trend), series)
 
 
+def test_auto_is_the_trend_for_single_pld_runs_without_background_suppression():
+    assert drift.resolve("auto", multi_pld=False, background_suppression=False) == "trend"
+    assert drift.resolve("auto", multi_pld=False, background_suppression=True) == "none"
+    assert drift.resolve("auto", multi_pld=True, background_suppression=False) == "none"
+    assert drift.resolve("trend", multi_pld=True, background_suppression=True) == "trend"
+    with pytest.raises(ValueError, match="drift correction"):
+        drift.resolve("linear", multi_pld=False, background_suppression=False)
+
+
 def test_compute_cbf_removes_the_drift_on_request_and_says_so(tmp_path):
     rng = np.random.default_rng(9)
     gain = 1.0 - 0.01 * np.linspace(0.0, 1.0, 2 * N_PAIRS)

@@ -1,5 +1,7 @@
 """Tier 3: the workflow graph built (not run) for many option combinations."""
 
+import json
+
 import pytest
 
 from asl_pipeline.bids import collect_runs
@@ -214,6 +216,13 @@ def test_real_sidecars_build(bids_examples_dir, tmp_path, example):
         assert fixed["fit_multi_pld"].inputs.t1_tissue_source == "fixed"
     else:
         assert "compute_cbf" in nodes and "fit_multi_pld" not in nodes
+    # the gain drift trend: single-PLD runs without background suppression only
+    meta = json.loads(next(bids.rglob("*_asl.json")).read_text())
+    if "fit_multi_pld" in nodes:
+        assert nodes["fit_multi_pld"].inputs.drift_correction == "none"
+    else:
+        wanted = "none" if meta.get("BackgroundSuppression") else "trend"
+        assert nodes["compute_cbf"].inputs.drift_correction == wanted
     if example == "asl001":  # GE deltam only: no pairs to clean
         assert "clean_cbf" not in nodes
 

@@ -7,6 +7,7 @@ import math
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from asl_pipeline import drift
 from asl_pipeline import sdc as sdc_core
 from asl_pipeline.derivatives import derivative_path, raw_uri
 from asl_pipeline.interfaces.registration import ApplyTransformChain
@@ -47,7 +48,7 @@ def init_asl_preproc_wf(
     m0_scale: float = 1.0,
     m0_recovery: str = "tissue",
     multipld_t1: str = "gm-curve",
-    drift_correction: str = "none",
+    drift_correction: str = "auto",
     quantification: str = "white-paper",
     pvc: str = "none",
     sdc: bool = True,
@@ -86,6 +87,10 @@ def init_asl_preproc_wf(
         pair, a phase-difference or a direct field map
         (:func:`asl_pipeline.sdc.field_source`; its sidecars are checked
         here, before anything runs); ``False`` is ``--ignore fieldmaps``.
+    drift_correction
+        ``auto``, ``trend`` or ``none``, resolved for the run by
+        :func:`asl_pipeline.drift.resolve` (``auto``: the trend for single-PLD
+        runs without background suppression).
     Other parameters
         As the options of ``asl-pipeline`` (see :class:`asl_pipeline.config.Config`).
 
@@ -185,7 +190,11 @@ def init_asl_preproc_wf(
         m0_scale=m0_scale,
         m0_recovery=m0_recovery,
         t1_tissue_source=multipld_t1,
-        drift_correction=drift_correction,
+        drift_correction=drift.resolve(
+            drift_correction,
+            multi_pld=multi_pld,
+            background_suppression=run.description.efficiency.background_suppression,
+        ),
         outlier_method=outlier,
         outlier_threshold=outlier_threshold,
         screen_repeats=outlier_method != "none",

@@ -408,10 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--drift-correction",
         choices=DRIFT_CORRECTIONS,
-        default="none",
+        default="auto",
         help="scanner gain drift: trend (divide each control and label volume by a smooth "
-        "trend of the brain-wide gain fitted to the pair means, before subtraction) or "
-        "none (default)",
+        "trend of the brain-wide gain fitted to the pair means, before subtraction), none, "
+        "or auto (default: trend for single-PLD runs without background suppression, "
+        "none otherwise)",
     )
     g.add_argument(
         "--quantification",
