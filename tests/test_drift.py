@@ -8,6 +8,7 @@ import pytest
 
 from asl_pipeline import cbf, drift
 from asl_pipeline.interfaces.cbf import ComputeCBF
+from tests.test_cbf import _meta as pcasl_sidecar
 
 SHAPE = (8, 8, 4)
 N_PAIRS = 40
@@ -129,15 +130,7 @@ def test_compute_cbf_removes_the_drift_on_request_and_says_so(tmp_path):
     m0 = tmp_path / "m0.nii.gz"
     nb.Nifti1Image(np.full(SHAPE, 1000.0, np.float32), affine).to_filename(m0)
     (tmp_path / "ctx.tsv").write_text("volume_type\n" + "\n".join(vtypes) + "\n")
-    meta = {
-        "ArterialSpinLabelingType": "PCASL",
-        "PostLabelingDelay": 1.8,
-        "LabelingDuration": 1.8,
-        "M0Type": "Separate",
-        "MagneticFieldStrength": 3,
-        "MRAcquisitionType": "3D",
-        "BackgroundSuppression": False,
-    }
+    meta = pcasl_sidecar()  # 3D pCASL, no background suppression
     means = {}
     for method in ("none", "trend"):
         cwd = tmp_path / method
