@@ -55,27 +55,30 @@ class GainTrend:
     """The fitted drift of one run.
 
     ``gain``: one factor per volume of the series (1 for the volumes that are
-    not control or label); ``pair_gain``: the measured gain of each pair;
-    ``fitted``: whether each pair was kept in the fit; ``change``: the trend
-    from the first to the last control/label volume, relative.
+    not control or label); ``volumes``: the control and label volumes;
+    ``pair_gain``: the measured gain of each pair; ``fitted``: whether each
+    pair was kept in the fit; ``degree``: of the polynomial, 0 where no trend
+    was fitted (all gains 1); ``change``: the trend from the first to the last
+    control/label volume, relative.
     """
 
     gain: np.ndarray
+    volumes: np.ndarray
     pair_gain: np.ndarray
     fitted: np.ndarray
     degree: int
 
     @property
     def change(self) -> float:
-        cl = np.flatnonzero(self.gain != 1.0)
-        if cl.size < 2:
+        if self.volumes.size < 2:
             return 0.0
-        return float(self.gain[cl[-1]] / self.gain[cl[0]] - 1.0)
+        return float(self.gain[self.volumes[-1]] / self.gain[self.volumes[0]] - 1.0)
 
     def to_dict(self) -> dict:
         """The sidecar's description of the correction."""
         return {
             "Method": "trend",
+            "Applied": self.degree > 0,
             "PolynomialDegree": self.degree,
             "RelativeChange": round(self.change, 6),
             "PairsFitted": int(self.fitted.sum()),
@@ -84,7 +87,8 @@ class GainTrend:
 
 
 def _identity(n_volumes: int, n_pairs: int) -> GainTrend:
-    return GainTrend(np.ones(n_volumes), np.ones(n_pairs), np.zeros(n_pairs, bool), 0)
+    none = np.zeros(0, int)
+    return GainTrend(np.ones(n_volumes), none, np.ones(n_pairs), np.zeros(n_pairs, bool), 0)
 
 
 def _volume_gains(series: np.ndarray, volumes: list[int], mask) -> np.ndarray:
@@ -155,10 +159,12 @@ def gain_trend(
         if new.sum() < design.shape[1] + 2 or np.array_equal(new, keep):
             break
         keep = new
+    else:  # the last selection, fitted
+        coef, *_ = np.linalg.lstsq(design[keep], y[keep], rcond=None)
     trend = np.exp(basis(volumes) @ coef[n_levels:])
     gain = np.ones(n_vol)
     gain[volumes] = trend / trend.mean()
-    return GainTrend(gain, pair_gain, keep, degree)
+    return GainTrend(gain, np.asarray(volumes), pair_gain, keep, degree)
 
 
 def resolve(choice: str, *, multi_pld: bool, background_suppression: bool) -> str:

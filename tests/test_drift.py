@@ -108,6 +108,7 @@ def test_series_without_enough_pairs_are_left_alone():
     for vtypes in (["deltam"] * 6, ["control", "label"] * 3):
         trend = drift.gain_trend(series, vtypes)
         assert np.all(trend.gain == 1.0) and trend.change == 0.0
+        assert not trend.to_dict()["Applied"]
         np.testing.assert_array_equal(drift.remove_gain_drift(series, trend), series)
 
 
