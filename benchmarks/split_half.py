@@ -7,7 +7,10 @@ the first part with the options under test and the rest with the plainest
 chain (white-paper mean, no cleaning). The rest's mean is an independent,
 unbiased estimate of the perfusion, so a derivative of the first N pairs that
 is closer to it (lower RMS difference in the brain mask, on the same native
-grid) is closer to the truth. The plain N-pair mean and a Gaussian blur of it
+grid) is closer to the truth. Both parts are quantified as the pipeline
+quantifies by default, its gain drift correction included: a drift biases
+the two parts alike, so the judge cannot see it (the validation panel
+chose that default). The plain N-pair mean and a Gaussian blur of it
 are scored alongside as the baselines to beat, and the best mean-preserving
 linear filter of the plain mean, fitted to the rest itself, as a bound
 (:func:`linear_bounds`).
