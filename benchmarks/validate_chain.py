@@ -245,14 +245,13 @@ def _protocol(bids: Path):
 def readout_blur(generator: str, kwargs: dict):
     """The generator's through-plane readout blur for a subject (a function of a
     volume), None for 2D readouts."""
+    from asl_pipeline.simulate import phantom, series
+
     if kwargs.get("readout") != "3D":
         return None
-    if generator == "sim":
-        from asl_pipeline.simulate import series as module
-    else:
-        from asl_pipeline.simulate import phantom as module
+    module = series if generator == "sim" else phantom
     fwhm = kwargs.get("z_blur_fwhm", module.Z_BLUR_FWHM_3D)
-    return functools.partial(module.through_plane_blur, fwhm=fwhm)
+    return functools.partial(series.through_plane_blur, fwhm=fwhm, mode=module.Z_BLUR_MODE)
 
 
 def whitepaper_floor(bids: Path, truth: dict, blur=None) -> np.ndarray | None:

@@ -116,7 +116,7 @@ from asl_pipeline.simulate.dataset import (
     write_dataset,
 )
 from asl_pipeline.simulate.motion import motion_matrix
-from asl_pipeline.simulate.series import M0_SCALE
+from asl_pipeline.simulate.series import M0_SCALE, through_plane_blur
 
 #: The DRO's ground-truth label map (asldro package data).
 DRO_FILE = "hrgt_icbm_2009a_nls_3t.nii.gz"
@@ -136,8 +136,10 @@ NOISE_LAG1 = 0.4
 #: Probability that a voxel of a volume gets a heavy-tailed noise outlier.
 OUTLIER_VOXEL_RATE = 0.002
 
-#: Through-plane blur of a 3D readout (FWHM in slices): the default for 3D.
+#: Through-plane blur of a 3D readout (FWHM in slices): the default for 3D;
+#: mirrored at the edge slices (``scipy.ndimage`` boundary mode).
 Z_BLUR_FWHM_3D = 1.5
+Z_BLUR_MODE = "reflect"
 
 MOTIONS = ("none", "drift", "jumps")
 OUTLIER_TYPES = ("slab_dropout", "spikes", "global", "slab_motion")
@@ -806,13 +808,6 @@ def _corrupt(rng, vol, slices, kind, static_mean) -> None:
 # subject
 
 
-def through_plane_blur(volume: np.ndarray, fwhm: float) -> np.ndarray:
-    """The readout's Gaussian blur along z (FWHM in slices; mirrored at the edges)."""
-    if fwhm <= 0:
-        return volume
-    return ndimage.gaussian_filter1d(volume, fwhm / np.sqrt(8 * np.log(2)), axis=2)
-
-
 @dataclass(frozen=True)
 class _Readout:
     """Through-plane blur (3D readouts, FWHM in slices) and the magnitude with noise."""
@@ -821,7 +816,7 @@ class _Readout:
     z_fwhm: float
 
     def __call__(self, rng, vol) -> np.ndarray:
-        vol = through_plane_blur(vol, self.z_fwhm)
+        vol = through_plane_blur(vol, self.z_fwhm, mode=Z_BLUR_MODE)
         if np.any(self.sigma > 0):
             return _magnitude(rng, vol, self.sigma)
         return np.abs(vol)

@@ -45,6 +45,7 @@ from scipy import ndimage
 
 from asl_pipeline import kinetics, sdc
 from asl_pipeline.errors import ASLInputError
+from asl_pipeline.motion import fwhm_to_sigma
 from asl_pipeline.simulate import anatomy, noise
 from asl_pipeline.simulate.anatomy import (
     PROTON_DENSITY,
@@ -696,16 +697,18 @@ PHYSIO_SCALE_MM = 20.0
 DRIFT_GLOBAL_SHARE = 0.2
 
 #: Through-plane blur of a 3D readout (FWHM in slices), the GRASE T2 decay
-#: along the echo train: :func:`simulate_cbf_series`'s default for 3D.
+#: along the echo train: :func:`simulate_cbf_series`'s default for 3D; its
+#: edge slices repeat (``scipy.ndimage`` boundary mode).
 Z_BLUR_FWHM_3D = 1.2
+Z_BLUR_MODE = "nearest"
 
 
-def through_plane_blur(volume: np.ndarray, fwhm: float) -> np.ndarray:
-    """The readout's Gaussian blur along z (FWHM in slices; the edge slices repeat)."""
+def through_plane_blur(volume: np.ndarray, fwhm: float, mode: str = Z_BLUR_MODE) -> np.ndarray:
+    """The readout's Gaussian blur along z (FWHM in slices; ``mode`` at the edges)."""
     if fwhm <= 0:
         return volume
-    sigma = float(fwhm) / np.sqrt(8 * np.log(2))
-    return ndimage.gaussian_filter1d(volume, sigma, axis=2, mode="nearest")
+    sigma = float(fwhm_to_sigma(fwhm, 1.0))
+    return ndimage.gaussian_filter1d(volume, sigma, axis=2, mode=mode)
 
 
 def _physio_maps(rng, fr, affine, shape):
