@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.polynomial import legendre
 
-from asl_pipeline import rundesc
+from asl_pipeline.rundesc import pair_volumes
 
 #: Degree of the polynomial trend in time (a quadratic follows a drift that
 #: slows down or speeds up; a linear one would leave half of such a drift).
@@ -121,9 +121,7 @@ def gain_trend(
     """
     series = np.asarray(series)
     n_vol = series.shape[3]
-    vtypes = tuple(volume_types)
-    layout = rundesc.parse_series(vtypes, {}, rundesc.fixed_source(source), [], source=source)
-    pairs = list(layout.pairs) if layout.kind == "pairs" else []
+    pairs = [tuple(p) for p in pair_volumes(volume_types, source=source).tolist()]
     if len(pairs) < MIN_PAIRS:
         return _identity(n_vol, len(pairs))
     volumes = sorted({v for p in pairs for v in p})

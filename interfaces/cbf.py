@@ -166,6 +166,8 @@ class _Loaded:
         self.vtypes = self.desc.volume_types
         self.params = core.quant_params(self.desc)
         self.mask = None
+        #: ``GainDriftCorrection`` for the sidecars, once :meth:`deltam` removed a drift
+        self.drift_meta: dict = {}
         if isdefined(inputs.mask):
             _, mask = _image(inputs.mask, ndim=(3,), what="brain mask")
             _same_grid(self.series.shape, mask.shape, inputs.mask, "brain mask")
@@ -175,8 +177,7 @@ class _Loaded:
         """The differences, after the gain drift's removal when ``drift_correction``
         asks for it (:attr:`drift_meta` then describes it for the sidecars)."""
         series = self.series
-        self.drift_meta = {}
-        if getattr(inputs, "drift_correction", "none") == "trend":
+        if inputs.drift_correction == "trend":
             trend = drift.gain_trend(
                 series, self.vtypes, mask=self.mask, plds=self.params.pld,
                 source=self.desc.aslcontext,
