@@ -359,17 +359,18 @@ def _tissue_fits(runs, sim_t1: float | None) -> int:
             )
             t1s = " / ".join(f"{kin.t1_tissue[t]:.2f}" for t in ("gm", "wm"))
             fits[f"prior, T1 {name}"] = (cbf, att, t1s)
-        gm, wm, brain = s.gm > 0.7, s.wm > 0.9, s.brain_mask
         for name, (cbf, att, t1s) in fits.items():
-            err = [100 * (cbf[m].mean() / s.cbf[m].mean() - 1) for m in (gm, wm)]
-            att_err = [att[m].mean() - s.att[m].mean() for m in (gm, wm)]
-            r = np.corrcoef(cbf[brain], s.cbf[brain])[0, 1]
-            print(
-                f"| {kind} | {seed} | {name} | {err[0]:+.1f} / {err[1]:+.1f} | {r:.3f} "
-                f"| {att_err[0]:+.2f} / {att_err[1]:+.2f} | {t1s} |",
-                flush=True,
-            )
+            print(f"| {kind} | {seed} | {name} | {_scores(s, cbf, att)} | {t1s} |", flush=True)
     return 0
+
+
+def _scores(s, cbf, att) -> str:
+    """``GM / WM CBF err % | r | GM / WM ATT err s`` of a map against the subject's truth."""
+    gm, wm, brain = s.gm > 0.7, s.wm > 0.9, s.brain_mask
+    err = [100 * (cbf[m].mean() / s.cbf[m].mean() - 1) for m in (gm, wm)]
+    att_err = [att[m].mean() - s.att[m].mean() for m in (gm, wm)]
+    r = np.corrcoef(cbf[brain], s.cbf[brain])[0, 1]
+    return f"{err[0]:+.1f} / {err[1]:+.1f} | {r:.3f} | {att_err[0]:+.2f} / {att_err[1]:+.2f}"
 
 
 def smooth_in_mask(series, mask, sigma: float) -> np.ndarray:
@@ -438,7 +439,7 @@ def _smoothed_fits(runs) -> int:
         keep = outliers.screen_repeats(dm.deltam, dm.plds, s.brain_mask).keep
         args = (dm.deltam, dm.plds, s.m0_true)
         t1, _ = multipld.gm_curve_t1(*args, params, s.gm, s.brain_mask, keep=keep)
-        gm, wm, brain = s.gm > 0.7, s.wm > 0.9, s.brain_mask
+        brain = s.brain_mask
         for label, ratio in (("= GM", 1.0), ("literature", WM_GM_T1_RATIO)):
             t1_map = t1_share_map(s.gm, s.wm, t1, ratio)
             fits = {
@@ -446,14 +447,8 @@ def _smoothed_fits(runs) -> int:
                 "smoothed ATT": smoothed_att_fit(*args, params, brain, t1_map, keep),
             }
             for name, (cbf, att) in fits.items():
-                err = [100 * (cbf[m].mean() / s.cbf[m].mean() - 1) for m in (gm, wm)]
-                att_err = [att[m].mean() - s.att[m].mean() for m in (gm, wm)]
-                r = np.corrcoef(cbf[brain], s.cbf[brain])[0, 1]
-                print(
-                    f"| {kind} | {seed} | {label} | {name} | {err[0]:+.1f} / {err[1]:+.1f} "
-                    f"| {r:.3f} | {att_err[0]:+.2f} / {att_err[1]:+.2f} |",
-                    flush=True,
-                )
+                cells = f"{kind} | {seed} | {label} | {name} | {_scores(s, cbf, att)}"
+                print(f"| {cells} |", flush=True)
     return 0
 
 
