@@ -184,6 +184,11 @@ def _method_kwargs(inp, pairs) -> dict:
     return kwargs
 
 
+#: Entries of the series' sidecar that describe that file, not how its CBF was
+#: quantified: the cleaned map's sidecar does not take them over.
+_NOT_INHERITED = ("Sources", "Description", "Units", "RawSources")
+
+
 class _CleanCBFInputSpec(BaseInterfaceInputSpec):
     cbf_ts = File(
         exists=True,
@@ -194,6 +199,12 @@ class _CleanCBFInputSpec(BaseInterfaceInputSpec):
         exists=True,
         desc="optional CBF series of the same run (e.g. regressed or smoothed) whose mean over "
         "the pairs kept in each slice is returned; the decisions are made on cbf_ts",
+    )
+    cbf_ts_json = File(
+        exists=True,
+        desc="JSON sidecar of the series whose mean is returned (cbf_ts_apply where given, "
+        "else cbf_ts): how it was quantified (parameters, M0, gain drift correction) is kept "
+        "in the cleaned map's sidecar, under the cleaning's own entries",
     )
     method = traits.Enum(
         "paocsl",
@@ -344,7 +355,15 @@ class CleanCBF(SimpleInterface):
         base = fname_presuffix(f"{stem}_{method}", newpath=runtime.cwd)
         out_nii = _write_mean(f"{base}_meancbf.nii.gz", mean_cbf, img)
         counts = result.counts
+        quantified = {}
+        if isdefined(inp.cbf_ts_json):
+            quantified = {
+                k: v
+                for k, v in json.loads(Path(inp.cbf_ts_json).read_text()).items()
+                if k not in _NOT_INHERITED
+            }
         meta = {
+            **quantified,
             "Units": "mL/100 g/min",
             "OutlierCleaningMethod": method,
             "Parameters": result.parameters,

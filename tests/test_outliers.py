@@ -420,6 +420,29 @@ def test_interface_runs(nifti_inputs, tmp_path, method):
         assert out.counts["n_pairs_kept"] == 30
 
 
+def test_cleaned_sidecar_keeps_how_the_series_was_quantified(nifti_inputs, tmp_path):
+    from asl_pipeline.interfaces.outliers import CleanCBF
+
+    f = nifti_inputs
+    series_meta = {
+        "Sources": ["sub-01_asl.nii.gz"],
+        "Units": "mL/100 g/min",
+        "Description": "CBF of each pair",
+        "QuantificationParameters": {"LabelingType": "PCASL"},
+        "GainDriftCorrection": {"Method": "trend", "Applied": True, "RelativeChange": -0.01},
+        "Parameters": {"from": "the series"},
+    }
+    sidecar = tmp_path / "series_cbf.json"
+    sidecar.write_text(json.dumps(series_meta))
+    node = CleanCBF(method="mean", cbf_ts=f["cbf_ts"], cbf_ts_json=str(sidecar))
+    meta = json.loads(open(node.run(cwd=tmp_path).outputs.mean_cbf_json).read())
+    assert meta["GainDriftCorrection"] == series_meta["GainDriftCorrection"]
+    assert meta["QuantificationParameters"] == {"LabelingType": "PCASL"}
+    # the map's own entries: its sources, its description (none here), the cleaning's parameters
+    assert meta["Sources"] == [f["cbf_ts"]] and "Description" not in meta
+    assert meta["OutlierCleaningMethod"] == "mean" and meta["Parameters"] != {"from": "the series"}
+
+
 def test_interface_error_names_the_file(nifti_inputs, tmp_path):
     from asl_pipeline.interfaces.outliers import CleanCBF
 

@@ -106,13 +106,15 @@ def test_regression_and_smoothing_never_reach_the_cleaning_decisions(dataset, tm
     assert ("cbf_ts", "cbf_ts") in clean_cbf_source[1]
     upstream_of_decisions = _upstream(wf, "compute_cbf_unprocessed" if options else "compute_cbf")
     assert "nuisance" not in upstream_of_decisions
+    cbf_wf = wf.get_node("sub_01_wf.asl_sub_01_asl.cbf_wf")
+    edges = cbf_wf._graph.in_edges(cbf_wf.get_node("clean_cbf"), data=True)
+    sources = {(u.name, c) for u, _, d in edges for c in d["connect"]}
+    # the cleaned map's sidecar describes the series it is the mean of
+    assert ("compute_cbf", ("cbf_ts_json", "cbf_ts_json")) in sources
     if options:
         assert "nuisance" in nodes  # the option still runs, on the quantified series
         assert "nuisance" in _upstream(wf, "clean_cbf")  # ... whose mean is averaged
         assert "nuisance" not in _upstream(wf, "compute_cbf_unprocessed")
-        cbf_wf = wf.get_node("sub_01_wf.asl_sub_01_asl.cbf_wf")
-        edges = cbf_wf._graph.in_edges(cbf_wf.get_node("clean_cbf"), data=True)
-        sources = {(u.name, c) for u, _, d in edges for c in d["connect"]}
         assert ("compute_cbf_unprocessed", ("cbf_ts", "cbf_ts")) in sources
         assert ("compute_cbf", ("cbf_ts", "cbf_ts_apply")) in sources
 

@@ -304,6 +304,7 @@ def init_cbf_wf(
             (inputnode, clean, [("gm", "gm"), ("wm", "wm"), ("csf", "csf"), ("mask", "mask"),
                                 ("aslcontext", "aslcontext")]),
             (decide_on, clean, [("cbf_ts", "cbf_ts")]),
+            (compute_cbf, clean, [("cbf_ts_json", "cbf_ts_json")]),
             (clean, outputnode, [("mean_cbf", "cleaned_cbf"),
                                  ("mean_cbf_json", "cleaned_cbf_json"),
                                  ("outlier_matrix", "outlier_matrix"),
