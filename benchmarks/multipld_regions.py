@@ -183,6 +183,18 @@ def _prepare(kind: str, seed: int, sim_t1: float | None = None):
     return s, params, quant.deltam_series(s.asl.astype(float), s.aslcontext, plds=params.pld)
 
 
+def gm_share(gm, wm) -> np.ndarray:
+    """Each voxel's GM share ``gm / (gm + wm)`` (0.5 where both are 0)."""
+    gm = np.asarray(gm, dtype=float)
+    total = gm + np.asarray(wm, dtype=float)
+    return np.where(total > 1e-3, gm / np.where(total > 1e-3, total, 1.0), 0.5)
+
+
+def t1_bins(t1_map, step: float) -> np.ndarray:
+    """``t1_map`` rounded to multiples of ``step`` s: the T1s the fits run one by one."""
+    return np.round(t1_map / step) * step
+
+
 def tissue_maps(kin: multipld.TissueKinetics, gm, wm, default_t1: float):
     """Each voxel's tissue T1 and ATT prior mean from its GM and WM shares.
 
@@ -190,10 +202,7 @@ def tissue_maps(kin: multipld.TissueKinetics, gm, wm, default_t1: float):
     ``(t1 map, prior mean map or None)``; a tissue without an ATT takes the
     other's, and without any there is no prior.
     """
-    gm = np.asarray(gm, dtype=float)
-    wm = np.asarray(wm, dtype=float)
-    total = gm + wm
-    share = np.where(total > 1e-3, gm / np.where(total > 1e-3, total, 1.0), 0.5)
+    share = gm_share(gm, wm)
     t1 = {t: kin.t1_tissue[t] if kin.t1_tissue[t] is not None else default_t1 for t in kin.att}
     t1_map = share * t1["gm"] + (1.0 - share) * t1["wm"]
     att = dict(kin.att)
@@ -292,7 +301,7 @@ def tissue_prior_fit(
     lo_f, hi_f = map(float, cbf_bounds)
     grid = np.arange(lo_a, hi_a + 0.5 * att_step, att_step)
     ident = delays.min(axis=1) - (params.ti1 if params.labeling_type == "PASL" else 0.0)
-    bins = np.round(t1_map / 0.02) * 0.02
+    bins = t1_bins(t1_map, 0.02)
     for z in range(shape[2]):
         in_z = fit[..., z]
         for t1 in np.unique(bins[..., z][in_z]):
@@ -387,15 +396,18 @@ def smooth_in_mask(series, mask, sigma: float) -> np.ndarray:
 def t1_share_map(gm, wm, t1_gm: float, ratio: float) -> np.ndarray:
     """Each voxel's tissue T1: GM's ``t1_gm`` and WM's ``ratio * t1_gm`` mixed by
     the GM share ``gm / (gm + wm)`` (0.5 where both are 0)."""
-    total = gm + wm
-    share = np.where(total > 1e-3, gm / np.where(total > 1e-3, total, 1.0), 0.5)
+    share = gm_share(gm, wm)
     return t1_gm * (share + (1.0 - share) * ratio)
 
 
-def fit_by_t1(deltam, plds, m0, params, mask, t1_map, keep=None, step=0.05):
-    """``fit_multi_pld`` with each voxel's tissue T1 (``t1_map`` binned by ``step`` s)."""
+#: Width (s) of the T1 bins of :func:`fit_by_t1` and :func:`smoothed_att_fit`.
+T1_STEP = 0.05
+
+
+def fit_by_t1(deltam, plds, m0, params, mask, t1_map, keep=None):
+    """``fit_multi_pld`` with each voxel's tissue T1 (``t1_map`` in bins of :data:`T1_STEP`)."""
     cbf, att = np.zeros(m0.shape), np.zeros(m0.shape)
-    bins = np.round(t1_map / step) * step
+    bins = t1_bins(t1_map, T1_STEP)
     for t1 in np.unique(bins[mask]):
         sel = mask & (bins == t1)
         fitted = replace(params, t1_tissue=float(t1))
@@ -413,11 +425,11 @@ def smoothed_att_fit(deltam, plds, m0, params, mask, t1_map, keep=None, sigma=0.
     delays = quant.effective_delays(params, uniq, m0.shape[2])
     cbf = np.zeros(m0.shape)
     fit = mask & ~quant.low_m0_mask(m0, mask)
-    t1_bins = np.round(t1_map / 0.05) * 0.05
+    bins = t1_bins(t1_map, T1_STEP)
     for z in range(m0.shape[2]):
         sel = fit[..., z]
         y = mean_dm[..., z, :][sel] / m0[..., z][sel][:, None]
-        a, t1s = att[..., z][sel], t1_bins[..., z][sel]
+        a, t1s = att[..., z][sel], bins[..., z][sel]
         f = np.full(a.size, quant._GRID_CBF)
         for _ in range(3):  # the apparent T1 depends on the flow: iterate the shape
             g = np.empty_like(y)

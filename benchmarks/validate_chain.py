@@ -610,16 +610,12 @@ def per_subject(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def replicate_table(rows: list[dict], panel: list) -> str:
-    """Mean and SD over each subject's replicates of the default cleaned map's
-    and the oracle's GM/WM errors (%), and how many draws meet the issue's
-    thresholds (cleaned GM within 5%, WM within 15% of the truth)."""
+def replicate_table(rows: list[dict], groups: dict[str, list[str]]) -> str:
+    """Mean and SD over each subject's draws (``groups``: panel name -> the names
+    of its draws, :func:`replicates`) of the default cleaned map's and the
+    oracle's GM/WM errors (%), and how many draws meet the issue's thresholds
+    (cleaned GM within 5%, WM within 15% of the truth)."""
     by = {(r["subject"], r["config"], r["map"]): r for r in rows}
-    groups: dict[str, list[str]] = {}
-    for name, *_ in panel:
-        stem, _, tail = name.rpartition("-s")
-        base = stem if stem and tail.isdigit() else name
-        groups.setdefault(base, []).append(name)
     lines = [
         "| subject | draws | defaults cleaned GM err % mean (SD) | WM err % mean (SD) | "
         "draws within 5% GM / 15% WM | oracle GM err % mean (SD) | oracle WM err % mean (SD) |",
@@ -675,8 +671,9 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     root = args.out.resolve()
-    panel = [p for p in PANEL if not args.subjects or p[0] in args.subjects]
-    panel = [r for entry in panel for r in replicates(entry, max(args.replicates, 1))]
+    chosen = [p for p in PANEL if not args.subjects or p[0] in args.subjects]
+    draws = {entry[0]: replicates(entry, max(args.replicates, 1)) for entry in chosen}
+    panel = [draw for entry in chosen for draw in draws[entry[0]]]
     if not args.report_only:
         with cf.ProcessPoolExecutor(max_workers=args.jobs) as pool:
             futures = [
@@ -699,7 +696,7 @@ def main(argv=None) -> int:
     print(per_subject(rows))
     if args.replicates > 1:
         print()
-        print(replicate_table(rows, panel))
+        print(replicate_table(rows, {k: [d[0] for d in v] for k, v in draws.items()}))
     return 0
 
 

@@ -167,7 +167,7 @@ def test_replicate_table_gives_mean_and_spread_over_the_draws():
                 {"subject": name, "config": config, "map": desc, "gm_err_pct": gm,
                  "wm_err_pct": wm}
             )  # fmt: skip
-    table = validate_chain.replicate_table(rows, reps)
+    table = validate_chain.replicate_table(rows, {"sim-slabs": [r[0] for r in reps]})
     line = table.splitlines()[-1]
     # mean GM -1.0 (SD 4.4), WM +14.0 (SD 5.3); GM within 5% in 2 draws, WM within 15% in 2
     assert line.startswith("| sim-slabs | 3 | -1.0 (4.4) | +14.0 (5.3) | 2 / 2 |")
