@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+import numpy as np
+
 from asl_pipeline import __version__
 
 #: Entities kept from the source file, in BIDS order.
@@ -250,6 +252,20 @@ def _read_description(bids_dir: str | Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _plain(obj):
+    """NumPy scalars and arrays as the numbers and lists JSON writes."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def sidecar_text(meta: Mapping) -> str:
+    """A sidecar's JSON text (indented, newline-terminated; NumPy values as plain ones)."""
+    return json.dumps(meta, indent=2, default=_plain) + "\n"
 
 
 def bidsignore_text() -> str:

@@ -7,7 +7,6 @@ records the units and every parameter used.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from asl_pipeline import cbf as core
 from asl_pipeline import drift, kinetics
 from asl_pipeline import outliers as cleaning
 from asl_pipeline.bids import read_json_sidecar
+from asl_pipeline.derivatives import sidecar_text
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.multipld import T1_TISSUE_SOURCES, gm_curve_t1
 from asl_pipeline.rundesc import RunDescription, describe_metadata, read_aslcontext
@@ -137,16 +137,8 @@ def _save(data, ref_img, in_file, suffix, newpath, meta: dict) -> tuple[str, str
     img.header.set_slope_inter(1.0, 0.0)
     img.to_filename(out)
     sidecar = _sidecar_of(out)
-    Path(sidecar).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+    Path(sidecar).write_text(sidecar_text(meta))
     return out, sidecar
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
 def _stem(path) -> str:

@@ -26,6 +26,7 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from asl_pipeline import outliers as core
+from asl_pipeline.derivatives import sidecar_text
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.rundesc import pair_volumes, read_aslcontext
 
@@ -118,14 +119,6 @@ def _load(path, what: str, ndim: tuple[int, ...]) -> tuple[nb.Nifti1Image, np.nd
             fix=f"give a {ndim[0]}D image",
         )
     return img, data
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj)}")
 
 
 def _write_matrix(path: str, outliers: np.ndarray) -> str:
@@ -372,7 +365,7 @@ class CleanCBF(SimpleInterface):
             "Sources": [str(v) for v in files.values()],
         }
         out_json = f"{base}_meancbf.json"
-        Path(out_json).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+        Path(out_json).write_text(sidecar_text(meta))
 
         out_matrix = _write_matrix(f"{base}_outliers.tsv", result.outliers)
         out_status = _write_status(f"{base}_status.tsv", result, pairs)

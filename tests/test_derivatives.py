@@ -14,6 +14,7 @@ from asl_pipeline.derivatives import (
     parse_entities,
     portable_metadata,
     raw_uri,
+    sidecar_text,
     write_dataset_files,
 )
 from asl_pipeline.interfaces.bids import DerivativesDataSink
@@ -236,3 +237,11 @@ def test_denoised_map_names_every_input_of_the_denoiser(tmp_path):
         perf + "desc-mean_cbf.nii.gz",
         perf + "desc-timeseries_cbf.nii.gz",
     ]
+
+
+def test_sidecars_write_numpy_values_as_plain_json():
+    text = sidecar_text({"Mean": np.float32(1.5), "Pairs": np.arange(3), "Kept": np.bool_(True)})
+    assert text.endswith("\n")
+    assert json.loads(text) == {"Mean": 1.5, "Pairs": [0, 1, 2], "Kept": True}
+    with pytest.raises(TypeError, match="not JSON serialisable"):
+        sidecar_text({"Path": object()})
