@@ -20,8 +20,13 @@ cancels, on the pair means:
    fit is repeated (a corrupted volume does not tilt the trend).
 
 :func:`remove_gain_drift` divides each control and label volume by the trend at
-its own time (the trend's mean over them is 1, so the run's mean level and the
-M0 calibration are kept). Other volumes (M0, deltam, cbf) are left as they are.
+its own time, scaled to 1 at the reference: the M0's gain where the M0 is read
+from volumes of the series (``M0Type`` Included: the trend's mean at those
+volumes, taken at the nearest control/label volume when they lie outside the
+pairs), so ΔM and M0 then share one gain; otherwise the run's mean gain, which
+keeps the run's mean level and an M0 from the control images (a separate M0's
+sidecar does not say when it was read against the run). Other volumes (M0,
+deltam, cbf) are left as they are.
 The trend is linear in each volume and smooth in time, so a static series
 without drift is left within its noise: the trend then has no slope beyond
 that of its measured noise.
@@ -48,6 +53,9 @@ MIN_PAIRS = 6
 METHODS = ("none", "trend")
 #: The pipeline's choices: the interfaces' and ``auto`` (:func:`resolve`).
 CHOICES = ("auto", *METHODS)
+#: Where the corrected series keeps its gain: the control and label volumes'
+#: mean, or the gain at the M0 volumes of the series.
+REFERENCES = ("run mean", "M0 volumes")
 
 
 @dataclass(frozen=True)
@@ -58,7 +66,8 @@ class GainTrend:
     not control or label); ``volumes``: the control and label volumes;
     ``pair_gain``: the measured gain of each pair; ``fitted``: whether each
     pair was kept in the fit; ``degree``: of the polynomial, 0 where no trend
-    was fitted (all gains 1); ``change``: the trend from the first to the last
+    was fitted (all gains 1); ``reference``: where the gain is 1
+    (:data:`REFERENCES`); ``change``: the trend from the first to the last
     control/label volume, relative.
     """
 
@@ -67,6 +76,7 @@ class GainTrend:
     pair_gain: np.ndarray
     fitted: np.ndarray
     degree: int
+    reference: str = "run mean"
 
     @property
     def change(self) -> float:
@@ -83,6 +93,7 @@ class GainTrend:
             "RelativeChange": round(self.change, 6),
             "PairsFitted": int(self.fitted.sum()),
             "PairsLeftOut": int((~self.fitted).sum()),
+            "Reference": self.reference,
         }
 
 
@@ -109,6 +120,7 @@ def gain_trend(
     mask=None,
     plds=None,
     degree: int = DEGREE,
+    m0_volumes=None,
     source=None,
 ) -> GainTrend:
     """The brain-wide gain drift of the control and label volumes (see the module).
@@ -116,8 +128,10 @@ def gain_trend(
     ``series``: ``(x, y, z, n_volumes)``; ``volume_types``: one ``aslcontext``
     type per volume; ``mask``: brain mask (default: voxels of the median volume
     above a fifth of its 99th percentile); ``plds``: scalar or one per volume
-    (multi-PLD runs get one level per delay). A series without control/label
-    pairs, or with fewer than :data:`MIN_PAIRS`, gets gains of 1.
+    (multi-PLD runs get one level per delay); ``m0_volumes``: indices of the
+    volumes the M0 is read from, whose gain becomes the reference (default:
+    the run's mean gain). A series without control/label pairs, or with fewer
+    than :data:`MIN_PAIRS`, gets gains of 1.
     """
     series = np.asarray(series)
     n_vol = series.shape[3]
@@ -160,9 +174,14 @@ def gain_trend(
     else:  # the last selection, fitted
         coef, *_ = np.linalg.lstsq(design[keep], y[keep], rcond=None)
     trend = np.exp(basis(volumes) @ coef[n_levels:])
+    if m0_volumes is None or len(m0_volumes) == 0:
+        level, reference = trend.mean(), REFERENCES[0]
+    else:  # no extrapolation of the polynomial beyond the pairs
+        at_m0 = np.clip(np.asarray(m0_volumes, float), t0, t1)
+        level, reference = np.exp(basis(at_m0) @ coef[n_levels:]).mean(), REFERENCES[1]
     gain = np.ones(n_vol)
-    gain[volumes] = trend / trend.mean()
-    return GainTrend(gain, np.asarray(volumes), pair_gain, keep, degree)
+    gain[volumes] = trend / level
+    return GainTrend(gain, np.asarray(volumes), pair_gain, keep, degree, reference)
 
 
 def resolve(choice: str, *, multi_pld: bool, background_suppression: bool) -> str:

@@ -170,9 +170,12 @@ class _Loaded:
         asks for it (:attr:`drift_meta` then describes it for the sidecars)."""
         series = self.series
         if inputs.drift_correction == "trend":
+            m0_volumes = None  # the M0 is read elsewhere: the run's mean gain is kept
+            if self.params.m0_type == "Included":
+                m0_volumes = [t for t, kind in enumerate(self.vtypes) if kind == "m0scan"]
             trend = drift.gain_trend(
                 series, self.vtypes, mask=self.mask, plds=self.params.pld,
-                source=self.desc.aslcontext,
+                m0_volumes=m0_volumes, source=self.desc.aslcontext,
             )  # fmt: skip
             series = drift.remove_gain_drift(series, trend)
             self.drift_meta = {"GainDriftCorrection": trend.to_dict()}

@@ -150,3 +150,58 @@ def test_compute_cbf_removes_the_drift_on_request_and_says_so(tmp_path):
     assert sidecar["GainDriftCorrection"]["RelativeChange"] == pytest.approx(-0.01, abs=2e-4)
     ratio = means["none"] / means["trend"]
     np.testing.assert_allclose(ratio, 1 + 0.01 / 79 * 250, rtol=2e-3)
+
+
+def _with_m0_volumes(series, vtypes, gain_m0, m0):
+    """``series`` with M0 volumes in front, read at the gains ``gain_m0``."""
+    m0_vols = np.stack([m0 * g for g in gain_m0], axis=3)
+    return np.concatenate([m0_vols, series], axis=3), ["m0scan"] * len(gain_m0) + vtypes
+
+
+def test_an_m0_read_within_the_series_sets_the_reference_gain():
+    # M0Type Included: the M0 volumes carry the gain of their own time, so the
+    # differences must be put on that gain, not on the run's mean one
+    rng = np.random.default_rng(10)
+    n_vol = 2 + 2 * N_PAIRS
+    gain = 1.0 - 0.02 * np.linspace(0.0, 1.0, n_vol)  # -2%, the M0 read first
+    static = rng.uniform(800.0, 1200.0, SHAPE)
+    pairs, vtypes, true = _series(rng, gain[2:], static=static)
+    series, vtypes = _with_m0_volumes(pairs, vtypes, gain[:2], static)
+    m0 = series[..., :2].mean(axis=3)
+    truth = true / static
+
+    for m0_volumes, expected_bias in ((None, gain[2:].mean() - 1), ([0, 1], 0.0)):
+        trend = drift.gain_trend(series, vtypes, m0_volumes=m0_volumes)
+        assert trend.gain[0] == trend.gain[1] == 1.0  # the M0 volumes are not divided
+        ratio = _mean_deltam(drift.remove_gain_drift(series, trend), vtypes) / m0 / truth
+        np.testing.assert_allclose(ratio - 1, expected_bias, atol=4e-4)
+    assert expected_bias == 0.0 and trend.to_dict()["Reference"] == "M0 volumes"
+    # the run's mean gain is 1% under the M0's: the old reference read CBF 1% low
+    assert gain[2:].mean() - 1 == pytest.approx(-0.01, abs=3e-4)
+
+
+def test_compute_cbf_puts_the_differences_on_the_gain_of_included_m0_volumes(tmp_path):
+    rng = np.random.default_rng(11)
+    n_vol = 2 + 2 * N_PAIRS
+    static = rng.uniform(800.0, 1200.0, SHAPE)
+    affine = np.diag([3.0, 3.0, 4.0, 1.0])
+    meta = pcasl_sidecar(M0Type="Included")
+    maps = {}
+    for name, slope, method in (("steady", 0.0, "none"), ("drifting", -0.02, "trend")):
+        gain = 1.0 + slope * np.linspace(0.0, 1.0, n_vol)
+        pairs, vtypes, _ = _series(np.random.default_rng(12), gain[2:], static=static)
+        series, vtypes = _with_m0_volumes(pairs, vtypes, gain[:2], static)
+        asl = tmp_path / f"{name}_asl.nii.gz"
+        nb.Nifti1Image(series.astype(np.float32), affine).to_filename(asl)
+        context = tmp_path / f"{name}_aslcontext.tsv"
+        context.write_text("volume_type\n" + "\n".join(vtypes) + "\n")
+        cwd = tmp_path / name
+        cwd.mkdir()
+        node = ComputeCBF(
+            asl_file=str(asl), metadata=meta, aslcontext=str(context), drift_correction=method
+        )
+        out = node.run(cwd=str(cwd)).outputs
+        maps[name] = np.asanyarray(nb.load(out.mean_cbf).dataobj)
+        sidecar = json.loads(open(out.mean_cbf_json).read())
+    assert sidecar["GainDriftCorrection"]["Reference"] == "M0 volumes"
+    np.testing.assert_allclose(maps["drifting"] / maps["steady"], 1.0, atol=6e-4)
