@@ -76,7 +76,7 @@ class GainTrend:
     pair_gain: np.ndarray
     fitted: np.ndarray
     degree: int
-    reference: str = "run mean"
+    reference: str = REFERENCES[0]
 
     @property
     def change(self) -> float:

@@ -170,12 +170,11 @@ class _Loaded:
         asks for it (:attr:`drift_meta` then describes it for the sidecars)."""
         series = self.series
         if inputs.drift_correction == "trend":
-            m0_volumes = None  # the M0 is read elsewhere: the run's mean gain is kept
-            if self.params.m0_type == "Included":
-                m0_volumes = [t for t, kind in enumerate(self.vtypes) if kind == "m0scan"]
+            m0 = self.desc.m0  # M0 volumes of the series set the reference gain
             trend = drift.gain_trend(
                 series, self.vtypes, mask=self.mask, plds=self.params.pld,
-                m0_volumes=m0_volumes, source=self.desc.aslcontext,
+                m0_volumes=m0.m0_volumes if m0.m0_type == "Included" else None,
+                source=self.desc.aslcontext,
             )  # fmt: skip
             series = drift.remove_gain_drift(series, trend)
             self.drift_meta = {"GainDriftCorrection": trend.to_dict()}

@@ -161,3 +161,30 @@ def test_asltbx_m0_gets_the_m0_scale_it_states(tmp_path):
     assert _nodes(wf)["compute_cbf"].inputs.m0_scale == 10
     text = next(iter(methods_texts(wf)))
     assert "each pair's own control image" in text and "multiplied by 10" in text
+
+
+@pytest.mark.parametrize(
+    ("m0_type", "reference"),
+    [
+        ("Included", "the gain of the M0 volumes of the series"),
+        ("Separate", "the run's mean gain"),
+    ],
+)
+def test_the_drift_correction_states_its_reference_gain(m0_type, reference):
+    meta = {
+        "ArterialSpinLabelingType": "PCASL",
+        "PostLabelingDelay": 1.8,
+        "LabelingDuration": 1.8,
+        "M0Type": m0_type,
+        "BackgroundSuppression": False,
+        "MRAcquisitionType": "3D",
+        "MagneticFieldStrength": 3,
+        "RepetitionTimePreparation": 4.5,
+    }
+    vtypes = (["m0scan"] if m0_type == "Included" else []) + list(PAIRS)
+    desc = describe_metadata(meta, vtypes)
+    wf = init_cbf_wf(description=desc, n_pairs=6, denoise=False, drift_correction="trend")
+    assert "quadratic trend of the brain-wide signal gain" in wf.__desc__
+    assert f"scaled to {reference}." in wf.__desc__
+    plain = init_cbf_wf(description=desc, n_pairs=6, denoise=False)
+    assert "quadratic trend" not in plain.__desc__

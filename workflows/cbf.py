@@ -189,7 +189,12 @@ def init_cbf_wf(
         constants += (
             " Before subtraction, each control and label image was divided by a quadratic "
             "trend of the brain-wide signal gain, fitted to the means of the pairs "
-            "(scanner drift would otherwise add the same offset to every difference)."
+            "(scanner drift would otherwise add the same offset to every difference), "
+            + (
+                "scaled to the gain of the M0 volumes of the series."
+                if description.m0.m0_type == "Included"
+                else "scaled to the run's mean gain."
+            )
         )
     compute_m0 = pe.Node(
         ComputeM0(run_description=run, m0_scale=m0_scale, recovery=m0_recovery),
