@@ -152,32 +152,40 @@ def test_compute_cbf_removes_the_drift_on_request_and_says_so(tmp_path):
     np.testing.assert_allclose(ratio, 1 + 0.01 / 79 * 250, rtol=2e-3)
 
 
-def _with_m0_volumes(series, vtypes, gain_m0, m0):
-    """``series`` with M0 volumes in front, read at the gains ``gain_m0``."""
+def _with_m0_volumes(series, vtypes, gain_m0, m0, *, last=False):
+    """``series`` with M0 volumes in front (or at the end), read at the gains ``gain_m0``."""
     m0_vols = np.stack([m0 * g for g in gain_m0], axis=3)
-    return np.concatenate([m0_vols, series], axis=3), ["m0scan"] * len(gain_m0) + vtypes
+    m0_types = ["m0scan"] * len(gain_m0)
+    if last:
+        return np.concatenate([series, m0_vols], axis=3), vtypes + m0_types
+    return np.concatenate([m0_vols, series], axis=3), m0_types + vtypes
 
 
-def test_an_m0_read_within_the_series_sets_the_reference_gain():
+@pytest.mark.parametrize("m0_read", ["first", "last"])
+def test_an_m0_read_within_the_series_sets_the_reference_gain(m0_read):
     # M0Type Included: the M0 volumes carry the gain of their own time, so the
     # differences must be put on that gain, not on the run's mean one
     rng = np.random.default_rng(10)
     n_vol = 2 + 2 * N_PAIRS
-    gain = 1.0 - 0.02 * np.linspace(0.0, 1.0, n_vol)  # -2%, the M0 read first
+    gain = 1.0 - 0.02 * np.linspace(0.0, 1.0, n_vol)  # -2% over the run
+    at_m0 = [0, 1] if m0_read == "first" else [n_vol - 2, n_vol - 1]
+    at_pairs = np.setdiff1d(np.arange(n_vol), at_m0)
     static = rng.uniform(800.0, 1200.0, SHAPE)
-    pairs, vtypes, true = _series(rng, gain[2:], static=static)
-    series, vtypes = _with_m0_volumes(pairs, vtypes, gain[:2], static)
-    m0 = series[..., :2].mean(axis=3)
+    pairs, vtypes, true = _series(rng, gain[at_pairs], static=static)
+    series, vtypes = _with_m0_volumes(pairs, vtypes, gain[at_m0], static, last=m0_read == "last")
+    m0 = series[..., at_m0].mean(axis=3)
     truth = true / static
+    # the run's mean gain is 1% off the M0's: that reference read CBF 1% off
+    run_mean_bias = gain[at_pairs].mean() / gain[at_m0].mean() - 1
+    assert abs(run_mean_bias) == pytest.approx(0.01, abs=5e-4)
 
-    for m0_volumes, expected_bias in ((None, gain[2:].mean() - 1), ([0, 1], 0.0)):
+    for m0_volumes, expected_bias in ((None, run_mean_bias), (at_m0, 0.0)):
         trend = drift.gain_trend(series, vtypes, m0_volumes=m0_volumes)
-        assert trend.gain[0] == trend.gain[1] == 1.0  # the M0 volumes are not divided
+        assert np.all(trend.gain[at_m0] == 1.0)  # the M0 volumes are not divided
         ratio = _mean_deltam(drift.remove_gain_drift(series, trend), vtypes) / m0 / truth
+        # the trend is read at the pair volume next to the M0's: 0.04% of gain off here
         np.testing.assert_allclose(ratio - 1, expected_bias, atol=4e-4)
-    assert expected_bias == 0.0 and trend.to_dict()["Reference"] == "M0 volumes"
-    # the run's mean gain is 1% under the M0's: the old reference read CBF 1% low
-    assert gain[2:].mean() - 1 == pytest.approx(-0.01, abs=3e-4)
+    assert trend.to_dict()["Reference"] == "M0 volumes"
 
 
 def test_compute_cbf_puts_the_differences_on_the_gain_of_included_m0_volumes(tmp_path):
