@@ -129,8 +129,8 @@ def gain_trend(
     type per volume; ``mask``: brain mask (default: voxels of the median volume
     above a fifth of its 99th percentile); ``plds``: scalar or one per volume
     (multi-PLD runs get one level per delay); ``m0_volumes``: indices of the
-    volumes the M0 is read from, whose gain becomes the reference (default:
-    the run's mean gain). A series without control/label pairs, or with fewer
+    volumes the M0 is read from, whose gain becomes the reference (None or
+    empty: the run's mean gain). A series without control/label pairs, or with fewer
     than :data:`MIN_PAIRS`, gets gains of 1.
     """
     series = np.asarray(series)

@@ -170,10 +170,9 @@ class _Loaded:
         asks for it (:attr:`drift_meta` then describes it for the sidecars)."""
         series = self.series
         if inputs.drift_correction == "trend":
-            m0 = self.desc.m0  # M0 volumes of the series set the reference gain
             trend = drift.gain_trend(
                 series, self.vtypes, mask=self.mask, plds=self.params.pld,
-                m0_volumes=m0.m0_volumes if m0.m0_type == "Included" else None,
+                m0_volumes=self.desc.m0.m0_volumes,  # empty unless M0Type is Included
                 source=self.desc.aslcontext,
             )  # fmt: skip
             series = drift.remove_gain_drift(series, trend)

@@ -192,7 +192,7 @@ def init_cbf_wf(
             "(scanner drift would otherwise add the same offset to every difference), "
             + (
                 "scaled to the gain of the M0 volumes of the series."
-                if description.m0.m0_type == "Included"
+                if description.m0.m0_volumes  # M0Type Included
                 else "scaled to the run's mean gain."
             )
         )
