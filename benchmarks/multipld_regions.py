@@ -443,28 +443,65 @@ def smoothed_att_fit(deltam, plds, m0, params, mask, t1_map, keep=None, sigma=0.
     for z in range(m0.shape[2]):
         sel = fit[..., z]
         y = mean_dm[..., z, :][sel] / m0[..., z][sel][:, None]
-        a, t1s = att[..., z][sel], bins[..., z][sel]
-        f = np.full(a.size, quant._GRID_CBF)
-        for _ in range(3):  # the apparent T1 depends on the flow: iterate the shape
-            g = np.empty_like(y)
-            for t1 in np.unique(t1s):
-                i = t1s == t1
-                shape = replace(params, t1_tissue=float(t1))
-                g[i] = quant._model(shape, f[i, None], a[i, None], delays[z][None, :], "tissue")
-                g[i] /= f[i, None]
-            f = np.clip((w * g * y).sum(1) / np.maximum((w * g * g).sum(1), 1e-300), 1e-3, 500.0)
-        cbf[..., z][sel] = f
+        cbf[..., z][sel] = cbf_at_att(y, w, att[..., z][sel], bins[..., z][sel], params, delays[z])
     return cbf, att
 
 
-def _smoothed_fits(runs) -> int:
-    print("| generator | seed | WM T1 | fit | GM / WM CBF err % | r | GM / WM ATT err s |")
+#: How :func:`cbf_at_att` takes the CBF at a voxel's ATT.
+CBF_RULES = ("least squares", "sum")
+
+
+def cbf_at_att(y, w, att, t1s, params, delays, rule="least squares") -> np.ndarray:
+    """Each voxel's CBF (mL/100 g/min) given its ATT and tissue T1.
+
+    ``y`` ``(n, k)`` mean ΔM/M0 at the ``k`` ``delays``, ``w`` their numbers
+    of repeats, ``att`` and ``t1s`` ``(n,)``. ``rule``: ``"least squares"``
+    (weighted by ``w``) or ``"sum"`` (the differences' sum over the model's).
+    The apparent T1 depends on the flow, so the model's shape is iterated with
+    the CBF (three times, from 50 mL/100 g/min; clipped to 0.001-500).
+    """
+    if rule not in CBF_RULES:
+        raise ValueError(f"rule must be one of {', '.join(CBF_RULES)}, got {rule!r}")
+    f = np.full(att.size, quant._GRID_CBF)
+    for _ in range(3):
+        g = np.empty_like(y)
+        for t1 in np.unique(t1s):
+            i = t1s == t1
+            shape = replace(params, t1_tissue=float(t1))
+            g[i] = quant._model(shape, f[i, None], att[i, None], delays[None, :], "tissue")
+            g[i] /= f[i, None]
+        if rule == "least squares":
+            f = (w * g * y).sum(1) / np.maximum((w * g * g).sum(1), 1e-300)
+        else:
+            f = (w * y).sum(1) / np.maximum((w * g).sum(1), 1e-300)
+        f = np.clip(f, 1e-3, 500.0)
+    return f
+
+
+def _screened(kind: str, seed: int):
+    """A subject, its parameters, the fit's inputs, the repeat screen and the GM curve's T1."""
+    s, params, dm = _prepare(kind, seed)
+    keep = outliers.screen_repeats(dm.deltam, dm.plds, s.brain_mask).keep
+    args = (dm.deltam, dm.plds, s.m0_true)
+    t1, _ = multipld.gm_curve_t1(*args, params, s.gm, s.brain_mask, keep=keep)
+    return s, params, args, keep, t1
+
+
+def _print_header(t1_column: str) -> None:
+    print(f"| generator | seed | {t1_column} | fit | GM / WM CBF err % | r | GM / WM ATT err s |")
     print("|---|---|---|---|---|---|---|")
+
+
+def _print_fits(s, kind: str, seed: int, t1_label: str, fits: dict) -> None:
+    """One row per fit (name -> (CBF, ATT) maps), scored by :func:`_scores`."""
+    for name, (cbf, att) in fits.items():
+        print(f"| {kind} | {seed} | {t1_label} | {name} | {_scores(s, cbf, att)} |", flush=True)
+
+
+def _smoothed_fits(runs) -> int:
+    _print_header("WM T1")
     for kind, seed in runs:
-        s, params, dm = _prepare(kind, seed)
-        keep = outliers.screen_repeats(dm.deltam, dm.plds, s.brain_mask).keep
-        args = (dm.deltam, dm.plds, s.m0_true)
-        t1, _ = multipld.gm_curve_t1(*args, params, s.gm, s.brain_mask, keep=keep)
+        s, params, args, keep, t1 = _screened(kind, seed)
         brain = s.brain_mask
         for label, ratio in (("= GM", 1.0), ("literature", WM_GM_T1_RATIO)):
             t1_map = t1_share_map(s.gm, s.wm, t1, ratio)
@@ -472,17 +509,12 @@ def _smoothed_fits(runs) -> int:
                 "voxel-wise": fit_by_t1(*args, params, brain, t1_map, keep),
                 "smoothed ATT": smoothed_att_fit(*args, params, brain, t1_map, keep),
             }
-            for name, (cbf, att) in fits.items():
-                cells = f"{kind} | {seed} | {label} | {name} | {_scores(s, cbf, att)}"
-                print(f"| {cells} |", flush=True)
+            _print_fits(s, kind, seed, label, fits)
     return 0
 
 
 #: The phantom's tissue T1 (s), GM and WM: the DRO's 3 T values (Lu et al. 2005).
 PHANTOM_T1 = (1.33, 0.83)
-
-#: How :func:`weighted_delay_fit` takes the CBF at the voxel's ATT.
-WD_CBF = ("least squares", "sum")
 
 
 def weighted_delay_fit(deltam, plds, m0, params, mask, t1_map, keep=None, cbf="least squares"):
@@ -490,57 +522,46 @@ def weighted_delay_fit(deltam, plds, m0, params, mask, t1_map, keep=None, cbf="l
 
     The weighted delay ``sum_i w_i d_i y_i / sum_i w_i y_i`` (``y_i`` the mean
     ΔM/M0 at delay ``d_i``, ``w_i`` its number of repeats) of the kinetic
-    model rises with the ATT; each voxel's is mapped back to an ATT by
-    interpolation on a grid of the model's (0.1-3.0 s, the voxel's slice
-    delays and T1 bin, the model's shape at 50 mL/100 g/min). A voxel whose
-    differences sum to zero or less takes the longest delay. The CBF at that
-    ATT iterates the shape with the flow (the apparent T1 depends on it),
-    clipped to 0.001-500 mL/100 g/min. ``cbf``: :data:`WD_CBF`.
+    model (pCASL) rises with the ATT from the slice's shortest delay on (below
+    it the curve has one shape whatever the ATT); each voxel's is mapped back
+    to an ATT by interpolation on a grid of the model's (the shortest delay to
+    3.0 s, the voxel's slice delays and T1 bin, the model's shape at 50 mL/100
+    g/min). A voxel whose weighted delay lies below the grid's takes the
+    shortest delay; one whose differences sum to zero or less, the longest. The CBF at that
+    ATT is :func:`cbf_at_att`'s with the rule ``cbf`` (:data:`CBF_RULES`).
     """
-    if cbf not in WD_CBF:
-        raise ValueError(f"cbf must be one of {', '.join(WD_CBF)}, got {cbf!r}")
+    if cbf not in CBF_RULES:
+        raise ValueError(f"rule must be one of {', '.join(CBF_RULES)}, got {cbf!r}")
     mean_dm, uniq, counts = quant.average_repeats(deltam, plds, keep)
     w = counts.astype(float)
     delays = quant.effective_delays(params, uniq, m0.shape[2])
-    grid = np.arange(0.1, 3.0 + 1e-9, 0.005)
     out_cbf, out_att = np.zeros(m0.shape), np.zeros(m0.shape)
     fit = mask & ~quant.low_m0_mask(m0, mask)
     bins = t1_bins(t1_map, T1_STEP)
     for z in range(m0.shape[2]):
         d = delays[z]
+        grid = np.arange(d.min(), 3.0 + 1e-9, 0.005)
         for t1 in np.unique(bins[..., z][fit[..., z]]):
             sel = fit[..., z] & (bins[..., z] == t1)
             y = mean_dm[..., z, :][sel] / m0[..., z][sel][:, None]
             unit = np.full((grid.size, 1), quant._GRID_CBF)
             shape = replace(params, t1_tissue=float(t1))
-            g = quant._model(shape, unit, grid[:, None], d[None, :], "tissue") / quant._GRID_CBF
+            g = quant._model(shape, unit, grid[:, None], d[None, :], "tissue")
             model_wd = (g * w * d).sum(1) / (g * w).sum(1)
-            order = np.argsort(model_wd)
             num, den = (y * w * d).sum(1), (y * w).sum(1)
             wd = np.where(den > 0, num / np.where(den > 0, den, 1.0), d.max())
             wd = np.clip(wd, d.min(), d.max())
-            att = np.interp(wd, model_wd[order], grid[order])
-            f = np.full(att.size, quant._GRID_CBF)
-            for _ in range(3):  # the apparent T1 depends on the flow: iterate the shape
-                g_att = quant._model(shape, f[:, None], att[:, None], d[None, :], "tissue")
-                g_att /= f[:, None]
-                if cbf == "least squares":
-                    f = (w * g_att * y).sum(1) / np.maximum((w * g_att**2).sum(1), 1e-300)
-                else:
-                    f = (w * y).sum(1) / np.maximum((w * g_att).sum(1), 1e-300)
-                f = np.clip(f, 1e-3, 500.0)
-            out_cbf[..., z][sel], out_att[..., z][sel] = f, att
+            att = np.interp(wd, model_wd, grid)
+            t1s = np.full(att.size, t1)
+            out_cbf[..., z][sel] = cbf_at_att(y, w, att, t1s, params, d, cbf)
+            out_att[..., z][sel] = att
     return out_cbf, out_att
 
 
 def _weighted_delay_fits(runs) -> int:
-    print("| generator | seed | T1 | fit | GM / WM CBF err % | r | GM / WM ATT err s |")
-    print("|---|---|---|---|---|---|---|")
+    _print_header("T1")
     for kind, seed in runs:
-        s, params, dm = _prepare(kind, seed)
-        keep = outliers.screen_repeats(dm.deltam, dm.plds, s.brain_mask).keep
-        args = (dm.deltam, dm.plds, s.m0_true)
-        t1, _ = multipld.gm_curve_t1(*args, params, s.gm, s.brain_mask, keep=keep)
+        s, params, args, keep, t1 = _screened(kind, seed)
         brain = s.brain_mask
         t1_maps = {f"GM curve {t1:.2f}": np.full(brain.shape, t1)}
         if kind == "phantom":
@@ -550,11 +571,9 @@ def _weighted_delay_fits(runs) -> int:
             fits = {"voxel-wise": fit_by_t1(*args, params, brain, t1_map, keep)}
             if label == "the phantom's own":  # one T1: "Multi-PLD: the ATT from smoothed curves"
                 fits["smoothed ATT"] = smoothed_att_fit(*args, params, brain, t1_map, keep)
-            for how in WD_CBF:
+            for how in CBF_RULES:
                 fits[f"WD, {how}"] = weighted_delay_fit(*args, params, brain, t1_map, keep, how)
-            for name, (cbf, att) in fits.items():
-                cells = f"{kind} | {seed} | {label} | {name} | {_scores(s, cbf, att)}"
-                print(f"| {cells} |", flush=True)
+            _print_fits(s, kind, seed, label, fits)
     return 0
 
 

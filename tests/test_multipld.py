@@ -1,6 +1,8 @@
 """The tissue classes' mean curves (asl_pipeline.multipld): known answers."""
 
+import importlib.util
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,9 @@ PLDS = [0.5, 1.0, 1.5, 2.0, 2.5]
 SHAPE = (12, 10, 4)
 
 
-def _params(plds=PLDS):
+def _params(plds=PLDS, **sidecar):
+    """Quantification parameters of a PCASL run at ``plds``; ``sidecar`` adds or
+    replaces fields of its metadata."""
     meta = {
         "ArterialSpinLabelingType": "PCASL",
         "PostLabelingDelay": np.repeat(plds, 2).tolist(),
@@ -24,7 +28,7 @@ def _params(plds=PLDS):
         "BackgroundSuppression": False,
         "MRAcquisitionType": "3D",
         "MagneticFieldStrength": 3,
-    }
+    } | sidecar
     return quant_params(describe_metadata(meta, ["control", "label"] * len(plds)))
 
 
@@ -102,3 +106,39 @@ def test_blood_t1_after_arrival_fits_no_tissue_t1():
         dm, delays, np.ones(SHAPE), params, gm, np.ones(SHAPE, bool), t1_after_arrival="blood",
     )  # fmt: skip
     assert t1 == params.t1_tissue and not kin.t1_fitted["gm"]
+
+
+_SPEC = importlib.util.spec_from_file_location(
+    "multipld_regions", Path(__file__).parents[1] / "benchmarks" / "multipld_regions.py"
+)
+multipld_regions = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(multipld_regions)
+
+
+@pytest.mark.parametrize("rule", multipld_regions.CBF_RULES)
+def test_weighted_delay_of_the_benchmark_reads_noise_free_curves_back(rule):
+    """benchmarks/multipld_regions.py's weighted-delay estimate (Dai et al. 2012)
+    on noise-free curves of the kinetic model, each slice with its own delays
+    (2D): every voxel's ATT and CBF come back. The ATTs lie above every slice's
+    shortest delay; below it a pCASL curve has one shape whatever the ATT."""
+    rng = np.random.default_rng(3)
+    slice_times = np.linspace(0.0, 0.12, SHAPE[2])
+    params = replace(
+        _params(MRAcquisitionType="2D", SliceTiming=slice_times.tolist()), t1_tissue=1.3
+    )
+    cbf = rng.uniform(15.0, 80.0, SHAPE)
+    att = rng.uniform(0.7, 1.9, SHAPE)
+    plds = np.repeat(PLDS, 3)
+    delays = plds + slice_times[:, None]  # (z, n)
+    dm = K.pcasl_deltam(
+        cbf[..., None], att[..., None], delays, 1.8, 1.0, alpha=params.alpha, t1_tissue=1.3
+    )
+    got_cbf, got_att = multipld_regions.weighted_delay_fit(
+        dm, plds, np.ones(SHAPE), params, np.ones(SHAPE, bool), np.full(SHAPE, 1.3), cbf=rule
+    )
+    assert np.abs(got_att - att).max() < 0.01
+    assert np.abs(got_cbf / cbf - 1).max() < 0.01
+    with pytest.raises(ValueError, match="least squares, sum"):
+        multipld_regions.cbf_at_att(
+            dm[0, 0], np.ones(15), att[0, 0], np.full(4, 1.3), params, delays[0], rule="median"
+        )
