@@ -54,11 +54,17 @@ the rows of three fits with the phantom's own tissue T1 (GM 1.33 s, WM
 0.83 s, each voxel the mix of its shares): what the map could read if a
 run measured WM's T1.
 
+With ``--att-estimates PCASL|PASL`` it prints instead, per subject, the
+errors of the pipeline's two ATT estimates (``--multipld-att voxel`` and
+``smoothed``: :func:`asl_pipeline.cbf.fit_multi_pld` and
+:func:`asl_pipeline.multipld.fit_smoothed_att`), with the GM curve's T1, on
+multi-PLD pCASL or multi-TI PASL subjects (TIs :data:`TIS`).
+
 Usage::
 
     python benchmarks/multipld_regions.py [--seeds-2d 112 301 302] [--seeds-3d 111 303] \
         [--seeds-phantom 207 401] [--prior 1.3 1.0 | --tissue-prior [--sim-t1 1.6] \
-        | --smoothed-att | --weighted-delay]
+        | --smoothed-att | --weighted-delay | --att-estimates PASL]
 """
 
 from __future__ import annotations
@@ -80,12 +86,18 @@ PLDS = [0.5, 1.0, 1.5, 2.0, 2.5]
 WM_GM_T1_RATIO = 0.832 / 1.331
 
 
-def subject(kind: str, seed: int, sim_t1: float | None = None):
+#: Inversion times (s) of the multi-TI PASL subjects (``--labeling PASL``;
+#: QUIPSS II bolus 0.7 s on the simulator, 0.8 s on the phantom).
+TIS = [0.9, 1.4, 1.9, 2.4, 2.9]
+
+
+def subject(kind: str, seed: int, sim_t1: float | None = None, labeling: str = "PCASL"):
+    delays = TIS if labeling == "PASL" else PLDS
     if kind == "phantom":
-        return simulate_phantom(seed, plds=PLDS, t1w=False)
+        return simulate_phantom(seed, plds=delays, labeling=labeling, t1w=False)
     return simulate_subject(
-        seed, plds=PLDS, pld_repeats=8, readout=kind, background_suppression=True,
-        motion=False, outliers=False, t1w=False, t1_tissue=sim_t1,
+        seed, plds=delays, pld_repeats=8, readout=kind, background_suppression=True,
+        motion=False, outliers=False, t1w=False, t1_tissue=sim_t1, labeling=labeling,
     )  # fmt: skip
 
 
@@ -154,6 +166,10 @@ def main(argv=None) -> int:
     ap.add_argument("--tissue-prior", action="store_true", help="the two fits of the map")
     ap.add_argument("--smoothed-att", action="store_true", help="the two-stage fits")
     ap.add_argument("--weighted-delay", action="store_true", help="the weighted-delay fits")
+    ap.add_argument(
+        "--att-estimates", choices=("PCASL", "PASL"),
+        help="the pipeline's two ATT estimates on multi-PLD pCASL or multi-TI PASL subjects",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     runs = [("2D", s) for s in args.seeds_2d] + [("3D", s) for s in args.seeds_3d]
     runs += [("phantom", s) for s in args.seeds_phantom]
@@ -165,6 +181,8 @@ def main(argv=None) -> int:
         return _smoothed_fits(runs)
     if args.weighted_delay:
         return _weighted_delay_fits(runs)
+    if args.att_estimates:
+        return _att_estimates(runs, args.att_estimates)
     print(
         "| generator | seed | tissue | failed % | at lower bound % | ATT err: mean | median "
         "| converged mean | region fit | CBF err %: map mean | region fit |"
@@ -191,8 +209,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def _prepare(kind: str, seed: int, sim_t1: float | None = None):
-    s = subject(kind, seed, sim_t1)
+def _prepare(kind: str, seed: int, sim_t1: float | None = None, labeling: str = "PCASL"):
+    s = subject(kind, seed, sim_t1, labeling)
     params = quant.quant_params_from_metadata(s.metadata, m0_metadata=s.m0_metadata)
     return s, params, quant.deltam_series(s.asl.astype(float), s.aslcontext, plds=params.pld)
 
@@ -478,9 +496,9 @@ def cbf_at_att(y, w, att, t1s, params, delays, rule="least squares") -> np.ndarr
     return f
 
 
-def _screened(kind: str, seed: int):
+def _screened(kind: str, seed: int, labeling: str = "PCASL"):
     """A subject, its parameters, the fit's inputs, the repeat screen and the GM curve's T1."""
-    s, params, dm = _prepare(kind, seed)
+    s, params, dm = _prepare(kind, seed, labeling=labeling)
     keep = outliers.screen_repeats(dm.deltam, dm.plds, s.brain_mask).keep
     args = (dm.deltam, dm.plds, s.m0_true)
     t1, _ = multipld.gm_curve_t1(*args, params, s.gm, s.brain_mask, keep=keep)
@@ -574,6 +592,19 @@ def _weighted_delay_fits(runs) -> int:
             for how in CBF_RULES:
                 fits[f"WD, {how}"] = weighted_delay_fit(*args, params, brain, t1_map, keep, how)
             _print_fits(s, kind, seed, label, fits)
+    return 0
+
+
+def _att_estimates(runs, labeling: str) -> int:
+    _print_header("T1")
+    for kind, seed in runs:
+        s, params, args, keep, t1 = _screened(kind, seed, labeling)
+        fitted = replace(params, t1_tissue=float(t1))
+        brain = s.brain_mask
+        voxel = quant.fit_multi_pld(*args, fitted, mask=brain, keep=keep)
+        smoothed = multipld.fit_smoothed_att(*args, fitted, mask=brain, keep=keep)
+        fits = {"voxel": voxel[:2], "smoothed": smoothed[:2]}
+        _print_fits(s, f"{kind} {labeling}", seed, f"GM curve {t1:.2f}", fits)
     return 0
 
 

@@ -67,6 +67,9 @@ from scipy import ndimage
 #: and shows what that model costs any single-PLD white-paper quantification.
 _WP = {"t1_after_arrival": "blood"}
 
+#: Inversion times (s) of the multi-TI PASL subjects.
+_TIS = [0.9, 1.4, 1.9, 2.4, 2.9]
+
 #: Subjects: (name, generator, seed, keyword arguments of the generator). The
 #: README demo's subject (seed 1, defaults) comes first; no seed is one the
 #: tests use.
@@ -111,6 +114,12 @@ PANEL = [
             "t1_tissue": 1.6,
         },
     ),
+    (
+        "sim-pasl-multiti",
+        "sim",
+        114,
+        {"labeling": "PASL", "plds": _TIS, "pld_repeats": 8, "background_suppression": True},
+    ),
     ("ph-drift", "phantom", 201, {"motion": "drift", "outliers": "none", **_WP}),
     ("ph-jumps", "phantom", 202, {"motion": "jumps", "outliers": "spikes", **_WP}),
     ("ph-slabs", "phantom", 203, {"motion": "none", "outliers": "slab_dropout", **_WP}),
@@ -118,6 +127,7 @@ PANEL = [
     ("ph-slabmotion", "phantom", 205, {"readout": "3D", "outliers": "slab_motion", **_WP}),
     ("ph-pasl", "phantom", 206, {"labeling": "PASL", "outliers": "spikes", **_WP}),
     ("ph-multipld", "phantom", 207, {"plds": [0.5, 1.0, 1.5, 2.0, 2.5], "outliers": "none"}),
+    ("ph-pasl-multiti", "phantom", 209, {"labeling": "PASL", "plds": _TIS, "outliers": "none"}),
     ("ph-tissuet1", "phantom", 208, {"outliers": "spikes"}),
 ]
 
@@ -135,6 +145,10 @@ CONFIGS = {
     "hmc-interp": ["--hmc-zigzag", "interpolate"],
     "hmc-none": ["--hmc-reslice", "none"],
     "drift": ["--drift-correction", "trend"],
+    # run on request only: multi-PLD ATT estimate, each voxel's own fit, with and
+    # without the repeat screen
+    "multipld-voxel": ["--multipld-att", "voxel"],
+    "plain-voxel": ["--outlier-method", "none", "--multipld-att", "voxel"],
 }
 
 #: Configurations that re-run the realignment and registration (the costly
@@ -142,7 +156,7 @@ CONFIGS = {
 MOTION_CONFIGS = ("study", "hmc-regress", "hmc-interp", "hmc-none")
 MOTION_SUBJECTS = ("demo", "sim-3d", "sim-motion", "ph-drift", "ph-jumps", "ph-global")
 #: Configurations run only when named with --configs (see the module's docstring).
-ON_REQUEST = ("finetune",)
+ON_REQUEST = ("finetune", "multipld-voxel", "plain-voxel")
 
 GM_THRESHOLD, WM_THRESHOLD = 0.7, 0.9
 
