@@ -60,6 +60,8 @@ QUANTIFICATIONS = ("white-paper", "asltbx")
 #: that reading the configuration imports no numerics (tests/test_cli.py checks
 #: that the two agree).
 MULTIPLD_T1_SOURCES = ("gm-curve", "fixed")
+#: ``--multipld-att``: asl_pipeline.multipld.ATT_ESTIMATES (checked the same way).
+MULTIPLD_ATT_ESTIMATES = ("auto", "voxel", "smoothed")
 #: ``--drift-correction``: asl_pipeline.drift.CHOICES (checked the same way).
 DRIFT_CORRECTIONS = ("auto", "none", "trend")
 PVC_METHODS = ("none", "lr")
@@ -167,6 +169,7 @@ class Config:
     m0_scale: float = 1.0
     m0_recovery: str = "tissue"
     multipld_t1: str = "gm-curve"
+    multipld_att: str = "auto"
     drift_correction: str = "auto"
     quantification: str = "white-paper"
     pvc: str = "none"
@@ -195,6 +198,8 @@ class Config:
             raise ValueError(f"unknown M0 recovery correction {self.m0_recovery!r}")
         if self.multipld_t1 not in MULTIPLD_T1_SOURCES:
             raise ValueError(f"unknown multi-PLD tissue T1 source {self.multipld_t1!r}")
+        if self.multipld_att not in MULTIPLD_ATT_ESTIMATES:
+            raise ValueError(f"unknown multi-PLD ATT estimate {self.multipld_att!r}")
         if self.drift_correction not in DRIFT_CORRECTIONS:
             raise ValueError(f"unknown gain drift correction {self.drift_correction!r}")
         if self.quantification not in QUANTIFICATIONS:

@@ -16,6 +16,16 @@ truth on 14 subjects (bootstrap SD over repeats 0.09 s). The WM curve's does not
 1.23 s on the phantom, whose WM T1 is 0.83 s: at a third of GM's flow, its
 late delays are noise and per-pair fluctuations common to all voxels), so WM
 keeps the same T1 as GM.
+
+The ATT of a multi-TI PASL voxel is not fitted voxel by voxel by default:
+:func:`fit_smoothed_att` takes it from the curves smoothed inside the brain
+and each voxel's CBF at it. While the bolus arrives, a PASL difference grows
+with ``f (TI - ATT)``, so at WM's SNR a late ATT and a large CBF explain the
+noise as well as the truth does; the voxel-wise fit then read WM CBF 64-123%
+high with r 0.15-0.40 on both generators, the smoothed ATT -20..+7% with r
+0.56-0.81 (``benchmarks/RESULTS.md``, "Multi-TI PASL: the ATT from smoothed
+curves"). On pCASL it loses on the phantom's WM (-17..-36%, its WM T1 error
+no longer offset by noise), so pCASL keeps the voxel-wise fit.
 """
 
 from __future__ import annotations
@@ -30,8 +40,10 @@ from asl_pipeline.cbf import (
     _model,
     average_repeats,
     effective_delays,
+    fit_multi_pld,
     low_m0_mask,
 )
+from asl_pipeline.nuisance import smooth_in_mask
 
 #: Voxels of a tissue's mean curve: probability above these, and M0 above this
 #: fraction of the brain mean (edge voxels with partial M0 out).
@@ -48,6 +60,16 @@ T1_TISSUE_SOURCES = ("gm-curve", "fixed")
 
 #: Range (s) of a fitted tissue T1; a fit at either end is not trusted.
 T1_BOUNDS = (0.4, 3.0)
+
+#: How a multi-PLD run's ATT is estimated (``--multipld-att``): ``"voxel"``,
+#: every voxel's own fit (:func:`asl_pipeline.cbf.fit_multi_pld`);
+#: ``"smoothed"``, from the curves smoothed inside the brain
+#: (:func:`fit_smoothed_att`); ``"auto"``, smoothed for PASL, voxel-wise
+#: otherwise (:func:`att_estimate_for`).
+ATT_ESTIMATES = ("auto", "voxel", "smoothed")
+
+#: FWHM (voxels) of the in-brain smoothing of :func:`fit_smoothed_att`.
+SMOOTHED_ATT_FWHM = 2.0
 
 
 @dataclass(frozen=True)
@@ -196,3 +218,92 @@ def gm_curve_t1(
         fit_t1=("gm",),
     )  # fmt: skip
     return (kin.t1_tissue["gm"] if kin.t1_fitted["gm"] else params.t1_tissue), kin
+
+
+def att_estimate_for(choice: str, labeling_type: str) -> str:
+    """The ATT estimate ``"voxel"`` or ``"smoothed"`` that ``choice`` (one of
+    :data:`ATT_ESTIMATES`) gives a run labelled with ``labeling_type``."""
+    if choice not in ATT_ESTIMATES:
+        raise ValueError(f"ATT estimate must be one of {', '.join(ATT_ESTIMATES)}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    return "smoothed" if labeling_type == "PASL" else "voxel"
+
+
+def cbf_at_att(
+    y, w, att, params: QuantParams, delays, *, t1_after_arrival: str = "tissue",
+    cbf_bounds: tuple[float, float] = (0.0, 500.0), n_iter: int = 3,
+) -> np.ndarray:  # fmt: skip
+    """Each voxel's least-squares CBF (mL/100 g/min) at a given ATT.
+
+    ``y`` ``(n, k)``: mean ΔM/M0 at the ``k`` ``delays`` (one slice's), ``w``
+    ``(k,)`` their numbers of repeats (the weights), ``att`` ``(n,)`` in s.
+    With the apparent tissue T1, which depends on the flow, the model's shape
+    is taken again at each estimate (``n_iter`` times, from 50 mL/100 g/min);
+    with blood T1 the first estimate is exact. Clipped to ``cbf_bounds``.
+    """
+    y = np.asarray(y, dtype=float)
+    att = np.asarray(att, dtype=float)
+    w = np.asarray(w, dtype=float)
+    f = np.full(att.size, 50.0)
+    for _ in range(n_iter if t1_after_arrival == "tissue" else 1):
+        unit = np.maximum(f, 1e-3)
+        g = _model(params, unit[:, None], att[:, None], delays[None, :], t1_after_arrival)
+        g = g / unit[:, None]
+        f = (w * g * y).sum(axis=1) / np.maximum((w * g * g).sum(axis=1), 1e-300)
+        f = np.clip(f, *cbf_bounds)
+    return f
+
+
+def fit_smoothed_att(
+    deltam, plds, m0, params: QuantParams, *, mask=None, keep=None,
+    fwhm_voxels: float = SMOOTHED_ATT_FWHM, t1_after_arrival: str = "tissue",
+    cbf_bounds: tuple[float, float] = (0.0, 500.0), **fit_kwargs,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """CBF and ATT with the ATT taken from the curves smoothed inside the brain.
+
+    1. The mean ΔM at each delay (:func:`asl_pipeline.cbf.average_repeats`,
+       ``keep`` the repeat screen's matrix) is smoothed inside ``mask``
+       (Gaussian of ``fwhm_voxels`` voxels, normalised by the smoothed mask,
+       so the brain's edge keeps its level).
+    2. :func:`asl_pipeline.cbf.fit_multi_pld` fits CBF and ATT to the
+       smoothed curves (same weights as the repeats'); its ATT is kept.
+    3. Each voxel's CBF is the least-squares CBF of its own unsmoothed curve
+       at that ATT (:func:`cbf_at_att`).
+
+    Returns ``(cbf, att, failed)`` as :func:`~asl_pipeline.cbf.fit_multi_pld`
+    does; ``failed`` marks the voxels whose smoothed fit failed (their CBF is
+    still the one at the ATT found) or whose CBF ends at a bound.
+    ``fit_kwargs`` go to ``fit_multi_pld`` (``att_bounds``, ``m0_fraction``).
+    """
+    dm = np.asarray(deltam, dtype=float)
+    plds = np.atleast_1d(np.asarray(plds, dtype=float))
+    shape = dm.shape[:3]
+    mask = np.ones(shape, bool) if mask is None else np.asarray(mask, dtype=bool)
+    mean_dm, uniq, counts = average_repeats(dm, plds, keep)
+    finite = np.all(np.isfinite(mean_dm), axis=3)
+    sigma = fwhm_voxels / np.sqrt(8.0 * np.log(2.0))
+    smooth = np.stack(
+        [smooth_in_mask(np.nan_to_num(mean_dm[..., k]), mask & finite, sigma)
+         for k in range(uniq.size)], axis=3,
+    )  # fmt: skip
+    smooth[~finite] = np.nan  # a voxel without data stays unfitted
+    _, att, failed = fit_multi_pld(
+        np.repeat(smooth, counts, axis=3), np.repeat(uniq, counts), m0, params, mask=mask,
+        t1_after_arrival=t1_after_arrival, cbf_bounds=cbf_bounds, **fit_kwargs,
+    )  # fmt: skip
+    cbf = np.zeros(shape)
+    fitted = att > 0  # fit_multi_pld leaves ATT 0 where it did not fit
+    m0 = np.broadcast_to(np.asarray(m0, dtype=float), shape)
+    delays = effective_delays(params, uniq, shape[2])
+    for z in np.unique(np.nonzero(fitted)[2]):
+        sel = fitted[..., z]
+        y = mean_dm[..., z, :][sel] / m0[..., z][sel][:, None]
+        f = cbf_at_att(
+            y, counts, att[..., z][sel], params, delays[z],
+            t1_after_arrival=t1_after_arrival, cbf_bounds=cbf_bounds,
+        )  # fmt: skip
+        cbf[..., z][sel] = f
+        at_bound = (f <= cbf_bounds[0]) | (f >= cbf_bounds[1])
+        failed[..., z][sel] |= at_bound
+    return cbf, att, failed

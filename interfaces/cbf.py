@@ -29,7 +29,14 @@ from asl_pipeline import outliers as cleaning
 from asl_pipeline.bids import read_json_sidecar
 from asl_pipeline.derivatives import sidecar_text
 from asl_pipeline.errors import ASLInputError
-from asl_pipeline.multipld import T1_TISSUE_SOURCES, gm_curve_t1
+from asl_pipeline.multipld import (
+    ATT_ESTIMATES,
+    SMOOTHED_ATT_FWHM,
+    T1_TISSUE_SOURCES,
+    att_estimate_for,
+    fit_smoothed_att,
+    gm_curve_t1,
+)
 from asl_pipeline.rundesc import RunDescription, describe_metadata, read_aslcontext
 
 LOGGER = logging.getLogger("nipype.interface")
@@ -524,6 +531,15 @@ class _ComputeMultiPLDCBFInputSpec(_RunInputSpec):
         "'fixed', by field strength (1.4 s at 3 T)",
     )
     gm = File(exists=True, desc="GM probability map on the ASL grid (the GM mean curve)")
+    att_estimate = traits.Enum(
+        *ATT_ESTIMATES,
+        usedefault=True,
+        desc="how the ATT is estimated: 'voxel', each voxel's own fit of CBF and ATT; "
+        "'smoothed', the ATT fitted to the curves smoothed inside the mask (FWHM 2 voxels) "
+        "and each voxel's CBF at it (asl_pipeline.multipld.fit_smoothed_att); 'auto' "
+        "(default), smoothed for PASL (whose voxel-wise fit reads WM CBF 64-123% high), "
+        "voxel-wise for (p)CASL",
+    )
     drift_correction = _drift_trait()
 
     screen_repeats = traits.Bool(
@@ -540,6 +556,14 @@ class _ComputeMultiPLDCBFOutputSpec(TraitedSpec):
     failed_mask = File(exists=True, desc="voxels whose fit failed or was not done")
     cbf_json = File(exists=True, desc="JSON sidecar of cbf")
     att_json = File(exists=True, desc="JSON sidecar of att")
+
+
+#: The sidecar's and the log's words for each ATT estimate.
+_ATT_ESTIMATE_TEXT = {
+    "voxel": "CBF and ATT fitted to each voxel's own curve",
+    "smoothed": "ATT fitted to the curves smoothed inside the brain mask, each voxel's CBF "
+    "fitted to its own curve at that ATT",
+}
 
 
 class ComputeMultiPLDCBF(SimpleInterface):
@@ -583,7 +607,9 @@ class ComputeMultiPLDCBF(SimpleInterface):
                 screen.groups,
             )
         params, t1_meta = self._tissue_t1(params, dm, m0, mask, keep)
-        cbf, att, failed = core.fit_multi_pld(
+        estimate = att_estimate_for(self.inputs.att_estimate, params.labeling_type)
+        fit = fit_smoothed_att if estimate == "smoothed" else core.fit_multi_pld
+        cbf, att, failed = fit(
             dm.deltam,
             dm.plds,
             m0,
@@ -595,6 +621,7 @@ class ComputeMultiPLDCBF(SimpleInterface):
             t1_after_arrival=self.inputs.t1_after_arrival,
             keep=keep,
         )
+        LOGGER.info("multi-PLD ATT estimate: %s", _ATT_ESTIMATE_TEXT[estimate])
         meta = {
             "Sources": [str(self.inputs.asl_file)],
             "QuantificationParameters": params.to_dict(),
@@ -604,6 +631,11 @@ class ComputeMultiPLDCBF(SimpleInterface):
             "T1Tissue": params.t1_tissue,
             **t1_meta,
             "PostLabelingDelay": dm.plds.tolist(),
+            "ATTEstimate": {
+                "Method": estimate,
+                "Description": _ATT_ESTIMATE_TEXT[estimate],
+                **({"SmoothingFWHMVoxels": SMOOTHED_ATT_FWHM} if estimate == "smoothed" else {}),
+            },
             "ATTBounds": list(self.inputs.att_bounds),
             "CBFBounds": list(self.inputs.cbf_bounds),
             "M0Fraction": self.inputs.m0_fraction,

@@ -103,6 +103,40 @@ def test_multi_pld_states_every_delay_and_cites_buxton():
     assert any("Buxton RB" in r for r in refs) and any("Alsop DC" in r for r in refs)
 
 
+@pytest.mark.parametrize("labeling", ["PCASL", "PASL"])
+def test_multi_pld_states_how_the_att_was_estimated(labeling):
+    meta = {
+        "ArterialSpinLabelingType": labeling,
+        "PostLabelingDelay": [1.0, 1.0, 1.5, 1.5, 2.0, 2.0],
+        "M0Type": "Estimate",
+        "M0Estimate": 1.0,
+        "BackgroundSuppression": False,
+        "MRAcquisitionType": "3D",
+        "MagneticFieldStrength": 3,
+    }
+    meta |= (
+        {"LabelingDuration": 1.8}
+        if labeling == "PCASL"
+        else {"BolusCutOffFlag": True, "BolusCutOffTechnique": "Q2TIPS",
+              "BolusCutOffDelayTime": [0.7, 1.6]}
+    )  # fmt: skip
+    desc = describe_metadata(meta, ["control", "label"] * 3)
+    smoothed = "smoothed inside the brain (Gaussian, FWHM 2 voxels)"
+    by_voxel = "estimated voxel by voxel"
+    texts = {
+        choice: init_cbf_wf(
+            description=desc, multi_pld=True, n_pairs=3, denoise=False, att_estimate=choice
+        ).__desc__
+        for choice in ("auto", "voxel", "smoothed")
+    }
+    auto = smoothed if labeling == "PASL" else by_voxel
+    assert auto in texts["auto"]
+    assert by_voxel in texts["voxel"] and smoothed not in texts["voxel"]
+    assert smoothed in texts["smoothed"]
+    delays = "inversion times" if labeling == "PASL" else "post-labeling delays,"
+    assert f"differences at all {delays}" in texts["smoothed"]
+
+
 @pytest.mark.parametrize(
     "extra, expected",
     [

@@ -188,6 +188,7 @@ def test_compute_cbf_refuses_multi_pld_and_multi_pld_interface(tmp_path):
     assert sidecar["T1AfterArrival"] == "tissue"
     assert sidecar["T1Tissue"] == 1.4 and sidecar["T1Blood"] == 1.65
     assert "apparent tissue T1" in sidecar["Model"]
+    assert sidecar["ATTEstimate"]["Method"] == "voxel"  # pCASL: each voxel's own fit
     (tmp_path / "blood").mkdir()
     blood = ComputeMultiPLDCBF(**files, t1_after_arrival="blood").run(cwd=tmp_path / "blood")
     sidecar = json.loads(open(blood.outputs.cbf_json).read())
@@ -200,6 +201,33 @@ def test_compute_cbf_refuses_multi_pld_and_multi_pld_interface(tmp_path):
     longer = ComputeMultiPLDCBF(**files, t1_tissue=1.6).run(cwd=tmp_path / "t1")
     assert json.loads(open(longer.outputs.cbf_json).read())["T1Tissue"] == 1.6
     assert np.all(nb.load(longer.outputs.cbf).get_fdata() < 0.97 * cbf)
+
+
+def test_multi_ti_pasl_takes_the_smoothed_att_by_default(tmp_path):
+    """Multi-TI PASL: the ATT comes from the smoothed curves unless the voxel-wise
+    fit is asked for; on noise-free data with one ATT both read every voxel's CBF,
+    and the sidecar and failed mask say which estimate ran."""
+    rng = np.random.default_rng(24)
+    tis = np.repeat([0.9, 1.4, 1.9, 2.4, 2.9], 2)
+    cbf = rng.uniform(20.0, 80.0, SHAPE)
+    meta = dict(_multi_pld_meta(tis), ArterialSpinLabelingType="PASL", BolusCutOffFlag=True,
+                BolusCutOffTechnique="Q2TIPS", BolusCutOffDelayTime=[0.7, 1.6])  # fmt: skip
+    meta.pop("LabelingDuration")
+    alpha = 0.98
+    dm = K.pasl_deltam(cbf[..., None], 1.1, tis, 0.7, 1000.0, alpha=alpha, t1_tissue=1.4)
+    files = _write_run(tmp_path / "bids", dm, "control-first", meta, rng=rng)
+    for estimate in ("auto", "voxel"):
+        (tmp_path / estimate).mkdir()
+        res = ComputeMultiPLDCBF(**files, att_estimate=estimate, t1_tissue=1.4).run(
+            cwd=tmp_path / estimate
+        )
+        sidecar = json.loads(open(res.outputs.cbf_json).read())
+        method = "smoothed" if estimate == "auto" else "voxel"
+        assert sidecar["ATTEstimate"]["Method"] == method
+        assert ("SmoothingFWHMVoxels" in sidecar["ATTEstimate"]) == (method == "smoothed")
+        np.testing.assert_allclose(nb.load(res.outputs.cbf).get_fdata(), cbf, rtol=0.01)
+        np.testing.assert_allclose(nb.load(res.outputs.att).get_fdata(), 1.1, atol=0.01)
+        assert not nb.load(res.outputs.failed_mask).get_fdata().any()
 
 
 def test_multi_pld_tissue_t1_from_the_gm_curve(tmp_path):

@@ -45,9 +45,11 @@ def test_defaults(dataset, tmp_path, monkeypatch):
     assert tuple(choices["zigzag_method"]) == motion.ZIGZAG_METHODS
     assert tuple(choices["reslice_mode"]) == motion.RESLICE_MODES
     assert tuple(choices["multipld_t1"]) == multipld.T1_TISSUE_SOURCES
+    assert tuple(choices["multipld_att"]) == multipld.ATT_ESTIMATES
     assert tuple(choices["drift_correction"]) == drift.CHOICES
     assert args.drift_correction == "auto"
     assert args.m0_recovery == "tissue" and args.multipld_t1 == "gm-curve"
+    assert args.multipld_att == "auto"
     assert args.output_spaces == ["asl", "MNI152NLin2009aSym"]
     assert args.m0_scale == 1.0 and args.quantification == "white-paper"
     assert not args.validate_only and args.seed == 0 and not args.clean_workdir

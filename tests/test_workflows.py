@@ -216,6 +216,11 @@ def test_real_sidecars_build(bids_examples_dir, tmp_path, example):
         assert nodes["fit_multi_pld"].inputs.t1_tissue_source == "gm-curve"
         fixed = _nodes(_build(bids, tmp_path / "fixed", "--multipld-t1", "fixed"))
         assert fixed["fit_multi_pld"].inputs.t1_tissue_source == "fixed"
+        # the ATT estimate: the interface picks it by labeling unless told
+        assert nodes["fit_multi_pld"].inputs.att_estimate == "auto"
+        assert fixed["fit_multi_pld"].inputs.att_estimate == "auto"
+        voxel = _nodes(_build(bids, tmp_path / "voxel", "--multipld-att", "voxel"))
+        assert voxel["fit_multi_pld"].inputs.att_estimate == "voxel"
     else:
         assert "compute_cbf" in nodes and "fit_multi_pld" not in nodes
     # the gain drift trend: single-PLD runs without background suppression only

@@ -48,6 +48,7 @@ def init_asl_preproc_wf(
     m0_scale: float = 1.0,
     m0_recovery: str = "tissue",
     multipld_t1: str = "gm-curve",
+    multipld_att: str = "auto",
     drift_correction: str = "auto",
     quantification: str = "white-paper",
     pvc: str = "none",
@@ -190,6 +191,7 @@ def init_asl_preproc_wf(
         m0_scale=m0_scale,
         m0_recovery=m0_recovery,
         t1_tissue_source=multipld_t1,
+        att_estimate=multipld_att,
         drift_correction=drift.resolve(
             drift_correction,
             multi_pld=multi_pld,

@@ -55,6 +55,7 @@ def init_asl_pipeline_wf(config, runs) -> pe.Workflow:
                     m0_scale=config.m0_scale,
                     m0_recovery=config.m0_recovery,
                     multipld_t1=config.multipld_t1,
+                    multipld_att=config.multipld_att,
                     drift_correction=config.drift_correction,
                     quantification=config.quantification,
                     pvc=config.pvc,

@@ -10,6 +10,7 @@ from asl_pipeline.boilerplate import quantification_text
 from asl_pipeline.interfaces.cbf import ComputeCBF, ComputeM0, ComputeMultiPLDCBF
 from asl_pipeline.interfaces.denoise import DWANDenoise
 from asl_pipeline.interfaces.outliers import CleanCBF
+from asl_pipeline.multipld import SMOOTHED_ATT_FWHM, att_estimate_for
 from asl_pipeline.rundesc import RunDescription
 
 #: Outputs of :func:`init_cbf_wf` stored as derivatives (with ``final_cbf``,
@@ -38,6 +39,7 @@ def init_cbf_wf(
     processed_series: bool = False,
     t1_after_arrival: str = "tissue",
     t1_tissue_source: str = "gm-curve",
+    att_estimate: str = "auto",
     drift_correction: str = "none",
     n_pairs: int,
     quantification: str = "white-paper",
@@ -84,6 +86,11 @@ def init_cbf_wf(
         T1 fitted to the mean curve of the GM voxels
         (:func:`asl_pipeline.multipld.gm_curve_t1`), or ``"fixed"``, by field
         strength (1.4 s at 3 T).
+    att_estimate
+        Multi-PLD fit: ``"voxel"`` (each voxel's own ATT), ``"smoothed"`` (the
+        ATT of the curves smoothed inside the brain,
+        :func:`asl_pipeline.multipld.fit_smoothed_att`) or ``"auto"``
+        (smoothed for PASL, voxel-wise otherwise).
     drift_correction
         ``"trend"``: each control and label volume is divided by a smooth
         trend of the brain-wide gain before subtraction
@@ -215,17 +222,29 @@ def init_cbf_wf(
                 run_description=run,
                 t1_after_arrival=t1_after_arrival,
                 t1_tissue_source=t1_tissue_source,
+                att_estimate=att_estimate,
                 screen_repeats=screen_repeats,
                 drift_correction=drift_correction,
             ),
             name="fit_multi_pld",
             mem_gb=2 * mem_gb,
         )
+        labeling_type = description.labeling.labeling_type
+        delays = "inversion times" if labeling_type == "PASL" else "post-labeling delays"
+        estimate = att_estimate_for(att_estimate, labeling_type)
         workflow.__desc__ = (
-            "CBF and arterial transit time (ATT) were estimated voxel by voxel by fitting "
-            "the general kinetic model (Buxton et al. 1998) to the control-label "
-            "differences at all post-labeling delays. The label decayed with the blood T1 "
-            "during transit and "
+            (
+                "CBF and arterial transit time (ATT) were estimated voxel by voxel by fitting "
+                "the general kinetic model (Buxton et al. 1998) to the control-label "
+                f"differences at all {delays}."
+                if estimate == "voxel"
+                else "Arterial transit time (ATT) was estimated by fitting the general "
+                "kinetic model (Buxton et al. 1998) to the control-label differences at all "
+                f"{delays}, smoothed inside the brain (Gaussian, FWHM "
+                f"{SMOOTHED_ATT_FWHM:g} voxels); each voxel's CBF was then fitted to its own "
+                "unsmoothed differences at that ATT."
+            )
+            + " The label decayed with the blood T1 during transit and "
             + (
                 "with the apparent tissue T1 (1/T1app = 1/T1tissue + f/lambda) after arrival."
                 if t1_after_arrival == "tissue"

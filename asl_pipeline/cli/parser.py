@@ -22,6 +22,7 @@ from asl_pipeline.config import (
     DRIFT_CORRECTIONS,
     ENGINES,
     IGNORE_CHOICES,
+    MULTIPLD_ATT_ESTIMATES,
     MULTIPLD_T1_SOURCES,
     OUTLIER_METHODS,
     OUTPUT_SPACES,
@@ -404,6 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="multi-PLD fit's tissue T1 (the apparent T1 after arrival): gm-curve (default: "
         "fitted with CBF and ATT to the mean curve of the GM voxels, the fixed value where "
         "that fit fails) or fixed (1.4 s at 3 T)",
+    )
+    g.add_argument(
+        "--multipld-att",
+        choices=MULTIPLD_ATT_ESTIMATES,
+        default="auto",
+        help="multi-PLD ATT estimate: voxel (each voxel's own fit of CBF and ATT), smoothed "
+        "(the ATT fitted to the curves smoothed inside the brain, FWHM 2 voxels, and each "
+        "voxel's CBF at it) or auto (default: smoothed for PASL, whose voxel-wise fit reads "
+        "WM CBF far too high, voxel for pCASL and CASL)",
     )
     g.add_argument(
         "--drift-correction",
