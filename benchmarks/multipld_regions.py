@@ -58,7 +58,7 @@ With ``--att-estimates PCASL|PASL`` it prints instead, per subject, the
 errors of the pipeline's two ATT estimates (``--multipld-att voxel`` and
 ``smoothed``: :func:`asl_pipeline.cbf.fit_multi_pld` and
 :func:`asl_pipeline.multipld.fit_smoothed_att`), with the GM curve's T1, on
-multi-PLD pCASL or multi-TI PASL subjects (TIs :data:`TIS`).
+multi-PLD pCASL or multi-TI PASL subjects (TIs :data:`TIS`, or ``--tis``).
 
 Usage::
 
@@ -170,7 +170,10 @@ def main(argv=None) -> int:
         "--att-estimates", choices=("PCASL", "PASL"),
         help="the pipeline's two ATT estimates on multi-PLD pCASL or multi-TI PASL subjects",
     )  # fmt: skip
+    ap.add_argument("--tis", type=float, nargs="+", help="the PASL subjects' TIs (s)")
     args = ap.parse_args(argv)
+    if args.tis:
+        TIS[:] = args.tis
     runs = [("2D", s) for s in args.seeds_2d] + [("3D", s) for s in args.seeds_3d]
     runs += [("phantom", s) for s in args.seeds_phantom]
     if args.prior:
