@@ -86,8 +86,9 @@ PLDS = [0.5, 1.0, 1.5, 2.0, 2.5]
 WM_GM_T1_RATIO = 0.832 / 1.331
 
 
-#: Inversion times (s) of the multi-TI PASL subjects (``--labeling PASL``;
-#: QUIPSS II bolus 0.7 s on the simulator, 0.8 s on the phantom).
+#: Inversion times (s) of the multi-TI PASL subjects (``--att-estimates PASL``,
+#: ``--tis`` replaces them; QUIPSS II bolus 0.7 s on the simulator, 0.8 s on
+#: the phantom).
 TIS = [0.9, 1.4, 1.9, 2.4, 2.9]
 
 
@@ -548,8 +549,9 @@ def weighted_delay_fit(deltam, plds, m0, params, mask, t1_map, keep=None, cbf="l
     to an ATT by interpolation on a grid of the model's (the shortest delay to
     3.0 s, the voxel's slice delays and T1 bin, the model's shape at 50 mL/100
     g/min). A voxel whose weighted delay lies below the grid's takes the
-    shortest delay; one whose differences sum to zero or less, the longest. The CBF at that
-    ATT is :func:`cbf_at_att`'s with the rule ``cbf`` (:data:`CBF_RULES`).
+    shortest delay; one whose differences sum to zero or less, the longest.
+    The CBF at that ATT is :func:`cbf_at_att`'s with the rule ``cbf``
+    (:data:`CBF_RULES`).
     """
     if cbf not in CBF_RULES:
         raise ValueError(f"rule must be one of {', '.join(CBF_RULES)}, got {cbf!r}")

@@ -223,8 +223,8 @@ def test_smoothed_att_keeps_wm_cbf_where_the_voxel_fit_inflates_it():
     wm[gm.shape[0] // 2 : gm.shape[0] // 2 + 2] = False  # away from the GM border
     assert voxel[wm].mean() > 1.25 * 20.0  # +34%
     assert abs(smoothed[wm].mean() / 20.0 - 1) < 0.10  # +5%
+    core = gm.copy()
+    core[gm.shape[0] // 2 - 2 :] = False  # GM away from the WM border
     for fit in (voxel, smoothed):
-        core = gm.copy()
-        core[gm.shape[0] // 2 - 2 :] = False
         assert abs(fit[core].mean() / 60.0 - 1) < 0.05
     assert abs(np.median(s_att[wm]) - 1.2) < 0.1
