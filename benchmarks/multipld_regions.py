@@ -58,13 +58,15 @@ With ``--att-estimates PCASL|PASL`` it prints instead, per subject, the
 errors of the pipeline's two ATT estimates (``--multipld-att voxel`` and
 ``smoothed``: :func:`asl_pipeline.cbf.fit_multi_pld` and
 :func:`asl_pipeline.multipld.fit_smoothed_att`), with the GM curve's T1, on
-multi-PLD pCASL or multi-TI PASL subjects (TIs :data:`TIS`, or ``--tis``).
+multi-PLD pCASL or multi-TI PASL subjects (TIs :data:`TIS`, or ``--tis``;
+PLDs :data:`PLDS`, or ``--plds``, and ``--labeling-duration``).
 
 Usage::
 
     python benchmarks/multipld_regions.py [--seeds-2d 112 301 302] [--seeds-3d 111 303] \
         [--seeds-phantom 207 401] [--prior 1.3 1.0 | --tissue-prior [--sim-t1 1.6] \
-        | --smoothed-att | --weighted-delay | --att-estimates PASL]
+        | --smoothed-att | --weighted-delay | --att-estimates PCASL|PASL] \
+        [--tis 0.9 ... | --plds 0.25 ... --labeling-duration 1.4]
 """
 
 from __future__ import annotations
@@ -92,13 +94,23 @@ WM_GM_T1_RATIO = 0.832 / 1.331
 TIS = [0.9, 1.4, 1.9, 2.4, 2.9]
 
 
+#: pCASL labeling duration (s) of the subjects, ``None`` for each generator's
+#: own (1.8 s on both; ``--labeling-duration`` sets it).
+LABELING_DURATION: list[float | None] = [None]
+
+
 def subject(kind: str, seed: int, sim_t1: float | None = None, labeling: str = "PCASL"):
     delays = TIS if labeling == "PASL" else PLDS
+    tau = LABELING_DURATION[0] if labeling == "PCASL" else None
     if kind == "phantom":
-        return simulate_phantom(seed, plds=delays, labeling=labeling, t1w=False)
+        extra = {} if tau is None else {"tau": tau}
+        return simulate_phantom(
+            seed, plds=delays, pld_repeats=8, labeling=labeling, t1w=False, **extra
+        )
+    extra = {} if tau is None else {"labeling_duration": tau}
     return simulate_subject(
         seed, plds=delays, pld_repeats=8, readout=kind, background_suppression=True,
-        motion=False, outliers=False, t1w=False, t1_tissue=sim_t1, labeling=labeling,
+        motion=False, outliers=False, t1w=False, t1_tissue=sim_t1, labeling=labeling, **extra,
     )  # fmt: skip
 
 
@@ -172,9 +184,16 @@ def main(argv=None) -> int:
         help="the pipeline's two ATT estimates on multi-PLD pCASL or multi-TI PASL subjects",
     )  # fmt: skip
     ap.add_argument("--tis", type=float, nargs="+", help="the PASL subjects' TIs (s)")
+    ap.add_argument("--plds", type=float, nargs="+", help="the pCASL subjects' PLDs (s)")
+    ap.add_argument(
+        "--labeling-duration", type=float, help="the pCASL subjects' labeling duration (s)"
+    )
     args = ap.parse_args(argv)
     if args.tis:
         TIS[:] = args.tis
+    if args.plds:
+        PLDS[:] = args.plds
+    LABELING_DURATION[0] = args.labeling_duration
     runs = [("2D", s) for s in args.seeds_2d] + [("3D", s) for s in args.seeds_3d]
     runs += [("phantom", s) for s in args.seeds_phantom]
     if args.prior:

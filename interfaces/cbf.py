@@ -537,8 +537,8 @@ class _ComputeMultiPLDCBFInputSpec(_RunInputSpec):
         desc="how the ATT is estimated: 'voxel', each voxel's own fit of CBF and ATT; "
         "'smoothed', the ATT fitted to the curves smoothed inside the mask (FWHM 2 voxels) "
         "and each voxel's CBF at it (asl_pipeline.multipld.fit_smoothed_att); 'auto' "
-        "(default), smoothed for PASL (whose voxel-wise fit reads WM CBF 64-123% high), "
-        "voxel-wise for (p)CASL",
+        "(default), smoothed for every labeling (the voxel-wise fit reads WM CBF too high "
+        "at WM's SNR: PASL 64-123%, pCASL up to 64%)",
     )
     drift_correction = _drift_trait()
 

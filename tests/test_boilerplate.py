@@ -129,8 +129,7 @@ def test_multi_pld_states_how_the_att_was_estimated(labeling):
         ).__desc__
         for choice in ("auto", "voxel", "smoothed")
     }
-    auto = smoothed if labeling == "PASL" else by_voxel
-    assert auto in texts["auto"]
+    assert smoothed in texts["auto"]  # the default for every labeling
     assert by_voxel in texts["voxel"] and smoothed not in texts["voxel"]
     assert smoothed in texts["smoothed"]
     delays = "inversion times" if labeling == "PASL" else "post-labeling delays,"

@@ -176,7 +176,10 @@ def test_compute_cbf_refuses_multi_pld_and_multi_pld_interface(tmp_path):
     files = _write_run(tmp_path / "bids", dm, "control-first", _multi_pld_meta(plds), rng=rng)
     with pytest.raises(ASLInputError, match="ComputeMultiPLDCBF"):
         ComputeCBF(**files).run(cwd=tmp_path)
-    res = ComputeMultiPLDCBF(**files).run(cwd=tmp_path)
+    # each voxel's own fit reads the two ATTs back exactly (the default, the ATT of
+    # the smoothed curves, would blur the step between them)
+    voxel = {"att_estimate": "voxel"}
+    res = ComputeMultiPLDCBF(**files, **voxel).run(cwd=tmp_path)
     # the series is stored as float32: ~1e-5 relative rounding of small differences
     np.testing.assert_allclose(nb.load(res.outputs.cbf).get_fdata(), cbf, rtol=1e-4)
     np.testing.assert_allclose(nb.load(res.outputs.att).get_fdata(), att, rtol=1e-4)
@@ -188,9 +191,11 @@ def test_compute_cbf_refuses_multi_pld_and_multi_pld_interface(tmp_path):
     assert sidecar["T1AfterArrival"] == "tissue"
     assert sidecar["T1Tissue"] == 1.4 and sidecar["T1Blood"] == 1.65
     assert "apparent tissue T1" in sidecar["Model"]
-    assert sidecar["ATTEstimate"]["Method"] == "voxel"  # pCASL: each voxel's own fit
+    assert sidecar["ATTEstimate"]["Method"] == "voxel"
     (tmp_path / "blood").mkdir()
-    blood = ComputeMultiPLDCBF(**files, t1_after_arrival="blood").run(cwd=tmp_path / "blood")
+    blood = ComputeMultiPLDCBF(**files, **voxel, t1_after_arrival="blood").run(
+        cwd=tmp_path / "blood"
+    )
     sidecar = json.loads(open(blood.outputs.cbf_json).read())
     assert sidecar["T1AfterArrival"] == "blood" and "white paper" in sidecar["Model"]
     # the white-paper simplification reads the Buxton (tissue-T1) data low
@@ -198,9 +203,26 @@ def test_compute_cbf_refuses_multi_pld_and_multi_pld_interface(tmp_path):
     # a longer tissue T1 than the data's (1.4 s) lets the label last longer and so
     # reads them low; the value used is recorded
     (tmp_path / "t1").mkdir()
-    longer = ComputeMultiPLDCBF(**files, t1_tissue=1.6).run(cwd=tmp_path / "t1")
+    longer = ComputeMultiPLDCBF(**files, **voxel, t1_tissue=1.6).run(cwd=tmp_path / "t1")
     assert json.loads(open(longer.outputs.cbf_json).read())["T1Tissue"] == 1.6
     assert np.all(nb.load(longer.outputs.cbf).get_fdata() < 0.97 * cbf)
+
+
+def test_multi_pld_pcasl_takes_the_smoothed_att_by_default(tmp_path):
+    """pCASL, like PASL, takes the ATT of the curves smoothed inside the mask by
+    default; with one ATT everywhere it reads every voxel's CBF and the ATT back."""
+    rng = np.random.default_rng(23)
+    plds = np.repeat([0.5, 1.0, 1.5, 2.0, 2.5], 2)
+    cbf = rng.uniform(20.0, 80.0, SHAPE)
+    dm = K.pcasl_deltam(cbf[..., None], 1.3, plds, 1.8, 1000.0, alpha=0.85)
+    files = _write_run(tmp_path / "bids", dm, "control-first", _multi_pld_meta(plds), rng=rng)
+    res = ComputeMultiPLDCBF(**files, t1_tissue=1.4).run(cwd=tmp_path)
+    sidecar = json.loads(open(res.outputs.cbf_json).read())
+    assert sidecar["ATTEstimate"]["Method"] == "smoothed"
+    assert sidecar["ATTEstimate"]["SmoothingFWHMVoxels"] == 2.0
+    np.testing.assert_allclose(nb.load(res.outputs.cbf).get_fdata(), cbf, rtol=0.01)
+    np.testing.assert_allclose(nb.load(res.outputs.att).get_fdata(), 1.3, atol=0.01)
+    assert not nb.load(res.outputs.failed_mask).get_fdata().any()
 
 
 def test_multi_ti_pasl_takes_the_smoothed_att_by_default(tmp_path):

@@ -178,8 +178,8 @@ def _pasl_subject(*, noise, seed, repeats=8, shape=(16, 16, 4)):
 
 def test_att_estimate_by_labeling():
     assert multipld.att_estimate_for("auto", "PASL") == "smoothed"
-    assert multipld.att_estimate_for("auto", "PCASL") == "voxel"
-    assert multipld.att_estimate_for("auto", "CASL") == "voxel"
+    assert multipld.att_estimate_for("auto", "PCASL") == "smoothed"
+    assert multipld.att_estimate_for("auto", "CASL") == "smoothed"
     assert multipld.att_estimate_for("voxel", "PASL") == "voxel"
     assert multipld.att_estimate_for("smoothed", "PCASL") == "smoothed"
     with pytest.raises(ValueError, match="auto, voxel, smoothed"):

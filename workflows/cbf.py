@@ -90,7 +90,7 @@ def init_cbf_wf(
         Multi-PLD fit: ``"voxel"`` (each voxel's own ATT), ``"smoothed"`` (the
         ATT of the curves smoothed inside the brain,
         :func:`asl_pipeline.multipld.fit_smoothed_att`) or ``"auto"``
-        (smoothed for PASL, voxel-wise otherwise).
+        (smoothed, for every labeling).
     drift_correction
         ``"trend"``: each control and label volume is divided by a smooth
         trend of the brain-wide gain before subtraction

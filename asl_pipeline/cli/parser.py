@@ -412,8 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="multi-PLD ATT estimate: voxel (each voxel's own fit of CBF and ATT), smoothed "
         "(the ATT fitted to the curves smoothed inside the brain, FWHM 2 voxels, and each "
-        "voxel's CBF at it) or auto (default: smoothed for PASL, whose voxel-wise fit reads "
-        "WM CBF far too high, voxel for pCASL and CASL)",
+        "voxel's CBF at it) or auto (default: smoothed for every labeling; the voxel-wise "
+        "fit reads WM CBF too high at WM's SNR)",
     )
     g.add_argument(
         "--drift-correction",
