@@ -70,6 +70,10 @@ _WP = {"t1_after_arrival": "blood"}
 #: Inversion times (s) of the multi-TI PASL subjects.
 _TIS = [0.9, 1.4, 1.9, 2.4, 2.9]
 
+#: The multi-PLD pCASL protocol of the Siemens example ``asl004`` (BIDS
+#: examples): 6 PLDs up to 1.5 s, 8 repeats each, labeling 1.4 s, 2D.
+_SHORT = {"plds": [0.25, 0.5, 0.75, 1.0, 1.25, 1.5], "pld_repeats": 8}
+
 #: Subjects: (name, generator, seed, keyword arguments of the generator). The
 #: README demo's subject (seed 1, defaults) comes first; no seed is one the
 #: tests use.
@@ -120,6 +124,12 @@ PANEL = [
         114,
         {"labeling": "PASL", "plds": _TIS, "pld_repeats": 8, "background_suppression": True},
     ),
+    (
+        "sim-multipld-short",
+        "sim",
+        115,
+        {**_SHORT, "labeling_duration": 1.4, "background_suppression": True},
+    ),
     ("ph-drift", "phantom", 201, {"motion": "drift", "outliers": "none", **_WP}),
     ("ph-jumps", "phantom", 202, {"motion": "jumps", "outliers": "spikes", **_WP}),
     ("ph-slabs", "phantom", 203, {"motion": "none", "outliers": "slab_dropout", **_WP}),
@@ -129,6 +139,7 @@ PANEL = [
     ("ph-multipld", "phantom", 207, {"plds": [0.5, 1.0, 1.5, 2.0, 2.5], "outliers": "none"}),
     ("ph-pasl-multiti", "phantom", 209, {"labeling": "PASL", "plds": _TIS, "outliers": "none"}),
     ("ph-tissuet1", "phantom", 208, {"outliers": "spikes"}),
+    ("ph-multipld-short", "phantom", 210, {**_SHORT, "tau": 1.4, "outliers": "none"}),
 ]
 
 #: Configurations: name -> extra ``asl-pipeline`` options. ``plain`` is the
