@@ -40,6 +40,10 @@ denoising) runs only when asked for: it adds 60 s per subject. It reuses the
 subject's cached steps up to the denoiser, and its fine-tuning runs on the
 one thread a node gets by default (``--omp-nthreads 1``), as a user's would;
 with ``--jobs`` no larger than the cores, no two subjects share a core.
+The multi-PLD configurations ``multipld-voxel``, ``plain-voxel`` (each
+voxel's own ATT fit, with and without the repeat screen) and
+``multipld-fixedt1`` (the fixed tissue T1 instead of the GM curve's) run only
+when asked for too.
 
 Writes ``OUT/results.tsv`` (one row per subject, configuration and map) and
 prints the summary table that goes into ``benchmarks/RESULTS.md``.
@@ -160,6 +164,8 @@ CONFIGS = {
     # without the repeat screen
     "multipld-voxel": ["--multipld-att", "voxel"],
     "plain-voxel": ["--outlier-method", "none", "--multipld-att", "voxel"],
+    # run on request only: the multi-PLD fit with the fixed tissue T1 (1.4 s)
+    "multipld-fixedt1": ["--multipld-t1", "fixed"],
 }
 
 #: Configurations that re-run the realignment and registration (the costly
@@ -167,7 +173,7 @@ CONFIGS = {
 MOTION_CONFIGS = ("study", "hmc-regress", "hmc-interp", "hmc-none")
 MOTION_SUBJECTS = ("demo", "sim-3d", "sim-motion", "ph-drift", "ph-jumps", "ph-global")
 #: Configurations run only when named with --configs (see the module's docstring).
-ON_REQUEST = ("finetune", "multipld-voxel", "plain-voxel")
+ON_REQUEST = ("finetune", "multipld-voxel", "plain-voxel", "multipld-fixedt1")
 
 GM_THRESHOLD, WM_THRESHOLD = 0.7, 0.9
 
