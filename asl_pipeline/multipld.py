@@ -221,20 +221,18 @@ def gm_curve_t1(
     return (kin.t1_tissue["gm"] if kin.t1_fitted["gm"] else params.t1_tissue), kin
 
 
-def att_estimate_for(choice: str, labeling_type: str) -> str:
+def att_estimate_for(choice: str) -> str:
     """The ATT estimate ``"voxel"`` or ``"smoothed"`` that ``choice`` (one of
-    :data:`ATT_ESTIMATES`) gives a run labelled with ``labeling_type``.
+    :data:`ATT_ESTIMATES`) gives a run.
 
     ``"auto"`` is ``"smoothed"`` for PASL, pCASL and CASL alike: on three
     pCASL protocols and both generators its CBF map correlates better with
     the truth on every subject, and the voxel-wise fit reads WM CBF 11-64%
     high where the longest delay is short (``benchmarks/RESULTS.md``, "Multi-PLD
-    pCASL: the ATT from smoothed curves on three protocols"). The labeling
-    stays an argument so the rule can depend on it again.
+    pCASL: the ATT from smoothed curves on three protocols").
     """
     if choice not in ATT_ESTIMATES:
         raise ValueError(f"ATT estimate must be one of {', '.join(ATT_ESTIMATES)}, got {choice!r}")
-    del labeling_type  # every labeling takes the smoothed estimate (see above)
     return "smoothed" if choice == "auto" else choice
 
 

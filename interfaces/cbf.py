@@ -607,7 +607,7 @@ class ComputeMultiPLDCBF(SimpleInterface):
                 screen.groups,
             )
         params, t1_meta = self._tissue_t1(params, dm, m0, mask, keep)
-        estimate = att_estimate_for(self.inputs.att_estimate, params.labeling_type)
+        estimate = att_estimate_for(self.inputs.att_estimate)
         fit = fit_smoothed_att if estimate == "smoothed" else core.fit_multi_pld
         cbf, att, failed = fit(
             dm.deltam,

@@ -176,14 +176,12 @@ def _pasl_subject(*, noise, seed, repeats=8, shape=(16, 16, 4)):
     return dm + noise * rng.standard_normal(dm.shape), tis, gm, cbf, att
 
 
-def test_att_estimate_by_labeling():
-    assert multipld.att_estimate_for("auto", "PASL") == "smoothed"
-    assert multipld.att_estimate_for("auto", "PCASL") == "smoothed"
-    assert multipld.att_estimate_for("auto", "CASL") == "smoothed"
-    assert multipld.att_estimate_for("voxel", "PASL") == "voxel"
-    assert multipld.att_estimate_for("smoothed", "PCASL") == "smoothed"
+def test_att_estimate_choice():
+    assert multipld.att_estimate_for("auto") == "smoothed"
+    assert multipld.att_estimate_for("voxel") == "voxel"
+    assert multipld.att_estimate_for("smoothed") == "smoothed"
     with pytest.raises(ValueError, match="auto, voxel, smoothed"):
-        multipld.att_estimate_for("median", "PASL")
+        multipld.att_estimate_for("median")
 
 
 def test_smoothed_att_reads_noise_free_data_back():

@@ -231,7 +231,7 @@ def init_cbf_wf(
         )
         labeling_type = description.labeling.labeling_type
         delays = "inversion times" if labeling_type == "PASL" else "post-labeling delays"
-        estimate = att_estimate_for(att_estimate, labeling_type)
+        estimate = att_estimate_for(att_estimate)
         workflow.__desc__ = (
             (
                 "CBF and arterial transit time (ATT) were estimated voxel by voxel by fitting "
