@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from asl_pipeline import kinetics
 from asl_pipeline.cbf import M0_TR_FULL_RECOVERY, PAIRWISE_CONTROL, quant_params
+from asl_pipeline.multipld import T1_MAX_SE
 from asl_pipeline.rundesc import RunDescription
 
 _LABELING_NAMES = {"PCASL": "pCASL", "CASL": "CASL", "PASL": "PASL"}
@@ -189,7 +190,8 @@ def quantification_text(
         t1b += (
             ", and for the apparent T1 after arrival a tissue T1 fitted, with CBF and ATT, to "
             "the mean curve of the GM voxels (GM probability above 0.8; "
-            f"{_s(params.t1_tissue)} s where that fit failed)"
+            f"{_s(params.t1_tissue)} s where that fit failed or its jackknife standard error "
+            f"over the repeats exceeded {T1_MAX_SE:g} s)"
         )
     elif apparent:
         t1b += f", tissue T1 {_s(params.t1_tissue)} s (for the apparent T1 after arrival)"

@@ -25,12 +25,23 @@ noise as well as the truth does; the voxel-wise fit then read WM CBF 64-123%
 high with r 0.15-0.40 on both generators, the smoothed ATT -20..+7% with r
 0.56-0.81 (``benchmarks/RESULTS.md``, "Multi-TI PASL: the ATT from smoothed
 curves"). On pCASL it loses on the phantom's WM (-17..-36%, its WM T1 error
-no longer offset by noise), so pCASL keeps the voxel-wise fit.
+no longer offset by noise); measured again on three pCASL protocols, its map
+correlates better with the truth on every subject and the voxel-wise fit reads
+WM 11-64% high where the longest delay is short, so pCASL takes it too
+(``benchmarks/RESULTS.md``, "Multi-PLD pCASL: the ATT from smoothed curves on
+three protocols").
+
+The GM curve's T1 is only as good as its data: on a phantom with a Siemens
+protocol's delays (0.25-1.5 s, GM arriving at 0.8 s) one noise draw read
+2.03 s where the truth is 1.33 s. :func:`gm_curve_t1` therefore measures its
+T1's standard error by a jackknife over the repeats and keeps the fixed T1
+where it exceeds :data:`T1_MAX_SE` (``benchmarks/RESULTS.md``, "Multi-PLD:
+the GM curve's T1 kept only where its jackknife error is small").
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -61,6 +72,18 @@ T1_TISSUE_SOURCES = ("gm-curve", "fixed")
 #: Range (s) of a fitted tissue T1; a fit at either end is not trusted.
 T1_BOUNDS = (0.4, 3.0)
 
+#: Largest jackknife standard error (s) of the GM curve's T1 that
+#: :func:`gm_curve_t1` keeps; above it the fixed T1 is used. The literature's
+#: GM T1 at 3 T spans 1.3-1.8 s, so the fixed value is off by about 0.2 s at
+#: worst: a measurement less certain than that is no better than it. On both
+#: generators and three protocols the error stayed at 0.15 s or below on every
+#: subject whose T1 it kept.
+T1_MAX_SE = 0.2
+
+#: Fewest repeats per delay for the jackknife; with fewer the GM curve's T1
+#: is used without it.
+T1_JACKKNIFE_MIN_REPEATS = 3
+
 #: How a multi-PLD run's ATT is estimated (``--multipld-att``): ``"voxel"``,
 #: every voxel's own fit (:func:`asl_pipeline.cbf.fit_multi_pld`);
 #: ``"smoothed"``, from the curves smoothed inside the brain
@@ -80,7 +103,8 @@ class TissueKinetics:
     ``cbf`` (mL/100 g/min), ``att`` and ``t1_tissue`` (s) are None where the
     curve could not give them; ``t1_fitted`` says whether ``t1_tissue`` was
     fitted (False: the fixed ``params.t1_tissue``); ``voxels`` counts the
-    curve's voxels.
+    curve's voxels; ``t1_se`` holds the jackknife standard error (s) of a
+    fitted T1 where :func:`gm_curve_t1` measured it.
     """
 
     cbf: dict
@@ -88,6 +112,13 @@ class TissueKinetics:
     t1_tissue: dict
     t1_fitted: dict
     voxels: dict
+    t1_se: dict = field(default_factory=dict)
+
+    def t1_trusted(self, tissue: str) -> bool:
+        """Whether ``tissue``'s fitted T1 is used: fitted, and its standard
+        error (where measured) at most :data:`T1_MAX_SE`."""
+        se = self.t1_se.get(tissue)
+        return bool(self.t1_fitted[tissue]) and (se is None or se <= T1_MAX_SE)
 
     def to_dict(self) -> dict:
         """Per tissue (``"GM"``, ``"WM"``), the values for a JSON sidecar."""
@@ -98,6 +129,7 @@ class TissueKinetics:
                 "ArterialTransitTime": _round(self.att[t], 3),
                 "T1Tissue": _round(self.t1_tissue[t], 3),
                 "T1TissueFitted": bool(self.t1_fitted[t]),
+                "T1TissueStandardError": _round(self.t1_se.get(t), 3),
                 "Voxels": int(self.voxels[t]),
             }
         return out
@@ -205,20 +237,56 @@ def gm_curve_t1(
     deltam, plds, m0, params: QuantParams, gm, mask, *, keep=None,
     t1_after_arrival: str = "tissue",
 ) -> tuple[float, TissueKinetics]:  # fmt: skip
-    """The tissue T1 (s) of the GM mean curve, ``params.t1_tissue`` where it fails.
+    """The tissue T1 (s) of the GM mean curve, ``params.t1_tissue`` where it
+    fails or is uncertain.
 
     ``deltam`` ``(x, y, z, n)`` with one PLD per difference, ``keep`` the
     repeat screen's matrix (:func:`asl_pipeline.cbf.average_repeats`), ``gm``
-    the GM probability map on the same grid. Returns the T1 and what the GM
-    curve gave (:class:`TissueKinetics`, without WM).
+    the GM probability map on the same grid.
+
+    With :data:`T1_JACKKNIFE_MIN_REPEATS` repeats per delay or more, the T1's
+    standard error is the delete-one-repeat jackknife's: the curve is fitted
+    again without the ``j``-th repeat of every delay, for each ``j``. A T1
+    whose error exceeds :data:`T1_MAX_SE` gives way to ``params.t1_tissue``.
+    Returns the T1 and what the GM curve gave (:class:`TissueKinetics`,
+    without WM; its ``t1_se`` holds the error).
     """
+    kin = _gm_curve(deltam, plds, m0, params, gm, mask, keep, t1_after_arrival)
+    if kin.t1_fitted["gm"]:
+        se = _jackknife_t1_se(deltam, plds, m0, params, gm, mask, keep, t1_after_arrival)
+        kin = replace(kin, t1_se={"gm": se} if se is not None else {})
+    return (kin.t1_tissue["gm"] if kin.t1_trusted("gm") else params.t1_tissue), kin
+
+
+def _gm_curve(deltam, plds, m0, params, gm, mask, keep, t1_after_arrival) -> TissueKinetics:
     mean_dm, uniq, _ = average_repeats(deltam, plds, keep)
     delays = effective_delays(params, uniq, np.shape(deltam)[2])
-    kin = fit_tissue_curves(
+    return fit_tissue_curves(
         mean_dm, delays, m0, gm, None, mask, params, t1_after_arrival=t1_after_arrival,
         fit_t1=("gm",),
     )  # fmt: skip
-    return (kin.t1_tissue["gm"] if kin.t1_fitted["gm"] else params.t1_tissue), kin
+
+
+def _jackknife_t1_se(deltam, plds, m0, params, gm, mask, keep, t1_after_arrival):
+    """The delete-one-repeat jackknife standard error (s) of the GM curve's T1;
+    None with too few repeats. A refit whose T1 fails counts as the upper
+    bound of :data:`T1_BOUNDS`, so failures read as uncertainty."""
+    plds = np.round(np.atleast_1d(np.asarray(plds, dtype=float)), 9)
+    groups = [np.flatnonzero(plds == d) for d in np.unique(plds)]
+    n = min(g.size for g in groups)
+    if n < T1_JACKKNIFE_MIN_REPEATS:
+        return None
+    base = np.ones(np.shape(deltam)[2:], bool) if keep is None else np.asarray(keep, bool)
+    values = []
+    for j in range(n):
+        dropped = base.copy()
+        for g in groups:
+            dropped[:, g[j]] = False
+        kin = _gm_curve(deltam, plds, m0, params, gm, mask, dropped, t1_after_arrival)
+        t1 = kin.t1_tissue["gm"] if kin.t1_fitted["gm"] else None
+        values.append(t1 if t1 is not None else max(T1_BOUNDS))
+    values = np.asarray(values)
+    return float(np.sqrt((n - 1) / n * ((values - values.mean()) ** 2).sum()))
 
 
 def att_estimate_for(choice: str) -> str:

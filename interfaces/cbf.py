@@ -32,6 +32,7 @@ from asl_pipeline.errors import ASLInputError
 from asl_pipeline.multipld import (
     ATT_ESTIMATES,
     SMOOTHED_ATT_FWHM,
+    T1_MAX_SE,
     T1_TISSUE_SOURCES,
     att_estimate_for,
     fit_smoothed_att,
@@ -527,7 +528,8 @@ class _ComputeMultiPLDCBFInputSpec(_RunInputSpec):
         usedefault=True,
         desc="where the tissue T1 comes from when t1_tissue is not given: 'gm-curve', "
         "fitted with CBF and ATT to the mean curve of the GM voxels (gm > 0.8; needs gm, "
-        "asl_pipeline.multipld.gm_curve_t1; the fixed T1 where that fit fails), or "
+        "asl_pipeline.multipld.gm_curve_t1; the fixed T1 where that fit fails or its "
+        f"jackknife standard error over the repeats exceeds {T1_MAX_SE:g} s), or "
         "'fixed', by field strength (1.4 s at 3 T)",
     )
     gm = File(exists=True, desc="GM probability map on the ASL grid (the GM mean curve)")
@@ -668,7 +670,17 @@ class ComputeMultiPLDCBF(SimpleInterface):
             return params, {"T1TissueSource": "fixed (no GM map)"}
         gm = _map_on_grid(inputs.gm, dm.deltam.shape[:3], "GM map")
         t1, kin = gm_curve_t1(dm.deltam, dm.plds, m0, params, gm, mask, keep=keep)
-        source = "GM mean curve" if kin.t1_fitted["gm"] else "fixed (the GM mean curve gave none)"
+        se = kin.t1_se.get("gm")
+        if kin.t1_trusted("gm"):
+            source = "GM mean curve"
+        elif kin.t1_fitted["gm"]:
+            source = (
+                f"fixed (the GM mean curve's T1, {kin.t1_tissue['gm']:.2f} s, has a jackknife "
+                f"standard error of {se:.2f} s, above {T1_MAX_SE} s)"
+            )
+            LOGGER.warning("multi-PLD tissue T1: %s", source)
+        else:
+            source = "fixed (the GM mean curve gave none)"
         LOGGER.info("multi-PLD tissue T1: %.3f s (%s)", t1, source)
         curve = {
             "Description": "one CBF, ATT and tissue T1 fitted to the mean ΔM/M0 curve of the "

@@ -292,6 +292,29 @@ def test_multi_pld_tissue_t1_from_the_gm_curve(tmp_path):
     assert sidecar["T1Tissue"] == 1.4 and sidecar["T1TissueSource"] == "fixed (no GM map)"
 
 
+def test_multi_pld_uncertain_gm_curve_t1_keeps_the_fixed_one(tmp_path):
+    """Six noisy repeats: the GM curve's T1 varies more than 0.2 s between
+    jackknife refits, so the fit keeps the fixed T1, and the sidecar says why
+    and gives the curve's T1 and its error."""
+    rng = np.random.default_rng(24)
+    plds = np.tile([0.5, 1.0, 1.5, 2.0, 2.5], 6)
+    gm_share = (np.arange(SHAPE[0])[:, None, None] < 4) * np.ones(SHAPE)
+    cbf = np.where(gm_share > 0, 60.0, 20.0)
+    m0 = np.full(SHAPE, 1000.0)
+    dm = K.pcasl_deltam(cbf[..., None], 1.0, plds, 1.8, m0[..., None], alpha=0.85, t1_tissue=1.6)
+    dm = dm + 30.0 * rng.standard_normal(dm.shape)
+    files = _write_run(tmp_path / "bids", dm, "control-first", _multi_pld_meta(plds), rng=rng)
+    nb.Nifti1Image(gm_share.astype(np.float32), AFFINE).to_filename(tmp_path / "gm.nii.gz")
+    (tmp_path / "run").mkdir()
+    res = ComputeMultiPLDCBF(**files, gm=str(tmp_path / "gm.nii.gz")).run(cwd=tmp_path / "run")
+    sidecar = json.loads(open(res.outputs.cbf_json).read())
+    curve = sidecar["GMCurve"]
+    assert curve["T1TissueFitted"] and curve["T1TissueStandardError"] > 0.2
+    assert sidecar["T1Tissue"] == 1.4
+    assert sidecar["T1TissueSource"].startswith("fixed (the GM mean curve's T1")
+    assert f"{curve['T1Tissue']:.2f} s" in sidecar["T1TissueSource"]
+
+
 def test_read_aslcontext_errors(tmp_path):
     bad = tmp_path / "sub-01_aslcontext.tsv"
     bad.write_text("type\ncontrol\nlabel\n")

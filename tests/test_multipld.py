@@ -59,6 +59,8 @@ def test_gm_curve_finds_the_t1_the_data_decay_with(t1):
     # no WM curve is fitted
     assert kin.voxels == {"gm": int(gm.sum()), "wm": 0} and kin.att["wm"] is None
     assert kin.to_dict()["GM"]["T1TissueFitted"] is True
+    # four repeats per delay: the jackknife measured the T1's error, and it is small
+    assert 0.0 < kin.t1_se["gm"] < 0.02 and kin.t1_trusted("gm")
     # with that T1 the voxel fit reads GM CBF right; with the fixed 1.4 s it does not
     right, _, _ = fit_multi_pld(dm, delays, 1.0, replace(params, t1_tissue=found))
     fixed, _, _ = fit_multi_pld(dm, delays, 1.0, params)
@@ -97,6 +99,36 @@ def test_too_few_gm_voxels_or_delays_keep_the_fixed_t1():
     t1, kin = multipld.gm_curve_t1(dm, delays, np.ones(SHAPE), _params([1.0, 2.0]), gm, mask)
     assert t1 == params.t1_tissue and not kin.t1_fitted["gm"]
     assert kin.att["gm"] is not None  # CBF and ATT still come from the curve
+
+
+def test_jackknife_error_matches_the_t1_spread_over_noise_draws():
+    """The delete-one-repeat jackknife's standard error is what a T1 would vary
+    by if the scan were repeated: over 20 noise draws its median is within a
+    factor 1.5 of the draws' standard deviation."""
+    params, mask = _params(), np.ones(SHAPE, bool)
+    t1s, errors = [], []
+    for seed in range(20):
+        dm, delays, gm, _, _ = _subject(1.6, noise=8e-3, seed=seed, repeats=6)
+        _, kin = multipld.gm_curve_t1(dm, delays, np.ones(SHAPE), params, gm, mask)
+        assert kin.t1_fitted["gm"]
+        t1s.append(kin.t1_tissue["gm"])
+        errors.append(kin.t1_se["gm"])
+    ratio = np.median(errors) / np.std(t1s, ddof=1)
+    assert 1 / 1.5 < ratio < 1.5
+
+
+def test_an_uncertain_gm_curve_t1_gives_way_to_the_fixed_one():
+    params, mask = _params(), np.ones(SHAPE, bool)
+    dm, delays, gm, _, _ = _subject(1.6, noise=3e-2, seed=0, repeats=6)
+    t1, kin = multipld.gm_curve_t1(dm, delays, np.ones(SHAPE), params, gm, mask)
+    assert kin.t1_fitted["gm"] and kin.t1_se["gm"] > multipld.T1_MAX_SE
+    assert not kin.t1_trusted("gm") and t1 == params.t1_tissue
+    assert kin.to_dict()["GM"]["T1TissueStandardError"] > multipld.T1_MAX_SE
+    # two repeats per delay are too few for the jackknife: the fitted T1 is used
+    dm, delays, gm, _, _ = _subject(1.6, noise=2e-4, repeats=2)
+    t1, kin = multipld.gm_curve_t1(dm, delays, np.ones(SHAPE), params, gm, mask)
+    assert kin.t1_se == {} and kin.t1_trusted("gm") and t1 == kin.t1_tissue["gm"]
+    assert kin.to_dict()["GM"]["T1TissueStandardError"] is None
 
 
 def test_blood_t1_after_arrival_fits_no_tissue_t1():
