@@ -54,6 +54,13 @@ the rows of three fits with the phantom's own tissue T1 (GM 1.33 s, WM
 0.83 s, each voxel the mix of its shares): what the map could read if a
 run measured WM's T1.
 
+With ``--t1-error`` it prints instead, per subject, the GM curve's T1
+(``multipld.gm_curve_t1``) against the truth, its jackknife standard error
+over the repeats and whether the pipeline keeps it (at most
+``multipld.T1_MAX_SE``), and the errors of the default fit
+(``multipld.fit_smoothed_att``) with the curve's T1 and with the fixed one
+(1.4 s at 3 T).
+
 With ``--att-estimates PCASL|PASL`` it prints instead, per subject, the
 errors of the pipeline's two ATT estimates (``--multipld-att voxel`` and
 ``smoothed``: :func:`asl_pipeline.cbf.fit_multi_pld` and
@@ -65,7 +72,7 @@ Usage::
 
     python benchmarks/multipld_regions.py [--seeds-2d 112 301 302] [--seeds-3d 111 303] \
         [--seeds-phantom 207 401] [--prior 1.3 1.0 | --tissue-prior [--sim-t1 1.6] \
-        | --smoothed-att | --weighted-delay | --att-estimates PCASL|PASL] \
+        | --smoothed-att | --weighted-delay | --att-estimates PCASL|PASL | --t1-error] \
         [--tis 0.9 ... | --plds 0.25 ... --labeling-duration 1.4]
 """
 
@@ -83,6 +90,9 @@ from asl_pipeline.simulate.phantom import simulate_phantom
 from asl_pipeline.simulate.series import simulate_subject
 
 PLDS = [0.5, 1.0, 1.5, 2.0, 2.5]
+
+#: The simulator's tissue T1 (s) unless ``--sim-t1`` sets it.
+SIM_T1 = 1.4
 
 #: WM / GM tissue T1 at 3 T, 832 / 1331 ms (Lu et al. 2005, JMRI 22:13).
 WM_GM_T1_RATIO = 0.832 / 1.331
@@ -183,6 +193,10 @@ def main(argv=None) -> int:
         "--att-estimates", choices=("PCASL", "PASL"),
         help="the pipeline's two ATT estimates on multi-PLD pCASL or multi-TI PASL subjects",
     )  # fmt: skip
+    ap.add_argument(
+        "--t1-error", action="store_true",
+        help="the GM curve's T1, its jackknife error, and the fit with it and with the fixed T1",
+    )  # fmt: skip
     ap.add_argument("--tis", type=float, nargs="+", help="the PASL subjects' TIs (s)")
     ap.add_argument("--plds", type=float, nargs="+", help="the pCASL subjects' PLDs (s)")
     ap.add_argument(
@@ -206,6 +220,8 @@ def main(argv=None) -> int:
         return _weighted_delay_fits(runs)
     if args.att_estimates:
         return _att_estimates(runs, args.att_estimates)
+    if args.t1_error:
+        return _t1_errors(runs, args.sim_t1)
     print(
         "| generator | seed | tissue | failed % | at lower bound % | ATT err: mean | median "
         "| converged mean | region fit | CBF err %: map mean | region fit |"
@@ -629,6 +645,37 @@ def _att_estimates(runs, labeling: str) -> int:
         smoothed = multipld.fit_smoothed_att(*args, fitted, mask=brain, keep=keep)
         fits = {"voxel": voxel[:2], "smoothed": smoothed[:2]}
         _print_fits(s, f"{kind} {labeling}", seed, f"GM curve {t1:.2f}", fits)
+    return 0
+
+
+def _t1_errors(runs, sim_t1: float | None) -> int:
+    """Per subject: the GM curve's T1 against the truth, its jackknife error,
+    whether :func:`multipld.gm_curve_t1` keeps it, and the default fit's
+    errors with that T1 and with the fixed one."""
+    print(
+        "| generator | seed | T1 truth | GM curve T1 | jackknife SE | kept "
+        "| curve T1: GM / WM CBF err % | r | GM / WM ATT err s "
+        "| fixed T1: GM / WM CBF err % | r | GM / WM ATT err s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for kind, seed in runs:
+        s, params, dm = _prepare(kind, seed, sim_t1)
+        keep = outliers.screen_repeats(dm.deltam, dm.plds, s.brain_mask).keep
+        args = (dm.deltam, dm.plds, s.m0_true)
+        _, kin = multipld.gm_curve_t1(*args, params, s.gm, s.brain_mask, keep=keep)
+        truth = PHANTOM_T1[0] if kind == "phantom" else (sim_t1 or SIM_T1)
+        scores = []
+        for t1 in (kin.t1_tissue["gm"], params.t1_tissue):
+            fit = replace(params, t1_tissue=float(t1))
+            cbf, att, _ = multipld.fit_smoothed_att(*args, fit, mask=s.brain_mask, keep=keep)
+            scores.append(_scores(s, cbf, att))
+        se = kin.t1_se.get("gm")
+        print(
+            f"| {kind} | {seed} | {truth:.2f} | {kin.t1_tissue['gm']:.2f} "
+            f"| {'-' if se is None else f'{se:.3f}'} | {'yes' if kin.t1_trusted('gm') else 'no'} "
+            f"| {scores[0]} | {scores[1]} |",
+            flush=True,
+        )
     return 0
 
 
