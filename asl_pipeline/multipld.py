@@ -75,9 +75,11 @@ T1_BOUNDS = (0.4, 3.0)
 #: Largest jackknife standard error (s) of the GM curve's T1 that
 #: :func:`gm_curve_t1` keeps; above it the fixed T1 is used. The literature's
 #: GM T1 at 3 T spans 1.3-1.8 s, so the fixed value is off by about 0.2 s at
-#: worst: a measurement less certain than that is no better than it. On both
-#: generators and three protocols the error stayed at 0.15 s or below on every
-#: subject whose T1 it kept.
+#: worst: a measurement less certain than that is no better than it. In the
+#: fit alone no subject of either generator crossed it on three protocols
+#: (largest 0.17 s); a run's outliers or noise draw did (0.31-0.56 s). The
+#: jackknife does not see bias: on short delays a curve's T1 can be 0.3 s off
+#: with an error of 0.05 s (README, Known limitations).
 T1_MAX_SE = 0.2
 
 #: Fewest repeats per delay for the jackknife; with fewer the GM curve's T1
