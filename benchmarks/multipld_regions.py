@@ -535,13 +535,14 @@ def cbf_at_att(y, w, att, t1s, params, delays, rule="least squares") -> np.ndarr
     return f
 
 
-def _screened(kind: str, seed: int, labeling: str = "PCASL"):
-    """A subject, its parameters, the fit's inputs, the repeat screen and the GM curve's T1."""
-    s, params, dm = _prepare(kind, seed, labeling=labeling)
+def _screened(kind: str, seed: int, labeling: str = "PCASL", sim_t1: float | None = None):
+    """A subject, its parameters, the fit's inputs, the repeat screen, the T1
+    the pipeline would use and what the GM curve gave (``gm_curve_t1``)."""
+    s, params, dm = _prepare(kind, seed, sim_t1, labeling=labeling)
     keep = outliers.screen_repeats(dm.deltam, dm.plds, s.brain_mask).keep
     args = (dm.deltam, dm.plds, s.m0_true)
-    t1, _ = multipld.gm_curve_t1(*args, params, s.gm, s.brain_mask, keep=keep)
-    return s, params, args, keep, t1
+    t1, kin = multipld.gm_curve_t1(*args, params, s.gm, s.brain_mask, keep=keep)
+    return s, params, args, keep, t1, kin
 
 
 def _print_header(t1_column: str) -> None:
@@ -558,7 +559,7 @@ def _print_fits(s, kind: str, seed: int, t1_label: str, fits: dict) -> None:
 def _smoothed_fits(runs) -> int:
     _print_header("WM T1")
     for kind, seed in runs:
-        s, params, args, keep, t1 = _screened(kind, seed)
+        s, params, args, keep, t1, _ = _screened(kind, seed)
         brain = s.brain_mask
         for label, ratio in (("= GM", 1.0), ("literature", WM_GM_T1_RATIO)):
             t1_map = t1_share_map(s.gm, s.wm, t1, ratio)
@@ -619,7 +620,7 @@ def weighted_delay_fit(deltam, plds, m0, params, mask, t1_map, keep=None, cbf="l
 def _weighted_delay_fits(runs) -> int:
     _print_header("T1")
     for kind, seed in runs:
-        s, params, args, keep, t1 = _screened(kind, seed)
+        s, params, args, keep, t1, _ = _screened(kind, seed)
         brain = s.brain_mask
         t1_maps = {f"GM curve {t1:.2f}": np.full(brain.shape, t1)}
         if kind == "phantom":
@@ -638,7 +639,7 @@ def _weighted_delay_fits(runs) -> int:
 def _att_estimates(runs, labeling: str) -> int:
     _print_header("T1")
     for kind, seed in runs:
-        s, params, args, keep, t1 = _screened(kind, seed, labeling)
+        s, params, args, keep, t1, _ = _screened(kind, seed, labeling)
         fitted = replace(params, t1_tissue=float(t1))
         brain = s.brain_mask
         voxel = quant.fit_multi_pld(*args, fitted, mask=brain, keep=keep)
@@ -659,10 +660,7 @@ def _t1_errors(runs, sim_t1: float | None) -> int:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for kind, seed in runs:
-        s, params, dm = _prepare(kind, seed, sim_t1)
-        keep = outliers.screen_repeats(dm.deltam, dm.plds, s.brain_mask).keep
-        args = (dm.deltam, dm.plds, s.m0_true)
-        _, kin = multipld.gm_curve_t1(*args, params, s.gm, s.brain_mask, keep=keep)
+        s, params, args, keep, _, kin = _screened(kind, seed, sim_t1=sim_t1)
         truth = PHANTOM_T1[0] if kind == "phantom" else (sim_t1 or SIM_T1)
         scores = []
         for t1 in (kin.t1_tissue["gm"], params.t1_tissue):
