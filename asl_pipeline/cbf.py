@@ -924,6 +924,14 @@ def _model(params: QuantParams, cbf, att, delays, t1_after_arrival: str):
 _GRID_CBF = 50.0
 
 
+def delay_groups(plds) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The distinct delays of ``plds`` (rounded to 1e-9 s) and, for each, the
+    indices of its volumes in acquisition order: ``(unique delays, groups)``."""
+    rounded = np.round(np.atleast_1d(np.asarray(plds, dtype=float)), 9)
+    uniq, inverse = np.unique(rounded, return_inverse=True)
+    return uniq, [np.flatnonzero(inverse == k) for k in range(uniq.size)]
+
+
 def average_repeats(deltam, plds, keep=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean ΔM at each distinct PLD: ``(mean (x, y, z, k), unique plds, counts)``.
 
@@ -934,15 +942,14 @@ def average_repeats(deltam, plds, keep=None) -> tuple[np.ndarray, np.ndarray, np
     kept. The counts stay the numbers of repeats.
     """
     dm = np.asarray(deltam, dtype=float)
-    plds = np.asarray(plds, dtype=float)
-    uniq, inverse, counts = np.unique(np.round(plds, 9), return_inverse=True, return_counts=True)
+    uniq, groups = delay_groups(plds)
+    counts = np.array([idx.size for idx in groups])
     means = np.zeros(dm.shape[:3] + (uniq.size,))
     if keep is not None:
         keep = np.asarray(keep, dtype=bool)
         if keep.shape != (dm.shape[2], dm.shape[3]):
             raise ValueError(f"keep {keep.shape} must be (slices, volumes) {dm.shape[2:]}")
-    for k in range(uniq.size):
-        idx = np.flatnonzero(inverse == k)
+    for k, idx in enumerate(groups):
         if keep is None:
             means[..., k] = dm[..., idx].sum(axis=3) / idx.size
             continue

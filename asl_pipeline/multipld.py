@@ -50,6 +50,7 @@ from asl_pipeline.cbf import (
     QuantParams,
     _model,
     average_repeats,
+    delay_groups,
     effective_delays,
     fit_multi_pld,
     low_m0_mask,
@@ -273,8 +274,7 @@ def _jackknife_t1_se(deltam, plds, m0, params, gm, mask, keep, t1_after_arrival)
     """The delete-one-repeat jackknife standard error (s) of the GM curve's T1;
     None with too few repeats. A refit whose T1 fails counts as the upper
     bound of :data:`T1_BOUNDS`, so failures read as uncertainty."""
-    plds = np.round(np.atleast_1d(np.asarray(plds, dtype=float)), 9)
-    groups = [np.flatnonzero(plds == d) for d in np.unique(plds)]
+    groups = delay_groups(plds)[1]
     n = min(g.size for g in groups)
     if n < T1_JACKKNIFE_MIN_REPEATS:
         return None

@@ -122,6 +122,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from asl_pipeline.cbf import delay_groups
 from asl_pipeline.errors import ASLInputError
 
 #: Status of a pair in :attr:`CleaningResult.status`.
@@ -1098,10 +1099,8 @@ def screen_repeats(
     brain = np.asarray(mask, dtype=bool)
     nz, n = dm.shape[2], dm.shape[3]
     keep = np.ones((nz, n), dtype=bool)
-    _, inverse = np.unique(np.round(plds, 9), return_inverse=True)
     thresholds = []
-    for k in range(inverse.max() + 1):
-        idx = np.flatnonzero(inverse == k)
+    for idx in delay_groups(plds)[1]:
         if idx.size < min_repeats:
             continue
         ratios = {}

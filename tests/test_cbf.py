@@ -670,3 +670,16 @@ def test_compute_m0_tissue_weighted_recovers_relaxed_m0():
     np.testing.assert_allclose(m0, relaxed, rtol=1e-10)
     single = C.compute_m0(params, m0_volumes=acquired)
     assert np.abs(single / relaxed - 1).max() > 0.02
+
+
+def test_delay_groups_and_repeat_means_group_by_rounded_delay():
+    # delays read from sidecars carry float noise; repeats of one delay stay one group,
+    # in acquisition order, and the means are over each group's volumes
+    plds = np.array([1.5, 0.5 + 1e-12, 1.5 - 1e-12, 0.5, 2.0, 0.5])
+    uniq, groups = C.delay_groups(plds)
+    np.testing.assert_allclose(uniq, [0.5, 1.5, 2.0])
+    assert [g.tolist() for g in groups] == [[1, 3, 5], [0, 2], [4]]
+    dm = np.broadcast_to(np.arange(6.0), (2, 2, 1, 6))
+    means, uniq2, counts = C.average_repeats(dm, plds)
+    np.testing.assert_allclose(means[0, 0, 0], [3.0, 1.0, 4.0])
+    assert counts.tolist() == [3, 2, 1] and np.array_equal(uniq, uniq2)
