@@ -16,8 +16,9 @@ repeats are screened as the pipeline does; then
 * with each curve scaled by its smoothed amplitude before the smoothing
   (``amplitude-normalised``, ``--normalised-fwhm``),
 
-each at the tissue T1s of ``--t1`` (s) and at the run's own (the GM
-curve's, or the fixed one where its jackknife error is too large). It
+each at the tissue T1s of ``--t1`` (s), at the run's own (the GM
+curve's, or the fixed one where its jackknife error is too large) and, where
+the guard set it aside, at the GM curve's. It
 prints the GM / WM CBF error (%), r and the GM / WM ATT error (s) against
 the truth (GM > 0.7, WM > 0.9), scored as ``validate_chain.py`` scores.
 A ``flow-weighted truth`` row per width gives the ATT error that the
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
         inputs = run_inputs(args.root, subject)
         truth = vc.truth_of(args.root / "data" / subject)
         gm, wm = truth["gm"] > vc.GM_THRESHOLD, truth["wm"] > vc.WM_THRESHOLD
-        curve_t1, _ = multipld.gm_curve_t1(
+        curve_t1, kin = multipld.gm_curve_t1(
             inputs["deltam"], inputs["plds"], inputs["m0"], inputs["params"], inputs["gm"],
             inputs["mask"], keep=inputs["keep"],
         )  # fmt: skip
@@ -178,8 +179,10 @@ def main(argv=None) -> int:
                 f"| {subject} | truth | flow-weighted truth, FWHM {fwhm:g} voxels | - | - | "
                 f"{shift[0]:+.2f} / {shift[1]:+.2f} |"
             )
-        for t1 in [*args.t1, curve_t1]:
-            label = f"{t1:.2f}" + (" (the run's)" if t1 == curve_t1 else "")
+        t1s = [(t1, f"{t1:.2f}") for t1 in args.t1] + [(curve_t1, f"{curve_t1:.2f} (the run's)")]
+        if kin.t1_fitted["gm"] and not kin.t1_trusted("gm"):  # the guard set the curve aside
+            t1s.append((kin.t1_tissue["gm"], f"{kin.t1_tissue['gm']:.2f} (GM curve, set aside)"))
+        for t1, label in t1s:
             methods = [("curves", f) for f in [*args.fwhm, None]]
             methods += [("map", f) for f in args.map_fwhm]
             methods += [("normalised", f) for f in args.normalised_fwhm]

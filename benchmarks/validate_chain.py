@@ -134,6 +134,12 @@ PANEL = [
         115,
         {**_SHORT, "labeling_duration": 1.4, "background_suppression": True},
     ),
+    (
+        "sim-multipld-short-3d",
+        "sim",
+        151,
+        {**_SHORT, "labeling_duration": 1.4, "background_suppression": True, "readout": "3D"},
+    ),
     ("ph-drift", "phantom", 201, {"motion": "drift", "outliers": "none", **_WP}),
     ("ph-jumps", "phantom", 202, {"motion": "jumps", "outliers": "spikes", **_WP}),
     ("ph-slabs", "phantom", 203, {"motion": "none", "outliers": "slab_dropout", **_WP}),
@@ -144,6 +150,12 @@ PANEL = [
     ("ph-pasl-multiti", "phantom", 209, {"labeling": "PASL", "plds": _TIS, "outliers": "none"}),
     ("ph-tissuet1", "phantom", 208, {"outliers": "spikes"}),
     ("ph-multipld-short", "phantom", 210, {**_SHORT, "tau": 1.4, "outliers": "none"}),
+    (
+        "ph-multipld-short-3d",
+        "phantom",
+        251,
+        {**_SHORT, "tau": 1.4, "outliers": "none", "readout": "3D"},
+    ),
 ]
 
 #: Configurations: name -> extra ``asl-pipeline`` options. ``plain`` is the
