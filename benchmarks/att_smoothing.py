@@ -10,17 +10,16 @@ repeats are screened as the pipeline does; then
 * with the ATT smoothed separately inside the voxels with GM probability
   >= 0.5 and < 0.5 (``partitioned``: a WM voxel's curve then takes no
   GM neighbour's earlier, larger signal),
-
 * with the voxel-wise ATT map smoothed instead of the curves (``ATT map``,
   ``--map-fwhm``; its converged voxels), and
 * with each curve scaled by its smoothed amplitude before the smoothing
   (``amplitude-normalised``, ``--normalised-fwhm``),
 
-each at the tissue T1s of ``--t1`` (s), at the run's own (the GM
-curve's, or the fixed one where its jackknife error is too large) and, where
-the guard set it aside, at the GM curve's. It
-prints the GM / WM CBF error (%), r and the GM / WM ATT error (s) against
-the truth (GM > 0.7, WM > 0.9), scored as ``validate_chain.py`` scores.
+each at the tissue T1s of ``--t1`` (s), at the run's own (the GM curve's,
+or the fixed one where its jackknife error is too large) and, where the
+guard set it aside, at the GM curve's. It prints the GM / WM CBF error (%),
+r and the GM / WM ATT error (s) against the truth (GM > 0.7, WM > 0.9),
+scored as ``validate_chain.py`` scores.
 A ``flow-weighted truth`` row per width gives the ATT error that the
 smoothing makes without noise: the true ATT averaged over the same kernel,
 each neighbour weighted by its true flow, as a smoothed curve weighs it.
