@@ -48,6 +48,7 @@ import validate_chain as vc  # noqa: E402
 from asl_pipeline import cbf as quant  # noqa: E402
 from asl_pipeline import multipld, outliers  # noqa: E402
 from asl_pipeline.cbf import average_repeats, effective_delays  # noqa: E402
+from asl_pipeline.motion import fwhm_to_sigma  # noqa: E402
 from asl_pipeline.nuisance import smooth_in_mask  # noqa: E402
 
 #: The GM probability that splits the two partitions of ``partitioned``.
@@ -64,6 +65,7 @@ def run_inputs(root: Path, subject: str) -> dict:
     series = vc._load(perf / "sub-01_desc-preproc_asl.nii.gz")
     dm = quant.deltam_series(series, context, plds=params.pld)
     mask = vc._load(perf / "sub-01_desc-brain_mask.nii.gz") > 0
+    keep = outliers.screen_repeats(dm.deltam, dm.plds, mask).keep
     return {
         "deltam": dm.deltam,
         "plds": dm.plds,
@@ -71,13 +73,15 @@ def run_inputs(root: Path, subject: str) -> dict:
         "mask": mask,
         "gm": vc._load(perf / "sub-01_label-GM_probseg.nii.gz"),
         "params": params,
-        "keep": outliers.screen_repeats(dm.deltam, dm.plds, mask).keep,
+        "keep": keep,
+        # (mean at each delay, the delays, repeats per delay): the refits' common start
+        "means": average_repeats(dm.deltam, dm.plds, keep),
     }
 
 
 def cbf_at(inputs: dict, params, att: np.ndarray) -> np.ndarray:
     """Each voxel's least-squares CBF of its own curve at ``att`` (0: not fitted)."""
-    mean_dm, uniq, counts = average_repeats(inputs["deltam"], inputs["plds"], inputs["keep"])
+    mean_dm, uniq, counts = inputs["means"]
     cbf = np.zeros(att.shape)
     m0 = np.broadcast_to(np.asarray(inputs["m0"], dtype=float), att.shape)
     delays = effective_delays(params, uniq, att.shape[2])
@@ -94,9 +98,9 @@ def normalised_fit(inputs: dict, params, fwhm: float) -> tuple[np.ndarray, np.nd
     A curve's amplitude is its delays' weighted sum, smoothed (same width); each
     curve is divided by it (times the brain's mean), so a GM neighbour's larger
     signal weighs no more than a WM voxel's own in the smoothed shape."""
-    mean_dm, uniq, counts = average_repeats(inputs["deltam"], inputs["plds"], inputs["keep"])
+    mean_dm, uniq, counts = inputs["means"]
     mask = inputs["mask"] & np.all(np.isfinite(mean_dm), axis=3)
-    sigma = fwhm / np.sqrt(8.0 * np.log(2.0))
+    sigma = fwhm_to_sigma(fwhm, 1.0)
     amp = smooth_in_mask(np.nan_to_num(mean_dm) @ counts / counts.sum(), mask, sigma)
     floor = 0.1 * np.median(amp[mask])
     scale = np.median(amp[mask]) / np.maximum(amp, floor)
@@ -115,7 +119,7 @@ def normalised_fit(inputs: dict, params, fwhm: float) -> tuple[np.ndarray, np.nd
 def resolution_shift(truth: dict, mask: np.ndarray, fwhm: float) -> tuple[float, float]:
     """GM / WM ATT error (s) of the true ATT smoothed as a smoothed curve carries it:
     each neighbour weighted by its flow (the part of the error no noise makes)."""
-    sigma = fwhm / np.sqrt(8.0 * np.log(2.0))
+    sigma = fwhm_to_sigma(fwhm, 1.0)
     flows = mask & (truth["cbf"] > 0)
     weight = smooth_in_mask(truth["cbf"], flows, sigma)
     att = smooth_in_mask(truth["att"] * truth["cbf"], flows, sigma) / np.maximum(weight, 1e-6)
@@ -136,8 +140,8 @@ def refit(
     if smooth == "map":
         _, att, failed = multipld.fit_smoothed_att(*args, mask=mask, keep=keep, fwhm_voxels=1e-3)
         ok = mask & (att > 0) & ~failed
-        sigma = fwhm / np.sqrt(8.0 * np.log(2.0))
-        att = np.where(mask, smooth_in_mask(np.where(ok, att, 0.0), ok, sigma), 0.0)
+        smoothed = smooth_in_mask(np.where(ok, att, 0.0), ok, fwhm_to_sigma(fwhm, 1.0))
+        att = np.where(mask, smoothed, 0.0)
         att = np.where(np.isfinite(att), att, 0.0)
         return cbf_at(inputs, params, att), att
     if fwhm is not None:
@@ -162,6 +166,9 @@ def main(argv=None) -> int:
     ap.add_argument("--normalised-fwhm", type=float, nargs="*", default=[2.0])
     ap.add_argument("--t1", type=float, nargs="*", default=[1.4], help="tissue T1s (s)")
     args = ap.parse_args(argv)
+    methods = [("curves", f) for f in [*args.fwhm, None]]
+    methods += [("map", f) for f in args.map_fwhm]
+    methods += [("normalised", f) for f in args.normalised_fwhm]
     print("| subject | T1 (s) | ATT smoothing | GM / WM CBF % | r | GM / WM ATT s |")
     print("|---|---|---|---|---|---|")
     for subject in args.subjects:
@@ -182,9 +189,6 @@ def main(argv=None) -> int:
         if kin.t1_fitted["gm"] and not kin.t1_trusted("gm"):  # the guard set the curve aside
             t1s.append((kin.t1_tissue["gm"], f"{kin.t1_tissue['gm']:.2f} (GM curve, set aside)"))
         for t1, label in t1s:
-            methods = [("curves", f) for f in [*args.fwhm, None]]
-            methods += [("map", f) for f in args.map_fwhm]
-            methods += [("normalised", f) for f in args.normalised_fwhm]
             for smooth, fwhm in methods:
                 cbf, att = refit(inputs, t1, fwhm, smooth)
                 s = vc.score_map(cbf, truth)
