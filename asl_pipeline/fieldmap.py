@@ -41,6 +41,7 @@ from scipy import ndimage
 
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.sdc import PhaseEncoding, _grid, _ids, phase_encoding
+from asl_pipeline.smoothing import fwhm_to_sigma
 
 LOGGER = logging.getLogger("nipype.interface")
 
@@ -432,7 +433,7 @@ def _continuation(values, mask, zooms, fwhm_mm) -> np.ndarray:
     value = np.full(values.shape, float(values[mask].mean()))
     inside = np.where(mask, values, 0.0)
     for scale in (9.0, 3.0, 1.0):
-        sigma = scale * float(fwhm_mm) / np.sqrt(8 * np.log(2)) / zooms
+        sigma = fwhm_to_sigma(scale * float(fwhm_mm), zooms)
         num = ndimage.gaussian_filter(inside, sigma, mode="nearest")
         den = ndimage.gaussian_filter(mask.astype(float), sigma, mode="nearest")
         blend = np.clip(den / 0.05, 0.0, 1.0)

@@ -56,6 +56,7 @@ from scipy import ndimage
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.rundesc import pair_volumes
 from asl_pipeline.sdc import FieldCorrection, hz_to_voxels, jacobian_map
+from asl_pipeline.smoothing import fwhm_to_sigma
 
 #: Radius (mm) of the sphere on which rotations become displacements for the
 #: framewise displacement (Power et al. 2012).
@@ -212,12 +213,6 @@ def rms_displacement(params, centre=(0.0, 0.0, 0.0), radius: float = FD_RADIUS, 
 # --------------------------------------------------------------------------
 # Resampling helpers
 # --------------------------------------------------------------------------
-def fwhm_to_sigma(fwhm_mm, zooms) -> np.ndarray:
-    """Gaussian sigma in voxels, per axis, of a FWHM in mm."""
-    zooms = np.asarray(zooms, dtype=float)
-    return float(fwhm_mm) / np.sqrt(8.0 * np.log(2.0)) / zooms
-
-
 def _voxel_matrix(world, affine, step=1):
     """Voxel-to-voxel matrix: reference grid voxel (with ``step``) -> source voxel."""
     inv = np.linalg.inv(affine)

@@ -55,7 +55,7 @@ from asl_pipeline.cbf import (
     fit_multi_pld,
     low_m0_mask,
 )
-from asl_pipeline.nuisance import smooth_in_mask
+from asl_pipeline.smoothing import fwhm_to_sigma, smooth_in_mask
 
 #: Voxels of a tissue's mean curve: probability above these, and M0 above this
 #: fraction of the brain mean (edge voxels with partial M0 out).
@@ -358,7 +358,7 @@ def fit_smoothed_att(
     mask = np.ones(shape, bool) if mask is None else np.asarray(mask, dtype=bool)
     mean_dm, uniq, counts = average_repeats(dm, plds, keep)
     finite = np.all(np.isfinite(mean_dm), axis=3)
-    sigma = fwhm_voxels / np.sqrt(8.0 * np.log(2.0))
+    sigma = fwhm_to_sigma(fwhm_voxels)
     smooth = np.stack(
         [smooth_in_mask(np.nan_to_num(mean_dm[..., k]), mask & finite, sigma)
          for k in range(uniq.size)], axis=3,
@@ -368,18 +368,35 @@ def fit_smoothed_att(
         np.repeat(smooth, counts, axis=3), np.repeat(uniq, counts), m0, params, mask=mask,
         t1_after_arrival=t1_after_arrival, cbf_bounds=cbf_bounds, **fit_kwargs,
     )  # fmt: skip
+    cbf = cbf_map_at_att(
+        mean_dm, uniq, counts, m0, att, params,
+        t1_after_arrival=t1_after_arrival, cbf_bounds=cbf_bounds,
+    )  # fmt: skip
+    failed |= (att > 0) & ((cbf <= cbf_bounds[0]) | (cbf >= cbf_bounds[1]))
+    return cbf, att, failed
+
+
+def cbf_map_at_att(
+    mean_dm, delays, counts, m0, att, params: QuantParams, *,
+    t1_after_arrival: str = "tissue", cbf_bounds: tuple[float, float] = (0.0, 500.0),
+) -> np.ndarray:  # fmt: skip
+    """Each voxel's least-squares CBF (mL/100 g/min) of its own curve at an ATT map.
+
+    ``mean_dm`` ``(x, y, z, k)``: the mean ΔM at each of the ``k`` distinct
+    ``delays`` with ``counts`` repeats (:func:`asl_pipeline.cbf.average_repeats`);
+    each slice takes its own effective delays. ``att`` in s; voxels whose ATT
+    is not positive (not fitted) read 0. The CBF is :func:`cbf_at_att`'s.
+    """
+    shape = att.shape
     cbf = np.zeros(shape)
-    fitted = att > 0  # fit_multi_pld leaves ATT 0 where it did not fit
+    fitted = att > 0
     m0 = np.broadcast_to(np.asarray(m0, dtype=float), shape)
-    delays = effective_delays(params, uniq, shape[2])
+    slice_delays = effective_delays(params, delays, shape[2])
     for z in np.unique(np.nonzero(fitted)[2]):
         sel = fitted[..., z]
         y = mean_dm[..., z, :][sel] / m0[..., z][sel][:, None]
-        f = cbf_at_att(
-            y, counts, att[..., z][sel], params, delays[z],
+        cbf[..., z][sel] = cbf_at_att(
+            y, counts, att[..., z][sel], params, slice_delays[z],
             t1_after_arrival=t1_after_arrival, cbf_bounds=cbf_bounds,
         )  # fmt: skip
-        cbf[..., z][sel] = f
-        at_bound = (f <= cbf_bounds[0]) | (f >= cbf_bounds[1])
-        failed[..., z][sel] |= at_bound
-    return cbf, att, failed
+    return cbf

@@ -22,7 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 from asl_pipeline.errors import ASLInputError
-from asl_pipeline.motion import fwhm_to_sigma, orthogonalize, zigzag_regressor
+from asl_pipeline.motion import orthogonalize, zigzag_regressor
+from asl_pipeline.smoothing import fwhm_to_sigma
 
 
 def smooth(data, zooms, fwhm_mm: float = 3.0, *, mode: str = "nearest") -> np.ndarray:
@@ -41,21 +42,6 @@ def smooth(data, zooms, fwhm_mm: float = 3.0, *, mode: str = "nearest") -> np.nd
     for k in range(arr.shape[-1]):
         out[..., k] = ndimage.gaussian_filter(arr[..., k], sigma, mode=mode)
     return out
-
-
-def smooth_in_mask(volume, mask, sigma, *, floor: float = 1e-6) -> np.ndarray:
-    """Gaussian smoothing of ``volume`` normalised by the smoothed ``mask``.
-
-    Voxels outside the mask do not enter, and the edge of the mask does not
-    fade: each voxel is the Gaussian-weighted mean of the mask voxels around
-    it. ``sigma`` is in voxels (a number or one per axis); the mask's
-    smoothed weight is floored at ``floor``. Returned on the whole grid
-    (outside the mask it extrapolates from the nearest mask voxels).
-    """
-    mask = np.asarray(mask, dtype=bool)
-    num = ndimage.gaussian_filter(np.where(mask, volume, 0.0), sigma)
-    den = ndimage.gaussian_filter(mask.astype(float), sigma)
-    return num / np.maximum(den, floor)
 
 
 def build_confounds(

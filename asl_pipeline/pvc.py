@@ -66,6 +66,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from asl_pipeline.smoothing import fwhm_to_sigma
+
 #: Default kernel (voxels along x, y, z): in-plane only, as in Asllani et al.
 #: 2008; chosen on simulated subjects (README "Partial-volume correction").
 DEFAULT_KERNEL = (5, 5, 1)
@@ -114,7 +116,7 @@ def blur_fractions(fraction, fwhm) -> np.ndarray:
     fraction = np.asarray(fraction, float)
     if not np.any(fwhm > 0):
         return fraction
-    return ndimage.gaussian_filter(fraction, fwhm / np.sqrt(8 * np.log(2)), mode="nearest")
+    return ndimage.gaussian_filter(fraction, fwhm_to_sigma(fwhm), mode="nearest")
 
 
 def supersampling(asl_zooms, t1w_zooms, *, most: int = 8) -> tuple[int, int, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from asl_pipeline.motion import fwhm_to_sigma
+from asl_pipeline.smoothing import fwhm_to_sigma
 
 #: Constants of the quality evaluation index (Dolui et al. 2024).
 QEI_CONSTANTS = {

@@ -60,6 +60,7 @@ import numpy as np
 from scipy import ndimage, optimize
 
 from asl_pipeline.errors import ASLInputError
+from asl_pipeline.smoothing import fwhm_to_sigma
 
 #: ``PhaseEncodingDirection`` -> (array axis, sign).
 PE_DIRECTIONS = {
@@ -514,7 +515,7 @@ def estimate_pepolar_field(
     iters = []
     n_vox = float(np.prod(shape))
     for fwhm, spacing in levels:
-        sigma = float(fwhm) / np.sqrt(8 * np.log(2)) / zooms
+        sigma = fwhm_to_sigma(fwhm, zooms)
         imgs = [ndimage.gaussian_filter(d, sigma, mode="nearest") for d in (d1, d2)]
         coefs = [_prefilter_along(i, axis) for i in imgs]
         new = _SplineField(shape, float(spacing) / zooms, axis)

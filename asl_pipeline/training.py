@@ -47,7 +47,7 @@ import numpy as np
 from asl_pipeline.errors import ASLInputError
 from asl_pipeline.metrics import psnr, ssim
 from asl_pipeline.models.inference import denoise_volume
-from asl_pipeline.motion import fwhm_to_sigma
+from asl_pipeline.smoothing import fwhm_to_sigma, smooth_in_mask
 
 LOGGER = logging.getLogger("asl_pipeline.training")
 
@@ -123,7 +123,6 @@ def pseudo_ground_truth(
         picks PAOCSL when tissue maps are given and AOC otherwise.
     """
     from asl_pipeline import outliers
-    from asl_pipeline.nuisance import smooth_in_mask
 
     series = np.asarray(series, dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)

@@ -47,9 +47,8 @@ import validate_chain as vc  # noqa: E402
 
 from asl_pipeline import cbf as quant  # noqa: E402
 from asl_pipeline import multipld, outliers  # noqa: E402
-from asl_pipeline.cbf import average_repeats, effective_delays  # noqa: E402
-from asl_pipeline.motion import fwhm_to_sigma  # noqa: E402
-from asl_pipeline.nuisance import smooth_in_mask  # noqa: E402
+from asl_pipeline.cbf import average_repeats  # noqa: E402
+from asl_pipeline.smoothing import fwhm_to_sigma, smooth_in_mask  # noqa: E402
 
 #: The GM probability that splits the two partitions of ``partitioned``.
 PARTITION_GM = 0.5
@@ -79,19 +78,6 @@ def run_inputs(root: Path, subject: str) -> dict:
     }
 
 
-def cbf_at(inputs: dict, params, att: np.ndarray) -> np.ndarray:
-    """Each voxel's least-squares CBF of its own curve at ``att`` (0: not fitted)."""
-    mean_dm, uniq, counts = inputs["means"]
-    cbf = np.zeros(att.shape)
-    m0 = np.broadcast_to(np.asarray(inputs["m0"], dtype=float), att.shape)
-    delays = effective_delays(params, uniq, att.shape[2])
-    for z in np.unique(np.nonzero(att > 0)[2]):
-        sel = att[..., z] > 0
-        y = mean_dm[..., z, :][sel] / m0[..., z][sel][:, None]
-        cbf[..., z][sel] = multipld.cbf_at_att(y, counts, att[..., z][sel], params, delays[z])
-    return cbf
-
-
 def normalised_fit(inputs: dict, params, fwhm: float) -> tuple[np.ndarray, np.ndarray]:
     """The ATT from curves smoothed after each is scaled by its smoothed amplitude.
 
@@ -113,7 +99,7 @@ def normalised_fit(inputs: dict, params, fwhm: float) -> tuple[np.ndarray, np.nd
         np.repeat(smooth, counts, axis=3), np.repeat(uniq, counts), inputs["m0"], params,
         mask=mask,
     )  # fmt: skip
-    return cbf_at(inputs, params, att), att
+    return multipld.cbf_map_at_att(*inputs["means"], inputs["m0"], att, params), att
 
 
 def resolution_shift(truth: dict, mask: np.ndarray, fwhm: float) -> tuple[float, float]:
@@ -143,7 +129,7 @@ def refit(
         smoothed = smooth_in_mask(np.where(ok, att, 0.0), ok, fwhm_to_sigma(fwhm, 1.0))
         att = np.where(mask, smoothed, 0.0)
         att = np.where(np.isfinite(att), att, 0.0)
-        return cbf_at(inputs, params, att), att
+        return multipld.cbf_map_at_att(*inputs["means"], inputs["m0"], att, params), att
     if fwhm is not None:
         cbf, att, _ = multipld.fit_smoothed_att(
             *args, mask=mask, keep=keep, fwhm_voxels=max(fwhm, 1e-3)

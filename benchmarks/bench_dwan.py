@@ -46,7 +46,7 @@ def main(argv=None):
 
     from asl_pipeline.models import build_model
     from asl_pipeline.models.inference import denoise_volume
-    from asl_pipeline.motion import fwhm_to_sigma
+    from asl_pipeline.smoothing import fwhm_to_sigma
     from asl_pipeline.training import masked_loss
 
     torch.set_num_threads(args.threads)

@@ -46,7 +46,7 @@ from asl_pipeline.metrics import psnr
 from asl_pipeline.models import load_model
 from asl_pipeline.models.channels import noise_sd_map
 from asl_pipeline.models.inference import denoise_volume
-from asl_pipeline.nuisance import smooth_in_mask
+from asl_pipeline.smoothing import smooth_in_mask
 
 #: In-plane misregistrations (voxels) of the tissue maps tried on guided models.
 SHIFTS = ((1, 0), (1, 1), (2, 0))

@@ -52,7 +52,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from asl_pipeline.nuisance import smooth_in_mask
+from asl_pipeline.smoothing import smooth_in_mask
 
 PAIR_TYPES = ("control", "label")
 SIGMAS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # voxels

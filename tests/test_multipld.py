@@ -9,7 +9,7 @@ import pytest
 
 from asl_pipeline import kinetics as K
 from asl_pipeline import multipld
-from asl_pipeline.cbf import fit_multi_pld, quant_params
+from asl_pipeline.cbf import average_repeats, fit_multi_pld, quant_params
 from asl_pipeline.rundesc import describe_metadata
 
 PLDS = [0.5, 1.0, 1.5, 2.0, 2.5]
@@ -72,7 +72,7 @@ def test_gm_curve_finds_the_t1_the_data_decay_with(t1):
 def test_fit_tissue_curves_fits_both_tissues_on_request():
     dm, delays, gm, wm, _ = _subject(1.5)
     params = _params()
-    from asl_pipeline.cbf import average_repeats, effective_delays
+    from asl_pipeline.cbf import effective_delays
 
     mean, uniq, _ = average_repeats(dm, delays)
     kin = multipld.fit_tissue_curves(
@@ -174,6 +174,34 @@ def test_weighted_delay_of_the_benchmark_reads_noise_free_curves_back(rule):
         multipld_regions.cbf_at_att(
             dm[0, 0], np.ones(15), att[0, 0], np.full(4, 1.3), params, delays[0], rule="median"
         )
+
+
+def test_cbf_map_at_att_reads_each_voxel_back_at_its_true_att():
+    """Noise-free 2D curves (each slice with its own delays), decaying with the
+    apparent tissue T1 after arrival, scaled by a varying M0: at each voxel's
+    true ATT its CBF comes back; a voxel with ATT 0 (not fitted) reads 0."""
+    rng = np.random.default_rng(4)
+    slice_times = np.linspace(0.0, 0.12, SHAPE[2])
+    params = replace(
+        _params(MRAcquisitionType="2D", SliceTiming=slice_times.tolist()), t1_tissue=1.3
+    )
+    cbf = rng.uniform(15.0, 80.0, SHAPE)
+    att = rng.uniform(0.5, 1.9, SHAPE)
+    m0 = rng.uniform(800.0, 1200.0, SHAPE)
+    plds = np.repeat(PLDS, 3)
+    dm = K.pcasl_deltam(
+        cbf[..., None], att[..., None], plds + slice_times[:, None], 1.8, m0[..., None],
+        alpha=params.alpha, t1_tissue=1.3,
+    )  # fmt: skip
+    mean_dm, delays, counts = average_repeats(dm, plds)
+    att[2, 3, 1] = 0.0
+    got = multipld.cbf_map_at_att(mean_dm, delays, counts, m0, att, params)
+    fitted = att > 0
+    assert np.abs(got[fitted] / cbf[fitted] - 1).max() < 0.002
+    assert got[2, 3, 1] == 0.0
+    # the same curves read with one slice's delays for every slice are wrong
+    flat = multipld.cbf_map_at_att(mean_dm, delays, counts, m0, att, _params())
+    assert np.abs(flat[..., -1][fitted[..., -1]] / cbf[..., -1][fitted[..., -1]] - 1).max() > 0.05
 
 
 def _pasl_params(tis):

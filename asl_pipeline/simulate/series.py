@@ -45,7 +45,6 @@ from scipy import ndimage
 
 from asl_pipeline import kinetics, sdc
 from asl_pipeline.errors import ASLInputError
-from asl_pipeline.motion import fwhm_to_sigma
 from asl_pipeline.simulate import anatomy, noise
 from asl_pipeline.simulate.anatomy import (
     PROTON_DENSITY,
@@ -63,6 +62,7 @@ from asl_pipeline.simulate.motion import (
     random_motion,
     resample_moved,
 )
+from asl_pipeline.smoothing import fwhm_to_sigma
 
 #: M0 of pure CSF in scanner units.
 M0_SCALE = 1000.0
