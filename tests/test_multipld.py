@@ -147,24 +147,34 @@ multipld_regions = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(multipld_regions)
 
 
+def _slice_timed_curves(seed, att_range, m0=1.0):
+    """Noise-free 2D pCASL curves at :data:`PLDS` x 3 repeats, each slice with
+    its own delays, tissue T1 1.3 s after arrival: CBF uniform in 15-80 and
+    ATT in ``att_range``, voxel by voxel. Returns ``(dm, plds, delays, params,
+    cbf, att)``, ``delays`` (z, n) the slices' effective delays."""
+    rng = np.random.default_rng(seed)
+    slice_times = np.linspace(0.0, 0.12, SHAPE[2])
+    params = replace(
+        _params(MRAcquisitionType="2D", SliceTiming=slice_times.tolist()), t1_tissue=1.3
+    )
+    cbf = rng.uniform(15.0, 80.0, SHAPE)
+    att = rng.uniform(*att_range, SHAPE)
+    plds = np.repeat(PLDS, 3)
+    delays = plds + slice_times[:, None]
+    dm = K.pcasl_deltam(
+        cbf[..., None], att[..., None], delays, 1.8, np.asarray(m0)[..., None],
+        alpha=params.alpha, t1_tissue=1.3,
+    )  # fmt: skip
+    return dm, plds, delays, params, cbf, att
+
+
 @pytest.mark.parametrize("rule", multipld_regions.CBF_RULES)
 def test_weighted_delay_of_the_benchmark_reads_noise_free_curves_back(rule):
     """benchmarks/multipld_regions.py's weighted-delay estimate (Dai et al. 2012)
     on noise-free curves of the kinetic model, each slice with its own delays
     (2D): every voxel's ATT and CBF come back. The ATTs lie above every slice's
     shortest delay; below it a pCASL curve has one shape whatever the ATT."""
-    rng = np.random.default_rng(3)
-    slice_times = np.linspace(0.0, 0.12, SHAPE[2])
-    params = replace(
-        _params(MRAcquisitionType="2D", SliceTiming=slice_times.tolist()), t1_tissue=1.3
-    )
-    cbf = rng.uniform(15.0, 80.0, SHAPE)
-    att = rng.uniform(0.7, 1.9, SHAPE)
-    plds = np.repeat(PLDS, 3)
-    delays = plds + slice_times[:, None]  # (z, n)
-    dm = K.pcasl_deltam(
-        cbf[..., None], att[..., None], delays, 1.8, 1.0, alpha=params.alpha, t1_tissue=1.3
-    )
+    dm, plds, delays, params, cbf, att = _slice_timed_curves(3, (0.7, 1.9))
     got_cbf, got_att = multipld_regions.weighted_delay_fit(
         dm, plds, np.ones(SHAPE), params, np.ones(SHAPE, bool), np.full(SHAPE, 1.3), cbf=rule
     )
@@ -180,19 +190,8 @@ def test_cbf_map_at_att_reads_each_voxel_back_at_its_true_att():
     """Noise-free 2D curves (each slice with its own delays), decaying with the
     apparent tissue T1 after arrival, scaled by a varying M0: at each voxel's
     true ATT its CBF comes back; a voxel with ATT 0 (not fitted) reads 0."""
-    rng = np.random.default_rng(4)
-    slice_times = np.linspace(0.0, 0.12, SHAPE[2])
-    params = replace(
-        _params(MRAcquisitionType="2D", SliceTiming=slice_times.tolist()), t1_tissue=1.3
-    )
-    cbf = rng.uniform(15.0, 80.0, SHAPE)
-    att = rng.uniform(0.5, 1.9, SHAPE)
-    m0 = rng.uniform(800.0, 1200.0, SHAPE)
-    plds = np.repeat(PLDS, 3)
-    dm = K.pcasl_deltam(
-        cbf[..., None], att[..., None], plds + slice_times[:, None], 1.8, m0[..., None],
-        alpha=params.alpha, t1_tissue=1.3,
-    )  # fmt: skip
+    m0 = np.random.default_rng(5).uniform(800.0, 1200.0, SHAPE)
+    dm, plds, _, params, cbf, att = _slice_timed_curves(4, (0.5, 1.9), m0)
     mean_dm, delays, counts = average_repeats(dm, plds)
     att[2, 3, 1] = 0.0
     got = multipld.cbf_map_at_att(mean_dm, delays, counts, m0, att, params)
