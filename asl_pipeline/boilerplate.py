@@ -73,10 +73,17 @@ def readout_text(desc: RunDescription) -> str:
     )
 
 
-def efficiency_text(desc: RunDescription) -> str:
-    """Labeling efficiency, its source and the background-suppression factor."""
+def efficiency_text(desc: RunDescription, overrides: dict | None = None) -> str:
+    """Labeling efficiency, its source and the background-suppression factor.
+
+    ``overrides``: as :func:`asl_pipeline.cbf.quant_params`'s (a
+    ``labeling_efficiency`` there replaces the sidecar's and the default)."""
     lab, eff = desc.labeling, desc.efficiency
-    if eff.labeling_efficiency is not None:
+    overrides = overrides or {}
+    alpha = quant_params(desc, **overrides).alpha
+    if overrides.get("labeling_efficiency") is not None:
+        base = f"{overrides['labeling_efficiency']:g} (set by the user)"
+    elif eff.labeling_efficiency is not None:
         base = f"{eff.labeling_efficiency:g} (LabelingEfficiency of the sidecar)"
     else:
         name = _LABELING_NAMES.get(lab.labeling_type, lab.labeling_type)
@@ -90,7 +97,7 @@ def efficiency_text(desc: RunDescription) -> str:
         text += (
             f" × {kinetics.ALPHA_BS_PER_PULSE:g}^{n} for {n} background-suppression "
             f"pulse{'s' if n > 1 else ''} (an approximation: each pulse assumed to leave "
-            f"{100 * kinetics.ALPHA_BS_PER_PULSE:g}% of the label), α = {desc.alpha:.3g}"
+            f"{100 * kinetics.ALPHA_BS_PER_PULSE:g}% of the label), α = {alpha:.3g}"
         )
     elif eff.background_suppression and n is None:
         text += (
@@ -165,6 +172,7 @@ def quantification_text(
     tissue_maps: bool = True,
     t1_after_arrival: str = "tissue",
     t1_tissue_source: str = "gm-curve",
+    overrides: dict | None = None,
 ) -> str:
     """The sentences stating the run's acquisition and quantification constants.
 
@@ -173,17 +181,22 @@ def quantification_text(
     ``"single"``; ``tissue_maps``: whether GM/WM/CSF maps reach the M0 node
     (the tissue-weighted correction needs them); ``t1_tissue_source``: the
     multi-PLD fit's tissue T1, ``"gm-curve"`` (fitted to the GM voxels' mean
-    curve) or ``"fixed"``.
+    curve) or ``"fixed"``; ``overrides``: constants that replace the defaults, as
+    :func:`asl_pipeline.cbf.quant_params`'s (each is said to be set by the user).
     """
-    params = quant_params(desc)
+    overrides = overrides or {}
+    params = quant_params(desc, **overrides)
     if desc.series.kind == "cbf":
         return (
             "The series held CBF volumes computed on the scanner "
             f"({labeling_text(desc, multi_pld=multi_pld)}), which were used as given."
         )
+    given = " (set by the user)"
     t1b = (
-        f"blood T1 {_s(params.t1b)} s (at {params.field_strength:g} T)"
-        f", blood-brain partition coefficient λ {params.lam:g} mL/g"
+        f"blood T1 {_s(params.t1b)} s "
+        + (given.strip() if "t1b" in overrides else f"(at {params.field_strength:g} T)")
+        + f", blood-brain partition coefficient λ {params.lam:g} mL/g"
+        + (given if "lam" in overrides else "")
     )
     apparent = multi_pld and t1_after_arrival == "tissue"
     if apparent and t1_tissue_source == "gm-curve" and tissue_maps:
@@ -199,7 +212,7 @@ def quantification_text(
     return (
         f"The ASL data were acquired with {labeling_text(desc, multi_pld=multi_pld)}, "
         f"and a {readout_text(desc)}. "
-        f"CBF was quantified with a {efficiency_text(desc)}, {t1b} ({refs}). "
+        f"CBF was quantified with a {efficiency_text(desc, overrides)}, {t1b} ({refs}). "
         + m0_text(
             desc,
             quantification=quantification,

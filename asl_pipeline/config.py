@@ -67,6 +67,16 @@ DRIFT_CORRECTIONS = ("auto", "none", "trend")
 PVC_METHODS = ("none", "lr")
 #: What ``--ignore`` may switch off (nipreps' spelling).
 IGNORE_CHOICES = ("fieldmaps",)
+#: Quantification constants a run may set instead of the defaults (and of the
+#: sidecar's ``LabelingEfficiency``): the configuration field, the
+#: :class:`asl_pipeline.cbf.QuantParams` field it sets, and the range it must
+#: lie in with its unit. The ranges catch a value in the wrong unit (a blood T1
+#: in ms, an efficiency in %) before any work.
+QUANT_OVERRIDES = {
+    "blood_t1": ("t1b", 0.5, 3.5, "s"),
+    "partition_coefficient": ("lam", 0.5, 1.2, "mL/g"),
+    "labeling_efficiency": ("labeling_efficiency", 0.1, 1.0, "(a fraction)"),
+}
 
 _PATH_FIELDS = (
     "bids_dir",
@@ -168,6 +178,11 @@ class Config:
     output_spaces: list[str] = field(default_factory=lambda: ["asl", "MNI152NLin2009aSym"])
     m0_scale: float = 1.0
     m0_recovery: str = "tissue"
+    #: quantification constants given on the command line (None: the default,
+    #: or for the efficiency the sidecar's); see :data:`QUANT_OVERRIDES`
+    blood_t1: float | None = None
+    partition_coefficient: float | None = None
+    labeling_efficiency: float | None = None
     multipld_t1: str = "gm-curve"
     multipld_att: str = "auto"
     drift_correction: str = "auto"
@@ -194,6 +209,12 @@ class Config:
             raise ValueError(f"unknown plugin {self.plugin!r}")
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}")
+        for name, (_, low, high, unit) in QUANT_OVERRIDES.items():
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ValueError(
+                    f"{name} {value!r} is outside {low:g}-{high:g} {unit} (check its unit)"
+                )
         if self.m0_recovery not in ("tissue", "single"):
             raise ValueError(f"unknown M0 recovery correction {self.m0_recovery!r}")
         if self.multipld_t1 not in MULTIPLD_T1_SOURCES:
@@ -233,6 +254,16 @@ class Config:
         if self.outlier_threshold is not None:
             return self.outlier_threshold
         return OUTLIER_THRESHOLDS[self.outlier_method]
+
+    @property
+    def quant_overrides(self) -> dict:
+        """The quantification constants given, by :class:`~asl_pipeline.cbf.QuantParams`
+        field (``{"t1b": 1.5}``); empty when every constant is the default."""
+        return {
+            field_name: float(getattr(self, name))
+            for name, (field_name, *_) in QUANT_OVERRIDES.items()
+            if getattr(self, name) is not None
+        }
 
     @property
     def sdc(self) -> bool:

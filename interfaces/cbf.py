@@ -164,7 +164,9 @@ class _Loaded:
         self.img, self.series = _image(inputs.asl_file, ndim=(4,), what="ASL series")
         self.desc = run_description(inputs, n_slices=self.series.shape[2])
         self.vtypes = self.desc.volume_types
-        self.params = core.quant_params(self.desc)
+        #: the constants given instead of the defaults (``quant_overrides``)
+        self.overrides = dict(inputs.quant_overrides) if isdefined(inputs.quant_overrides) else {}
+        self.params = core.quant_params(self.desc, **self.overrides)
         self.mask = None
         #: ``GainDriftCorrection`` for the sidecars, once :meth:`deltam` removed a drift
         self.drift_meta: dict = {}
@@ -263,6 +265,13 @@ class _RunInputSpec(BaseInterfaceInputSpec):
     )
     aslcontext = File(exists=True, desc=_ASLCONTEXT_DESC)
     m0_metadata = traits.Either(traits.Dict, File(exists=True), desc=_M0_META_DESC)
+    quant_overrides = traits.Dict(
+        traits.Str,
+        traits.Float,
+        desc="quantification constants that replace the defaults (and the sidecar's "
+        "LabelingEfficiency), by asl_pipeline.cbf.QuantParams field: t1b (s), lam (mL/g), "
+        "labeling_efficiency, ...; recorded in the sidecars as QuantificationOverrides",
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -425,6 +434,8 @@ class ComputeCBF(SimpleInterface):
             )
         params = inp.params.to_dict()
         base = {"Sources": [str(self.inputs.asl_file)], "QuantificationParameters": params}
+        if inp.overrides:
+            base["QuantificationOverrides"] = inp.overrides
         if dm.kind == "cbf":
             cbf_ts = dm.deltam
             res = core.CBFResult(cbf_ts, cbf_ts.mean(axis=3), np.zeros(cbf_ts.shape[:3], bool))
@@ -627,6 +638,7 @@ class ComputeMultiPLDCBF(SimpleInterface):
         meta = {
             "Sources": [str(self.inputs.asl_file)],
             "QuantificationParameters": params.to_dict(),
+            **({"QuantificationOverrides": inp.overrides} if inp.overrides else {}),
             "Model": _KINETIC_MODEL[self.inputs.t1_after_arrival],
             "T1AfterArrival": self.inputs.t1_after_arrival,
             "T1Blood": params.t1b,

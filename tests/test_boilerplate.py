@@ -221,3 +221,32 @@ def test_the_drift_correction_states_its_reference_gain(m0_type, reference):
     assert f"scaled to {reference}." in wf.__desc__
     plain = init_cbf_wf(description=desc, n_pairs=6, denoise=False)
     assert "quadratic trend" not in plain.__desc__
+
+
+def test_constants_given_on_the_command_line_are_stated_as_such(tmp_path):
+    """``--blood-t1``, ``--partition-coefficient`` and ``--labeling-efficiency``
+    reach every quantification node, and the methods text gives their values as
+    set by the user (the efficiency still times the background-suppression factor)."""
+    bids = make_dataset(
+        tmp_path / "bids",
+        context=PAIRS,
+        sidecar={
+            "LabelingEfficiency": 0.72,
+            "BackgroundSuppression": True,
+            "BackgroundSuppressionNumberPulses": 2,
+        },
+    )
+    options = ("--blood-t1", "1.5", "--partition-coefficient", "0.98")
+    options += ("--labeling-efficiency", "0.8")
+    workflow = _build(bids, tmp_path, *options)
+    text = next(iter(methods_texts(workflow)))
+    # 0.8 x 0.95^2 = 0.722, over the sidecar's 0.72
+    assert "labeling efficiency 0.8 (set by the user) × 0.95^2" in text and "α = 0.722" in text
+    assert "blood T1 1.5 s (set by the user)" in text
+    assert "λ 0.98 mL/g (set by the user)" in text
+    cbf_wf = workflow.get_node("sub_01_wf.asl_sub_01_asl.cbf_wf")
+    given = {"t1b": 1.5, "lam": 0.98, "labeling_efficiency": 0.8}
+    assert cbf_wf.get_node("compute_cbf").inputs.quant_overrides == given
+    # the M0 does not depend on them: its node (and its cache) is shared with a run
+    # that keeps the defaults
+    assert not cbf_wf.get_node("compute_m0").inputs.quant_overrides

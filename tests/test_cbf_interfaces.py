@@ -380,3 +380,55 @@ def test_cbf_volumes_pass_through(tmp_path):
     np.testing.assert_allclose(
         nb.load(res.outputs.mean_cbf).get_fdata(), vols.mean(axis=3), rtol=1e-6
     )
+
+
+def _white_paper_factor(t1b, lam, alpha, pld=1.8, tau=1.8):
+    """CBF per unit ΔM/M0 of the white paper's pCASL equation."""
+    return 6000 * lam * np.exp(pld / t1b) / (2 * alpha * t1b * (1 - np.exp(-tau / t1b)))
+
+
+def test_quantification_constants_given_replace_the_defaults(tmp_path):
+    """Data made with a blood T1, partition coefficient and labeling efficiency
+    other than the defaults: read with the defaults it is off by the equation's
+    ratio; with them as ``quant_overrides`` it reads back exactly, single- and
+    multi-PLD, and the sidecars say which constants were given."""
+    rng = np.random.default_rng(23)
+    cbf = rng.uniform(20.0, 80.0, SHAPE)
+    m0 = np.full(SHAPE, 1000.0)
+    given = {"t1b": 1.5, "lam": 0.98, "labeling_efficiency": 0.8}
+    bs = 0.95**2  # META's two background-suppression pulses
+    dm = K.pcasl_deltam(
+        cbf, 1.0, 1.8, 1.8, m0, alpha=0.8 * bs, t1b=1.5, lam=0.98, t1_after_arrival="blood"
+    )
+    meta = dict(META, M0Type="Estimate", M0Estimate=1000.0)
+    files = _write_run(
+        tmp_path / "bids", np.repeat(dm[..., None], 3, axis=3), "control-first", meta, rng=rng
+    )
+    for name in ("default", "given"):
+        (tmp_path / name).mkdir()
+    default = ComputeCBF(**files).run(cwd=tmp_path / "default").outputs
+    ratio = _white_paper_factor(1.65, 0.9, 0.85 * bs) / _white_paper_factor(1.5, 0.98, 0.8 * bs)
+    assert abs(ratio - 1) > 0.1  # the defaults would read these data 14% high
+    np.testing.assert_allclose(nb.load(default.mean_cbf).get_fdata(), cbf * ratio, rtol=1e-4)
+    assert "QuantificationOverrides" not in json.loads(open(default.mean_cbf_json).read())
+
+    res = ComputeCBF(**files, quant_overrides=given).run(cwd=tmp_path / "given").outputs
+    np.testing.assert_allclose(nb.load(res.mean_cbf).get_fdata(), cbf, rtol=1e-4)
+    side = json.loads(open(res.mean_cbf_json).read())
+    assert side["QuantificationOverrides"] == given
+    q = side["QuantificationParameters"]
+    assert q["t1b"] == 1.5 and q["lam"] == 0.98 and q["alpha"] == pytest.approx(0.8 * bs)
+    with pytest.raises(TypeError, match="t1_blood"):
+        ComputeCBF(**files, quant_overrides={"t1_blood": 1.5}).run(cwd=tmp_path / "given")
+
+    plds = np.repeat([0.5, 1.0, 1.5, 2.0, 2.5], 2)
+    dm = K.pcasl_deltam(
+        cbf[..., None], 1.2, plds, 1.8, m0[..., None], alpha=0.8, t1b=1.5, lam=0.98
+    )
+    multi = _write_run(tmp_path / "multi", dm, "control-first", _multi_pld_meta(plds), rng=rng)
+    fit = ComputeMultiPLDCBF(**multi, att_estimate="voxel", quant_overrides=given).run(
+        cwd=tmp_path / "multi"
+    )
+    np.testing.assert_allclose(nb.load(fit.outputs.cbf).get_fdata(), cbf, rtol=1e-4)
+    side = json.loads(open(fit.outputs.cbf_json).read())
+    assert side["T1Blood"] == 1.5 and side["QuantificationOverrides"] == given

@@ -127,6 +127,11 @@ def _usage_error(tmp_path, capsys, argv, words):
         (["--resume", "--clean-workdir"], "not allowed with"),
         (["--dwan-weights", "/nonexistent/w.pt"], "does not exist"),
         (["--plugin-config", "/nonexistent/p.yml"], "does not exist"),
+        # a constant in the wrong unit is refused before any work
+        (["--blood-t1", "1650"], "outside 0.5-3.5 s: give it in seconds, e.g. 1.65"),
+        (["--partition-coefficient", "90"], "outside 0.5-1.2 mL/g"),
+        (["--labeling-efficiency", "85"], "as a fraction, e.g. 0.85"),
+        (["--labeling-efficiency", "nan"], "outside 0.1-1"),
     ],
 )
 def test_usage_errors(dataset, tmp_path, capsys, extra, words):

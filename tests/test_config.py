@@ -124,3 +124,22 @@ def test_nested_nulls_are_dropped_from_toml(tmp_path):
     )
     again = Config.from_toml(config.to_toml(tmp_path / "c.toml"))
     assert again.plugin_args == {"x": 1} and again.bids_dir == Path("b")
+
+
+def test_quantification_constants_given_on_the_command_line(dataset, tmp_path):
+    argv = [str(dataset), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "w")]
+    config = Config.from_args(parse_args(argv))
+    assert config.quant_overrides == {}  # the defaults (and the sidecar's efficiency)
+    args = parse_args(
+        [*argv, "--blood-t1", "1.5", "--partition-coefficient", "0.98",
+         "--labeling-efficiency", "0.8"]
+    )  # fmt: skip
+    config = Config.from_args(args)
+    given = {"t1b": 1.5, "lam": 0.98, "labeling_efficiency": 0.8}
+    assert config.quant_overrides == given
+    again = Config.from_toml(config.to_toml(tmp_path / "c.toml"))
+    assert again == config and again.quant_overrides == given
+    only = Config.from_args(parse_args([*argv, "--blood-t1", "1.5"]))
+    assert only.quant_overrides == {"t1b": 1.5}
+    with pytest.raises(ValueError, match="blood_t1 1650.0 is outside 0.5-3.5 s"):
+        Config(bids_dir="b", output_dir="o", blood_t1=1650.0)

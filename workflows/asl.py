@@ -47,6 +47,7 @@ def init_asl_preproc_wf(
     output_spaces: tuple[str, ...] = ("asl", MNI_SPACE),
     m0_scale: float = 1.0,
     m0_recovery: str = "tissue",
+    quant_overrides: dict | None = None,
     multipld_t1: str = "gm-curve",
     multipld_att: str = "auto",
     drift_correction: str = "auto",
@@ -92,6 +93,10 @@ def init_asl_preproc_wf(
         ``auto``, ``trend`` or ``none``, resolved for the run by
         :func:`asl_pipeline.drift.resolve` (``auto``: the trend for single-PLD
         runs without background suppression).
+    quant_overrides
+        Quantification constants that replace the defaults, by
+        :class:`~asl_pipeline.cbf.QuantParams` field (``--blood-t1`` and the
+        like; :attr:`asl_pipeline.config.Config.quant_overrides`).
     Other parameters
         As the options of ``asl-pipeline`` (see :class:`asl_pipeline.config.Config`).
 
@@ -190,6 +195,7 @@ def init_asl_preproc_wf(
         quantification=quantification,
         m0_scale=m0_scale,
         m0_recovery=m0_recovery,
+        quant_overrides=quant_overrides,
         t1_tissue_source=multipld_t1,
         att_estimate=multipld_att,
         drift_correction=drift.resolve(

@@ -54,6 +54,7 @@ def init_asl_pipeline_wf(config, runs) -> pe.Workflow:
                     output_spaces=tuple(config.output_spaces),
                     m0_scale=config.m0_scale,
                     m0_recovery=config.m0_recovery,
+                    quant_overrides=config.quant_overrides,
                     multipld_t1=config.multipld_t1,
                     multipld_att=config.multipld_att,
                     drift_correction=config.drift_correction,

@@ -45,6 +45,7 @@ def init_cbf_wf(
     quantification: str = "white-paper",
     m0_scale: float = 1.0,
     m0_recovery: str = "tissue",
+    quant_overrides: dict | None = None,
     outlier_method: str = "paocsl",
     outlier_threshold: float | None = None,
     screen_repeats: bool = True,
@@ -114,6 +115,11 @@ def init_cbf_wf(
         Correction of the M0 for incomplete recovery (when its TR is known):
         ``"tissue"`` (each voxel's T1 from its GM/WM/CSF fractions, at any TR)
         or ``"single"`` (one tissue T1, none from 5 s on: the methods spec's).
+    quant_overrides
+        Constants that replace the defaults (and the sidecar's efficiency), by
+        :class:`~asl_pipeline.cbf.QuantParams` field: ``t1b``, ``lam``,
+        ``labeling_efficiency`` (``asl-pipeline --blood-t1`` ...). Every
+        quantification node and the methods text use them.
     outlier_method, outlier_threshold
         ``paocsl``, ``score``, ``aoc`` or ``none``; threshold None = the
         method's default.
@@ -181,6 +187,7 @@ def init_cbf_wf(
         name="outputnode",
     )
     run = description.to_dict()
+    overrides = dict(quant_overrides or {})
     # the run's constants (labeling, delays, readout, efficiency, T1s, M0), stated
     # with the values the quantification nodes read from the same description
     constants = quantification_text(
@@ -191,6 +198,7 @@ def init_cbf_wf(
         m0_recovery=m0_recovery,
         t1_after_arrival=t1_after_arrival,
         t1_tissue_source=t1_tissue_source,
+        overrides=overrides,
     )
     if drift_correction == "trend":
         constants += (
@@ -220,6 +228,7 @@ def init_cbf_wf(
         fit = pe.Node(
             ComputeMultiPLDCBF(
                 run_description=run,
+                quant_overrides=overrides,
                 t1_after_arrival=t1_after_arrival,
                 t1_tissue_source=t1_tissue_source,
                 att_estimate=att_estimate,
@@ -275,6 +284,7 @@ def init_cbf_wf(
     compute_cbf = pe.Node(
         ComputeCBF(
             run_description=run,
+            quant_overrides=overrides,
             quantification=quant,
             m0_scale=m0_scale,
             drift_correction=drift_correction,
@@ -310,6 +320,7 @@ def init_cbf_wf(
             decide_on = pe.Node(
                 ComputeCBF(
                     run_description=run,
+                    quant_overrides=overrides,
                     quantification=quant,
                     m0_scale=m0_scale,
                     drift_correction=drift_correction,

@@ -28,6 +28,7 @@ from asl_pipeline.config import (
     OUTPUT_SPACES,
     PLUGINS,
     PVC_METHODS,
+    QUANT_OVERRIDES,
     QUANTIFICATIONS,
     REGISTRATION_BACKENDS,
     read_bids_filters,
@@ -76,6 +77,24 @@ def _float(minimum: float, strict: bool):
         if not math.isfinite(value) or value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(
                 f"{text!r} must be {'>' if strict else '>='} {minimum:g}"
+            )
+        return value
+
+    return convert
+
+
+def _constant(name: str, example: str):
+    """A quantification constant of :data:`QUANT_OVERRIDES` ``name``, in its range."""
+    _, low, high, unit = QUANT_OVERRIDES[name]
+
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is outside {low:g}-{high:g} {unit}: give it {example}"
             )
         return value
 
@@ -453,6 +472,34 @@ def build_parser() -> argparse.ArgumentParser:
         action="append_const",
         const="fieldmaps",
         help="same as --ignore fieldmaps",
+    )
+
+    g = parser.add_argument_group(
+        "quantification constants",
+        "replace the defaults (the ASL white paper's values) for every run; "
+        "the CBF sidecars record the values used (QuantificationParameters) and which were "
+        "given here (QuantificationOverrides)",
+    )
+    g.add_argument(
+        "--blood-t1",
+        metavar="SECONDS",
+        type=_constant("blood_t1", "in seconds, e.g. 1.65"),
+        help="T1 of arterial blood (default by field strength: 1.35 s at 1.5 T, 1.65 s at "
+        "3 T, 2.087 s at 7 T); e.g. a value for the subjects' hematocrit",
+    )
+    g.add_argument(
+        "--partition-coefficient",
+        metavar="ML_PER_G",
+        type=_constant("partition_coefficient", "in mL/g, e.g. 0.9"),
+        help="blood-brain partition coefficient lambda (default 0.9 mL/g)",
+    )
+    g.add_argument(
+        "--labeling-efficiency",
+        metavar="ALPHA",
+        type=_constant("labeling_efficiency", "as a fraction, e.g. 0.85"),
+        help="labeling efficiency before background suppression, over the sidecar's "
+        "LabelingEfficiency (default: pCASL 0.85, CASL 0.68, PASL 0.98); each "
+        "background-suppression pulse still multiplies it by 0.95",
     )
 
     g = parser.add_argument_group("other")
