@@ -220,8 +220,15 @@ def test_validate_only_prints_and_creates_nothing(dataset, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sub-01:" in out and "3 control/label pairs (control first)" in out
     assert "1 ASL run(s) valid, 0 warning(s)." in out
+    assert "Quantification constants" not in out  # the defaults: nothing to say
     assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
     assert snapshot(dataset) == before
+    argv = _argv(dataset, tmp_path, "--validate-only", "--blood-t1", "1.5")
+    assert main([*argv, "--labeling-efficiency", "0.8"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "Quantification constants for every run: blood T1 1.5 s, labeling efficiency 0.8." in out
+    )
 
 
 def test_processing_hands_config_and_runs_to_the_workflow(dataset, tmp_path, monkeypatch):

@@ -186,6 +186,14 @@ def validate(config) -> tuple[list, list]:
     return runs, problems
 
 
+#: How the summary names a quantification constant given on the command line.
+_CONSTANT_TEXT = {
+    "t1b": "blood T1 {:g} s",
+    "lam": "partition coefficient {:g} mL/g",
+    "labeling_efficiency": "labeling efficiency {:g}",
+}
+
+
 def _report(runs, config) -> None:
     from asl_pipeline.cli.console import print_runs
 
@@ -200,6 +208,11 @@ def _report(runs, config) -> None:
         )
     n_warn = sum(len(r.warnings) for r in runs)
     print(f"{len(runs)} ASL run(s) valid, {n_warn} warning(s).")
+    if config.quant_overrides:
+        said = ", ".join(
+            _CONSTANT_TEXT[name].format(value) for name, value in config.quant_overrides.items()
+        )
+        print(f"Quantification constants for every run: {said}.")
 
 
 def main(argv=None) -> int:
