@@ -215,6 +215,28 @@ def _private_tempdir():
 
 
 @dataclass
+class BrainResult:
+    """Outputs of :func:`extract_brain` (images on the T1w grid)."""
+
+    t1w_preproc: nib.Nifti1Image  #: bias-corrected T1w (with skull)
+    t1w_brain: nib.Nifti1Image  #: bias-corrected T1w, zero outside the brain mask
+    t1w_mask: nib.Nifti1Image  #: brain mask (uint8)
+    mni: T1wToMNI  #: transforms and the T1w in MNI space
+
+
+@dataclass
+class TissueMaps:
+    """Outputs of :func:`tissue_maps` (images on the T1w grid)."""
+
+    gm: nib.Nifti1Image  #: GM probability
+    wm: nib.Nifti1Image  #: WM probability
+    csf: nib.Nifti1Image  #: CSF probability
+    gm_pv: nib.Nifti1Image  #: GM partial-volume fraction
+    wm_pv: nib.Nifti1Image  #: WM partial-volume fraction
+    csf_pv: nib.Nifti1Image  #: CSF partial-volume fraction
+
+
+@dataclass
 class AnatResult:
     """Outputs of :func:`preprocess_t1w` (images on the T1w grid)."""
 
@@ -228,6 +250,87 @@ class AnatResult:
     gm_pv: nib.Nifti1Image | None = None  #: GM partial-volume fraction
     wm_pv: nib.Nifti1Image | None = None  #: WM partial-volume fraction
     csf_pv: nib.Nifti1Image | None = None  #: CSF partial-volume fraction
+
+
+def extract_brain(
+    t1w: nib.Nifti1Image,
+    out_dir,
+    *,
+    template: Template | None = None,
+    template_resolution: int = 2,
+    transform: str = "SyN",
+    reg_iterations=(40, 20, 10),
+    n4_shrink: int = 4,
+    seed: int = 1,
+    t1w_file=None,
+) -> BrainResult:
+    """Steps 1-3: bias correction, MNI registration and the brain mask.
+
+    ``seed`` seeds the random metric sampling of the MNI registration.
+    """
+    check_3d(t1w, "T1w", t1w_file)
+    t1w = nib.Nifti1Image(np.squeeze(np.asarray(t1w.dataobj, dtype=np.float32)), t1w.affine)
+    tpl = template or load_template(template_resolution)
+    pre = bias_correct(t1w, shrink_factor=n4_shrink)
+    reg = register_t1w_to_mni(
+        pre,
+        out_dir,
+        template=tpl,
+        template_resolution=template_resolution,
+        transform=transform,
+        reg_iterations=reg_iterations,
+        seed=seed,
+        t1w_file=t1w_file,
+    )
+    mask = clean_mask(template_to_t1w(tpl.brain_mask, pre, reg.mni_to_t1w).get_fdata() > 0.5)
+    data = pre.get_fdata(dtype=np.float32)
+    return BrainResult(
+        t1w_preproc=pre,
+        t1w_brain=nib.Nifti1Image(data * mask, pre.affine),
+        t1w_mask=nib.Nifti1Image(mask.astype(np.uint8), pre.affine),
+        mni=reg,
+    )
+
+
+def tissue_maps(
+    t1w_preproc: nib.Nifti1Image,
+    mask,
+    mni_to_t1w,
+    *,
+    template: Template | None = None,
+    template_resolution: int = 2,
+    prior_weight: float = 0.25,
+) -> TissueMaps:
+    """Steps 4-5: Atropos tissue maps guided by the template priors, and partial volumes.
+
+    ``t1w_preproc`` is the bias-corrected T1w and ``mask`` the brain mask of
+    :func:`extract_brain`; ``mni_to_t1w`` is its transform (a file) that pulls
+    the template's priors back onto the T1w grid.
+    """
+    tpl = template or load_template(template_resolution)
+    mask = np.asarray(mask, dtype=bool)
+    priors = {
+        name: template_to_t1w(getattr(tpl, name), t1w_preproc, mni_to_t1w).get_fdata()
+        for name in ("gm", "wm", "csf")
+    }
+    probs = segment_tissues(t1w_preproc, mask, priors, prior_weight=prior_weight)
+    try:
+        pv = partial_volumes(t1w_preproc.get_fdata(dtype=np.float32), mask, probs)
+    except ValueError as err:  # not T1-weighted: no mixel model, so no partial volumes
+        LOGGER.warning("%s; the partial-volume maps are the posteriors", err)
+        pv = PartialVolumes(gm=probs["gm"], wm=probs["wm"], csf=probs["csf"], means={})
+
+    def img(a):
+        return nib.Nifti1Image(np.asarray(a, dtype=np.float32), t1w_preproc.affine)
+
+    return TissueMaps(
+        gm=img(probs["gm"]),
+        wm=img(probs["wm"]),
+        csf=img(probs["csf"]),
+        gm_pv=img(pv.gm),
+        wm_pv=img(pv.wm),
+        csf_pv=img(pv.csf),
+    )
 
 
 def preprocess_t1w(
@@ -245,49 +348,39 @@ def preprocess_t1w(
 ) -> AnatResult:
     """Bias correction, MNI registration, brain extraction and tissue maps.
 
-    ``seed`` seeds the random metric sampling of the MNI registration (Atropos
-    runs with its own constant seed).
+    :func:`extract_brain` then :func:`tissue_maps` (the pipeline runs them as
+    two nodes, so the ASL registration needs only the first). ``seed`` seeds
+    the random metric sampling of the MNI registration (Atropos runs with its
+    own constant seed).
     """
-    check_3d(t1w, "T1w", t1w_file)
-    t1w = nib.Nifti1Image(np.squeeze(np.asarray(t1w.dataobj, dtype=np.float32)), t1w.affine)
     tpl = template or load_template(template_resolution)
-    pre = bias_correct(t1w, shrink_factor=n4_shrink)
-    reg = register_t1w_to_mni(
-        pre,
+    brain = extract_brain(
+        t1w,
         out_dir,
         template=tpl,
         template_resolution=template_resolution,
         transform=transform,
         reg_iterations=reg_iterations,
+        n4_shrink=n4_shrink,
         seed=seed,
         t1w_file=t1w_file,
     )
-    mask_p = template_to_t1w(tpl.brain_mask, pre, reg.mni_to_t1w).get_fdata()
-    mask = clean_mask(mask_p > 0.5)
-    priors = {
-        name: template_to_t1w(getattr(tpl, name), pre, reg.mni_to_t1w).get_fdata()
-        for name in ("gm", "wm", "csf")
-    }
-    probs = segment_tissues(pre, mask, priors, prior_weight=prior_weight)
-    data = pre.get_fdata(dtype=np.float32)
-    try:
-        pv = partial_volumes(data, mask, probs)
-    except ValueError as err:  # not T1-weighted: no mixel model, so no partial volumes
-        LOGGER.warning("%s; the partial-volume maps are the posteriors", err)
-        pv = PartialVolumes(gm=probs["gm"], wm=probs["wm"], csf=probs["csf"], means={})
-
-    def img(a, dtype=np.float32):
-        return nib.Nifti1Image(np.asarray(a, dtype=dtype), pre.affine)
-
+    maps = tissue_maps(
+        brain.t1w_preproc,
+        np.asarray(brain.t1w_mask.dataobj, dtype=bool),
+        brain.mni.mni_to_t1w,
+        template=tpl,
+        prior_weight=prior_weight,
+    )
     return AnatResult(
-        t1w_preproc=pre,
-        t1w_brain=img(data * mask),
-        t1w_mask=img(mask, np.uint8),
-        gm=img(probs["gm"]),
-        wm=img(probs["wm"]),
-        csf=img(probs["csf"]),
-        mni=reg,
-        gm_pv=img(pv.gm),
-        wm_pv=img(pv.wm),
-        csf_pv=img(pv.csf),
+        t1w_preproc=brain.t1w_preproc,
+        t1w_brain=brain.t1w_brain,
+        t1w_mask=brain.t1w_mask,
+        gm=maps.gm,
+        wm=maps.wm,
+        csf=maps.csf,
+        mni=brain.mni,
+        gm_pv=maps.gm_pv,
+        wm_pv=maps.wm_pv,
+        csf_pv=maps.csf_pv,
     )

@@ -18,6 +18,7 @@ from nipype.interfaces.base import (
     InputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 from nipype.utils.filemanip import fname_presuffix
@@ -36,7 +37,7 @@ def signal_mask(ref, *, fraction: float = 0.15) -> np.ndarray:
     return seg.clean_mask(data > thr)
 
 
-class _T1wPreprocInputSpec(BaseInterfaceInputSpec):
+class _T1wBrainInputSpec(BaseInterfaceInputSpec):
     t1w_file = File(exists=True, mandatory=True, desc="T1-weighted image (with skull)")
     template_resolution = traits.Enum(
         2, 1, usedefault=True, desc="resolution (mm) of nilearn's MNI152 template"
@@ -46,9 +47,6 @@ class _T1wPreprocInputSpec(BaseInterfaceInputSpec):
     )
     reg_iterations = traits.List(
         traits.Int, [40, 20, 10], usedefault=True, desc="SyN iterations per level (shrink 4, 2, 1)"
-    )
-    prior_weight = traits.Float(
-        0.25, usedefault=True, desc="Atropos weight of the template tissue priors"
     )
     n_procs = traits.Int(1, usedefault=True, desc="ITK threads")
     seed = traits.Range(
@@ -60,31 +58,113 @@ class _T1wPreprocInputSpec(BaseInterfaceInputSpec):
     )
 
 
-class _T1wPreprocOutputSpec(TraitedSpec):
+class _T1wPreprocInputSpec(_T1wBrainInputSpec):
+    prior_weight = traits.Float(
+        0.25, usedefault=True, desc="Atropos weight of the template tissue priors"
+    )
+
+
+class _T1wBrainOutputSpec(TraitedSpec):
     t1w_preproc = File(exists=True, desc="bias-corrected T1w")
     t1w_brain = File(exists=True, desc="bias-corrected, skull-stripped T1w")
     t1w_mask = File(exists=True, desc="T1w brain mask")
+    t1w_to_mni = File(exists=True, desc="ITK transform resampling T1w images into MNI")
+    mni_to_t1w = File(exists=True, desc="ITK transform resampling MNI images into T1w")
+    t1w_mni = File(exists=True, desc="the T1w resampled into MNI space")
+
+
+class _T1wTissuesOutputSpec(TraitedSpec):
     gm_t1w = File(exists=True, desc="GM probability map, T1w space")
     wm_t1w = File(exists=True, desc="WM probability map, T1w space")
     csf_t1w = File(exists=True, desc="CSF probability map, T1w space")
     gm_pv_t1w = File(exists=True, desc="GM partial-volume fraction, T1w space")
     wm_pv_t1w = File(exists=True, desc="WM partial-volume fraction, T1w space")
     csf_pv_t1w = File(exists=True, desc="CSF partial-volume fraction, T1w space")
-    t1w_to_mni = File(exists=True, desc="ITK transform resampling T1w images into MNI")
-    mni_to_t1w = File(exists=True, desc="ITK transform resampling MNI images into T1w")
-    t1w_mni = File(exists=True, desc="the T1w resampled into MNI space")
+
+
+class _T1wPreprocOutputSpec(_T1wBrainOutputSpec, _T1wTissuesOutputSpec):
+    pass
+
+
+class T1wBrain(SimpleInterface):
+    """N4, MNI registration and the brain mask: what the ASL registration needs.
+
+    :class:`T1wTissues` makes the tissue maps from its outputs; the pipeline
+    runs the two as separate nodes so that the ASL registration runs beside
+    the segmentation.
+    """
+
+    input_spec = _T1wBrainInputSpec
+    output_spec = _T1wBrainOutputSpec
+
+    def _run_interface(self, runtime):
+        inp = self.inputs
+        # in a fresh process, so ITK uses n_procs threads whatever ran before;
+        # the worker writes the images and returns their paths
+        self._results.update(
+            call_with_itk_threads(
+                inp.n_procs,
+                extract_brain_to_files,
+                inp.t1w_file,
+                runtime.cwd,
+                template_resolution=inp.template_resolution,
+                transform=inp.transform,
+                reg_iterations=tuple(inp.reg_iterations),
+                seed=inp.seed,
+            )
+        )
+        return runtime
+
+
+class _T1wTissuesInputSpec(BaseInterfaceInputSpec):
+    t1w_preproc = File(exists=True, mandatory=True, desc="bias-corrected T1w (T1wBrain)")
+    t1w_mask = File(exists=True, mandatory=True, desc="T1w brain mask (T1wBrain)")
+    mni_to_t1w = File(
+        exists=True, mandatory=True, desc="ITK transform resampling MNI images into T1w"
+    )
+    template_resolution = traits.Enum(
+        2, 1, usedefault=True, desc="resolution (mm) of the template the transform was fitted to"
+    )
+    prior_weight = traits.Float(
+        0.25, usedefault=True, desc="Atropos weight of the template tissue priors"
+    )
+    n_procs = traits.Int(1, usedefault=True, desc="ITK threads")
+
+
+class T1wTissues(SimpleInterface):
+    """Atropos GM/WM/CSF maps guided by the template priors, and partial volumes."""
+
+    input_spec = _T1wTissuesInputSpec
+    output_spec = _T1wTissuesOutputSpec
+
+    def _run_interface(self, runtime):
+        inp = self.inputs
+        self._results.update(
+            call_with_itk_threads(
+                inp.n_procs,
+                tissue_maps_to_files,
+                inp.t1w_preproc,
+                inp.t1w_mask,
+                inp.mni_to_t1w,
+                runtime.cwd,
+                template_resolution=inp.template_resolution,
+                prior_weight=inp.prior_weight,
+            )
+        )
+        return runtime
 
 
 class T1wPreprocess(SimpleInterface):
-    """N4, MNI registration, brain extraction, Atropos tissue maps and partial volumes."""
+    """N4, MNI registration, brain extraction, Atropos tissue maps and partial volumes.
+
+    :class:`T1wBrain` and :class:`T1wTissues` in one step.
+    """
 
     input_spec = _T1wPreprocInputSpec
     output_spec = _T1wPreprocOutputSpec
 
     def _run_interface(self, runtime):
         inp = self.inputs
-        # in a fresh process, so ITK uses n_procs threads whatever ran before;
-        # the worker writes the images and returns their paths
         self._results.update(
             call_with_itk_threads(
                 inp.n_procs,
@@ -101,37 +181,85 @@ class T1wPreprocess(SimpleInterface):
         return runtime
 
 
+#: Output name and file-name suffix of each T1w-grid image.
+_BRAIN_FILES = (
+    ("t1w_preproc", "_preproc"),
+    ("t1w_brain", "_brain"),
+    ("t1w_mask", "_mask"),
+)
+_TISSUE_FILES = (
+    ("gm_t1w", "_label-GM_probseg"),
+    ("wm_t1w", "_label-WM_probseg"),
+    ("csf_t1w", "_label-CSF_probseg"),
+    ("gm_pv_t1w", "_label-GM_desc-pv_probseg"),
+    ("wm_pv_t1w", "_label-WM_desc-pv_probseg"),
+    ("csf_pv_t1w", "_label-CSF_desc-pv_probseg"),
+)
+
+
+def _write(images: dict, named, source_file, out_dir) -> dict:
+    """Write ``images[field]`` under ``source_file``'s name plus the suffix in ``named``."""
+    paths = {}
+    for field, suffix in named:
+        paths[field] = fname_presuffix(source_file, suffix=suffix, newpath=out_dir)
+        images[field].to_filename(paths[field])
+    return paths
+
+
+def _brain_files(brain: seg.BrainResult, t1w_file, out_dir) -> dict:
+    images = {"t1w_mni": brain.mni.warped} | {
+        f: getattr(brain, f) for f in ("t1w_preproc", "t1w_brain", "t1w_mask")
+    }
+    return {"t1w_to_mni": brain.mni.t1w_to_mni, "mni_to_t1w": brain.mni.mni_to_t1w} | _write(
+        images, (*_BRAIN_FILES, ("t1w_mni", "_space-MNI")), t1w_file, out_dir
+    )
+
+
+def _tissue_images(maps) -> dict:
+    return {f: getattr(maps, f.removesuffix("_t1w")) for f, _ in _TISSUE_FILES}
+
+
+def extract_brain_to_files(t1w_file, out_dir, **options) -> dict:
+    """:func:`segmentation.extract_brain` of a file; outputs written to ``out_dir``.
+
+    Returns the paths under :class:`T1wBrain`'s output names.
+    """
+    brain = seg.extract_brain(nb.load(t1w_file), out_dir, t1w_file=t1w_file, **options)
+    return _brain_files(brain, t1w_file, out_dir)
+
+
+def tissue_maps_to_files(t1w_preproc, t1w_mask, mni_to_t1w, out_dir, **options) -> dict:
+    """:func:`segmentation.tissue_maps` of files; outputs written to ``out_dir``.
+
+    Returns the paths under :class:`T1wTissues`'s output names.
+    """
+    maps = seg.tissue_maps(
+        nb.load(t1w_preproc),
+        np.asarray(nb.load(t1w_mask).dataobj, dtype=bool),
+        mni_to_t1w,
+        **options,
+    )
+    return _write(_tissue_images(maps), _TISSUE_FILES, t1w_preproc, out_dir)
+
+
 def preprocess_t1w_to_files(t1w_file, out_dir, **options) -> dict:
     """:func:`segmentation.preprocess_t1w` of a file; outputs written to ``out_dir``.
 
     Returns the paths under :class:`T1wPreprocess`'s output names.
     """
     res = seg.preprocess_t1w(nb.load(t1w_file), out_dir, t1w_file=t1w_file, **options)
-    paths = {"t1w_to_mni": res.mni.t1w_to_mni, "mni_to_t1w": res.mni.mni_to_t1w}
-    for field, img, suffix in (
-        ("t1w_preproc", res.t1w_preproc, "_preproc"),
-        ("t1w_brain", res.t1w_brain, "_brain"),
-        ("t1w_mask", res.t1w_mask, "_mask"),
-        ("gm_t1w", res.gm, "_label-GM_probseg"),
-        ("wm_t1w", res.wm, "_label-WM_probseg"),
-        ("csf_t1w", res.csf, "_label-CSF_probseg"),
-        ("gm_pv_t1w", res.gm_pv, "_label-GM_desc-pv_probseg"),
-        ("wm_pv_t1w", res.wm_pv, "_label-WM_desc-pv_probseg"),
-        ("csf_pv_t1w", res.csf_pv, "_label-CSF_desc-pv_probseg"),
-        ("t1w_mni", res.mni.warped, "_space-MNI"),
-    ):
-        paths[field] = fname_presuffix(t1w_file, suffix=suffix, newpath=out_dir)
-        img.to_filename(paths[field])
-    return paths
+    return _brain_files(res, t1w_file, out_dir) | _write(
+        _tissue_images(res), _TISSUE_FILES, t1w_file, out_dir
+    )
 
 
 class _ASLToT1wInputSpec(BaseInterfaceInputSpec):
     ref_image = File(exists=True, mandatory=True, desc="ASL reference (mean control or M0)")
     t1w_brain = File(exists=True, mandatory=True, desc="skull-stripped T1w")
-    t1w_mask = File(exists=True, mandatory=True, desc="T1w brain mask")
-    gm_t1w = File(exists=True, mandatory=True, desc="GM probability, T1w space")
-    wm_t1w = File(exists=True, mandatory=True, desc="WM probability, T1w space")
-    csf_t1w = File(exists=True, mandatory=True, desc="CSF probability, T1w space")
+    t1w_mask = File(exists=True, desc="T1w brain mask")
+    gm_t1w = File(exists=True, desc="GM probability, T1w space")
+    wm_t1w = File(exists=True, desc="WM probability, T1w space")
+    csf_t1w = File(exists=True, desc="CSF probability, T1w space")
     n_procs = traits.Int(1, usedefault=True, desc="ITK threads")
     seed = traits.Range(
         low=1,
@@ -154,14 +282,29 @@ class _ASLToT1wOutputSpec(TraitedSpec):
     )
 
 
+#: The T1w-space maps :class:`ASLToT1w` and :class:`TissuesToASL` bring into ASL space.
+T1W_MAPS = ("t1w_mask", "gm_t1w", "wm_t1w", "csf_t1w")
+
+
 class ASLToT1w(SimpleInterface):
-    """Rigid ASL -> T1w registration; tissue maps and brain mask into ASL space."""
+    """Rigid ASL -> T1w registration; tissue maps and brain mask into ASL space.
+
+    Without the maps (all four left out) only the transform is computed; the
+    pipeline does that and brings the maps over with :class:`TissuesToASL`,
+    so the registration need not wait for the segmentation.
+    """
 
     input_spec = _ASLToT1wInputSpec
     output_spec = _ASLToT1wOutputSpec
 
     def _run_interface(self, runtime):
         inp = self.inputs
+        given = [isdefined(getattr(inp, f)) for f in T1W_MAPS]
+        if any(given) and not all(given):
+            missing = ", ".join(f for f, g in zip(T1W_MAPS, given, strict=True) if not g)
+            raise ValueError(
+                f"ASLToT1w: give all of {', '.join(T1W_MAPS)} or none of them (missing: {missing})"
+            )
         ref = nb.load(inp.ref_image)
         xfm = call_with_itk_threads(
             inp.n_procs,
@@ -173,7 +316,8 @@ class ASLToT1w(SimpleInterface):
             seed=inp.seed,
         )
         self._results["asl_to_t1w"] = xfm
-        self._results.update(maps_to_asl(inp, ref, xfm, runtime.cwd))
+        if all(given):
+            self._results.update(maps_to_asl(inp, ref, xfm, runtime.cwd))
         return runtime
 
 

@@ -399,7 +399,7 @@ def test_pvc_lr_graph(dataset, tmp_path):
     # the fractions are the anatomical workflow's partial volumes (not the posteriors
     # the rest of the pipeline reads) averaged over each ASL voxel, through the
     # registration's transform, onto the ASL reference
-    pv = flat.get_edge_data(by_name["t1w_preproc"], by_name["pv_fractions"])["connect"]
+    pv = flat.get_edge_data(by_name["t1w_tissues"], by_name["pv_fractions"])["connect"]
     assert ("gm_pv_t1w", "gm_t1w") in pv and ("wm_pv_t1w", "wm_t1w") in pv
     xfm = flat.get_edge_data(by_name["asl_to_t1w"], by_name["pv_fractions"])["connect"]
     assert ("asl_to_t1w", "asl_to_t1w") in xfm

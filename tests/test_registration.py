@@ -137,6 +137,59 @@ def test_asl_to_t1w_rigid_maps_and_one_step_mni_resampling(subject):
     assert np.mean(np.abs(moved[inside] - grid_x[inside])) < 1.5
 
 
+def _same_images(a, b) -> bool:
+    ia, ib = nib.load(a), nib.load(b)
+    return np.array_equal(ia.affine, ib.affine) and np.array_equal(
+        np.asanyarray(ia.dataobj), np.asanyarray(ib.dataobj)
+    )
+
+
+@pytest.mark.slow
+def test_the_pipelines_split_steps_give_the_one_step_interfaces_images(subject, tmp_path):
+    """The pipeline segments in its own node, and maps into ASL space in another.
+
+    Those nodes, fed the first step's files, give the one-step interfaces' images
+    exactly (``T1wPreprocess``; ``ASLToT1w`` given the maps).
+    """
+    from asl_pipeline.interfaces.registration import (
+        T1W_MAPS,
+        ASLToT1w,
+        T1wTissues,
+        TissuesToASL,
+    )
+
+    anat, co = subject["anat"], subject["coreg"]
+    for sub in ("tissues", "to_asl", "partial"):
+        (tmp_path / sub).mkdir()
+    tissues = (
+        T1wTissues(
+            t1w_preproc=anat.t1w_preproc, t1w_mask=anat.t1w_mask, mni_to_t1w=anat.mni_to_t1w
+        )
+        .run(cwd=tmp_path / "tissues")
+        .outputs
+    )
+    for field in ("gm_t1w", "wm_t1w", "csf_t1w", "gm_pv_t1w", "wm_pv_t1w", "csf_pv_t1w"):
+        assert _same_images(getattr(tissues, field), getattr(anat, field)), field
+    maps = {f: getattr(anat, f) for f in T1W_MAPS}
+    to_asl = (
+        TissuesToASL(
+            ref_image=str(subject["ref"].get_filename()), asl_to_t1w=subject["xfm"], **maps
+        )
+        .run(cwd=tmp_path / "to_asl")
+        .outputs
+    )
+    for field in ("gm", "wm", "csf", "t1w_mask_asl", "asl_mask"):
+        assert _same_images(getattr(to_asl, field), getattr(co, field)), field
+    # the registration alone needs all of the maps or none of them, checked before it runs
+    with pytest.raises(ValueError, match="missing: wm_t1w, csf_t1w"):
+        ASLToT1w(
+            ref_image=str(subject["ref"].get_filename()),
+            t1w_brain=anat.t1w_brain,
+            t1w_mask=anat.t1w_mask,
+            gm_t1w=anat.gm_t1w,
+        ).run(cwd=tmp_path / "partial")
+
+
 def test_check_3d_errors():
     aff = np.eye(4)
     with pytest.raises(ASLInputError, match="empty"):

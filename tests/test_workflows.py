@@ -47,7 +47,9 @@ def test_default_graph(dataset, tmp_path):
     for name in (
         "asl_realign",
         "t1w_preproc",
+        "t1w_tissues",
         "asl_to_t1w",
+        "tissues_to_asl",
         "compute_m0",
         "compute_cbf",
         "clean_cbf",
@@ -77,6 +79,15 @@ def test_default_graph(dataset, tmp_path):
     assert realign.inputs.zigzag_method == "detect"
     assert realign.inputs.reslice_mode == "volume"
     assert nodes["compute_qc"].inputs.extra_names == ["mean"]
+
+
+def test_asl_registration_does_not_wait_for_the_segmentation(dataset, tmp_path):
+    """The ASL registration needs the brain only, so it runs beside Atropos."""
+    wf = _build(dataset, tmp_path)
+    assert "t1w_preproc" in _upstream(wf, "asl_to_t1w")
+    assert "t1w_tissues" not in _upstream(wf, "asl_to_t1w")
+    assert {"t1w_tissues", "asl_to_t1w"} <= _upstream(wf, "tissues_to_asl")
+    assert "tissues_to_asl" in _upstream(wf, "compute_cbf")
 
 
 def _upstream(workflow, node):

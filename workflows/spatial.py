@@ -26,10 +26,12 @@ from asl_pipeline import segmentation as seg
 from asl_pipeline.interfaces.motion import ASLRealign
 from asl_pipeline.interfaces.nuisance import NuisanceRegression
 from asl_pipeline.interfaces.registration import (
+    T1W_MAPS,
     ApplyTransformChain,
     ASLToT1w,
     MNITemplate,
-    T1wPreprocess,
+    T1wBrain,
+    T1wTissues,
     TissuesToASL,
 )
 from asl_pipeline.interfaces.spm import (
@@ -335,8 +337,9 @@ def init_anat_wf(
             "intensities: the median of the voxels with a posterior of at least "
             f"{seg.PURE_POSTERIOR:g})."
         )
+        # two nodes: the ASL registration needs only the brain, so it runs beside Atropos
         anat = pe.Node(
-            T1wPreprocess(
+            T1wBrain(
                 template_resolution=template_resolution,
                 transform=transform,
                 n_procs=omp_nthreads,
@@ -346,9 +349,19 @@ def init_anat_wf(
             mem_gb=mem_gb,
             n_procs=omp_nthreads,
         )
+        tissues = pe.Node(
+            T1wTissues(template_resolution=template_resolution, n_procs=omp_nthreads),
+            name="t1w_tissues",
+            mem_gb=mem_gb,
+            n_procs=omp_nthreads,
+        )
+        brain_outputs = [f for f in ANAT_OUTPUTS if f in T1wBrain.output_spec.class_trait_names()]
         workflow.connect([
             (inputnode, anat, [("t1w", "t1w_file")]),
-            (anat, outputnode, [(f, f) for f in ANAT_OUTPUTS]),
+            (anat, tissues, [("t1w_preproc", "t1w_preproc"), ("t1w_mask", "t1w_mask"),
+                             ("mni_to_t1w", "mni_to_t1w")]),
+            (anat, outputnode, [(f, f) for f in brain_outputs]),
+            (tissues, outputnode, [(f, f) for f in ANAT_OUTPUTS if f not in brain_outputs]),
         ])  # fmt: skip
     else:
         from nipype.interfaces import spm
@@ -477,7 +490,14 @@ def init_asl_reg_wf(
     fields = ["ref_image", "t1w_brain", "t1w_mask", "gm_t1w", "wm_t1w", "csf_t1w"]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=REG_OUTPUTS), name="outputnode")
-    maps = ["t1w_mask", "gm_t1w", "wm_t1w", "csf_t1w"]
+    maps = list(T1W_MAPS)
+    # the maps come into ASL space in their own node: the registration needs only the
+    # skull-stripped T1w, so it runs while the T1w is segmented
+    to_asl = pe.Node(TissuesToASL(), name="tissues_to_asl", mem_gb=mem_gb)
+    workflow.connect([
+        (inputnode, to_asl, [("ref_image", "ref_image")] + [(f, f) for f in maps]),
+        (to_asl, outputnode, [(f, f) for f in REG_OUTPUTS if f != "asl_to_t1w"]),
+    ])  # fmt: skip
     if backend == "embedded":
         workflow.__desc__ = (
             "The ASL reference (mean of the realigned control and label volumes) was "
@@ -497,8 +517,9 @@ def init_asl_reg_wf(
             n_procs=omp_nthreads,
         )
         workflow.connect([
-            (inputnode, coreg, [(f, f) for f in ["ref_image", "t1w_brain"] + maps]),
-            (coreg, outputnode, [(f, f) for f in REG_OUTPUTS]),
+            (inputnode, coreg, [("ref_image", "ref_image"), ("t1w_brain", "t1w_brain")]),
+            (coreg, to_asl, [("asl_to_t1w", "asl_to_t1w")]),
+            (coreg, outputnode, [("asl_to_t1w", "asl_to_t1w")]),
         ])  # fmt: skip
     else:
         from nipype.interfaces import spm
@@ -522,7 +543,6 @@ def init_asl_reg_wf(
             cost_function="nmi",
         )
         to_itk = pe.Node(SPMCoregToITK(), name="coreg_to_itk", mem_gb=0.2)
-        to_asl = pe.Node(TissuesToASL(), name="tissues_to_asl", mem_gb=mem_gb)
         workflow.connect([
             (inputnode, gz_ref, [("ref_image", "in_files")]),
             (inputnode, gz_t1w, [("t1w_brain", "in_files")]),
@@ -530,10 +550,8 @@ def init_asl_reg_wf(
             (gz_ref, coreg, [("out_file", "source")]),
             (gz_ref, to_itk, [("out_file", "source_file")]),
             (coreg, to_itk, [("coregistered_source", "coregistered_source")]),
-            (inputnode, to_asl, [("ref_image", "ref_image")] + [(f, f) for f in maps]),
             (to_itk, to_asl, [("asl_to_t1w", "asl_to_t1w")]),
             (to_itk, outputnode, [("asl_to_t1w", "asl_to_t1w")]),
-            (to_asl, outputnode, [(f, f) for f in REG_OUTPUTS if f != "asl_to_t1w"]),
         ])  # fmt: skip
     return workflow
 
