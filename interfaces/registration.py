@@ -97,20 +97,29 @@ class T1wBrain(SimpleInterface):
     input_spec = _T1wBrainInputSpec
     output_spec = _T1wBrainOutputSpec
 
-    def _run_interface(self, runtime):
+    @staticmethod
+    def _worker():
+        return extract_brain_to_files
+
+    def _options(self) -> dict:
         inp = self.inputs
+        return dict(
+            template_resolution=inp.template_resolution,
+            transform=inp.transform,
+            reg_iterations=tuple(inp.reg_iterations),
+            seed=inp.seed,
+        )
+
+    def _run_interface(self, runtime):
         # in a fresh process, so ITK uses n_procs threads whatever ran before;
         # the worker writes the images and returns their paths
         self._results.update(
             call_with_itk_threads(
-                inp.n_procs,
-                extract_brain_to_files,
-                inp.t1w_file,
+                self.inputs.n_procs,
+                self._worker(),
+                self.inputs.t1w_file,
                 runtime.cwd,
-                template_resolution=inp.template_resolution,
-                transform=inp.transform,
-                reg_iterations=tuple(inp.reg_iterations),
-                seed=inp.seed,
+                **self._options(),
             )
         )
         return runtime
@@ -154,7 +163,7 @@ class T1wTissues(SimpleInterface):
         return runtime
 
 
-class T1wPreprocess(SimpleInterface):
+class T1wPreprocess(T1wBrain):
     """N4, MNI registration, brain extraction, Atropos tissue maps and partial volumes.
 
     :class:`T1wBrain` and :class:`T1wTissues` in one step.
@@ -163,22 +172,12 @@ class T1wPreprocess(SimpleInterface):
     input_spec = _T1wPreprocInputSpec
     output_spec = _T1wPreprocOutputSpec
 
-    def _run_interface(self, runtime):
-        inp = self.inputs
-        self._results.update(
-            call_with_itk_threads(
-                inp.n_procs,
-                preprocess_t1w_to_files,
-                inp.t1w_file,
-                runtime.cwd,
-                template_resolution=inp.template_resolution,
-                transform=inp.transform,
-                reg_iterations=tuple(inp.reg_iterations),
-                prior_weight=inp.prior_weight,
-                seed=inp.seed,
-            )
-        )
-        return runtime
+    @staticmethod
+    def _worker():
+        return preprocess_t1w_to_files
+
+    def _options(self) -> dict:
+        return super()._options() | {"prior_weight": self.inputs.prior_weight}
 
 
 #: Output name and file-name suffix of each T1w-grid image.
