@@ -58,10 +58,14 @@ class _T1wBrainInputSpec(BaseInterfaceInputSpec):
     )
 
 
-class _T1wPreprocInputSpec(_T1wBrainInputSpec):
+class _AtroposInputSpec(BaseInterfaceInputSpec):
     prior_weight = traits.Float(
         0.25, usedefault=True, desc="Atropos weight of the template tissue priors"
     )
+
+
+class _T1wPreprocInputSpec(_T1wBrainInputSpec, _AtroposInputSpec):
+    pass
 
 
 class _T1wBrainOutputSpec(TraitedSpec):
@@ -125,7 +129,7 @@ class T1wBrain(SimpleInterface):
         return runtime
 
 
-class _T1wTissuesInputSpec(BaseInterfaceInputSpec):
+class _T1wTissuesInputSpec(_AtroposInputSpec):
     t1w_preproc = File(exists=True, mandatory=True, desc="bias-corrected T1w (T1wBrain)")
     t1w_mask = File(exists=True, mandatory=True, desc="T1w brain mask (T1wBrain)")
     mni_to_t1w = File(
@@ -133,9 +137,6 @@ class _T1wTissuesInputSpec(BaseInterfaceInputSpec):
     )
     template_resolution = traits.Enum(
         2, 1, usedefault=True, desc="resolution (mm) of the template the transform was fitted to"
-    )
-    prior_weight = traits.Float(
-        0.25, usedefault=True, desc="Atropos weight of the template tissue priors"
     )
     n_procs = traits.Int(1, usedefault=True, desc="ITK threads")
 
@@ -185,6 +186,7 @@ _BRAIN_FILES = (
     ("t1w_preproc", "_preproc"),
     ("t1w_brain", "_brain"),
     ("t1w_mask", "_mask"),
+    ("t1w_mni", "_space-MNI"),
 )
 _TISSUE_FILES = (
     ("gm_t1w", "_label-GM_probseg"),
@@ -206,11 +208,10 @@ def _write(images: dict, named, source_file, out_dir) -> dict:
 
 
 def _brain_files(brain: seg.BrainResult, t1w_file, out_dir) -> dict:
-    images = {"t1w_mni": brain.mni.warped} | {
-        f: getattr(brain, f) for f in ("t1w_preproc", "t1w_brain", "t1w_mask")
-    }
+    images = {f: getattr(brain, f) for f in ("t1w_preproc", "t1w_brain", "t1w_mask")}
+    images["t1w_mni"] = brain.mni.warped
     return {"t1w_to_mni": brain.mni.t1w_to_mni, "mni_to_t1w": brain.mni.mni_to_t1w} | _write(
-        images, (*_BRAIN_FILES, ("t1w_mni", "_space-MNI")), t1w_file, out_dir
+        images, _BRAIN_FILES, t1w_file, out_dir
     )
 
 

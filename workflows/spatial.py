@@ -487,15 +487,14 @@ def init_asl_reg_wf(
     """
     _check_backend(backend)
     workflow = pe.Workflow(name=name)
-    fields = ["ref_image", "t1w_brain", "t1w_mask", "gm_t1w", "wm_t1w", "csf_t1w"]
+    fields = ["ref_image", "t1w_brain", *T1W_MAPS]
     inputnode = pe.Node(niu.IdentityInterface(fields=fields), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=REG_OUTPUTS), name="outputnode")
-    maps = list(T1W_MAPS)
     # the maps come into ASL space in their own node: the registration needs only the
     # skull-stripped T1w, so it runs while the T1w is segmented
     to_asl = pe.Node(TissuesToASL(), name="tissues_to_asl", mem_gb=mem_gb)
     workflow.connect([
-        (inputnode, to_asl, [("ref_image", "ref_image")] + [(f, f) for f in maps]),
+        (inputnode, to_asl, [("ref_image", "ref_image")] + [(f, f) for f in T1W_MAPS]),
         (to_asl, outputnode, [(f, f) for f in REG_OUTPUTS if f != "asl_to_t1w"]),
     ])  # fmt: skip
     if backend == "embedded":
