@@ -21,8 +21,9 @@ Conventions
 * Arrays are ``(x, y, z)`` images or ``(x, y, z, n)`` series; the slice axis of
   2D readouts is the **third** array axis (``z``), and ``SliceTiming[k]`` is the
   acquisition time of slice ``k`` along that axis, so that slice ``k`` has the
-  effective delay ``PLD + SliceTiming[k]``. Reorient images so that this holds
-  (it does for the scanner's native slice order stored by dcm2niix).
+  effective delay ``PLD + SliceTiming[k]``. The BIDS reader puts a sidecar's
+  ``SliceTiming`` in that order (it reverses it for ``SliceEncodingDirection``
+  ``"k-"``) and refuses a 2D series sliced along ``i`` or ``j``.
 * Times are in seconds, CBF in mL/100 g/min.
 * Voxels whose M0 is below ``m0_fraction`` times the brain-mask mean M0 (and
   voxels with non-finite data) are not quantified: their CBF is 0 and they are

@@ -686,6 +686,7 @@ def parse_readout(md: Mapping, n_slices: int | None, where: Where, warnings: lis
             fix='use "2D" (slice by slice, e.g. EPI) or "3D" (e.g. GRASE, spiral).',
         )
     acquisition = acquisition.strip().upper()
+    reversed_timing = _slice_encoding_reversed(md, acquisition, where)
     if "SliceTiming" not in md:
         if acquisition == "2D":
             warnings.append(
@@ -719,7 +720,41 @@ def parse_readout(md: Mapping, n_slices: int | None, where: Where, warnings: lis
             field="SliceTiming",
             fix="give slice times in seconds from the start of the readout (>= 0).",
         )
+    if reversed_timing:
+        values = values[::-1]
     return Readout(acquisition, tuple(float(v) for v in values))
+
+
+def _slice_encoding_reversed(md: Mapping, acquisition: str, where: Where) -> bool:
+    """Whether ``SliceTiming`` runs from the last slice to the first (``"k-"``).
+
+    BIDS: the slices lie along the axis ``SliceEncodingDirection`` names, and
+    with a ``-`` the first ``SliceTiming`` entry is the slice of the largest
+    index. The pipeline takes slices along the third axis (``k``); a 2D
+    readout sliced along ``i`` or ``j`` would be quantified and cleaned along
+    the wrong axis, so it is refused (a 3D readout has no slice timing)."""
+    value = md.get("SliceEncodingDirection")
+    if value is None:
+        return False
+    if value not in ("i", "j", "k", "i-", "j-", "k-"):
+        raise ASLInputError(
+            f"has the unknown value {value!r}.",
+            file=where("SliceEncodingDirection"),
+            field="SliceEncodingDirection",
+            fix='use "k" or "k-" (slices along the third image axis, "-" when SliceTiming '
+            "starts at the last slice), or remove the field.",
+        )
+    if value[0] != "k" and acquisition == "2D":
+        raise ASLInputError(
+            f"is {value!r}: the slices lie along the image's "
+            f"{'first' if value[0] == 'i' else 'second'} axis, and the slice timing and the "
+            "slice-wise outlier cleaning work along the third.",
+            file=where("SliceEncodingDirection"),
+            field="SliceEncodingDirection",
+            fix="reorient the series (and its M0) so that the slices lie along the third "
+            'axis (e.g. dcm2niix\'s default output), and set "SliceEncodingDirection" to "k".',
+        )
+    return value == "k-"
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,26 @@ VARIANTS = {
         dict(sidecar={"SliceTiming": [0.0, 0.05, 0.1]}, drop=("MRAcquisitionType",)),
         dict(sidecar={"SliceTiming": [0.0, 0.05, 0.1], "MRAcquisitionType": "2D"}),
     ),
+    "slice-encoding-reversed": (
+        dict(
+            sidecar={
+                "SliceTiming": [0.1, 0.05, 0.0],
+                "SliceEncodingDirection": "k-",
+                "MRAcquisitionType": "2D",
+            }
+        ),
+        dict(sidecar={"SliceTiming": [0.0, 0.05, 0.1], "MRAcquisitionType": "2D"}),
+    ),
+    "slice-encoding-forward": (
+        dict(
+            sidecar={
+                "SliceTiming": [0.0, 0.05, 0.1],
+                "SliceEncodingDirection": "k",
+                "MRAcquisitionType": "2D",
+            }
+        ),
+        dict(sidecar={"SliceTiming": [0.0, 0.05, 0.1], "MRAcquisitionType": "2D"}),
+    ),
     "acquisition-missing-3d": (
         dict(drop=("MRAcquisitionType",)),
         dict(sidecar={"MRAcquisitionType": "3D"}),
