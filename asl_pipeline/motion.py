@@ -65,6 +65,25 @@ FD_RADIUS = 50.0
 #: Volume types of ``aslcontext.tsv`` that enter the zig-zag regressor.
 ZIGZAG_SIGN = {"control": 1.0, "label": -1.0}
 
+#: Volume types that are not registered: a difference or CBF image (ΔM is
+#: about 1% of the signal) has the contrast of no other volume, so a fit to
+#: the series' mean moves it by millimetres where nothing moved. They keep the
+#: pose of the first volume that is registered (the poses' origin).
+UNREGISTERED_TYPES = ("deltam", "cbf")
+
+
+def registered_volumes(volume_types) -> np.ndarray:
+    """Indices of the volumes whose motion is estimated (all but
+    :data:`UNREGISTERED_TYPES`)."""
+    return np.array(
+        [
+            i
+            for i, t in enumerate(volume_types)
+            if str(t).strip().lower() not in UNREGISTERED_TYPES
+        ],
+        dtype=int,
+    )
+
 
 # --------------------------------------------------------------------------
 # Parameter <-> matrix conversions
@@ -543,7 +562,9 @@ class RealignResult:
 
     corrected: np.ndarray  #: (x, y, z, n) resliced ASL series
     m0_corrected: np.ndarray | None  #: (x, y, z, n_m0) resliced separate M0, or None
-    reference: np.ndarray  #: 3D reference (mean of the realigned series)
+    #: 3D reference: the mean of the realigned control and label volumes; without them,
+    #: of the M0 (or noRF) volumes, else of the separate M0, else of every volume
+    reference: np.ndarray
     params_raw: np.ndarray  #: (n, 6) estimated parameters
     params: np.ndarray  #: (n, 6) parameters after zig-zag removal
     m0_params: np.ndarray | None  #: (n_m0, 6) parameters of the separate M0
@@ -838,20 +859,27 @@ def realign_asl(
             )
 
     centre = grid_centre(data.shape, affine)
-    series = data.astype(np.float32)
+    registered = registered_volumes(volume_types)
+    series = data[..., registered].astype(np.float32)
     if m0_data is not None:
         series = np.concatenate([series, m0_data.astype(np.float32)], axis=-1)
-    params_all, _ = estimate_motion(
-        series, affine, centre=centre, n_passes=n_passes, fwhm_mm=fwhm_mm
-    )
     n = data.shape[-1]
+    params = np.zeros((n, 6))
+    m0_params = None if m0_data is None else np.zeros((m0_data.shape[-1], 6))
+    if series.shape[-1] > 1:
+        estimated, _ = estimate_motion(
+            series, affine, centre=centre, n_passes=n_passes, fwhm_mm=fwhm_mm
+        )
+        params[registered] = estimated[: registered.size]
+        if m0_params is not None:
+            m0_params = estimated[registered.size :]
     return apply_realignment(
         data,
         affine,
         volume_types,
-        params_all[:n],
+        params,
         m0=m0_data,
-        m0_params=None if m0_data is None else params_all[n:],
+        m0_params=m0_params,
         centre=centre,
         order=order,
         remove_zigzag_from_params=remove_zigzag_from_params,
@@ -894,7 +922,10 @@ def apply_realignment(
     if centre is None:
         centre = grid_centre(data.shape, affine)
     zig = zigzag_regressor(volume_types)
-    raw = np.asarray(params_raw, dtype=float)
+    raw = np.array(params_raw, dtype=float)
+    # a ΔM or CBF volume keeps the origin's pose whatever a backend estimated
+    unregistered = np.setdiff1d(np.arange(len(raw)), registered_volumes(volume_types))
+    raw[unregistered] = 0.0
     offset = None
     if not remove_zigzag_from_params:
         clean = raw.copy()
@@ -927,11 +958,22 @@ def apply_realignment(
         m0_corr = reslice(
             m0, affine, m0_params, centre=centre, order=order, field_hz=field, pe=m0_pe
         )
-    # the reference averages the control and label volumes (all volumes if none)
-    volumes = np.flatnonzero(zig != 0) if (zig != 0).any() else np.arange(data.shape[-1])
-    ref = corrected[..., volumes].mean(axis=-1)
+    # the reference averages the control and label volumes; without them the
+    # volumes of the series' anatomy (M0, noRF), else the separate M0: a ΔM or
+    # CBF image is the last choice for the registration to the T1w
+    volumes = np.flatnonzero(zig != 0)
+    if not volumes.size:
+        volumes = registered_volumes(volume_types)
+    from_m0 = not volumes.size and m0_corr is not None
+    if from_m0:
+        ref = m0_corr.mean(axis=-1)
+    else:
+        volumes = volumes if volumes.size else np.arange(data.shape[-1])
+        ref = corrected[..., volumes].mean(axis=-1)
     ref_distorted = None
-    if field is not None:
+    if field is not None and from_m0:
+        ref_distorted = reslice(m0, affine, m0_params, centre=centre, order=order).mean(axis=-1)
+    elif field is not None:
         ref_distorted = (
             data[..., volumes].astype(np.float32)
             if reslice_mode == "none"

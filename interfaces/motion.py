@@ -137,7 +137,11 @@ class _ASLRealignInputSpec(ResliceOptionsInputSpec):
 class _ASLRealignOutputSpec(TraitedSpec):
     asl_corrected = File(exists=True, desc="realigned 4D ASL series (resliced once)")
     m0_corrected = File(desc="realigned M0 (same reference), when an M0 file was given")
-    ref_image = File(exists=True, desc="reference: mean of the realigned control/label volumes")
+    ref_image = File(
+        exists=True,
+        desc="reference: mean of the realigned control/label volumes (without them, of "
+        "the M0 volumes)",
+    )
     ref_distorted = File(
         desc="with a field map: the reference resliced for motion only (before the "
         "distortion correction)"

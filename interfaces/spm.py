@@ -98,7 +98,10 @@ class _SPMRealignInputSpec(ResliceOptionsInputSpec):
 class _SPMRealignOutputSpec(TraitedSpec):
     asl_corrected = File(exists=True, desc="realigned 4D ASL series (resliced once)")
     m0_corrected = File(desc="realigned M0, when an M0 file was given")
-    ref_image = File(exists=True, desc="mean of the realigned control/label volumes")
+    ref_image = File(
+        exists=True,
+        desc="mean of the realigned control/label volumes (without them, of the M0 volumes)",
+    )
     ref_distorted = File(
         desc="with a field map: the reference resliced for motion only (before the "
         "distortion correction)"

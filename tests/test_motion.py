@@ -199,6 +199,53 @@ def test_m0_realigned_to_same_reference():
         assert np.linalg.norm(d[:3, :3] @ centre + d[:3, 3] - centre) < 0.1
 
 
+def _perfusion_volumes(seed, n, scale=3.0):
+    """``n`` noisy ΔM-like volumes (a cortical shell, one hemisphere) on the
+    phantom's grid: none of them looks like the phantom itself."""
+    rng = np.random.default_rng(seed)
+    aff = _affine()
+    ijk = np.indices(SHAPE).reshape(3, -1)
+    x, y, z = aff[:3, :3] @ ijk + aff[:3, 3:]
+    r = np.sqrt((x / 75) ** 2 + (y / 88) ** 2 + (z / 50) ** 2)
+    shell = (scale * np.exp(-(((r - 0.8) / 0.08) ** 2)) * (x > 0)).reshape(SHAPE)
+    return np.stack([shell + rng.normal(0, 1.0, SHAPE) for _ in range(n)], axis=-1)
+
+
+@pytest.mark.parametrize("with_pairs", [False, True])
+def test_deltam_volumes_are_not_moved(with_pairs):
+    """A ΔM volume has the contrast of no other volume: fitted to the series'
+    mean it was moved by millimetres (6.7 mm RMS on the README demo turned
+    into GE's layout, m0scan then deltam). It keeps the origin's pose, and
+    the other volumes are realigned as before."""
+    vols, aff, types, true, mats, centre = _series(seed=7, n=8)
+    m0 = vols[..., :1] * 1.3  # an M0 at the pose of the series' first volume
+    deltam = _perfusion_volumes(7, 2)
+    if with_pairs:
+        series = np.concatenate([m0, deltam, vols], axis=-1)
+        kinds = ["m0scan", "deltam", "DeltaM"] + types
+    else:
+        series = np.concatenate([m0, deltam], axis=-1)
+        kinds = ["m0scan", "deltam", "cbf"]
+    res = mo.realign_asl(series, aff, kinds)
+    np.testing.assert_array_equal(res.params_raw[1:3], 0.0)
+    np.testing.assert_array_equal(res.params[1:3], 0.0)
+    # no motion applied: the spline reslice at the identity gives the volumes back
+    np.testing.assert_allclose(res.corrected[..., 1:3], deltam, atol=1e-3)
+    assert mo.registered_volumes(kinds).tolist() == [0] + list(range(3, len(kinds)))
+    if with_pairs:  # the pairs' motion is still found (origin: the M0 at volume 0's pose)
+        est = mo.params_to_matrix(res.params_raw[3:], centre)
+        first_inv = np.linalg.inv(mats[0])
+        for k in range(len(types)):
+            d = np.linalg.inv(first_inv @ mats[k]) @ est[k]
+            assert np.linalg.norm(d[:3, :3] @ centre + d[:3, 3] - centre) < 0.1
+
+    # a backend's estimate for them (SPM's) is set aside too
+    moved = np.zeros((3, 6))
+    moved[1:] = [2.2, -5.8, 1.9, -0.04, 0.017, 0.027]  # the demo's bogus pose
+    res = mo.apply_realignment(series[..., :3], aff, ["m0scan", "deltam", "cbf"], moved)
+    np.testing.assert_array_equal(res.params_raw, 0.0)
+
+
 @pytest.mark.parametrize(
     "case",
     ["empty", "3d", "rows", "m0_fov", "nan"],
@@ -413,3 +460,17 @@ def test_default_motion_correction_beats_no_correction(static_subject, kind):
             series, sub.asl_affine, sub.aslcontext, zigzag_method="interpolate"
         )
         assert r_default > r(interp.corrected) + 0.005, (r_default, r(interp.corrected))
+
+
+def test_reference_of_a_deltam_series_is_its_m0():
+    """The registration to the T1w starts from the reference: for a series of
+    ΔM volumes it is the M0 (in the series or separate), not a perfusion map."""
+    vols, aff, types, true, mats, centre = _series(seed=8, n=4)
+    m0 = vols[..., :1] * 1.3
+    deltam = _perfusion_volumes(8, 2)
+    included = mo.realign_asl(
+        np.concatenate([deltam, m0], axis=-1), aff, ["deltam"] * 2 + ["m0scan"]
+    )
+    np.testing.assert_allclose(included.reference, m0[..., 0], rtol=1e-4, atol=1e-2)
+    separate = mo.realign_asl(deltam, aff, ["deltam", "deltam"], m0=m0, m0_affine=aff)
+    np.testing.assert_allclose(separate.reference, m0[..., 0], rtol=1e-4, atol=1e-2)
