@@ -28,7 +28,8 @@ Choices left open by the spec and made here (all documented in the fields):
   labeling duration): a subtraction across delays is refused.
 * A ``MagneticFieldStrength`` that is missing is taken as 3 T with a warning.
 * A separate M0 must be on the voxel grid (shape) of the ASL series; an affine
-  that differs is only a warning (the M0 is registered to the ASL series).
+  that differs is only a warning (the M0 is read on the series' grid through
+  the two affines, then registered to the series).
 * An ``m0scan`` in ``fmap/`` whose ``IntendedFor`` names the ASL series or its
   M0, or whose ``B0FieldIdentifier`` is named by the ASL run's
   ``B0FieldSource``, is a reverse phase-encoding reference
@@ -856,8 +857,8 @@ def _find_m0(layout, root, entities, asl_file, img, md, where, warnings) -> _M0F
         )
     if not np.allclose(m0_img.affine, img.affine, atol=1e-3):
         warnings.append(
-            f"{m0_file.name} and {asl_file.name} have different affines; the M0 will be "
-            "registered to the ASL series"
+            f"{m0_file.name} and {asl_file.name} have different affines; the M0 is read on "
+            "the ASL grid through the two affines, then registered to the series"
         )
     return _M0Files(
         m0_file,

@@ -756,6 +756,37 @@ def clean_params(params, volume_types, method: str = "detect") -> np.ndarray:
     raise ValueError(f"zig-zag method must be one of {ZIGZAG_METHODS}, not {method!r}")
 
 
+def m0_on_grid(m0, m0_affine, affine, order: int = 3) -> np.ndarray:
+    """An M0 ``(x, y, z[, n])`` whose affine differs from the ASL series' (a
+    shifted or rotated header, same matrix), read on the series' grid
+    through the two affines (world mm; cubic spline, 0 outside its field of
+    view, negative ringing clipped). On the series' grid already, it is
+    returned as is. The realignment then registers it like any volume."""
+    m0 = np.asarray(m0)
+    m0_affine, affine = np.asarray(m0_affine, float), np.asarray(affine, float)
+    if np.allclose(m0_affine, affine, atol=1e-3):
+        return m0
+    to_m0 = np.linalg.inv(m0_affine) @ affine  # series voxel -> M0 voxel
+    vols = m0[..., None] if m0.ndim == 3 else m0
+    out = np.stack(
+        [
+            ndimage.affine_transform(
+                np.asarray(vols[..., k], dtype=np.float32),
+                to_m0[:3, :3],
+                to_m0[:3, 3],
+                output_shape=vols.shape[:3],
+                order=order,
+                mode="constant",
+                cval=0.0,
+            )
+            for k in range(vols.shape[-1])
+        ],
+        axis=-1,
+    )
+    out = np.clip(out, 0.0, None)
+    return out[..., 0] if m0.ndim == 3 else out
+
+
 def realign_asl(
     asl,
     affine,
@@ -848,15 +879,16 @@ def realign_asl(
                 fix="provide the M0 scan as a 3D or 4D NIfTI.",
             )
         m0_aff = affine if m0_affine is None else np.asarray(m0_affine, dtype=float)
-        if m0_data.shape[:3] != data.shape[:3] or not np.allclose(m0_aff, affine, atol=1e-3):
+        if m0_data.shape[:3] != data.shape[:3]:
             raise ASLInputError(
-                f"the M0 field of view (shape {m0_data.shape[:3]}) differs from the "
-                f"ASL series' (shape {data.shape[:3]}) or their affines differ.",
+                f"the M0 grid (shape {m0_data.shape[:3]}) differs from the ASL series' "
+                f"(shape {data.shape[:3]}).",
                 file=m0_file,
-                field="dim/affine (field of view)",
-                fix="acquire or resample the M0 on the ASL grid (same matrix, voxel size "
-                "and orientation).",
+                field="image dimensions",
+                fix="acquire or reconstruct the M0 on the ASL grid (same matrix and slices), "
+                "or resample it onto the ASL grid before running the pipeline.",
             )
+        m0_data = m0_on_grid(m0_data, m0_aff, affine)
 
     centre = grid_centre(data.shape, affine)
     registered = registered_volumes(volume_types)

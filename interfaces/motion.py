@@ -202,7 +202,8 @@ class ASLRealign(SimpleInterface):
             arr = res.m0_corrected if m0_img.ndim == 4 else res.m0_corrected[..., 0]
             hdr = m0_img.header.copy()
             hdr.set_data_dtype(np.float32)  # int16 storage would truncate the reslice
-            nb.Nifti1Image(arr, m0_img.affine, hdr).to_filename(out)
+            # on the series' grid (read there through the affines if its own differed)
+            nb.Nifti1Image(arr, img.affine, hdr).to_filename(out)
             self._results["m0_corrected"] = out
         return runtime
 

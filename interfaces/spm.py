@@ -70,7 +70,9 @@ class StackForSPM(SimpleInterface):
         if isdefined(self.inputs.m0_file):
             m0_img, m0 = load_4d(self.inputs.m0_file, "M0")
             m0 = m0[..., None] if m0.ndim == 3 else m0
-            if m0.shape[:3] != data.shape[:3]:
+            if m0.shape[:3] == data.shape[:3]:
+                m0 = core.m0_on_grid(m0, m0_img.affine, img.affine)
+            else:
                 raise ASLInputError(
                     f"M0 grid {m0.shape[:3]} differs from the ASL grid {data.shape[:3]}.",
                     file=self.inputs.m0_file,
@@ -127,7 +129,9 @@ class SPMASLRealign(SimpleInterface):
         n = data.shape[-1]
         m0 = None
         if isdefined(inp.m0_file):
-            _, m0 = load_4d(inp.m0_file, "M0")
+            m0_img, m0 = load_4d(inp.m0_file, "M0")
+            m0 = core.m0_on_grid(m0, m0_img.affine, img.affine)  # as StackForSPM stacked it
+            m0_ndim = m0_img.ndim
         res = core.apply_realignment(
             data,
             img.affine,
@@ -145,10 +149,9 @@ class SPMASLRealign(SimpleInterface):
         log_zigzag_offset(res)
         self._results.update(write_realign_outputs(res, inp.asl_file, img, runtime.cwd))
         if res.m0_corrected is not None:
-            m0_img = nb.load(inp.m0_file)
             out = fname_presuffix(inp.m0_file, suffix="_hmc", newpath=runtime.cwd)
-            arr = res.m0_corrected if m0_img.ndim == 4 else res.m0_corrected[..., 0]
-            nb.Nifti1Image(arr, m0_img.affine).to_filename(out)
+            arr = res.m0_corrected if m0_ndim == 4 else res.m0_corrected[..., 0]
+            nb.Nifti1Image(arr, img.affine).to_filename(out)  # on the series' grid
             self._results["m0_corrected"] = out
         return runtime
 

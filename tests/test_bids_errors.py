@@ -283,6 +283,17 @@ def test_m0_with_other_affine_warns(tmp_path):
     write_nifti(root / M0_NII, (NX, NY, 3), affine=np.diag([3.0, 3.0, 4.5, 1.0]))
     run = _one(root)
     assert any("different affines" in w for w in run.warnings)
+    # what the warning promises: the realignment runs (it used to stop there)
+    import nibabel as nb
+
+    from asl_pipeline.interfaces.motion import ASLRealign
+
+    res = ASLRealign(
+        asl_file=str(run.asl_file), aslcontext=str(run.aslcontext_file), m0_file=str(run.m0_file)
+    ).run(cwd=str(tmp_path))
+    m0 = nb.load(res.outputs.m0_corrected)
+    assert np.allclose(m0.affine, nb.load(run.asl_file).affine)
+    assert m0.shape[:3] == (NX, NY, 3)
 
 
 def test_volume_type_case_is_tolerated(tmp_path):

@@ -474,3 +474,27 @@ def test_reference_of_a_deltam_series_is_its_m0():
     np.testing.assert_allclose(included.reference, m0[..., 0], rtol=1e-4, atol=1e-2)
     separate = mo.realign_asl(deltam, aff, ["deltam", "deltam"], m0=m0, m0_affine=aff)
     np.testing.assert_allclose(separate.reference, m0[..., 0], rtol=1e-4, atol=1e-2)
+
+
+def test_m0_with_another_affine_is_read_on_the_series_grid():
+    """A separate M0 whose header is shifted (same matrix) passed the
+    validation with a warning and then stopped the realignment mid-run. It is
+    now read on the series' grid through the two affines and registered."""
+    vols, aff, types, true, mats, centre = _series(seed=9, n=6, motion_sd=(0.0, 0.0))
+    m0 = vols[..., 0] * 1.3
+    # the same world content one voxel further along i: data rolled, affine shifted
+    shift = np.eye(4)
+    shift[0, 3] = -1.0
+    m0_shifted, m0_aff = np.roll(m0, 1, axis=0), aff @ shift
+    back = mo.m0_on_grid(m0_shifted, m0_aff, aff)
+    # the last plane left the field of view; the background's negative noise is clipped
+    np.testing.assert_allclose(back[:-1], np.clip(m0[:-1], 0, None), atol=1e-3)
+    assert mo.m0_on_grid(m0, aff, aff) is m0  # the series' own grid: untouched
+
+    res = mo.realign_asl(vols, aff, types, m0=m0_shifted, m0_affine=m0_aff)
+    np.testing.assert_allclose(res.m0_params, 0.0, atol=0.05)  # nothing moved
+    inner = (slice(2, -2),) * 3
+    diff = np.abs(res.m0_corrected[..., 0] - m0)[inner]  # M0 up to 200; noise SD 0.4
+    assert diff.mean() < 0.05 and diff.max() < 2.0, (diff.mean(), diff.max())
+    with pytest.raises(ASLInputError, match="image dimensions|differs"):
+        mo.realign_asl(vols, aff, types, m0=m0[:-1], m0_affine=aff)
