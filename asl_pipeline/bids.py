@@ -802,6 +802,15 @@ def _read_series_files(asl_file: Path, context_file: Path, warnings: list[str]):
             field="image dimensions",
             fix="store the ASL series as one 4D NIfTI (x, y, z, volumes).",
         )
+    if min(shape[:3]) < 2:
+        raise ASLInputError(
+            f"has the voxel grid {shape[:3]}: fewer than 2 voxels along an axis (a single "
+            "slice). Motion correction and the registration to the T1w need a volume.",
+            file=asl_file,
+            field="image dimensions",
+            fix="single-slice ASL is not supported; give a multi-slice series, or check "
+            "that the image's axes are x, y, z then volumes.",
+        )
     n_volumes = shape[3] if len(shape) == 4 else 1
     if n_volumes != n_rows:
         raise ASLInputError(

@@ -276,6 +276,7 @@ CASES = [
     ("context-only-m0", {"context": ("m0scan",) * 6}, None, CONTEXT, "volume_type"),
     ("context-binary", {}, _bytes(CONTEXT, b"\xff\xfe\x00\x01" * 10), CONTEXT, "volume_type"),
     # images: unreadable, truncated, absurd headers
+    ("asl-single-slice", {"nz": 1}, None, ASL_NII, "image dimensions"),
     ("asl-garbage", {}, _text(ASL_NII, "not a nifti"), ASL_NII, "image"),
     ("asl-empty-file", {}, _bytes(ASL_NII, b""), ASL_NII, "image"),
     ("asl-truncated-gz", {}, _truncate(ASL_NII, 0.6), ASL_NII, "image data"),
