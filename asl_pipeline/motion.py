@@ -756,13 +756,26 @@ def clean_params(params, volume_types, method: str = "detect") -> np.ndarray:
     raise ValueError(f"zig-zag method must be one of {ZIGZAG_METHODS}, not {method!r}")
 
 
-def m0_on_grid(m0, m0_affine, affine, order: int = 3) -> np.ndarray:
-    """An M0 ``(x, y, z[, n])`` whose affine differs from the ASL series' (a
-    shifted or rotated header, same matrix), read on the series' grid
-    through the two affines (world mm; cubic spline, 0 outside its field of
-    view, negative ringing clipped). On the series' grid already, it is
-    returned as is. The realignment then registers it like any volume."""
+def m0_on_grid(m0, m0_affine, shape, affine, *, file=None, order: int = 3) -> np.ndarray:
+    """An M0 ``(x, y, z[, n])`` on the grid of the ASL series (``shape``,
+    ``affine``), for both backends' realignment.
+
+    Its matrix must be the series' (else :class:`ASLInputError`, naming
+    ``file``). An affine that differs (a shifted or rotated header) is read
+    on the series' grid through the two affines (world mm; cubic spline, 0
+    outside its field of view, negative ringing clipped); on the series'
+    grid already, the M0 is returned as is. The realignment then registers
+    it like any volume."""
     m0 = np.asarray(m0)
+    if m0.shape[:3] != tuple(shape[:3]):
+        raise ASLInputError(
+            f"the M0 grid (shape {m0.shape[:3]}) differs from the ASL series' "
+            f"(shape {tuple(shape[:3])}).",
+            file=file,
+            field="image dimensions",
+            fix="acquire or reconstruct the M0 on the ASL grid (same matrix and slices), "
+            "or resample it onto the ASL grid before running the pipeline.",
+        )
     m0_affine, affine = np.asarray(m0_affine, float), np.asarray(affine, float)
     if np.allclose(m0_affine, affine, atol=1e-3):
         return m0
@@ -878,17 +891,8 @@ def realign_asl(
                 field="dim",
                 fix="provide the M0 scan as a 3D or 4D NIfTI.",
             )
-        m0_aff = affine if m0_affine is None else np.asarray(m0_affine, dtype=float)
-        if m0_data.shape[:3] != data.shape[:3]:
-            raise ASLInputError(
-                f"the M0 grid (shape {m0_data.shape[:3]}) differs from the ASL series' "
-                f"(shape {data.shape[:3]}).",
-                file=m0_file,
-                field="image dimensions",
-                fix="acquire or reconstruct the M0 on the ASL grid (same matrix and slices), "
-                "or resample it onto the ASL grid before running the pipeline.",
-            )
-        m0_data = m0_on_grid(m0_data, m0_aff, affine)
+        m0_aff = affine if m0_affine is None else m0_affine
+        m0_data = m0_on_grid(m0_data, m0_aff, data.shape, affine, file=m0_file)
 
     centre = grid_centre(data.shape, affine)
     registered = registered_volumes(volume_types)
@@ -956,8 +960,8 @@ def apply_realignment(
     zig = zigzag_regressor(volume_types)
     raw = np.array(params_raw, dtype=float)
     # a ΔM or CBF volume keeps the origin's pose whatever a backend estimated
-    unregistered = np.setdiff1d(np.arange(len(raw)), registered_volumes(volume_types))
-    raw[unregistered] = 0.0
+    registered = registered_volumes(volume_types)
+    raw[np.setdiff1d(np.arange(len(raw)), registered)] = 0.0
     offset = None
     if not remove_zigzag_from_params:
         clean = raw.copy()
@@ -995,7 +999,7 @@ def apply_realignment(
     # CBF image is the last choice for the registration to the T1w
     volumes = np.flatnonzero(zig != 0)
     if not volumes.size:
-        volumes = registered_volumes(volume_types)
+        volumes = registered
     from_m0 = not volumes.size and m0_corr is not None
     if from_m0:
         ref = m0_corr.mean(axis=-1)

@@ -197,14 +197,7 @@ class ASLRealign(SimpleInterface):
         log_zigzag_offset(res)
         self._results.update(write_realign_outputs(res, inp.asl_file, img, runtime.cwd))
         if res.m0_corrected is not None:
-            m0_img = nb.load(inp.m0_file)
-            out = fname_presuffix(inp.m0_file, suffix="_hmc", newpath=runtime.cwd)
-            arr = res.m0_corrected if m0_img.ndim == 4 else res.m0_corrected[..., 0]
-            hdr = m0_img.header.copy()
-            hdr.set_data_dtype(np.float32)  # int16 storage would truncate the reslice
-            # on the series' grid (read there through the affines if its own differed)
-            nb.Nifti1Image(arr, img.affine, hdr).to_filename(out)
-            self._results["m0_corrected"] = out
+            self._results["m0_corrected"] = write_m0_corrected(res, m0_img, img, runtime.cwd)
         return runtime
 
 
@@ -221,6 +214,17 @@ def log_zigzag_offset(res: core.RealignResult) -> None:
         int(offset.removed.sum()),
         offset.still_pairs,
     )
+
+
+def write_m0_corrected(res: core.RealignResult, m0_img, img, cwd) -> str:
+    """Write the realigned M0 (as 3D or 4D as its file was) on the series' grid:
+    the series' affine, since an M0 whose own differed was read there."""
+    out = fname_presuffix(m0_img.get_filename(), suffix="_hmc", newpath=cwd)
+    arr = res.m0_corrected if m0_img.ndim == 4 else res.m0_corrected[..., 0]
+    hdr = m0_img.header.copy()
+    hdr.set_data_dtype(np.float32)  # int16 storage would truncate the reslice
+    nb.Nifti1Image(arr, img.affine, hdr).to_filename(out)
+    return out
 
 
 def write_realign_outputs(res: core.RealignResult, asl_file, img, cwd) -> dict:

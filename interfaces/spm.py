@@ -35,12 +35,12 @@ from nipype.interfaces.base import (
 from nipype.utils.filemanip import fname_presuffix
 
 from asl_pipeline import motion as core
-from asl_pipeline.errors import ASLInputError
 from asl_pipeline.interfaces.motion import (
     ResliceOptionsInputSpec,
     field_correction,
     load_4d,
     log_zigzag_offset,
+    write_m0_corrected,
     write_realign_outputs,
 )
 from asl_pipeline.registration import read_itk_affine, write_itk_affine
@@ -70,15 +70,9 @@ class StackForSPM(SimpleInterface):
         if isdefined(self.inputs.m0_file):
             m0_img, m0 = load_4d(self.inputs.m0_file, "M0")
             m0 = m0[..., None] if m0.ndim == 3 else m0
-            if m0.shape[:3] == data.shape[:3]:
-                m0 = core.m0_on_grid(m0, m0_img.affine, img.affine)
-            else:
-                raise ASLInputError(
-                    f"M0 grid {m0.shape[:3]} differs from the ASL grid {data.shape[:3]}.",
-                    file=self.inputs.m0_file,
-                    field="dim (field of view)",
-                    fix="acquire or resample the M0 on the ASL grid.",
-                )
+            m0 = core.m0_on_grid(
+                m0, m0_img.affine, data.shape, img.affine, file=self.inputs.m0_file
+            )
             data = np.concatenate([data, m0], axis=-1)
         out = os.path.join(runtime.cwd, "asl_for_spm.nii")
         nb.Nifti1Image(data.astype(np.float32), img.affine).to_filename(out)
@@ -130,8 +124,8 @@ class SPMASLRealign(SimpleInterface):
         m0 = None
         if isdefined(inp.m0_file):
             m0_img, m0 = load_4d(inp.m0_file, "M0")
-            m0 = core.m0_on_grid(m0, m0_img.affine, img.affine)  # as StackForSPM stacked it
-            m0_ndim = m0_img.ndim
+            # as StackForSPM stacked it
+            m0 = core.m0_on_grid(m0, m0_img.affine, data.shape, img.affine, file=inp.m0_file)
         res = core.apply_realignment(
             data,
             img.affine,
@@ -149,10 +143,7 @@ class SPMASLRealign(SimpleInterface):
         log_zigzag_offset(res)
         self._results.update(write_realign_outputs(res, inp.asl_file, img, runtime.cwd))
         if res.m0_corrected is not None:
-            out = fname_presuffix(inp.m0_file, suffix="_hmc", newpath=runtime.cwd)
-            arr = res.m0_corrected if m0_ndim == 4 else res.m0_corrected[..., 0]
-            nb.Nifti1Image(arr, img.affine).to_filename(out)  # on the series' grid
-            self._results["m0_corrected"] = out
+            self._results["m0_corrected"] = write_m0_corrected(res, m0_img, img, runtime.cwd)
         return runtime
 
 

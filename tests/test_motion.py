@@ -486,10 +486,10 @@ def test_m0_with_another_affine_is_read_on_the_series_grid():
     shift = np.eye(4)
     shift[0, 3] = -1.0
     m0_shifted, m0_aff = np.roll(m0, 1, axis=0), aff @ shift
-    back = mo.m0_on_grid(m0_shifted, m0_aff, aff)
+    back = mo.m0_on_grid(m0_shifted, m0_aff, m0.shape, aff)
     # the last plane left the field of view; the background's negative noise is clipped
     np.testing.assert_allclose(back[:-1], np.clip(m0[:-1], 0, None), atol=1e-3)
-    assert mo.m0_on_grid(m0, aff, aff) is m0  # the series' own grid: untouched
+    assert mo.m0_on_grid(m0, aff, m0.shape, aff) is m0  # the series' own grid: untouched
 
     res = mo.realign_asl(vols, aff, types, m0=m0_shifted, m0_affine=m0_aff)
     np.testing.assert_allclose(res.m0_params, 0.0, atol=0.05)  # nothing moved
